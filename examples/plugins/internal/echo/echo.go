@@ -1,0 +1,68 @@
+// Package echo is the echo plugin's implementation, shared by the good echo
+// example and the misbehaving variants the tests use.
+package echo
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/plugincontrol/plugincontrol/plugin"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Version is reported in Describe.
+const Version = "1.0.0"
+
+// Plugin answers echo, sleep and panic.
+type Plugin struct {
+	// Name overrides the name the plugin describes itself with ("echo").
+	Name string
+	// NotReady, when set, is the reason Ready refuses.
+	NotReady string
+}
+
+// Info implements plugin.Plugin.
+func (p *Plugin) Info() plugin.Info {
+	name := p.Name
+	if name == "" {
+		name = "echo"
+	}
+	return plugin.Info{Name: name, Version: Version, Methods: []string{"echo", "sleep", "panic"}}
+}
+
+// Ready implements plugin.Plugin.
+func (p *Plugin) Ready(context.Context, []byte) error {
+	if p.NotReady != "" {
+		return fmt.Errorf("%s", p.NotReady)
+	}
+	return nil
+}
+
+// Invoke implements plugin.Plugin: echo returns the payload, sleep sleeps
+// for the duration in the payload (Go syntax) and returns it, panic panics
+// with the payload as message.
+func (p *Plugin) Invoke(ctx context.Context, method string, payload []byte) ([]byte, error) {
+	switch method {
+	case "echo":
+		return payload, nil
+	case "sleep":
+		d, err := time.ParseDuration(string(payload))
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "sleep: payload %q is not a duration: %v", payload, err)
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return payload, nil
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	case "panic":
+		panic(string(payload))
+	default:
+		return nil, status.Errorf(codes.Unimplemented, "echo: unknown method %q (have echo, sleep, panic)", method)
+	}
+}

@@ -1,0 +1,109 @@
+// Package testbin builds the project's binaries (example plugins, plugind,
+// pluginctl, pinned tools) for tests that run real processes.
+package testbin
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Root returns the repository root.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Plugins builds every example plugin into dir (one binary per directory of
+// examples/plugins, named after it).
+func Plugins(dir string) error {
+	return goBuild(dir, "", "./examples/plugins/...")
+}
+
+// Commands builds plugind and pluginctl into dir.
+func Commands(dir string) error {
+	return goBuild(dir, "", "./cmd/plugind", "./cmd/pluginctl")
+}
+
+// Tool builds a tool pinned in tools/go.mod (such as
+// "github.com/fullstorydev/grpcurl/cmd/grpcurl") into dir and returns its path.
+func Tool(dir, pkg string) (string, error) {
+	if err := goBuild(dir, "tools/go.mod", pkg); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, filepath.Base(pkg)), nil
+}
+
+func goBuild(dir, modfile string, pkgs ...string) error {
+	args := []string{"build"}
+	if modfile != "" {
+		args = append(args, "-modfile="+modfile)
+	}
+	args = append(args, "-o", dir+string(filepath.Separator))
+	args = append(args, pkgs...)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = Root()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// Alive reports whether a process with pid exists and is not a zombie.
+func Alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}
+
+// WaitGone waits up to d for pid to disappear and reports whether it did.
+func WaitGone(pid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if !Alive(pid) {
+			return true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return !Alive(pid)
+}
+
+// ProcessesIn returns the pids of running processes whose executable lies in
+// dir. Tests use it to prove no plugin process outlived them.
+func ProcessesIn(dir string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		if err != nil {
+			continue
+		}
+		if strings.HasPrefix(exe, dir+string(filepath.Separator)) && Alive(pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}

@@ -1,0 +1,117 @@
+package manager
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors; test with errors.Is.
+var (
+	// ErrNotFound: no plugin of that name is loaded.
+	ErrNotFound = errors.New("plugin not found")
+	// ErrAlreadyExists: a plugin of that name is already loaded.
+	ErrAlreadyExists = errors.New("plugin already loaded")
+	// ErrUnavailable: the plugin has no serving generation right now
+	// (starting, restarting or stopping).
+	ErrUnavailable = errors.New("plugin unavailable")
+	// ErrClosed: the manager is shut down.
+	ErrClosed = errors.New("manager closed")
+)
+
+// InvalidError is a request that names a bad field. Nothing was changed.
+type InvalidError struct {
+	// Field is the spec field, in proto spelling.
+	Field string
+	// Reason says what is wrong with it.
+	Reason string
+}
+
+func (e *InvalidError) Error() string { return "invalid " + e.Field + ": " + e.Reason }
+
+// Stage is a step of the candidate pipeline.
+type Stage int
+
+// Pipeline stages, in order.
+const (
+	StageUnknown Stage = iota
+	StageResolve
+	StageChecksum
+	StageStart
+	StageHandshake
+	StageDescribe
+	StageReady
+	StageSwap
+	StageDrain
+)
+
+var stageNames = [...]string{"unknown", "resolve", "checksum", "start", "handshake", "describe", "ready", "swap", "drain"}
+
+func (s Stage) String() string {
+	if s < 0 || int(s) >= len(stageNames) {
+		return fmt.Sprintf("stage(%d)", int(s))
+	}
+	return stageNames[s]
+}
+
+// CandidateError is a candidate that failed a pipeline stage. The candidate
+// was killed and its socket directory removed; the active generation, if
+// any, was not touched.
+type CandidateError struct {
+	// Plugin is the instance name.
+	Plugin string
+	// Stage is the failing step.
+	Stage Stage
+	// Err is the reason.
+	Err error
+	// StderrTail is the end of the candidate's stderr.
+	StderrTail string
+	// ActiveGeneration keeps serving (0: none).
+	ActiveGeneration uint64
+	// Report has the timings of the stages that ran.
+	Report *Report
+}
+
+func (e *CandidateError) Error() string {
+	keep := "no generation is active"
+	if e.ActiveGeneration > 0 {
+		keep = fmt.Sprintf("generation %d stays active", e.ActiveGeneration)
+	}
+	return fmt.Sprintf("plugin %q: candidate failed at stage %s: %v (%s)", e.Plugin, e.Stage, e.Err, keep)
+}
+
+func (e *CandidateError) Unwrap() error { return e.Err }
+
+// GenerationMismatchError is a Reload whose expected generation is not the
+// active one. Nothing was changed.
+type GenerationMismatchError struct {
+	Plugin   string
+	Expected uint64
+	Active   uint64
+}
+
+func (e *GenerationMismatchError) Error() string {
+	return fmt.Sprintf("plugin %q: expected generation %d, active generation is %d", e.Plugin, e.Expected, e.Active)
+}
+
+// CallError is an error returned by a plugin's Invoke handler (or its
+// transport). Err carries the plugin's gRPC status unchanged.
+type CallError struct {
+	Plugin     string
+	Generation uint64
+	Err        error
+	// Panic is set when the handler panicked and the SDK recovered it.
+	Panic *PanicInfo
+}
+
+func (e *CallError) Error() string {
+	return fmt.Sprintf("plugin %q generation %d: %v", e.Plugin, e.Generation, e.Err)
+}
+
+func (e *CallError) Unwrap() error { return e.Err }
+
+// PanicInfo is a recovered panic reported by the plugin SDK.
+type PanicInfo struct {
+	Message     string
+	Stack       string
+	Fingerprint string
+}

@@ -1,0 +1,144 @@
+package manager
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	goplugin "github.com/hashicorp/go-plugin"
+	"github.com/plugincontrol/plugincontrol/plugin"
+)
+
+// instance is one generation of a plugin: one process.
+type instance struct {
+	// Immutable after launch.
+	name       string
+	gen        uint64
+	spec       Spec
+	client     *goplugin.Client
+	cmd        *exec.Cmd
+	conn       *plugin.Conn
+	pid        int
+	sha256     string
+	version    string
+	pluginName string
+	startedAt  time.Time
+	sockDir    string
+	stderr     *stderrSink
+
+	mu       sync.Mutex    // guards inflight, draining, stopping
+	inflight int           // calls admitted and not finished
+	draining bool          // no new calls are admitted
+	stopping bool          // stop was called: an exit from now on is intended
+	idle     chan struct{} // closed when draining and inflight reaches 0
+
+	stopOnce sync.Once
+}
+
+// acquire admits one call, unless the instance is draining. A caller that is
+// refused reloads the plugin's active pointer: a swap always publishes the new
+// generation before it drains the old one.
+func (i *instance) acquire() bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.draining {
+		return false
+	}
+	i.inflight++
+	return true
+}
+
+func (i *instance) release() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.inflight--
+	if i.draining && i.inflight == 0 && i.idle != nil {
+		close(i.idle)
+		i.idle = nil
+	}
+}
+
+// drain stops admitting calls and waits up to timeout for the admitted ones
+// to finish. It returns how many calls were in flight when it started and
+// whether it gave up on some.
+func (i *instance) drain(timeout time.Duration) (pending int, timedOut bool) {
+	i.mu.Lock()
+	i.draining = true
+	pending = i.inflight
+	if pending == 0 {
+		i.mu.Unlock()
+		return 0, false
+	}
+	idle := make(chan struct{})
+	i.idle = idle
+	i.mu.Unlock()
+
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-idle:
+		return pending, false
+	case <-t.C:
+		return pending, true
+	}
+}
+
+// intended reports whether the process exit is one the manager asked for.
+func (i *instance) intended() bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.stopping
+}
+
+// stop kills the process and its process group and removes the socket
+// directory. It is idempotent and waits until the process is gone.
+func (i *instance) stop() {
+	i.stopOnce.Do(func() {
+		i.mu.Lock()
+		i.stopping = true
+		i.draining = true
+		i.mu.Unlock()
+		killClient(i.client, i.pid)
+		removeSockDir(i.sockDir)
+	})
+}
+
+// killClient stops a go-plugin client and every process left in the plugin's
+// process group. go-plugin's Kill asks the plugin to exit (a few ms) and
+// SIGKILLs only the direct child after 2s; the group kill takes care of the
+// plugin's own children and of a plugin that ignores the request.
+func killClient(c *goplugin.Client, pid int) {
+	done := make(chan struct{})
+	go func() {
+		c.Kill()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(500 * time.Millisecond):
+		// The plugin did not exit on request: kill its group so Kill returns.
+		killGroup(pid)
+		<-done
+	}
+	killGroup(pid)
+}
+
+// killGroup SIGKILLs the process group led by pid (plugins are started with
+// Setpgid, so the group id is the plugin's pid).
+func killGroup(pid int) {
+	if pid <= 0 {
+		return
+	}
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+func removeSockDir(dir string) {
+	if dir != "" {
+		_ = os.RemoveAll(dir)
+	}
+}

@@ -1,0 +1,77 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
+	"google.golang.org/grpc/status"
+)
+
+// InvokeResult is a plugin's answer.
+type InvokeResult struct {
+	Payload    []byte
+	Generation uint64
+}
+
+// maxMethodLen bounds method names.
+const maxMethodLen = 256
+
+// Invoke calls method on the active generation of the named plugin. It never
+// waits behind a reload: a call admitted on a generation finishes there even
+// if a swap happens meanwhile.
+func (m *Manager) Invoke(ctx context.Context, name, method string, payload []byte) (*InvokeResult, error) {
+	if method == "" || len(method) > maxMethodLen {
+		return nil, &InvalidError{Field: "method", Reason: fmt.Sprintf("must be 1..%d bytes", maxMethodLen)}
+	}
+	e, err := m.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	inst, err := admit(e)
+	if err != nil {
+		return nil, err
+	}
+	defer inst.release()
+	resp, err := inst.conn.Client.Invoke(ctx, &pluginv1.InvokeRequest{Method: method, Payload: payload})
+	if err != nil {
+		ce := &CallError{Plugin: name, Generation: inst.gen, Err: err}
+		if st, ok := status.FromError(err); ok {
+			for _, d := range st.Details() {
+				if pd, ok := d.(*pluginv1.PanicDetail); ok {
+					ce.Panic = &PanicInfo{Message: pd.GetMessage(), Stack: pd.GetStack(), Fingerprint: pd.GetFingerprint()}
+				}
+			}
+		}
+		return nil, ce
+	}
+	return &InvokeResult{Payload: resp.GetPayload(), Generation: inst.gen}, nil
+}
+
+// admit returns the active generation with one call admitted on it. A
+// generation refuses calls once it drains; a swap publishes the new one
+// before draining the old, so retrying on the new pointer always makes
+// progress.
+func admit(e *entry) (*instance, error) {
+	for {
+		inst := e.active.Load()
+		if inst == nil {
+			e.mu.Lock()
+			st, reason := e.state, e.lastError
+			e.mu.Unlock()
+			if reason != "" {
+				return nil, fmt.Errorf("plugin %q is %s (%s): %w", e.name, st, reason, ErrUnavailable)
+			}
+			return nil, fmt.Errorf("plugin %q is %s: %w", e.name, st, ErrUnavailable)
+		}
+		if inst.acquire() {
+			return inst, nil
+		}
+		if e.active.Load() == inst {
+			return nil, fmt.Errorf("plugin %q is stopping: %w", e.name, ErrUnavailable)
+		}
+	}
+}
+
+var _ = errors.Is

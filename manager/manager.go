@@ -1,0 +1,237 @@
+// Package manager is the core of plugincontrol: a registry of plugin
+// instances, the candidate pipeline that launches and validates them, the
+// try-activate swap and drain, and their status. It has no transport code
+// and can be embedded as a library; package server puts gRPC in front of it.
+//
+// Concurrency: Manager.mu guards the registry map. Each plugin entry has an
+// operation semaphore that serializes Load/Reload/Unload of that plugin
+// (different plugins proceed in parallel) and an atomic pointer to the active
+// generation, so reads (List, Invoke) never wait behind a reload.
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config configures a Manager.
+type Config struct {
+	// PluginDir is the only directory binaries are resolved in. Required.
+	PluginDir string
+	// SocketDir is where per-plugin socket directories are created. Empty
+	// means a fresh directory under os.TempDir, removed by Close. Keep it
+	// short: unix socket paths are limited to 107 bytes.
+	SocketDir string
+	// Logger receives structured logs; nil means slog.Default().
+	Logger *slog.Logger
+	// StartTimeout is the default launch+handshake timeout (10s).
+	StartTimeout time.Duration
+	// DescribeTimeout bounds the Describe call (5s).
+	DescribeTimeout time.Duration
+	// ReadyTimeout bounds the Ready probe (5s).
+	ReadyTimeout time.Duration
+	// DrainTimeout is the default drain timeout for Reload and Unload (30s).
+	DrainTimeout time.Duration
+	// AutoMTLS enables go-plugin's automatic mutual TLS to plugins.
+	AutoMTLS bool
+}
+
+// Manager runs plugin instances. Create it with New; Close stops every plugin.
+type Manager struct {
+	cfg       Config
+	log       *slog.Logger
+	pluginDir string // absolute, symlinks resolved
+	sockRoot  string
+	ownSock   bool // sockRoot was created by New and is removed by Close
+	digests   digestCache
+	events    *events
+
+	mu      sync.RWMutex // guards plugins and closed
+	plugins map[string]*entry
+	closed  bool
+
+	bg sync.WaitGroup // exit watchers
+}
+
+// entry is one plugin instance name and its generations.
+type entry struct {
+	name string
+	// op serializes mutations of this plugin (a 1-slot semaphore rather than
+	// a mutex so waiting honours the caller's context).
+	op chan struct{}
+	// active is the serving generation; nil while starting or stopped.
+	active atomic.Pointer[instance]
+
+	mu         sync.Mutex // guards the fields below
+	spec       Spec
+	generation uint64 // of the active (or last active) generation
+	pluginName string // what the plugin described itself as
+	state      State
+	since      time.Time
+	lastError  string
+	restarts   int
+	removed    bool // unloaded, or a failed first Load
+	revision   uint64
+}
+
+func (e *entry) lock(ctx context.Context) error {
+	select {
+	case e.op <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("plugin %q: waiting for another operation on it: %w", e.name, ctx.Err())
+	}
+}
+
+func (e *entry) unlock() { <-e.op }
+
+// New checks cfg and returns a Manager.
+func New(cfg Config) (*Manager, error) {
+	if cfg.PluginDir == "" {
+		return nil, errors.New("manager: Config.PluginDir is required")
+	}
+	abs, err := filepath.Abs(cfg.PluginDir)
+	if err != nil {
+		return nil, fmt.Errorf("manager: plugin directory: %w", err)
+	}
+	dir, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, fmt.Errorf("manager: plugin directory: %w", err)
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("manager: plugin directory %s is not a directory", dir)
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 10 * time.Second
+	}
+	if cfg.DescribeTimeout <= 0 {
+		cfg.DescribeTimeout = 5 * time.Second
+	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = 5 * time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	m := &Manager{cfg: cfg, log: log, pluginDir: dir, plugins: make(map[string]*entry), events: newEvents()}
+	if cfg.SocketDir == "" {
+		d, err := os.MkdirTemp("", "plugind-")
+		if err != nil {
+			return nil, fmt.Errorf("manager: socket directory: %w", err)
+		}
+		m.sockRoot, m.ownSock = d, true
+	} else {
+		// Absolute: plugins run with the plugin directory as their cwd.
+		d, err := filepath.Abs(cfg.SocketDir)
+		if err != nil {
+			return nil, fmt.Errorf("manager: socket directory: %w", err)
+		}
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("manager: socket directory: %w", err)
+		}
+		m.sockRoot = d
+	}
+	return m, nil
+}
+
+// PluginDir is the resolved plugin directory.
+func (m *Manager) PluginDir() string { return m.pluginDir }
+
+func (m *Manager) lookup(name string) (*entry, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	e, ok := m.plugins[name]
+	if !ok {
+		return nil, fmt.Errorf("plugin %q: %w", name, ErrNotFound)
+	}
+	return e, nil
+}
+
+// List returns the status of every plugin, sorted by name.
+func (m *Manager) List() []Status {
+	m.mu.RLock()
+	entries := make([]*entry, 0, len(m.plugins))
+	for _, e := range m.plugins {
+		entries = append(entries, e)
+	}
+	m.mu.RUnlock()
+	out := make([]Status, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, e.status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Get returns the status of one plugin.
+func (m *Manager) Get(name string) (Status, error) {
+	e, err := m.lookup(name)
+	if err != nil {
+		return Status{}, err
+	}
+	return e.status(), nil
+}
+
+// Close stops every plugin (draining calls up to ctx's deadline) and refuses
+// further operations. It is safe to call more than once.
+func (m *Manager) Close(ctx context.Context) error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	entries := make([]*entry, 0, len(m.plugins))
+	for _, e := range m.plugins {
+		entries = append(entries, e)
+	}
+	m.plugins = map[string]*entry{}
+	m.mu.Unlock()
+
+	drain := m.cfg.DrainTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		drain = max(time.Until(dl), 0)
+	}
+	var wg sync.WaitGroup
+	for _, e := range entries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Wait for a running operation so its candidate is not leaked;
+			// a Load/Reload in progress sees closed and stops it.
+			_ = e.lock(context.Background())
+			defer e.unlock()
+			inst := e.active.Swap(nil)
+			e.setState(StateStopped, "daemon shutting down", m.events)
+			if inst != nil {
+				inst.drain(drain)
+				inst.stop()
+			}
+		}()
+	}
+	wg.Wait()
+	m.bg.Wait()
+	m.events.close()
+	if m.ownSock {
+		_ = os.RemoveAll(m.sockRoot)
+	}
+	return nil
+}

@@ -1,0 +1,271 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// LoadResult is the outcome of a successful Load.
+type LoadResult struct {
+	Status Status
+	Report *Report
+}
+
+// Load launches a new plugin through the candidate pipeline. The name is
+// reserved (STARTING) while the candidate runs; on failure it is released and
+// nothing remains.
+func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	spec = spec.clone()
+	e := &entry{name: spec.Name, op: make(chan struct{}, 1), spec: spec}
+	e.op <- struct{}{} // held until the launch is decided
+	defer e.unlock()
+
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if _, ok := m.plugins[spec.Name]; ok {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("plugin %q: %w", spec.Name, ErrAlreadyExists)
+	}
+	m.plugins[spec.Name] = e
+	e.setState(StateStarting, "", m.events)
+	m.mu.Unlock()
+
+	inst, rep, err := m.launch(ctx, candidate{spec: spec, gen: 1})
+	if err == nil && !m.activate(e, inst) {
+		inst.stop()
+		err = ErrClosed
+	}
+	if err != nil {
+		m.mu.Lock()
+		if m.plugins[spec.Name] == e {
+			delete(m.plugins, spec.Name)
+		}
+		m.mu.Unlock()
+		e.mu.Lock()
+		e.removed = true
+		e.mu.Unlock()
+		m.events.publish(EventRemoved, Health{Name: spec.Name, State: StateStopped, Reason: err.Error(), Since: time.Now()})
+		return nil, err
+	}
+	m.log.Info("plugin loaded", slog.String("plugin", spec.Name), slog.Uint64("generation", 1),
+		slog.Int("pid", inst.pid), slog.Duration("took", rep.Total))
+	return &LoadResult{Status: e.status(), Report: rep}, nil
+}
+
+// activate makes inst the active generation of e and watches its process.
+// It returns false when the manager closed meanwhile (the caller stops inst).
+// The caller holds e's operation lock.
+func (m *Manager) activate(e *entry, inst *instance) bool {
+	m.mu.RLock()
+	closed := m.closed
+	if !closed {
+		m.bg.Add(1)
+	}
+	m.mu.RUnlock()
+	if closed {
+		return false
+	}
+	e.mu.Lock()
+	e.generation = inst.gen
+	e.spec = inst.spec
+	e.pluginName = inst.pluginName
+	e.lastError = ""
+	e.state = StateServing
+	e.since = time.Now()
+	e.active.Store(inst)
+	e.publishLocked(m.events)
+	e.mu.Unlock()
+	go m.watchExit(e, inst)
+	return true
+}
+
+// ReloadRequest asks for a new generation.
+type ReloadRequest struct {
+	Name string
+	// Spec, when not nil, upgrades the plugin; Spec.Name must equal Name.
+	Spec *Spec
+	// ExpectedGeneration, when not 0, must equal the active generation.
+	ExpectedGeneration uint64
+	// ValidateOnly runs stages 1-5 and discards the candidate.
+	ValidateOnly bool
+	// DrainTimeout bounds the drain of the old generation (0: default).
+	DrainTimeout time.Duration
+}
+
+// ReloadResult is the outcome of a successful Reload.
+type ReloadResult struct {
+	Status             Status
+	PreviousGeneration uint64
+	Report             *Report
+}
+
+// Reload runs the candidate pipeline and swaps to the candidate only when it
+// passes: the active generation keeps serving until then, and untouched if
+// the candidate fails. The old generation is drained (calls in flight finish,
+// up to the drain timeout) and stopped after the swap. Reloads of one plugin
+// are serialized. Draining is not cut short by ctx: once swapped, the old
+// generation must be stopped either way.
+func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult, error) {
+	if req.Spec != nil {
+		if err := req.Spec.Validate(); err != nil {
+			return nil, err
+		}
+		if req.Spec.Name != req.Name {
+			return nil, &InvalidError{Field: "spec.name", Reason: fmt.Sprintf("%q differs from the plugin being reloaded (%q)", req.Spec.Name, req.Name)}
+		}
+	}
+	if req.DrainTimeout < 0 || req.DrainTimeout > maxTimeout {
+		return nil, &InvalidError{Field: "drain_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", req.DrainTimeout, maxTimeout)}
+	}
+	e, err := m.lookup(req.Name)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer e.unlock()
+
+	e.mu.Lock()
+	removed, activeGen, spec, expect := e.removed, e.generation, e.spec, e.pluginName
+	e.mu.Unlock()
+	if removed {
+		return nil, fmt.Errorf("plugin %q: %w", req.Name, ErrNotFound)
+	}
+	if req.ExpectedGeneration != 0 && req.ExpectedGeneration != activeGen {
+		return nil, &GenerationMismatchError{Plugin: req.Name, Expected: req.ExpectedGeneration, Active: activeGen}
+	}
+	if req.Spec != nil {
+		spec = req.Spec.clone()
+	}
+	old := e.active.Load()
+	inst, rep, err := m.launch(ctx, candidate{spec: spec, gen: activeGen + 1, expectName: expect, activeGen: activeGen})
+	if err != nil {
+		e.mu.Lock()
+		e.lastError = err.Error()
+		e.publishLocked(m.events)
+		e.mu.Unlock()
+		return nil, err
+	}
+	if req.ValidateOnly {
+		inst.stop()
+		return &ReloadResult{Status: e.status(), PreviousGeneration: activeGen, Report: rep}, nil
+	}
+
+	// 6. swap
+	start := time.Now()
+	if !m.activate(e, inst) {
+		inst.stop()
+		return nil, ErrClosed
+	}
+	rep.Stages = append(rep.Stages, StageTiming{Stage: StageSwap, Duration: time.Since(start)})
+
+	// 7. drain the old generation, then stop it.
+	if old != nil {
+		start = time.Now()
+		timeout := req.DrainTimeout
+		if timeout == 0 {
+			timeout = m.cfg.DrainTimeout
+		}
+		rep.DrainedCalls, rep.DrainTimedOut = old.drain(timeout)
+		old.stop()
+		rep.Stages = append(rep.Stages, StageTiming{Stage: StageDrain, Duration: time.Since(start)})
+		if rep.DrainTimedOut {
+			m.log.Warn("drain timed out; old generation stopped with calls in flight",
+				slog.String("plugin", req.Name), slog.Uint64("generation", old.gen), slog.Duration("drain_timeout", timeout))
+		}
+	}
+	var total time.Duration
+	for _, s := range rep.Stages {
+		total += s.Duration
+	}
+	rep.Total = total
+	m.log.Info("plugin reloaded", slog.String("plugin", req.Name), slog.Uint64("generation", inst.gen),
+		slog.Uint64("previous_generation", activeGen), slog.Int("pid", inst.pid), slog.Duration("took", total))
+	return &ReloadResult{Status: e.status(), PreviousGeneration: activeGen, Report: rep}, nil
+}
+
+// Unload drains and stops a plugin and forgets it. drain 0 means the default.
+func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) (Status, error) {
+	if drain < 0 || drain > maxTimeout {
+		return Status{}, &InvalidError{Field: "drain_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", drain, maxTimeout)}
+	}
+	e, err := m.lookup(name)
+	if err != nil {
+		return Status{}, err
+	}
+	if err := e.lock(ctx); err != nil {
+		return Status{}, err
+	}
+	defer e.unlock()
+	e.mu.Lock()
+	removed := e.removed
+	e.removed = true
+	e.mu.Unlock()
+	if removed {
+		return Status{}, fmt.Errorf("plugin %q: %w", name, ErrNotFound)
+	}
+	m.mu.Lock()
+	if m.plugins[name] == e {
+		delete(m.plugins, name)
+	}
+	m.mu.Unlock()
+
+	st := e.status()
+	inst := e.active.Swap(nil)
+	if inst != nil {
+		if drain == 0 {
+			drain = m.cfg.DrainTimeout
+		}
+		inst.drain(drain)
+		inst.stop()
+	}
+	e.mu.Lock()
+	e.state = StateStopped
+	h := e.healthLocked()
+	e.mu.Unlock()
+	m.events.publish(EventRemoved, h)
+	st.State, st.PID = StateStopped, 0
+	m.log.Info("plugin unloaded", slog.String("plugin", name), slog.Uint64("generation", st.Generation))
+	return st, nil
+}
+
+// watchExit waits for inst's process to exit. An exit the manager did not
+// ask for is a crash: the generation stops serving and the reason is
+// recorded. (Restarts are the supervisor's job.)
+func (m *Manager) watchExit(e *entry, inst *instance) {
+	defer m.bg.Done()
+	<-inst.conn.Done.Done()
+	if inst.intended() {
+		return
+	}
+	reason := fmt.Sprintf("generation %d (pid %d) exited unexpectedly", inst.gen, inst.pid)
+	if tail := lastLine(inst.stderr.Tail()); tail != "" {
+		reason += ": " + tail
+	}
+	m.log.Error("plugin crashed", slog.String("plugin", e.name), slog.Uint64("generation", inst.gen), slog.String("reason", reason))
+	if e.active.CompareAndSwap(inst, nil) {
+		e.setState(StateUnhealthy, reason, m.events)
+	}
+	inst.stop()
+}
+
+func lastLine(s string) string {
+	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == '\r') {
+		s = s[:len(s)-1]
+	}
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '\n' {
+			return s[i+1:]
+		}
+	}
+	return s
+}

@@ -1,0 +1,110 @@
+package manager
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+// resolveBinary finds binary inside dir (already symlink-free and absolute)
+// and returns its real path. It follows symlinks, but only to targets that
+// stay inside dir, and insists on a regular, executable file. It runs at
+// every start, so a symlink swapped after Load is caught at the next launch.
+func resolveBinary(dir, binary string) (string, error) {
+	if err := validateBinary(binary); err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, binary)
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("binary %q not found in plugin directory %s", binary, dir)
+		}
+		return "", fmt.Errorf("binary %q: %w", binary, err)
+	}
+	rel, err := filepath.Rel(dir, real)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("binary %q resolves to %s, outside the plugin directory %s", binary, real, dir)
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		return "", fmt.Errorf("binary %q: %w", binary, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("binary %q is not a regular file (%s)", binary, fi.Mode().Type())
+	}
+	if fi.Mode().Perm()&0o111 == 0 {
+		return "", fmt.Errorf("binary %q is not executable (mode %s)", binary, fi.Mode().Perm())
+	}
+	return real, nil
+}
+
+// digestCache remembers the SHA-256 of binaries by file identity (device,
+// inode, size, mtime, ctime), so an unpinned Reload of an unchanged binary
+// does not hash megabytes again. A rewritten file changes its identity.
+type digestCache struct {
+	mu sync.Mutex // guards m
+	m  map[fileID]string
+}
+
+type fileID struct {
+	dev, ino uint64
+	size     int64
+	mtime    int64
+	ctime    int64
+}
+
+func identify(fi os.FileInfo) (fileID, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileID{}, false
+	}
+	return fileID{
+		dev: uint64(st.Dev), ino: st.Ino, size: st.Size,
+		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(),
+	}, true
+}
+
+// digest returns the hex SHA-256 of the file at path.
+func (c *digestCache) digest(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	id, ok := identify(fi)
+	if ok {
+		c.mu.Lock()
+		d, hit := c.m[id]
+		c.mu.Unlock()
+		if hit {
+			return d, nil
+		}
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	d := hex.EncodeToString(h.Sum(nil))
+	if ok {
+		c.mu.Lock()
+		if c.m == nil || len(c.m) > 1024 {
+			c.m = make(map[fileID]string)
+		}
+		c.m[id] = d
+		c.mu.Unlock()
+	}
+	return d, nil
+}

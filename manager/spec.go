@@ -1,0 +1,226 @@
+package manager
+
+import (
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Spec is the desired state of one plugin instance. The zero values of the
+// optional fields take the defaults documented on each field.
+type Spec struct {
+	// Name is the instance name: ^[a-z][a-z0-9-]{0,62}$.
+	Name string
+	// Binary is a path relative to the plugin directory. Absolute paths and
+	// ".." elements are rejected here; symlinks leaving the directory are
+	// rejected when the binary is resolved, at every start.
+	Binary string
+	// Args are passed to the binary.
+	Args []string
+	// Env is the plugin's whole environment besides go-plugin's handshake
+	// variables: nothing of the daemon's environment is inherited.
+	Env map[string]string
+	// SHA256 optionally pins the binary (hex); verified at every start.
+	SHA256 string
+	// Config is handed to the plugin's Ready probe.
+	Config []byte
+	// StartTimeout bounds launch and handshake; 0 means Config.StartTimeout.
+	StartTimeout time.Duration
+	// Policy tunes panic tracking and restarts.
+	Policy HealthPolicy
+}
+
+// Action is what happens when a plugin becomes unhealthy.
+type Action int
+
+// Actions on unhealthy.
+const (
+	ActionNone Action = iota
+	ActionRestart
+	ActionStop
+)
+
+// HealthPolicy tunes panic tracking and restarts; zero fields take defaults.
+type HealthPolicy struct {
+	// PanicThreshold panics or crashes within PanicWindow make the plugin
+	// UNHEALTHY (default 3).
+	PanicThreshold int
+	// PanicWindow is the sliding window (default 1m).
+	PanicWindow time.Duration
+	// RestartLimit restarts within RestartPeriod are allowed (default 5).
+	RestartLimit int
+	// RestartPeriod (default 1m).
+	RestartPeriod time.Duration
+	// BackoffInitial is the first restart delay (default 100ms).
+	BackoffInitial time.Duration
+	// BackoffMax caps the restart delay (default 10s).
+	BackoffMax time.Duration
+	// OnUnhealthy runs once per transition to UNHEALTHY.
+	OnUnhealthy Action
+}
+
+// Limits on spec fields, so a request cannot make the daemon hold or pass on
+// unbounded data.
+const (
+	maxArgs       = 64
+	maxArgLen     = 4096
+	maxEnv        = 128
+	maxEnvLen     = 8192
+	maxConfigLen  = 1 << 20
+	maxBinaryLen  = 255
+	maxTimeout    = 10 * time.Minute
+	maxPanicLimit = 1000
+)
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// ValidateName checks an instance name.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) {
+		return &InvalidError{Field: "name", Reason: fmt.Sprintf("%q must match ^[a-z][a-z0-9-]{0,62}$", truncate(name, 80))}
+	}
+	return nil
+}
+
+// Validate checks every field of s without touching the filesystem. It
+// returns an *InvalidError naming the first bad field.
+func (s *Spec) Validate() error {
+	if err := ValidateName(s.Name); err != nil {
+		return err
+	}
+	if err := validateBinary(s.Binary); err != nil {
+		return err
+	}
+	if len(s.Args) > maxArgs {
+		return &InvalidError{Field: "args", Reason: fmt.Sprintf("%d arguments, at most %d allowed", len(s.Args), maxArgs)}
+	}
+	for i, a := range s.Args {
+		if len(a) > maxArgLen || strings.ContainsRune(a, 0) || !utf8.ValidString(a) {
+			return &InvalidError{Field: fmt.Sprintf("args[%d]", i), Reason: fmt.Sprintf("must be valid UTF-8 without NUL, at most %d bytes", maxArgLen)}
+		}
+	}
+	if len(s.Env) > maxEnv {
+		return &InvalidError{Field: "env", Reason: fmt.Sprintf("%d variables, at most %d allowed", len(s.Env), maxEnv)}
+	}
+	for k, v := range s.Env {
+		if !envKeyRE.MatchString(k) {
+			return &InvalidError{Field: "env", Reason: fmt.Sprintf("variable name %q must match ^[A-Za-z_][A-Za-z0-9_]*$", truncate(k, 80))}
+		}
+		if strings.HasPrefix(k, "PLUGIN_") {
+			return &InvalidError{Field: "env", Reason: fmt.Sprintf("variable %q: the PLUGIN_ prefix is reserved for go-plugin's handshake", k)}
+		}
+		if len(v) > maxEnvLen || strings.ContainsRune(v, 0) {
+			return &InvalidError{Field: "env", Reason: fmt.Sprintf("value of %q must be at most %d bytes without NUL", k, maxEnvLen)}
+		}
+	}
+	if s.SHA256 != "" {
+		b, err := hex.DecodeString(s.SHA256)
+		if err != nil || len(b) != 32 {
+			return &InvalidError{Field: "sha256", Reason: fmt.Sprintf("%q is not 64 hex digits", truncate(s.SHA256, 80))}
+		}
+	}
+	if len(s.Config) > maxConfigLen {
+		return &InvalidError{Field: "config", Reason: fmt.Sprintf("%d bytes, at most %d allowed", len(s.Config), maxConfigLen)}
+	}
+	if s.StartTimeout < 0 || s.StartTimeout > maxTimeout {
+		return &InvalidError{Field: "start_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", s.StartTimeout, maxTimeout)}
+	}
+	return s.Policy.validate()
+}
+
+func (p *HealthPolicy) validate() error {
+	switch {
+	case p.PanicThreshold < 0 || p.PanicThreshold > maxPanicLimit:
+		return &InvalidError{Field: "health_policy.panic_threshold", Reason: fmt.Sprintf("%d is outside 0..%d", p.PanicThreshold, maxPanicLimit)}
+	case p.RestartLimit < 0 || p.RestartLimit > maxPanicLimit:
+		return &InvalidError{Field: "health_policy.restart_limit", Reason: fmt.Sprintf("%d is outside 0..%d", p.RestartLimit, maxPanicLimit)}
+	case p.OnUnhealthy < ActionNone || p.OnUnhealthy > ActionStop:
+		return &InvalidError{Field: "health_policy.unhealthy_action", Reason: fmt.Sprintf("unknown action %d", p.OnUnhealthy)}
+	}
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{
+		{"panic_window", p.PanicWindow}, {"restart_period", p.RestartPeriod},
+		{"backoff_initial", p.BackoffInitial}, {"backoff_max", p.BackoffMax},
+	} {
+		if d.v < 0 || d.v > 24*time.Hour {
+			return &InvalidError{Field: "health_policy." + d.field, Reason: fmt.Sprintf("%v is outside 0..24h", d.v)}
+		}
+	}
+	return nil
+}
+
+// withDefaults returns p with zero fields set to their defaults.
+func (p HealthPolicy) withDefaults() HealthPolicy {
+	if p.PanicThreshold == 0 {
+		p.PanicThreshold = 3
+	}
+	if p.PanicWindow == 0 {
+		p.PanicWindow = time.Minute
+	}
+	if p.RestartLimit == 0 {
+		p.RestartLimit = 5
+	}
+	if p.RestartPeriod == 0 {
+		p.RestartPeriod = time.Minute
+	}
+	if p.BackoffInitial == 0 {
+		p.BackoffInitial = 100 * time.Millisecond
+	}
+	if p.BackoffMax == 0 {
+		p.BackoffMax = 10 * time.Second
+	}
+	return p
+}
+
+// validateBinary checks the syntax of a binary name: a relative path that
+// stays inside the plugin directory lexically. Symlinks are checked when the
+// binary is resolved (see resolveBinary).
+func validateBinary(b string) error {
+	switch {
+	case b == "":
+		return &InvalidError{Field: "binary", Reason: "required: the name of a file in the plugin directory"}
+	case len(b) > maxBinaryLen:
+		return &InvalidError{Field: "binary", Reason: fmt.Sprintf("longer than %d bytes", maxBinaryLen)}
+	case !utf8.ValidString(b) || strings.ContainsAny(b, "\x00\\"):
+		return &InvalidError{Field: "binary", Reason: fmt.Sprintf("%q contains invalid characters", truncate(b, 80))}
+	case filepath.IsAbs(b):
+		return &InvalidError{Field: "binary", Reason: fmt.Sprintf("%q is an absolute path; name a file inside the plugin directory", b)}
+	}
+	for _, el := range strings.Split(b, "/") {
+		if el == ".." {
+			return &InvalidError{Field: "binary", Reason: fmt.Sprintf("%q contains \"..\"; name a file inside the plugin directory", b)}
+		}
+	}
+	if filepath.Clean(b) != b {
+		return &InvalidError{Field: "binary", Reason: fmt.Sprintf("%q is not a clean path (want %q)", b, filepath.Clean(b))}
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// clone returns a deep copy, so callers cannot mutate a stored spec.
+func (s Spec) clone() Spec {
+	s.Args = append([]string(nil), s.Args...)
+	if s.Env != nil {
+		env := make(map[string]string, len(s.Env))
+		for k, v := range s.Env {
+			env[k] = v
+		}
+		s.Env = env
+	}
+	s.Config = append([]byte(nil), s.Config...)
+	return s
+}

@@ -1,0 +1,89 @@
+package server
+
+import (
+	"context"
+
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/manager"
+)
+
+// control implements PluginControlService: validate and map, then call the
+// manager; no lifecycle decisions here.
+type control struct {
+	pb.UnimplementedPluginControlServiceServer
+	s *Server
+}
+
+func (c *control) Load(ctx context.Context, req *pb.LoadRequest) (*pb.LoadResponse, error) {
+	spec, err := specFromProto(req.GetSpec())
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.s.m.Load(ctx, spec)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.LoadResponse{Plugin: statusToProto(res.Status), Report: reportToProto(res.Report)}, nil
+}
+
+func (c *control) Reload(ctx context.Context, req *pb.ReloadRequest) (*pb.ReloadResponse, error) {
+	drain, err := duration("drain_timeout", req.GetDrainTimeout())
+	if err != nil {
+		return nil, err
+	}
+	mr := manager.ReloadRequest{
+		Name:               req.GetName(),
+		ExpectedGeneration: req.GetExpectedGeneration(),
+		ValidateOnly:       req.GetValidateOnly(),
+		DrainTimeout:       drain,
+	}
+	if req.GetSpec() != nil {
+		spec, err := specFromProto(req.GetSpec())
+		if err != nil {
+			return nil, err
+		}
+		mr.Spec = &spec
+	}
+	res, err := c.s.m.Reload(ctx, mr)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.ReloadResponse{
+		Plugin:             statusToProto(res.Status),
+		PreviousGeneration: res.PreviousGeneration,
+		Report:             reportToProto(res.Report),
+	}, nil
+}
+
+func (c *control) Unload(ctx context.Context, req *pb.UnloadRequest) (*pb.UnloadResponse, error) {
+	drain, err := duration("drain_timeout", req.GetDrainTimeout())
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.s.m.Unload(ctx, req.GetName(), drain)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.UnloadResponse{Plugin: statusToProto(st)}, nil
+}
+
+func (c *control) ListPlugins(context.Context, *pb.ListPluginsRequest) (*pb.ListPluginsResponse, error) {
+	list := c.s.m.List()
+	out := &pb.ListPluginsResponse{Plugins: make([]*pb.PluginStatus, 0, len(list))}
+	for _, st := range list {
+		out.Plugins = append(out.Plugins, statusToProto(st))
+	}
+	return out, nil
+}
+
+func (c *control) Health(_ context.Context, req *pb.HealthRequest) (*pb.HealthResponse, error) {
+	hs, rev, err := c.s.m.Health(req.GetNames())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.HealthResponse{Revision: rev, Plugins: make([]*pb.PluginHealth, 0, len(hs))}
+	for _, h := range hs {
+		out.Plugins = append(out.Plugins, healthToProto(h))
+	}
+	return out, nil
+}

@@ -1,0 +1,185 @@
+package server
+
+import (
+	"fmt"
+	"time"
+
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/manager"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// duration converts an optional Duration field; unset is 0.
+func duration(field string, d *durationpb.Duration) (time.Duration, error) {
+	if d == nil {
+		return 0, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, invalid(field, err.Error())
+	}
+	v := d.AsDuration()
+	if v < 0 {
+		return 0, invalid(field, fmt.Sprintf("%v is negative", v))
+	}
+	return v, nil
+}
+
+func specFromProto(s *pb.PluginSpec) (manager.Spec, error) {
+	if s == nil {
+		return manager.Spec{}, invalid("spec", "required")
+	}
+	st, err := duration("spec.start_timeout", s.GetStartTimeout())
+	if err != nil {
+		return manager.Spec{}, err
+	}
+	spec := manager.Spec{
+		Name:         s.GetName(),
+		Binary:       s.GetBinary(),
+		Args:         s.GetArgs(),
+		Env:          s.GetEnv(),
+		SHA256:       s.GetSha256(),
+		Config:       s.GetConfig(),
+		StartTimeout: st,
+	}
+	if p := s.GetHealthPolicy(); p != nil {
+		var ds [4]time.Duration
+		for i, f := range []struct {
+			name string
+			d    *durationpb.Duration
+		}{
+			{"panic_window", p.GetPanicWindow()}, {"restart_period", p.GetRestartPeriod()},
+			{"backoff_initial", p.GetBackoffInitial()}, {"backoff_max", p.GetBackoffMax()},
+		} {
+			if ds[i], err = duration("spec.health_policy."+f.name, f.d); err != nil {
+				return manager.Spec{}, err
+			}
+		}
+		spec.Policy = manager.HealthPolicy{
+			PanicThreshold: int(min(p.GetPanicThreshold(), 1<<20)),
+			PanicWindow:    ds[0],
+			RestartLimit:   int(min(p.GetRestartLimit(), 1<<20)),
+			RestartPeriod:  ds[1],
+			BackoffInitial: ds[2],
+			BackoffMax:     ds[3],
+		}
+		switch p.GetUnhealthyAction() {
+		case pb.UnhealthyAction_UNHEALTHY_ACTION_UNSPECIFIED, pb.UnhealthyAction_UNHEALTHY_ACTION_NONE:
+			spec.Policy.OnUnhealthy = manager.ActionNone
+		case pb.UnhealthyAction_UNHEALTHY_ACTION_RESTART:
+			spec.Policy.OnUnhealthy = manager.ActionRestart
+		case pb.UnhealthyAction_UNHEALTHY_ACTION_STOP:
+			spec.Policy.OnUnhealthy = manager.ActionStop
+		default:
+			return manager.Spec{}, invalid("spec.health_policy.unhealthy_action", fmt.Sprintf("unknown value %d", p.GetUnhealthyAction()))
+		}
+	}
+	return spec, nil
+}
+
+func specToProto(s manager.Spec) *pb.PluginSpec {
+	out := &pb.PluginSpec{
+		Name:   s.Name,
+		Binary: s.Binary,
+		Args:   s.Args,
+		Env:    s.Env,
+		Sha256: s.SHA256,
+		Config: s.Config,
+	}
+	if s.StartTimeout > 0 {
+		out.StartTimeout = durationpb.New(s.StartTimeout)
+	}
+	p := s.Policy
+	if p != (manager.HealthPolicy{}) {
+		out.HealthPolicy = &pb.HealthPolicy{
+			PanicThreshold:  uint32(p.PanicThreshold),
+			RestartLimit:    uint32(p.RestartLimit),
+			UnhealthyAction: pb.UnhealthyAction(int32(p.OnUnhealthy) + 1),
+		}
+		for _, f := range []struct {
+			d   time.Duration
+			dst **durationpb.Duration
+		}{
+			{p.PanicWindow, &out.HealthPolicy.PanicWindow}, {p.RestartPeriod, &out.HealthPolicy.RestartPeriod},
+			{p.BackoffInitial, &out.HealthPolicy.BackoffInitial}, {p.BackoffMax, &out.HealthPolicy.BackoffMax},
+		} {
+			if f.d > 0 {
+				*f.dst = durationpb.New(f.d)
+			}
+		}
+	}
+	return out
+}
+
+func timestamp(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func statusToProto(s manager.Status) *pb.PluginStatus {
+	return &pb.PluginStatus{
+		Name:       s.Name,
+		Generation: s.Generation,
+		State:      pb.PluginState(s.State),
+		Pid:        int64(s.PID),
+		Binary:     s.Binary,
+		Sha256:     s.SHA256,
+		Version:    s.Version,
+		StartedAt:  timestamp(s.StartedAt),
+		Restarts:   uint32(s.Restarts),
+		LastError:  s.LastError,
+		Spec:       specToProto(s.Spec),
+		PluginName: s.PluginName,
+	}
+}
+
+func stageToProto(s manager.Stage) pb.CandidateStage {
+	// manager.Stage is numbered like the proto enum.
+	return pb.CandidateStage(s)
+}
+
+func reportToProto(r *manager.Report) *pb.CandidateReport {
+	if r == nil {
+		return nil
+	}
+	out := &pb.CandidateReport{
+		Total:         durationpb.New(r.Total),
+		CandidatePid:  int64(r.CandidatePID),
+		Version:       r.Version,
+		DrainedCalls:  uint32(r.DrainedCalls),
+		DrainTimedOut: r.DrainTimedOut,
+	}
+	for _, s := range r.Stages {
+		out.Stages = append(out.Stages, &pb.StageTiming{Stage: stageToProto(s.Stage), Duration: durationpb.New(s.Duration)})
+	}
+	return out
+}
+
+func healthToProto(h manager.Health) *pb.PluginHealth {
+	out := &pb.PluginHealth{
+		Name:           h.Name,
+		State:          pb.PluginState(h.State),
+		Generation:     h.Generation,
+		PanicsInWindow: uint32(h.PanicsInWindow),
+		LifetimePanics: h.LifetimePanics,
+		Crashes:        h.Crashes,
+		Restarts:       uint32(h.Restarts),
+		Reason:         h.Reason,
+		Since:          timestamp(h.Since),
+		Revision:       h.Revision,
+	}
+	if p := h.LastPanic; p != nil {
+		out.LastPanic = &pb.PanicRecord{Message: p.Message, Fingerprint: p.Fingerprint, Time: timestamp(p.Time), Generation: p.Generation}
+	}
+	return out
+}
+
+func eventToProto(e manager.Event) *pb.WatchHealthResponse {
+	ev := &pb.HealthEvent{Type: pb.HealthEventType(e.Type), Revision: e.Revision, Reset_: e.Reset}
+	if e.Type != manager.EventSynced && e.Type != manager.EventBookmark {
+		ev.Health = healthToProto(e.Health)
+	}
+	return &pb.WatchHealthResponse{Event: ev}
+}

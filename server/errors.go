@@ -1,0 +1,96 @@
+package server
+
+import (
+	"context"
+	"errors"
+
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/manager"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+)
+
+// toStatus maps a manager error to a gRPC status. It is the one place where
+// errors get codes: everything below the server wraps errors with %w and
+// typed values; this function reads them with errors.Is / errors.As.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok && !isManagerError(err) {
+		// Already a status (from a conversion in this package).
+		return err
+	}
+	var (
+		invalid  *manager.InvalidError
+		cand     *manager.CandidateError
+		mismatch *manager.GenerationMismatchError
+		call     *manager.CallError
+	)
+	switch {
+	case errors.As(err, &invalid):
+		return withDetails(codes.InvalidArgument, err.Error(), &errdetails.BadRequest{
+			FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: invalid.Field, Description: invalid.Reason}},
+		})
+	case errors.As(err, &cand):
+		code := codes.FailedPrecondition
+		if cand.Stage == manager.StageResolve {
+			// The binary named by the request is missing, escapes the
+			// plugin directory or is not executable: bad input.
+			code = codes.InvalidArgument
+		}
+		return withDetails(code, err.Error(), &pb.CandidateFailure{
+			Stage:            stageToProto(cand.Stage),
+			Message:          cand.Err.Error(),
+			StderrTail:       cand.StderrTail,
+			ActiveGeneration: cand.ActiveGeneration,
+		})
+	case errors.As(err, &mismatch):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.As(err, &call):
+		// The plugin's own status passes through unchanged (with its
+		// details, such as a PanicDetail); a transport failure to the
+		// plugin surfaces as the code grpc-go gave it (Unavailable).
+		if st, ok := status.FromError(call.Err); ok {
+			return st.Err()
+		}
+		return status.Error(codes.Unknown, err.Error())
+	case errors.Is(err, manager.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, manager.ErrAlreadyExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, manager.ErrUnavailable), errors.Is(err, manager.ErrClosed):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	default:
+		return status.Error(codes.Internal, err.Error())
+	}
+}
+
+func isManagerError(err error) bool {
+	var (
+		invalid *manager.InvalidError
+		cand    *manager.CandidateError
+		call    *manager.CallError
+	)
+	return errors.As(err, &invalid) || errors.As(err, &cand) || errors.As(err, &call)
+}
+
+func withDetails(c codes.Code, msg string, details ...protoadapt.MessageV1) error {
+	st := status.New(c, msg)
+	if d, err := st.WithDetails(details...); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// invalid is an InvalidArgument for a request field that never reached the
+// manager (such as a malformed Duration).
+func invalid(field, reason string) error {
+	return toStatus(&manager.InvalidError{Field: field, Reason: reason})
+}

@@ -1,0 +1,170 @@
+// Package server puts gRPC in front of a manager.Manager: the
+// PluginControlService and PluginGatewayService, error mapping to status
+// codes (errors.go, the only place codes are chosen), recovery and logging
+// interceptors, the grpc.health.v1 mirror of plugin health, and reflection.
+// Lifecycle decisions stay in the manager.
+package server
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/manager"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+)
+
+// Option configures a Server.
+type Option func(*options)
+
+type options struct {
+	logger           *slog.Logger
+	bookmarkInterval time.Duration
+	grpcOpts         []grpc.ServerOption
+	unaryInts        []grpc.UnaryServerInterceptor
+	streamInts       []grpc.StreamServerInterceptor
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithBookmarkInterval sets how often idle WatchHealth streams get a
+// bookmark (default 30s).
+func WithBookmarkInterval(d time.Duration) Option {
+	return func(o *options) { o.bookmarkInterval = d }
+}
+
+// WithGRPCOptions adds grpc.ServerOptions (credentials, limits).
+func WithGRPCOptions(opts ...grpc.ServerOption) Option {
+	return func(o *options) { o.grpcOpts = append(o.grpcOpts, opts...) }
+}
+
+// WithInterceptors adds interceptors that run after recovery and logging
+// (authentication, for instance).
+func WithInterceptors(u []grpc.UnaryServerInterceptor, s []grpc.StreamServerInterceptor) Option {
+	return func(o *options) {
+		o.unaryInts = append(o.unaryInts, u...)
+		o.streamInts = append(o.streamInts, s...)
+	}
+}
+
+// Server is the gRPC face of a manager.
+type Server struct {
+	m      *manager.Manager
+	opts   options
+	log    *slog.Logger
+	grpc   *grpc.Server
+	health *health.Server
+
+	shutdown     chan struct{} // closed by Shutdown: streams end
+	shutdownOnce sync.Once
+	mirrorDone   chan struct{}
+
+	mu        sync.Mutex     // guards draining
+	draining  bool           // no new streams
+	watchers  sync.WaitGroup // open WatchHealth streams
+}
+
+// New builds the gRPC server over m and registers every service. Call Serve
+// to accept connections and Shutdown to stop.
+func New(m *manager.Manager, opts ...Option) *Server {
+	o := options{logger: slog.Default(), bookmarkInterval: 30 * time.Second}
+	for _, f := range opts {
+		f(&o)
+	}
+	s := &Server{m: m, opts: o, log: o.logger, shutdown: make(chan struct{}), mirrorDone: make(chan struct{})}
+
+	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+	recOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		s.log.ErrorContext(ctx, "handler panic", slog.Any("panic", p))
+		return status.Errorf(codes.Internal, "internal error (handler panic)")
+	})}
+	unary := append([]grpc.UnaryServerInterceptor{
+		recovery.UnaryServerInterceptor(recOpts...),
+		logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
+	}, o.unaryInts...)
+	stream := append([]grpc.StreamServerInterceptor{
+		recovery.StreamServerInterceptor(recOpts...),
+		logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
+	}, o.streamInts...)
+
+	gopts := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
+		// Clients ping idle watch streams every 30s (package client);
+		// allow that, and ping silent clients ourselves so dead peers are
+		// noticed while live idle streams stay up for hours.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+	}
+	s.grpc = grpc.NewServer(append(gopts, o.grpcOpts...)...)
+	pb.RegisterPluginControlServiceServer(s.grpc, &control{s: s})
+	pb.RegisterPluginGatewayServiceServer(s.grpc, &gateway{s: s})
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	go s.mirrorHealth()
+	return s
+}
+
+// GRPCServer returns the underlying grpc.Server (to register more services).
+func (s *Server) GRPCServer() *grpc.Server { return s.grpc }
+
+// Serve accepts connections on lis until Shutdown.
+func (s *Server) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
+
+// Shutdown marks the daemon NOT_SERVING, ends every WatchHealth stream with
+// Unavailable, then stops gracefully, falling back to a hard stop when ctx
+// ends first (grpc's GracefulStop has no deadline of its own). It does not
+// close the manager.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.shutdownOnce.Do(func() {
+		s.health.Shutdown()
+		s.mu.Lock()
+		s.draining = true
+		s.mu.Unlock()
+		close(s.shutdown)
+	})
+	done := make(chan struct{})
+	go func() {
+		s.watchers.Wait()
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-done
+	}
+	<-s.mirrorDone
+}
+
+func (s *Server) addWatcher() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.watchers.Add(1)
+	return true
+}
+
+// slogAdapter lets go-grpc-middleware's logging interceptor write to slog
+// (the middleware has no slog adapter of its own).
+func slogAdapter(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		l.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+}
