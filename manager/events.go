@@ -31,8 +31,8 @@ type Event struct {
 	Reset bool
 }
 
-// historySize bounds the replay history.
-const historySize = 4096
+// defaultHistory bounds the replay history.
+const defaultHistory = 4096
 
 // events is the health hub: a daemon-wide revision counter, the latest
 // record per plugin, a bounded history for resuming watchers, and the
@@ -42,13 +42,17 @@ type events struct {
 	mu      sync.Mutex // guards every field
 	rev     uint64
 	latest  map[string]Health
-	history []Event // ring of the last historySize events, oldest first
+	history []Event // the last events, oldest first, at most 2*size
+	size    int     // history kept after compaction
 	subs    map[*Watch]struct{}
 	closed  bool
 }
 
-func newEvents() *events {
-	return &events{latest: make(map[string]Health), subs: make(map[*Watch]struct{})}
+func newEvents(size int) *events {
+	if size <= 0 {
+		size = defaultHistory
+	}
+	return &events{latest: make(map[string]Health), subs: make(map[*Watch]struct{}), size: size}
 }
 
 // publish assigns the next revision to h, records it and offers it to every
@@ -64,8 +68,9 @@ func (ev *events) publish(t EventType, h Health) uint64 {
 		ev.latest[h.Name] = h
 	}
 	e := Event{Type: t, Revision: ev.rev, Health: h}
-	if len(ev.history) >= historySize {
-		ev.history = append(ev.history[:0], ev.history[len(ev.history)-historySize/2:]...)
+	if len(ev.history) >= 2*ev.size {
+		// Compact in bulk (amortized O(1) per event): keep the newest size.
+		ev.history = append(ev.history[:0], ev.history[len(ev.history)-ev.size:]...)
 	}
 	ev.history = append(ev.history, e)
 	for w := range ev.subs {

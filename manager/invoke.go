@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
@@ -44,6 +43,9 @@ func (m *Manager) Invoke(ctx context.Context, name, method string, payload []byt
 				}
 			}
 		}
+		if ce.Panic != nil {
+			m.recordFault(e, inst.gen, false, &PanicRecord{Message: ce.Panic.Message, Fingerprint: ce.Panic.Fingerprint})
+		}
 		return nil, ce
 	}
 	return &InvokeResult{Payload: resp.GetPayload(), Generation: inst.gen}, nil
@@ -73,5 +75,3 @@ func admit(e *entry) (*instance, error) {
 		}
 	}
 }
-
-var _ = errors.Is

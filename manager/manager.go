@@ -42,6 +42,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	// AutoMTLS enables go-plugin's automatic mutual TLS to plugins.
 	AutoMTLS bool
+	// HealthHistory is how many health events are kept for WatchHealth
+	// resumption (4096). Older revisions get a reset snapshot.
+	HealthHistory int
 }
 
 // Manager runs plugin instances. Create it with New; Close stops every plugin.
@@ -58,7 +61,14 @@ type Manager struct {
 	plugins map[string]*entry
 	closed  bool
 
-	bg sync.WaitGroup // exit watchers
+	// ctx is cancelled by Close; background work (restarts, actions on
+	// unhealthy) runs under it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	bgMu     sync.Mutex     // guards bgClosed and bg.Add (never held with other locks' waits)
+	bgClosed bool           // no new background goroutines
+	bg       sync.WaitGroup // exit watchers, restarts, actions on unhealthy
 }
 
 // entry is one plugin instance name and its generations.
@@ -70,16 +80,20 @@ type entry struct {
 	// active is the serving generation; nil while starting or stopped.
 	active atomic.Pointer[instance]
 
-	mu         sync.Mutex // guards the fields below
-	spec       Spec
-	generation uint64 // of the active (or last active) generation
-	pluginName string // what the plugin described itself as
-	state      State
-	since      time.Time
-	lastError  string
-	restarts   int
-	removed    bool // unloaded, or a failed first Load
-	revision   uint64
+	mu          sync.Mutex // guards the fields below
+	spec        Spec
+	generation  uint64 // of the active (or last active) generation
+	pluginName  string // what the plugin described itself as
+	state       State
+	since       time.Time
+	lastError   string
+	restarts    int
+	removed     bool // unloaded, or a failed first Load
+	revision    uint64
+	panics      tracker     // panic window and lifetime counts
+	restartLog  []time.Time // supervisor restarts within the restart period
+	consecutive int         // restarts since the plugin last stayed up a period
+	lastRestart time.Time
 }
 
 func (e *entry) lock(ctx context.Context) error {
@@ -125,7 +139,8 @@ func New(cfg Config) (*Manager, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &Manager{cfg: cfg, log: log, pluginDir: dir, plugins: make(map[string]*entry), events: newEvents()}
+	m := &Manager{cfg: cfg, log: log, pluginDir: dir, plugins: make(map[string]*entry), events: newEvents(cfg.HealthHistory)}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if cfg.SocketDir == "" {
 		d, err := os.MkdirTemp("", "plugind-")
 		if err != nil {
@@ -205,6 +220,10 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 	m.plugins = map[string]*entry{}
 	m.mu.Unlock()
+	m.bgMu.Lock()
+	m.bgClosed = true
+	m.bgMu.Unlock()
+	m.cancel() // pending restarts and actions give up
 
 	drain := m.cfg.DrainTimeout
 	if dl, ok := ctx.Deadline(); ok {
@@ -220,6 +239,9 @@ func (m *Manager) Close(ctx context.Context) error {
 			_ = e.lock(context.Background())
 			defer e.unlock()
 			inst := e.active.Swap(nil)
+			e.mu.Lock()
+			e.panics.reset(0)
+			e.mu.Unlock()
 			e.setState(StateStopped, "daemon shutting down", m.events)
 			if inst != nil {
 				inst.drain(drain)

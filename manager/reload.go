@@ -39,7 +39,7 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 	m.mu.Unlock()
 
 	inst, rep, err := m.launch(ctx, candidate{spec: spec, gen: 1})
-	if err == nil && !m.activate(e, inst) {
+	if err == nil && !m.activate(e, inst, true) {
 		inst.stop()
 		err = ErrClosed
 	}
@@ -60,30 +60,32 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 	return &LoadResult{Status: e.status(), Report: rep}, nil
 }
 
-// activate makes inst the active generation of e and watches its process.
-// It returns false when the manager closed meanwhile (the caller stops inst).
+// activate makes inst the active generation of e, with a fresh panic
+// window, and starts watching its process. operator is true for Load and
+// Reload: an operator's action also clears the supervisor's restart history,
+// so a plugin left UNHEALTHY at its restart limit is supervised again. It
+// returns false when the manager closed meanwhile (the caller stops inst).
 // The caller holds e's operation lock.
-func (m *Manager) activate(e *entry, inst *instance) bool {
-	m.mu.RLock()
-	closed := m.closed
-	if !closed {
-		m.bg.Add(1)
-	}
-	m.mu.RUnlock()
-	if closed {
+func (m *Manager) activate(e *entry, inst *instance, operator bool) bool {
+	if !m.startBackground(func() { m.watchExit(e, inst) }, func() {
+		e.mu.Lock()
+		e.generation = inst.gen
+		e.spec = inst.spec
+		e.pluginName = inst.pluginName
+		e.lastError = ""
+		e.state = StateServing
+		e.since = time.Now()
+		e.panics.reset(inst.gen)
+		if operator {
+			e.restartLog = nil
+			e.consecutive = 0
+		}
+		e.active.Store(inst)
+		e.publishLocked(m.events)
+		e.mu.Unlock()
+	}) {
 		return false
 	}
-	e.mu.Lock()
-	e.generation = inst.gen
-	e.spec = inst.spec
-	e.pluginName = inst.pluginName
-	e.lastError = ""
-	e.state = StateServing
-	e.since = time.Now()
-	e.active.Store(inst)
-	e.publishLocked(m.events)
-	e.mu.Unlock()
-	go m.watchExit(e, inst)
 	return true
 }
 
@@ -162,7 +164,7 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 
 	// 6. swap
 	start := time.Now()
-	if !m.activate(e, inst) {
+	if !m.activate(e, inst, true) {
 		inst.stop()
 		return nil, ErrClosed
 	}
@@ -230,42 +232,11 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	}
 	e.mu.Lock()
 	e.state = StateStopped
+	e.panics.reset(0)
 	h := e.healthLocked()
 	e.mu.Unlock()
 	m.events.publish(EventRemoved, h)
 	st.State, st.PID = StateStopped, 0
 	m.log.Info("plugin unloaded", slog.String("plugin", name), slog.Uint64("generation", st.Generation))
 	return st, nil
-}
-
-// watchExit waits for inst's process to exit. An exit the manager did not
-// ask for is a crash: the generation stops serving and the reason is
-// recorded. (Restarts are the supervisor's job.)
-func (m *Manager) watchExit(e *entry, inst *instance) {
-	defer m.bg.Done()
-	<-inst.conn.Done.Done()
-	if inst.intended() {
-		return
-	}
-	reason := fmt.Sprintf("generation %d (pid %d) exited unexpectedly", inst.gen, inst.pid)
-	if tail := lastLine(inst.stderr.Tail()); tail != "" {
-		reason += ": " + tail
-	}
-	m.log.Error("plugin crashed", slog.String("plugin", e.name), slog.Uint64("generation", inst.gen), slog.String("reason", reason))
-	if e.active.CompareAndSwap(inst, nil) {
-		e.setState(StateUnhealthy, reason, m.events)
-	}
-	inst.stop()
-}
-
-func lastLine(s string) string {
-	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == '\r') {
-		s = s[:len(s)-1]
-	}
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '\n' {
-			return s[i+1:]
-		}
-	}
-	return s
 }

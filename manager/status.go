@@ -93,15 +93,23 @@ func (e *entry) status() Status {
 
 // healthLocked builds the health record; e.mu is held.
 func (e *entry) healthLocked() Health {
-	return Health{
-		Name:       e.name,
-		State:      e.state,
-		Generation: e.generation,
-		Restarts:   e.restarts,
-		Reason:     e.lastError,
-		Since:      e.since,
-		Revision:   e.revision,
+	h := Health{
+		Name:           e.name,
+		State:          e.state,
+		Generation:     e.generation,
+		Restarts:       e.restarts,
+		Reason:         e.lastError,
+		Since:          e.since,
+		Revision:       e.revision,
+		PanicsInWindow: e.panics.inWindow(time.Now(), e.spec.Policy.withDefaults().PanicWindow),
+		LifetimePanics: e.panics.panics,
+		Crashes:        e.panics.crashes,
 	}
+	if e.panics.last != nil {
+		r := *e.panics.last
+		h.LastPanic = &r
+	}
+	return h
 }
 
 // setState records a state change and publishes it. reason becomes
