@@ -1,0 +1,344 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/plugincontrol/plugincontrol/internal/testbin"
+	"go.uber.org/goleak"
+)
+
+// bins holds the built binaries: plugind, pluginctl, grpcurl,
+// grpc-health-probe, and the example plugins under bins/plugins.
+var bins string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pc-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	build := func() error {
+		if err := testbin.Plugins(filepath.Join(dir, "plugins")); err != nil {
+			return err
+		}
+		if err := testbin.Commands(dir); err != nil {
+			return err
+		}
+		if _, err := testbin.Tool(dir, "github.com/fullstorydev/grpcurl/cmd/grpcurl"); err != nil {
+			return err
+		}
+		_, err := testbin.Tool(dir, "github.com/grpc-ecosystem/grpc-health-probe")
+		return err
+	}
+	if err := build(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bins = dir
+	code := m.Run()
+	if left := testbin.ProcessesIn(dir); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: processes left running: %v\n", left)
+		code = 1
+	}
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL: goroutines leaked: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// daemon is a running plugind.
+type daemon struct {
+	cmd    *exec.Cmd
+	sock   string
+	state  string
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+// startDaemon runs the built plugind with echo loaded and waits until it
+// answers. It is stopped with SIGTERM at cleanup if the test did not.
+func startDaemon(t *testing.T, extra ...string) *daemon {
+	t.Helper()
+	state, err := os.MkdirTemp("", "pd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	d := &daemon{sock: filepath.Join(state, "plugind.sock"), state: state, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	args := append([]string{"--plugin-dir", filepath.Join(bins, "plugins"), "--state-dir", state, "--load", "echo"}, extra...)
+	d.cmd = exec.Command(filepath.Join(bins, "plugind"), args...)
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			_ = d.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-d.done:
+			case <-time.After(20 * time.Second):
+				_ = d.cmd.Process.Kill()
+				<-d.done
+			}
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, _ := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", "unix://"+d.sock, "list").CombinedOutput()
+		if strings.Contains(string(out), "SERVING") {
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("plugind did not come up with echo serving: %s\nstderr:\n%s", out, d.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// run runs a built binary and returns its combined output and exit code.
+func run(t *testing.T, name string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, filepath.Join(bins, name), args...).CombinedOutput()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("%s %v: %v", name, args, err)
+	}
+	return string(out), code
+}
+
+func (d *daemon) grpcurl(t *testing.T, data string, args ...string) (string, int) {
+	t.Helper()
+	a := []string{"-plaintext"}
+	if data != "" {
+		a = append(a, "-d", data)
+	}
+	a = append(a, "-unix", d.sock)
+	return run(t, "grpcurl", append(a, args...)...)
+}
+
+func mustContain(t *testing.T, what, out string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(out, w) {
+			t.Fatalf("%s: output lacks %q:\n%s", what, w, out)
+		}
+	}
+}
+
+func TestGrpcurlWalkthrough(t *testing.T) {
+	d := startDaemon(t)
+	out, code := d.grpcurl(t, "", "list")
+	if code != 0 {
+		t.Fatalf("list: exit %d\n%s", code, out)
+	}
+	mustContain(t, "list", out, "plugincontrol.v1.PluginControlService", "plugincontrol.v1.PluginGatewayService", "grpc.health.v1.Health")
+
+	out, _ = d.grpcurl(t, "", "describe", "plugincontrol.v1.PluginControlService")
+	mustContain(t, "describe", out, "rpc Reload", "rpc WatchHealth", "stream .plugincontrol.v1.WatchHealthResponse")
+
+	out, code = d.grpcurl(t, `{"spec":{"name":"echo2","binary":"echo"}}`, "plugincontrol.v1.PluginControlService/Load")
+	if code != 0 {
+		t.Fatalf("Load: exit %d\n%s", code, out)
+	}
+	mustContain(t, "Load", out, `"name": "echo2"`, `"generation": "1"`, "PLUGIN_STATE_SERVING", "CANDIDATE_STAGE_READY")
+
+	out, _ = d.grpcurl(t, "", "plugincontrol.v1.PluginControlService/ListPlugins")
+	mustContain(t, "ListPlugins", out, `"name": "echo"`, `"name": "echo2"`)
+
+	out, code = d.grpcurl(t, `{"plugin":"echo","method":"echo","payload":"aGVsbG8="}`, "plugincontrol.v1.PluginGatewayService/Invoke")
+	if code != 0 {
+		t.Fatalf("Invoke: exit %d\n%s", code, out)
+	}
+	mustContain(t, "Invoke", out, `"payload": "aGVsbG8="`, `"generation": "1"`)
+
+	out, code = d.grpcurl(t, `{"name":"echo","spec":{"name":"echo","binary":"notready"}}`, "plugincontrol.v1.PluginControlService/Reload")
+	if code != 64+9 { // grpcurl exits 64 + the status code (FailedPrecondition = 9)
+		t.Fatalf("failed Reload: exit %d, want 73\n%s", code, out)
+	}
+	mustContain(t, "failed Reload", out, "FailedPrecondition", "generation 1 stays active", "CANDIDATE_STAGE_READY", "backend database unreachable")
+
+	out, code = d.grpcurl(t, `{"name":"echo"}`, "plugincontrol.v1.PluginControlService/Reload")
+	if code != 0 {
+		t.Fatalf("Reload: exit %d\n%s", code, out)
+	}
+	mustContain(t, "Reload", out, `"generation": "2"`, `"previousGeneration": "1"`, "CANDIDATE_STAGE_DRAIN")
+
+	out, _ = d.grpcurl(t, `{"names":["echo"]}`, "plugincontrol.v1.PluginControlService/Health")
+	mustContain(t, "Health", out, "PLUGIN_STATE_SERVING", `"revision"`)
+
+	// A short WatchHealth: snapshot and SYNCED, then grpcurl's deadline.
+	out, _ = run(t, "grpcurl", "-plaintext", "-max-time", "1", "-d", `{"names":["echo"]}`, "-unix", d.sock, "plugincontrol.v1.PluginControlService/WatchHealth")
+	mustContain(t, "WatchHealth", out, "HEALTH_EVENT_TYPE_SNAPSHOT", "HEALTH_EVENT_TYPE_SYNCED")
+
+	out, code = d.grpcurl(t, `{"name":"nope"}`, "plugincontrol.v1.PluginControlService/Unload")
+	if code != 64+5 {
+		t.Fatalf("Unload unknown: exit %d, want 69 (NotFound)\n%s", code, out)
+	}
+}
+
+func TestPluginctlAndHealthProbe(t *testing.T) {
+	d := startDaemon(t)
+	addr := "unix://" + d.sock
+	ctl := func(args ...string) (string, int) { return run(t, "pluginctl", append([]string{"--addr", addr}, args...)...) }
+
+	out, code := ctl("load", "flaky", "--binary", "echo")
+	if code != 0 {
+		t.Fatalf("load: %d %s", code, out)
+	}
+	out, code = ctl("-o", "json", "list")
+	if code != 0 {
+		t.Fatalf("list: %d %s", code, out)
+	}
+	var list struct {
+		Plugins []struct {
+			Name, Generation, State, Pid string
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Plugins) != 2 {
+		t.Fatalf("list -o json: %v\n%s", err, out)
+	}
+	out, code = ctl("invoke", "echo", "echo", "hi there")
+	if code != 0 || out != "hi there" {
+		t.Fatalf("invoke: %d %q", code, out)
+	}
+	out, code = ctl("reload", "echo", "--validate-only")
+	if code != 0 {
+		t.Fatalf("reload --validate-only: %d %s", code, out)
+	}
+	out, code = ctl("reload", "echo", "--binary", "wrongname")
+	if code != 5 {
+		t.Fatalf("reload to wrongname: exit %d, want 5\n%s", code, out)
+	}
+	mustContain(t, "reload to wrongname", out, "describe", "notecho")
+	out, code = ctl("reload", "echo", "--expected-generation", "7")
+	if code != 6 {
+		t.Fatalf("reload with a stale generation: exit %d, want 6\n%s", code, out)
+	}
+	out, code = ctl("unload", "nope")
+	if code != 4 {
+		t.Fatalf("unload unknown: exit %d, want 4\n%s", code, out)
+	}
+
+	// grpc_health_probe: SERVING, then NOT_SERVING once the plugin is
+	// UNHEALTHY (threshold 1: one panic).
+	probe := func(svc string) (string, int) {
+		return run(t, "grpc-health-probe", "-addr", "unix://"+d.sock, "-service", svc)
+	}
+	if out, code := probe(""); code != 0 {
+		t.Fatalf("probe daemon: %d %s", code, out)
+	}
+	if out, code := probe("plugin/echo"); code != 0 || !strings.Contains(out, "SERVING") {
+		t.Fatalf("probe plugin/echo: %d %s", code, out)
+	}
+	_, _ = d.grpcurl(t, `{"name":"flaky","spec":{"name":"flaky","binary":"echo","health_policy":{"panic_threshold":1}}}`, "plugincontrol.v1.PluginControlService/Reload")
+	_, _ = ctl("invoke", "flaky", "panic", "boom")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, code := probe("plugin/flaky")
+		if code == 4 && strings.Contains(out, "NOT_SERVING") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("probe plugin/flaky after UNHEALTHY: %d %s", code, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, _ = ctl("health", "flaky")
+	mustContain(t, "health", out, "UNHEALTHY")
+}
+
+func TestSigtermStopsEverything(t *testing.T) {
+	d := startDaemon(t)
+	out, _ := run(t, "pluginctl", "--addr", "unix://"+d.sock, "-o", "json", "list")
+	var list struct {
+		Plugins []struct{ Pid string } `json:"plugins"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Plugins) != 1 {
+		t.Fatalf("list: %v %s", err, out)
+	}
+	var pid int
+	fmt.Sscan(list.Plugins[0].Pid, &pid)
+	// An open watcher and a call in flight must not hold the shutdown.
+	watch := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", "unix://"+d.sock, "watch")
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = watch.Process.Kill(); _ = watch.Wait() }()
+	inflight := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", "unix://"+d.sock, "invoke", "echo", "sleep", "300ms")
+	var inOut bytes.Buffer
+	inflight.Stdout = &inOut
+	if err := inflight.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond)
+	start := time.Now()
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Fatalf("plugind exited with %v\n%s", err, d.stderr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("plugind did not exit after SIGTERM\n%s", d.stderr)
+	}
+	t.Logf("SIGTERM to exit: %v", time.Since(start))
+	if err := inflight.Wait(); err != nil || inOut.String() != "300ms" {
+		t.Fatalf("in-flight invoke across shutdown: %v %q", err, inOut.String())
+	}
+	if !testbin.WaitGone(pid, 5*time.Second) {
+		t.Fatalf("plugin %d survived SIGTERM", pid)
+	}
+	if _, err := os.Stat(d.sock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("control socket left behind: %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(d.state, "sockets")); len(ents) != 0 {
+		t.Fatalf("plugin socket directories left behind: %d", len(ents))
+	}
+}
+
+func TestSigkillOfDaemonTakesPluginsWithIt(t *testing.T) {
+	d := startDaemon(t)
+	out, _ := run(t, "pluginctl", "--addr", "unix://"+d.sock, "-o", "json", "list")
+	var list struct {
+		Plugins []struct{ Pid string } `json:"plugins"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Plugins) != 1 {
+		t.Fatalf("list: %v %s", err, out)
+	}
+	var pid int
+	fmt.Sscan(list.Plugins[0].Pid, &pid)
+	if err := d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+	if !testbin.WaitGone(pid, 5*time.Second) {
+		t.Fatalf("plugin %d outlived a SIGKILLed daemon", pid)
+	}
+	if c, err := net.Dial("unix", d.sock); err == nil {
+		c.Close()
+		t.Fatalf("stale socket still accepts connections")
+	}
+}

@@ -1,0 +1,275 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/testbin"
+	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/server"
+	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+var pluginDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pc-plugins-")
+	if err != nil {
+		panic(err)
+	}
+	if err := testbin.Plugins(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pluginDir = dir
+	code := m.Run()
+	if left := testbin.ProcessesIn(dir); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: plugin processes left running: %v\n", left)
+		code = 1
+	}
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL: goroutines leaked: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+type fixture struct {
+	m      *manager.Manager
+	srv    *server.Server
+	conn   *grpc.ClientConn
+	ctl    pb.PluginControlServiceClient
+	gw     pb.PluginGatewayServiceClient
+	health healthpb.HealthClient
+}
+
+// start runs a manager and server on a unix socket; both stop at cleanup.
+func start(t *testing.T, opts ...server.Option) *fixture {
+	t.Helper()
+	m, err := manager.New(manager.Config{PluginDir: pluginDir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := server.New(m, append([]server.Option{server.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, opts...)...)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis)
+	}()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{m: m, srv: srv, conn: conn, ctl: pb.NewPluginControlServiceClient(conn), gw: pb.NewPluginGatewayServiceClient(conn), health: healthpb.NewHealthClient(conn)}
+	t.Cleanup(func() {
+		conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+		_ = m.Close(ctx)
+	})
+	return f
+}
+
+func (f *fixture) load(t *testing.T, name, binary string) *pb.PluginStatus {
+	t.Helper()
+	res, err := f.ctl.Load(context.Background(), &pb.LoadRequest{Spec: &pb.PluginSpec{Name: name, Binary: binary}})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	return res.GetPlugin()
+}
+
+func TestErrorCodesAndDetails(t *testing.T) {
+	f := start(t)
+	ctx := context.Background()
+	f.load(t, "echo", "echo")
+
+	_, err := f.ctl.Load(ctx, &pb.LoadRequest{Spec: &pb.PluginSpec{Name: "Bad Name", Binary: "echo"}})
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "name") {
+		t.Fatalf("bad name: %v", err)
+	}
+	var br *errdetails.BadRequest
+	for _, d := range st.Details() {
+		if v, ok := d.(*errdetails.BadRequest); ok {
+			br = v
+		}
+	}
+	if br == nil || br.GetFieldViolations()[0].GetField() != "name" {
+		t.Fatalf("no BadRequest detail naming the field: %v", st.Details())
+	}
+	if _, err := f.ctl.Load(ctx, &pb.LoadRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("missing spec: %v", err)
+	}
+	if _, err := f.ctl.Load(ctx, &pb.LoadRequest{Spec: &pb.PluginSpec{Name: "x", Binary: "../echo"}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("path traversal: %v", err)
+	}
+	if _, err := f.ctl.Load(ctx, &pb.LoadRequest{Spec: &pb.PluginSpec{Name: "x", Binary: "missing"}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("missing binary: %v", err)
+	}
+	if _, err := f.ctl.Load(ctx, &pb.LoadRequest{Spec: &pb.PluginSpec{Name: "x", Binary: "echo", StartTimeout: &durationpb.Duration{Seconds: -1}}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("negative duration: %v", err)
+	}
+	if _, err := f.ctl.Load(ctx, &pb.LoadRequest{Spec: &pb.PluginSpec{Name: "echo", Binary: "echo"}}); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if _, err := f.ctl.Unload(ctx, &pb.UnloadRequest{Name: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("unknown: %v", err)
+	}
+	if _, err := f.ctl.Reload(ctx, &pb.ReloadRequest{Name: "echo", ExpectedGeneration: 9}); status.Code(err) != codes.Aborted {
+		t.Fatalf("generation mismatch: %v", err)
+	}
+	_, err = f.ctl.Reload(ctx, &pb.ReloadRequest{Name: "echo", Spec: &pb.PluginSpec{Name: "echo", Binary: "notready"}})
+	st = status.Convert(err)
+	if st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "generation 1 stays active") {
+		t.Fatalf("candidate failure: %v", err)
+	}
+	var cf *pb.CandidateFailure
+	for _, d := range st.Details() {
+		if v, ok := d.(*pb.CandidateFailure); ok {
+			cf = v
+		}
+	}
+	if cf == nil || cf.GetStage() != pb.CandidateStage_CANDIDATE_STAGE_READY || cf.GetActiveGeneration() != 1 || !strings.Contains(cf.GetMessage(), "backend database unreachable") {
+		t.Fatalf("CandidateFailure detail: %v", cf)
+	}
+	_, err = f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "panic", Payload: []byte("boom")})
+	st = status.Convert(err)
+	var pd *pluginv1.PanicDetail
+	for _, d := range st.Details() {
+		if v, ok := d.(*pluginv1.PanicDetail); ok {
+			pd = v
+		}
+	}
+	if st.Code() != codes.Internal || pd == nil || pd.GetMessage() != "boom" || pd.GetFingerprint() == "" {
+		t.Fatalf("panic: %v %v", err, pd)
+	}
+	if _, err := f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "nosuch"}); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("unknown method passes the plugin's code through: %v", err)
+	}
+	if _, err := f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "nope", Method: "echo"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("invoke unknown plugin: %v", err)
+	}
+	list, err := f.ctl.ListPlugins(ctx, &pb.ListPluginsRequest{})
+	if err != nil || len(list.GetPlugins()) != 1 || list.GetPlugins()[0].GetGeneration() != 1 {
+		t.Fatalf("bad requests changed state: %v %v", list, err)
+	}
+}
+
+func TestWatchHealthStream(t *testing.T) {
+	f := start(t, server.WithBookmarkInterval(50*time.Millisecond))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.load(t, "echo", "echo")
+	stream, err := f.ctl.WatchHealth(ctx, &pb.WatchHealthRequest{Names: []string{"echo"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv := func() *pb.HealthEvent {
+		t.Helper()
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Recv: %v", err)
+		}
+		return r.GetEvent()
+	}
+	if e := recv(); e.GetType() != pb.HealthEventType_HEALTH_EVENT_TYPE_SNAPSHOT || e.GetHealth().GetState() != pb.PluginState_PLUGIN_STATE_SERVING {
+		t.Fatalf("first event: %v", e)
+	}
+	synced := recv()
+	if synced.GetType() != pb.HealthEventType_HEALTH_EVENT_TYPE_SYNCED {
+		t.Fatalf("second event: %v", synced)
+	}
+	if e := recv(); e.GetType() != pb.HealthEventType_HEALTH_EVENT_TYPE_BOOKMARK || e.GetRevision() < synced.GetRevision() {
+		t.Fatalf("bookmark: %v", e)
+	}
+	_, _ = f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "panic", Payload: []byte("p")})
+	for {
+		e := recv()
+		if e.GetType() == pb.HealthEventType_HEALTH_EVENT_TYPE_CHANGED {
+			if e.GetHealth().GetState() != pb.PluginState_PLUGIN_STATE_DEGRADED || e.GetHealth().GetLastPanic().GetMessage() != "p" {
+				t.Fatalf("change: %v", e)
+			}
+			break
+		}
+	}
+	// grpc.health.v1 mirror follows.
+	waitHealth(t, f, "plugin/echo", healthpb.HealthCheckResponse_SERVING)
+	if r, err := f.health.Check(ctx, &healthpb.HealthCheckRequest{Service: ""}); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("daemon health: %v %v", r, err)
+	}
+	// Shutdown ends the stream with Unavailable.
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	go f.srv.Shutdown(sctx)
+	for {
+		_, err := stream.Recv()
+		if err != nil {
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("stream ended with %v, want Unavailable", err)
+			}
+			break
+		}
+	}
+}
+
+func TestHealthMirrorNotServingWhenUnhealthy(t *testing.T) {
+	f := start(t)
+	ctx := context.Background()
+	_, err := f.ctl.Load(ctx, &pb.LoadRequest{Spec: &pb.PluginSpec{Name: "echo", Binary: "echo", HealthPolicy: &pb.HealthPolicy{PanicThreshold: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHealth(t, f, "plugin/echo", healthpb.HealthCheckResponse_SERVING)
+	_, _ = f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "panic", Payload: []byte("p")})
+	waitHealth(t, f, "plugin/echo", healthpb.HealthCheckResponse_NOT_SERVING)
+	h, err := f.ctl.Health(ctx, &pb.HealthRequest{Names: []string{"echo"}})
+	if err != nil || h.GetPlugins()[0].GetState() != pb.PluginState_PLUGIN_STATE_UNHEALTHY || h.GetRevision() == 0 {
+		t.Fatalf("Health: %v %v", h, err)
+	}
+	if _, err := f.ctl.Health(ctx, &pb.HealthRequest{Names: []string{"nope"}}); status.Code(err) != codes.NotFound {
+		t.Fatalf("Health of unknown: %v", err)
+	}
+}
+
+func waitHealth(t *testing.T, f *fixture, svc string, want healthpb.HealthCheckResponse_ServingStatus) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := f.health.Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
+		if err == nil && r.GetStatus() == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health of %q: %v %v, want %v", svc, r, err, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
