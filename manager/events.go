@@ -190,7 +190,14 @@ func (m *Manager) Watch(names []string, since uint64) (*Watch, error) {
 		}
 		sort.Slice(w.initial, func(i, j int) bool { return w.initial[i].Health.Name < w.initial[j].Health.Name })
 	}
-	w.initial = append(w.initial, Event{Type: EventSynced, Revision: ev.rev})
+	// SYNCED carries Reset too, so a watcher learns of a reset even when
+	// no plugin matches (for example after a daemon restart with none
+	// loaded, where since_revision is ahead of the new counter).
+	reset := since > 0 && len(w.initial) > 0 && w.initial[0].Type == EventSnapshot
+	if since > 0 && !(since <= ev.rev && since+1 >= oldest) {
+		reset = true
+	}
+	w.initial = append(w.initial, Event{Type: EventSynced, Revision: ev.rev, Reset: reset})
 	ev.subs[w] = struct{}{}
 	return w, nil
 }

@@ -66,6 +66,13 @@ func (t *tracker) inWindow(now time.Time, window time.Duration) int {
 // action runs. Faults of a generation that is no longer current count only
 // in the lifetime totals.
 func (m *Manager) recordFault(e *entry, gen uint64, crash bool, rec *PanicRecord) {
+	m.recordFaultReason(e, gen, crash, rec, "")
+}
+
+// recordFaultReason is recordFault for a crash with its reason: the crashed
+// generation no longer serves, so the state is left to the supervisor
+// (scheduleRestart); the crash is counted and the reason recorded.
+func (m *Manager) recordFaultReason(e *entry, gen uint64, crash bool, rec *PanicRecord, reason string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := time.Now()
@@ -80,7 +87,10 @@ func (m *Manager) recordFault(e *entry, gen uint64, crash bool, rec *PanicRecord
 		r.Time, r.Generation = now, gen
 		t.last = &r
 	}
-	if gen != e.generation || t.gen != gen {
+	if reason != "" {
+		e.lastError = reason
+	}
+	if crash || gen != e.generation || t.gen != gen {
 		e.publishLocked(m.events)
 		return
 	}

@@ -52,7 +52,7 @@ func (m *Manager) watchExit(e *entry, inst *instance) {
 		slog.Int("pid", inst.pid), slog.String("reason", reason))
 	replaced := !e.active.CompareAndSwap(inst, nil)
 	inst.stop()
-	m.recordFault(e, inst.gen, true, rec)
+	m.recordFaultReason(e, inst.gen, true, rec, reason)
 	if replaced {
 		return
 	}

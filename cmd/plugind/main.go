@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/plugincontrol/plugincontrol/client"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/plugincontrol/plugincontrol/server"
 )
@@ -106,16 +107,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	return cfg, nil
 }
 
-// defaultStateDir is $XDG_STATE_HOME/plugind, else ~/.local/state/plugind.
-func defaultStateDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "plugind")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".local", "state", "plugind")
-	}
-	return filepath.Join(os.TempDir(), "plugind")
-}
+// defaultStateDir is shared with pluginctl's default address.
+func defaultStateDir() string { return client.DefaultStateDir() }
 
 func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	var lv slog.Level

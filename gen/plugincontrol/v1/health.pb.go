@@ -311,7 +311,9 @@ type HealthEvent struct {
 	// health is the plugin's record for SNAPSHOT, CHANGED and REMOVED.
 	Health *PluginHealth `protobuf:"bytes,3,opt,name=health,proto3" json:"health,omitempty"`
 	// reset is set on SNAPSHOT events sent because since_revision was compacted
-	// out of the history: the watcher must replace its whole view.
+	// out of the history (or is ahead of this daemon's revision, after a
+	// restart), and on the SYNCED that follows them: the watcher must replace
+	// its whole view with the snapshot, which may be empty.
 	Reset_        bool `protobuf:"varint,4,opt,name=reset,proto3" json:"reset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

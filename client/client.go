@@ -1,0 +1,272 @@
+// Package client is the Go SDK for plugind, the plugincontrol daemon.
+//
+// Dial connects to a daemon and returns a Client whose Control and Gateway
+// methods give the generated gRPC clients of the control API
+// (plugincontrol.v1.PluginControlService) and the data path
+// (plugincontrol.v1.PluginGatewayService):
+//
+//	c, err := client.Dial(ctx, client.DefaultAddr())
+//	if err != nil { ... }
+//	defer c.Close()
+//	resp, err := c.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+//
+// Errors returned by the RPCs are gRPC statuses; see the proto files for the
+// codes and details (CandidateFailure, PanicDetail) the daemon attaches.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+)
+
+// Client is a connection to one plugind. It is safe for concurrent use.
+// Create it with Dial and release it with Close.
+type Client struct {
+	conn    *grpc.ClientConn
+	control plugincontrolv1.PluginControlServiceClient
+	gateway plugincontrolv1.PluginGatewayServiceClient
+}
+
+// Option configures Dial.
+type Option func(*options)
+
+type options struct {
+	tls   *tls.Config
+	token string
+	// tokenSet records that WithToken was used, so that an empty token is
+	// reported instead of silently ignored.
+	tokenSet bool
+}
+
+// WithTLS makes Dial use TLS with cfg (cloned) instead of plaintext. It is
+// meant for tcp:// addresses; a nil cfg means the zero tls.Config (system
+// roots, server name taken from the address).
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) {
+		if cfg == nil {
+			cfg = &tls.Config{}
+		}
+		o.tls = cfg.Clone()
+	}
+}
+
+// WithToken sends "authorization: Bearer <token>" with every RPC. Over a
+// unix socket the token is sent on the plaintext connection (the socket's
+// file mode protects it). Over tcp:// it requires WithTLS, except to a
+// loopback address; Dial refuses to send it in clear text across a network.
+func WithToken(token string) Option {
+	return func(o *options) {
+		o.token = token
+		o.tokenSet = true
+	}
+}
+
+// Keepalive parameters of the client: ping after 30s without activity on a
+// connection with active RPCs (long WatchHealth streams) and give up on the
+// connection when the ping is not answered within 10s.
+const (
+	keepaliveTime    = 30 * time.Second
+	keepaliveTimeout = 10 * time.Second
+)
+
+// Dial returns a Client for the daemon at addr. Accepted addresses:
+//
+//	unix:///abs/path/plugind.sock   unix socket, absolute path
+//	unix:/abs/path/plugind.sock     the same
+//	unix:relative/plugind.sock      unix socket, relative to the working directory
+//	unix://relative/plugind.sock    the same (the "//" is optional)
+//	tcp://host:port                 TCP (plaintext unless WithTLS is given)
+//
+// Dial does not wait for the daemon: it checks addr and the options and
+// returns at once; the connection is made by the first RPC, and a daemon
+// that cannot be reached makes RPCs fail with codes.Unavailable. ctx is only
+// checked for cancellation.
+func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	ep, err := parseAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+
+	dopts := []grpc.DialOption{
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                keepaliveTime,
+			Timeout:             keepaliveTimeout,
+			PermitWithoutStream: false,
+		}),
+	}
+	if o.tls != nil {
+		dopts = append(dopts, grpc.WithTransportCredentials(credentials.NewTLS(o.tls)))
+	} else {
+		dopts = append(dopts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	if o.tokenSet {
+		if err := checkToken(o.token); err != nil {
+			return nil, err
+		}
+		secure := o.tls != nil
+		if !secure && ep.network == "tcp" && !isLoopback(ep.host) {
+			return nil, fmt.Errorf("client: refusing to send a bearer token in clear text to %s: use TLS (WithTLS) or a unix socket", addr)
+		}
+		dopts = append(dopts, grpc.WithPerRPCCredentials(bearerToken{token: o.token, secure: secure}))
+	}
+
+	conn, err := grpc.NewClient(ep.target, dopts...)
+	if err != nil {
+		return nil, fmt.Errorf("client: %s: %w", addr, err)
+	}
+	return &Client{
+		conn:    conn,
+		control: plugincontrolv1.NewPluginControlServiceClient(conn),
+		gateway: plugincontrolv1.NewPluginGatewayServiceClient(conn),
+	}, nil
+}
+
+// Control returns the client of the control API (Load, Reload, Unload,
+// ListPlugins, Health, WatchHealth).
+func (c *Client) Control() plugincontrolv1.PluginControlServiceClient { return c.control }
+
+// Gateway returns the client of the data path (Invoke).
+func (c *Client) Gateway() plugincontrolv1.PluginGatewayServiceClient { return c.gateway }
+
+// Close closes the connection; RPCs in flight fail with codes.Canceled.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// endpoint is a parsed address.
+type endpoint struct {
+	network string // "unix" or "tcp"
+	path    string // unix socket path
+	host    string // tcp host
+	target  string // grpc.NewClient target
+}
+
+const addrForms = "unix:///abs/path, unix:relative/path or tcp://host:port"
+
+// parseAddr turns a daemon address into a gRPC target.
+func parseAddr(addr string) (endpoint, error) {
+	bad := func(why string) (endpoint, error) {
+		return endpoint{}, fmt.Errorf("client: bad address %q: %s (accepted forms: %s)", addr, why, addrForms)
+	}
+	switch {
+	case strings.HasPrefix(addr, "unix:"):
+		p := strings.TrimPrefix(strings.TrimPrefix(addr, "unix:"), "//")
+		if p == "" {
+			return bad("empty socket path")
+		}
+		if strings.ContainsAny(p, "?#") {
+			return bad("socket path must not contain '?' or '#'")
+		}
+		ep := endpoint{network: "unix", path: p}
+		if filepath.IsAbs(p) {
+			// unix:///abs/path: grpc-go takes the path from the URL path.
+			ep.target = (&url.URL{Scheme: "unix", Path: p}).String()
+		} else {
+			// unix:rel/path: grpc-go takes the path from the opaque part,
+			// relative to the working directory at connect time.
+			ep.target = "unix:" + p
+		}
+		return ep, nil
+	case strings.HasPrefix(addr, "tcp://"):
+		hp := strings.TrimPrefix(addr, "tcp://")
+		host, port, err := net.SplitHostPort(hp)
+		if err != nil {
+			return bad("want tcp://host:port")
+		}
+		if host == "" {
+			return bad("empty host")
+		}
+		if port == "" {
+			return bad("empty port")
+		}
+		if strings.ContainsAny(hp, "/?#") {
+			return bad("want tcp://host:port with nothing after the port")
+		}
+		return endpoint{network: "tcp", host: host, target: "dns:///" + hp}, nil
+	case addr == "":
+		return bad("empty address")
+	default:
+		return bad("unknown scheme")
+	}
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func checkToken(token string) error {
+	if token == "" {
+		return errors.New("client: empty bearer token")
+	}
+	for _, r := range token {
+		if r < 0x20 || r == 0x7f {
+			return errors.New("client: bearer token contains control characters")
+		}
+	}
+	return nil
+}
+
+// bearerToken is per-RPC credentials sending a bearer token.
+type bearerToken struct {
+	token  string
+	secure bool
+}
+
+func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+// RequireTransportSecurity is false for plaintext unix sockets (and loopback
+// TCP, checked by Dial) so that grpc-go lets the token through.
+func (b bearerToken) RequireTransportSecurity() bool { return b.secure }
+
+// DefaultStateDir is the daemon's default state directory:
+// $XDG_STATE_HOME/plugind when XDG_STATE_HOME is set to an absolute path,
+// otherwise $HOME/.local/state/plugind (the home directory is taken from the
+// user database when HOME is unset).
+func DefaultStateDir() string {
+	if x := os.Getenv("XDG_STATE_HOME"); x != "" && filepath.IsAbs(x) {
+		return filepath.Join(x, "plugind")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" {
+		if u, uerr := user.Current(); uerr == nil && u.HomeDir != "" {
+			home = u.HomeDir
+		}
+	}
+	return filepath.Join(home, ".local", "state", "plugind")
+}
+
+// DefaultAddr is the address clients use when none is given: $PLUGIND_ADDR
+// when set, otherwise the unix socket plugind.sock in DefaultStateDir.
+func DefaultAddr() string {
+	if a := os.Getenv("PLUGIND_ADDR"); a != "" {
+		return a
+	}
+	return "unix://" + filepath.Join(DefaultStateDir(), "plugind.sock")
+}

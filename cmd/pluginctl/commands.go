@@ -1,0 +1,296 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+)
+
+// wantArgs checks the number of positional arguments.
+func wantArgs(cmd string, pos []string, min, max int, what string) error {
+	if len(pos) < min || (max >= 0 && len(pos) > max) {
+		return usagef("%s: want %s, got %d argument(s)", cmd, what, len(pos))
+	}
+	return nil
+}
+
+// drainFlag registers --drain-timeout.
+func drainFlag(fs *flag.FlagSet) *time.Duration {
+	return fs.Duration("drain-timeout", 0, "wait at most this long for in-flight calls")
+}
+
+// drainTimeout is --drain-timeout as sent: nil when not given.
+func drainTimeout(fs *flag.FlagSet, d time.Duration) (*durationpb.Duration, error) {
+	if !isSet(fs, "drain-timeout") {
+		return nil, nil
+	}
+	if d < 0 {
+		return nil, usagef("--drain-timeout must not be negative")
+	}
+	return durationpb.New(d), nil
+}
+
+func (c *cli) load(ctx context.Context, args []string) error {
+	fs := newFlagSet("load")
+	var sf specFlags
+	sf.register(fs)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("load", pos, 1, 1, "NAME"); err != nil {
+		return err
+	}
+	if err := sf.validate(); err != nil {
+		return err
+	}
+	spec, err := sf.loadSpec(pos[0], c.readFile)
+	if err != nil {
+		return err
+	}
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	resp, err := cl.Control().Load(ctx, &plugincontrolv1.LoadRequest{Spec: spec})
+	if err != nil {
+		return err
+	}
+	if c.json() {
+		return printJSON(c.stdout, jsonOptions, resp)
+	}
+	return renderLoad(c.stdout, resp)
+}
+
+func (c *cli) reload(ctx context.Context, args []string) error {
+	fs := newFlagSet("reload")
+	var sf specFlags
+	sf.register(fs)
+	validateOnly := fs.Bool("validate-only", false, "dry run")
+	expected := fs.Uint64("expected-generation", 0, "required active generation")
+	drain := drainFlag(fs)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("reload", pos, 1, 1, "NAME"); err != nil {
+		return err
+	}
+	if err := sf.validate(); err != nil {
+		return err
+	}
+	dt, err := drainTimeout(fs, *drain)
+	if err != nil {
+		return err
+	}
+	name := pos[0]
+	req := &plugincontrolv1.ReloadRequest{
+		Name:               name,
+		ExpectedGeneration: *expected,
+		ValidateOnly:       *validateOnly,
+		DrainTimeout:       dt,
+	}
+
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	if sf.anySet() {
+		current, err := currentSpec(ctx, cl.Control(), name)
+		if err != nil {
+			return err
+		}
+		if req.Spec, err = sf.reloadSpec(name, current, c.readFile); err != nil {
+			return err
+		}
+	}
+	resp, err := cl.Control().Reload(ctx, req)
+	if err != nil {
+		return err
+	}
+	if c.json() {
+		return printJSON(c.stdout, jsonOptions, resp)
+	}
+	return renderReload(c.stdout, resp, *validateOnly)
+}
+
+// currentSpec fetches the spec the active generation of name runs.
+func currentSpec(ctx context.Context, control plugincontrolv1.PluginControlServiceClient, name string) (*plugincontrolv1.PluginSpec, error) {
+	list, err := control.ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range list.GetPlugins() {
+		if p.GetName() == name {
+			if p.GetSpec() == nil {
+				return nil, fmt.Errorf("the daemon did not return the current spec of %q", name)
+			}
+			return p.GetSpec(), nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "plugin %q is not loaded", name)
+}
+
+func (c *cli) unload(ctx context.Context, args []string) error {
+	fs := newFlagSet("unload")
+	drain := drainFlag(fs)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("unload", pos, 1, 1, "NAME"); err != nil {
+		return err
+	}
+	dt, err := drainTimeout(fs, *drain)
+	if err != nil {
+		return err
+	}
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	resp, err := cl.Control().Unload(ctx, &plugincontrolv1.UnloadRequest{Name: pos[0], DrainTimeout: dt})
+	if err != nil {
+		return err
+	}
+	if c.json() {
+		return printJSON(c.stdout, jsonOptions, resp)
+	}
+	return renderStatuses(c.stdout, []*plugincontrolv1.PluginStatus{resp.GetPlugin()})
+}
+
+func (c *cli) list(ctx context.Context, args []string) error {
+	fs := newFlagSet("list")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("list", pos, 0, 0, "no arguments"); err != nil {
+		return err
+	}
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	resp, err := cl.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+	if err != nil {
+		return err
+	}
+	if c.json() {
+		return printJSON(c.stdout, jsonOptions, resp)
+	}
+	return renderStatuses(c.stdout, resp.GetPlugins())
+}
+
+func (c *cli) invoke(ctx context.Context, args []string) error {
+	fs := newFlagSet("invoke")
+	payloadFile := fs.String("payload-file", "", "read the payload from this file")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("invoke", pos, 2, 3, "NAME METHOD [PAYLOAD]"); err != nil {
+		return err
+	}
+	var payload []byte
+	switch {
+	case isSet(fs, "payload-file") && len(pos) == 3:
+		return usagef("invoke: give the payload as an argument or with --payload-file, not both")
+	case isSet(fs, "payload-file"):
+		if *payloadFile == "" {
+			return usagef("--payload-file must not be empty")
+		}
+		if payload, err = c.readFile(*payloadFile); err != nil {
+			return fmt.Errorf("--payload-file: %w", err)
+		}
+	case len(pos) == 3 && pos[2] == "-":
+		if payload, err = c.readFile("-"); err != nil {
+			return fmt.Errorf("reading the payload from standard input: %w", err)
+		}
+	case len(pos) == 3:
+		payload = []byte(pos[2])
+	}
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	resp, err := cl.Gateway().Invoke(ctx, &plugincontrolv1.InvokeRequest{Plugin: pos[0], Method: pos[1], Payload: payload})
+	if err != nil {
+		return err
+	}
+	if c.json() {
+		return printJSON(c.stdout, jsonOptions, resp)
+	}
+	_, err = c.stdout.Write(resp.GetPayload())
+	return err
+}
+
+func (c *cli) health(ctx context.Context, args []string) error {
+	fs := newFlagSet("health")
+	names, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	resp, err := cl.Control().Health(ctx, &plugincontrolv1.HealthRequest{Names: names})
+	if err != nil {
+		return err
+	}
+	if c.json() {
+		return printJSON(c.stdout, jsonOptions, resp)
+	}
+	return renderHealth(c.stdout, resp)
+}
+
+func (c *cli) watch(ctx context.Context, args []string) error {
+	fs := newFlagSet("watch")
+	since := fs.Uint64("since", 0, "resume after this revision")
+	names, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	w := &watcher{
+		control:        cl.Control(),
+		names:          names,
+		since:          *since,
+		json:           c.json(),
+		out:            c.stdout,
+		log:            c.stderr,
+		backoffInitial: watchBackoffInitial,
+		backoffMax:     watchBackoffMax,
+	}
+	return w.run(ctx)
+}

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
+	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+)
+
+// Exit codes, documented in the usage text.
+const (
+	exitOK          = 0
+	exitError       = 1 // any other error
+	exitUsage       = 2 // bad flags or arguments
+	exitUnavailable = 3 // cannot connect, or codes.Unavailable
+	exitNotFound    = 4 // codes.NotFound
+	exitCandidate   = 5 // codes.FailedPrecondition: the candidate failed
+	exitAborted     = 6 // codes.Aborted: generation mismatch
+)
+
+// usageError is a problem with the command line.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, a...)}
+}
+
+// exitCode maps an error to the process exit code.
+func exitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return exitError
+	}
+	switch st.Code() {
+	case codes.OK:
+		return exitOK
+	case codes.Unavailable:
+		return exitUnavailable
+	case codes.NotFound:
+		return exitNotFound
+	case codes.FailedPrecondition:
+		return exitCandidate
+	case codes.Aborted:
+		return exitAborted
+	default:
+		return exitError
+	}
+}
+
+// isConnectError reports whether st is grpc-go's own Unavailable for a
+// connection that could not be made (rather than the daemon saying a plugin
+// is unavailable).
+func isConnectError(st *status.Status) bool {
+	if st.Code() != codes.Unavailable {
+		return false
+	}
+	m := st.Message()
+	return strings.HasPrefix(m, "connection error") || strings.Contains(m, "Error while dialing")
+}
+
+// printError writes err to w the way the CLI reports it: one line
+// "pluginctl: <message>", followed by the details the daemon attached
+// (candidate failure stage and stderr tail, panic message and fingerprint).
+// addr names the daemon in connection errors. It returns the exit code.
+func printError(w io.Writer, addr string, err error) int {
+	code := exitCode(err)
+	st, ok := status.FromError(err)
+	if !ok || code == exitUsage {
+		fmt.Fprintf(w, "pluginctl: %v\n", err)
+		return code
+	}
+	if isConnectError(st) {
+		fmt.Fprintf(w, "pluginctl: cannot connect to %s (is plugind running?): %s\n", addr, st.Message())
+		return code
+	}
+	msg := oneLine(st.Message())
+	fmt.Fprintf(w, "pluginctl: %s\n", msg)
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *plugincontrolv1.CandidateFailure:
+			fmt.Fprintf(w, "  stage: %s\n", stageName(d.GetStage()))
+			if m := oneLine(d.GetMessage()); m != "" && !strings.Contains(msg, m) {
+				fmt.Fprintf(w, "  reason: %s\n", oneLine(m))
+			}
+			if g := d.GetActiveGeneration(); g != 0 {
+				fmt.Fprintf(w, "  active generation: %d (keeps serving)\n", g)
+			} else {
+				fmt.Fprintf(w, "  active generation: none\n")
+			}
+			if tail := strings.TrimRight(d.GetStderrTail(), "\n"); tail != "" {
+				fmt.Fprintf(w, "  stderr tail:\n")
+				for _, line := range strings.Split(tail, "\n") {
+					fmt.Fprintf(w, "    | %s\n", line)
+				}
+			}
+		case *errdetails.BadRequest:
+			for _, v := range d.GetFieldViolations() {
+				if desc := oneLine(v.GetDescription()); !strings.Contains(msg, desc) {
+					fmt.Fprintf(w, "  %s: %s\n", v.GetField(), desc)
+				}
+			}
+		case *pluginv1.PanicDetail:
+			fmt.Fprintf(w, "  panic: %s\n", oneLine(d.GetMessage()))
+			if fp := d.GetFingerprint(); fp != "" {
+				fmt.Fprintf(w, "  fingerprint: %s\n", fp)
+			}
+		}
+	}
+	return code
+}
