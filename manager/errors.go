@@ -115,3 +115,15 @@ type PanicInfo struct {
 	Stack       string
 	Fingerprint string
 }
+
+// LimitError is a request refused because a configured limit was reached.
+type LimitError struct {
+	// Limit names the limit ("max_plugins", "max_watchers", ...).
+	Limit string
+	// Value is the configured limit.
+	Value int
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("limit %s (%d) reached", e.Limit, e.Value)
+}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 )
 
 // EventType says what an Event is.
@@ -46,7 +47,19 @@ type events struct {
 	size    int     // history kept after compaction
 	subs    map[*Watch]struct{}
 	closed  bool
+	// hwm is the durable revision high-water mark: revisions up to it may
+	// be handed out; reaching it reserves another block first, so
+	// revisions never go backwards across daemon restarts.
+	hwm     uint64
+	reserve func(upTo uint64) (uint64, error)
+	log     func(error)
+	// coalesced counts events replaced in a watcher's pending set before
+	// it read them (a slow watcher's skipped intermediate states).
+	coalesced atomic.Uint64
 }
+
+// revisionBlock is how many revisions one durable reservation covers.
+const revisionBlock = 1 << 20
 
 func newEvents(size int) *events {
 	if size <= 0 {
@@ -60,6 +73,15 @@ func newEvents(size int) *events {
 func (ev *events) publish(t EventType, h Health) uint64 {
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
+	if ev.reserve != nil && ev.rev+1 > ev.hwm {
+		if _, err := ev.reserve(ev.rev + revisionBlock); err != nil {
+			// Keep going in memory: health must not stop because the disk
+			// did; a restart may then reuse revisions, which watchers
+			// handle as a reset.
+			ev.log(err)
+		}
+		ev.hwm = ev.rev + revisionBlock
+	}
 	ev.rev++
 	h.Revision = ev.rev
 	if t == EventRemoved {
@@ -131,6 +153,9 @@ func (w *Watch) offer(e Event) {
 		return
 	}
 	w.mu.Lock()
+	if _, dup := w.pending[e.Health.Name]; dup {
+		w.ev.coalesced.Add(1)
+	}
 	w.pending[e.Health.Name] = e
 	w.mu.Unlock()
 	select {
@@ -168,6 +193,9 @@ func (m *Manager) Watch(names []string, since uint64) (*Watch, error) {
 	defer ev.mu.Unlock()
 	if ev.closed {
 		return nil, ErrClosed
+	}
+	if len(ev.subs) >= m.cfg.MaxWatchers {
+		return nil, &LimitError{Limit: "max_watchers", Value: m.cfg.MaxWatchers}
 	}
 	match := func(n string) bool { return len(filter) == 0 || filter[n] }
 	oldest := ev.rev + 1
@@ -258,6 +286,18 @@ func (w *Watch) Bookmark() (uint64, bool) {
 	}
 	return w.ev.rev, true
 }
+
+// Watchers returns the number of open watches (including the server's
+// grpc.health.v1 mirror).
+func (m *Manager) Watchers() int {
+	m.events.mu.Lock()
+	defer m.events.mu.Unlock()
+	return len(m.events.subs)
+}
+
+// CoalescedEvents returns how many events slow watchers skipped because a
+// newer state of the same plugin replaced them before they were read.
+func (m *Manager) CoalescedEvents() uint64 { return m.events.coalesced.Load() }
 
 // Revision is the hub's current revision (for bookmarks).
 func (w *Watch) Revision() uint64 { return w.ev.revision() }

@@ -33,6 +33,8 @@ func (m *Manager) Invoke(ctx context.Context, name, method string, payload []byt
 		return nil, err
 	}
 	defer inst.release()
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
 	resp, err := inst.conn.Client.Invoke(ctx, &pluginv1.InvokeRequest{Method: method, Payload: payload})
 	if err != nil {
 		ce := &CallError{Plugin: name, Generation: inst.gen, Err: err}

@@ -58,8 +58,10 @@ func (c *stageClock) done(s Stage) {
 
 // candidate is the input of one pipeline run.
 type candidate struct {
-	spec Spec
-	gen  uint64
+	// action names the operation for metrics and logs.
+	action string
+	spec   Spec
+	gen    uint64
 	// expectName is the plugin name the active generation described itself
 	// with; empty for a first Load.
 	expectName string
@@ -70,7 +72,22 @@ type candidate struct {
 // launch runs stages 1-5 of the candidate pipeline: resolve, (checksum,)
 // start, handshake, describe, ready. On success the caller owns the instance;
 // on failure the candidate is already killed and its socket removed.
-func (m *Manager) launch(ctx context.Context, c candidate) (*instance, *Report, error) {
+func (m *Manager) launch(ctx context.Context, c candidate) (inst *instance, rep *Report, err error) {
+	if f := m.cfg.OnCandidate; f != nil {
+		start := time.Now()
+		defer func() {
+			failed := StageUnknown
+			var ce *CandidateError
+			if errors.As(err, &ce) {
+				failed = ce.Stage
+			}
+			f(c.spec.Name, c.action, failed, time.Since(start))
+		}()
+	}
+	return m.runPipeline(ctx, c)
+}
+
+func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Report, error) {
 	clock := newStageClock()
 	log := m.log.With(slog.String("plugin", c.spec.Name), slog.Uint64("generation", c.gen))
 	fail := func(stage Stage, err error, inst *instance) (*instance, *Report, error) {

@@ -42,9 +42,26 @@ type Config struct {
 	DrainTimeout time.Duration
 	// AutoMTLS enables go-plugin's automatic mutual TLS to plugins.
 	AutoMTLS bool
+	// RequirePin refuses specs without a sha256 pin.
+	RequirePin bool
 	// HealthHistory is how many health events are kept for WatchHealth
 	// resumption (4096). Older revisions get a reset snapshot.
 	HealthHistory int
+	// Store keeps desired state and the audit record durably; nil keeps
+	// them in memory (lost at exit).
+	Store Store
+	// CallTimeout bounds every Invoke sent to a plugin whose caller set no
+	// shorter deadline (0: 60s).
+	CallTimeout time.Duration
+	// MaxPlugins caps loaded plugins (0: 1000).
+	MaxPlugins int
+	// MaxWatchers caps concurrent health watches (0: 10000).
+	MaxWatchers int
+	// OnCandidate, if set, is called after every candidate pipeline run
+	// (for metrics): action is load, reload, validate, restart, restore or
+	// unhealthy-restart; failed is the failing stage, StageUnknown on
+	// success. It must not block.
+	OnCandidate func(plugin, action string, failed Stage, took time.Duration)
 }
 
 // Manager runs plugin instances. Create it with New; Close stops every plugin.
@@ -56,6 +73,7 @@ type Manager struct {
 	ownSock   bool // sockRoot was created by New and is removed by Close
 	digests   digestCache
 	events    *events
+	store     Store
 
 	mu      sync.RWMutex // guards plugins and closed
 	plugins map[string]*entry
@@ -94,6 +112,7 @@ type entry struct {
 	restartLog  []time.Time // supervisor restarts within the restart period
 	consecutive int         // restarts since the plugin last stayed up a period
 	lastRestart time.Time
+	held        bool // the supervisor gave up: UNHEALTHY until an operator acts
 }
 
 func (e *entry) lock(ctx context.Context) error {
@@ -135,12 +154,33 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 30 * time.Second
 	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 60 * time.Second
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	m := &Manager{cfg: cfg, log: log, pluginDir: dir, plugins: make(map[string]*entry), events: newEvents(cfg.HealthHistory)}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
+	if cfg.MaxPlugins <= 0 {
+		m.cfg.MaxPlugins = 1000
+	}
+	if cfg.MaxWatchers <= 0 {
+		m.cfg.MaxWatchers = 10000
+	}
+	m.store = cfg.Store
+	if m.store == nil {
+		m.store = newMemStore()
+	}
+	// Revisions continue above anything an earlier run may have handed out.
+	prev, err := m.store.ReserveRevisions(0)
+	if err != nil {
+		return nil, fmt.Errorf("manager: reading the revision mark: %w", err)
+	}
+	m.events.rev, m.events.hwm = prev, prev
+	m.events.reserve = m.store.ReserveRevisions
+	m.events.log = func(err error) { log.Error("persisting the revision mark failed", slog.String("error", err.Error())) }
 	if cfg.SocketDir == "" {
 		d, err := os.MkdirTemp("", "plugind-")
 		if err != nil {

@@ -17,7 +17,7 @@ type LoadResult struct {
 // reserved (STARTING) while the candidate runs; on failure it is released and
 // nothing remains.
 func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
-	if err := spec.Validate(); err != nil {
+	if err := m.validate(&spec); err != nil {
 		return nil, err
 	}
 	spec = spec.clone()
@@ -34,15 +34,27 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 		m.mu.Unlock()
 		return nil, fmt.Errorf("plugin %q: %w", spec.Name, ErrAlreadyExists)
 	}
+	if len(m.plugins) >= m.cfg.MaxPlugins {
+		m.mu.Unlock()
+		return nil, &LimitError{Limit: "max_plugins", Value: m.cfg.MaxPlugins}
+	}
 	m.plugins[spec.Name] = e
 	e.setState(StateStarting, "", m.events)
 	m.mu.Unlock()
 
-	inst, rep, err := m.launch(ctx, candidate{spec: spec, gen: 1})
-	if err == nil && !m.activate(e, inst, true) {
-		inst.stop()
-		err = ErrClosed
+	inst, rep, err := m.launch(ctx, candidate{action: "load", spec: spec, gen: 1})
+	if err == nil {
+		// Persisted before it is acknowledged (and before it serves).
+		if perr := m.store.PutPlugin(PluginRecord{Spec: spec, Generation: 1, PluginName: inst.pluginName}); perr != nil {
+			inst.stop()
+			err = fmt.Errorf("plugin %q: persisting desired state: %w", spec.Name, perr)
+		} else if !m.activate(e, inst, true) {
+			inst.stop()
+			_ = m.store.DeletePlugin(spec.Name)
+			err = ErrClosed
+		}
 	}
+	m.audit(ctx, "load", spec.Name, 0, uint64(b2i(err == nil)), inst, spec, err)
 	if err != nil {
 		m.mu.Lock()
 		if m.plugins[spec.Name] == e {
@@ -79,6 +91,7 @@ func (m *Manager) activate(e *entry, inst *instance, operator bool) bool {
 		if operator {
 			e.restartLog = nil
 			e.consecutive = 0
+			e.held = false
 		}
 		e.active.Store(inst)
 		e.publishLocked(m.events)
@@ -117,7 +130,7 @@ type ReloadResult struct {
 // generation must be stopped either way.
 func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult, error) {
 	if req.Spec != nil {
-		if err := req.Spec.Validate(); err != nil {
+		if err := m.validate(req.Spec); err != nil {
 			return nil, err
 		}
 		if req.Spec.Name != req.Name {
@@ -149,17 +162,31 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 		spec = req.Spec.clone()
 	}
 	old := e.active.Load()
-	inst, rep, err := m.launch(ctx, candidate{spec: spec, gen: activeGen + 1, expectName: expect, activeGen: activeGen})
+	action := "reload"
+	if req.ValidateOnly {
+		action = "validate"
+	}
+	inst, rep, err := m.launch(ctx, candidate{action: action, spec: spec, gen: activeGen + 1, expectName: expect, activeGen: activeGen})
 	if err != nil {
 		e.mu.Lock()
 		e.lastError = err.Error()
 		e.publishLocked(m.events)
 		e.mu.Unlock()
+		m.audit(ctx, action, req.Name, activeGen, activeGen, nil, spec, err)
 		return nil, err
 	}
 	if req.ValidateOnly {
 		inst.stop()
+		m.audit(ctx, action, req.Name, activeGen, activeGen, inst, spec, nil)
 		return &ReloadResult{Status: e.status(), PreviousGeneration: activeGen, Report: rep}, nil
+	}
+	// Persisted before the swap: if the daemon dies right after, the
+	// restore relaunches what this call was about to acknowledge.
+	if perr := m.store.PutPlugin(PluginRecord{Spec: spec, Generation: inst.gen, PluginName: inst.pluginName}); perr != nil {
+		inst.stop()
+		err := fmt.Errorf("plugin %q: persisting desired state: %w", req.Name, perr)
+		m.audit(ctx, action, req.Name, activeGen, activeGen, inst, spec, err)
+		return nil, err
 	}
 
 	// 6. swap
@@ -168,6 +195,7 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 		inst.stop()
 		return nil, ErrClosed
 	}
+	m.audit(ctx, action, req.Name, activeGen, inst.gen, inst, spec, nil)
 	rep.Stages = append(rep.Stages, StageTiming{Stage: StageSwap, Duration: time.Since(start)})
 
 	// 7. drain the old generation, then stop it.
@@ -210,11 +238,18 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	defer e.unlock()
 	e.mu.Lock()
 	removed := e.removed
-	e.removed = true
 	e.mu.Unlock()
 	if removed {
 		return Status{}, fmt.Errorf("plugin %q: %w", name, ErrNotFound)
 	}
+	if err := m.store.DeletePlugin(name); err != nil {
+		err = fmt.Errorf("plugin %q: persisting desired state: %w", name, err)
+		m.audit(ctx, "unload", name, e.status().Generation, e.status().Generation, nil, e.status().Spec, err)
+		return Status{}, err
+	}
+	e.mu.Lock()
+	e.removed = true
+	e.mu.Unlock()
 	m.mu.Lock()
 	if m.plugins[name] == e {
 		delete(m.plugins, name)
@@ -237,6 +272,18 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	e.mu.Unlock()
 	m.events.publish(EventRemoved, h)
 	st.State, st.PID = StateStopped, 0
+	m.audit(ctx, "unload", name, st.Generation, st.Generation, nil, st.Spec, nil)
 	m.log.Info("plugin unloaded", slog.String("plugin", name), slog.Uint64("generation", st.Generation))
 	return st, nil
+}
+
+// validate checks a spec against its own rules and the daemon's policy.
+func (m *Manager) validate(s *Spec) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	if m.cfg.RequirePin && s.SHA256 == "" {
+		return &InvalidError{Field: "sha256", Reason: "required: this daemon runs with --require-pin, so every spec must pin its binary"}
+	}
+	return nil
 }

@@ -85,8 +85,15 @@ func (m *Manager) scheduleRestart(e *entry, gen uint64, reason string) {
 		e.state, e.since = StateUnhealthy, now
 		e.lastError = fmt.Sprintf("%s; restart limit reached (%d restarts within %v): not restarting until an operator reloads it",
 			reason, p.RestartLimit, p.RestartPeriod)
+		e.held = true
 		m.log.Error("plugin unhealthy", slog.String("plugin", e.name), slog.Uint64("generation", gen), slog.String("reason", e.lastError))
 		e.publishLocked(m.events)
+		// Held across daemon restarts until an operator reloads it.
+		rec := e.recordLocked()
+		rec.HeldUnhealthy, rec.Reason = true, e.lastError
+		if err := m.store.PutPlugin(rec); err != nil {
+			m.log.Error("persisting the unhealthy hold failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
+		}
 		return
 	}
 	delay := p.BackoffInitial << min(e.consecutive, 30)
@@ -124,13 +131,17 @@ func (m *Manager) restartAfter(e *entry, gen uint64, delay time.Duration) {
 	if stale {
 		return
 	}
-	inst, _, err := m.launch(m.ctx, candidate{spec: spec, gen: gen + 1, expectName: expect})
+	inst, _, err := m.launch(m.ctx, candidate{action: "restart", spec: spec, gen: gen + 1, expectName: expect})
 	if err != nil {
 		if m.ctx.Err() != nil {
 			return
 		}
+		m.audit(m.ctx, "restart", e.name, gen, gen, nil, spec, err)
 		m.scheduleRestart(e, gen, "restart failed: "+err.Error())
 		return
+	}
+	if err := m.store.PutPlugin(PluginRecord{Spec: spec, Generation: inst.gen, PluginName: inst.pluginName}); err != nil {
+		m.log.Error("persisting the restarted generation failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
 	}
 	e.mu.Lock()
 	e.restarts++
@@ -139,6 +150,7 @@ func (m *Manager) restartAfter(e *entry, gen uint64, delay time.Duration) {
 		inst.stop()
 		return
 	}
+	m.audit(m.ctx, "restart", e.name, gen, inst.gen, inst, spec, nil)
 	m.log.Info("plugin restarted", slog.String("plugin", e.name), slog.Uint64("generation", inst.gen), slog.Int("pid", inst.pid))
 }
 
@@ -165,10 +177,12 @@ func (m *Manager) onUnhealthy(e *entry, gen uint64, action Action) {
 		old.drain(m.cfg.DrainTimeout)
 		old.stop()
 		e.setState(StateStopped, fmt.Sprintf("stopped by health policy after generation %d became unhealthy", gen), m.events)
+		m.audit(m.ctx, "unhealthy-stop", e.name, gen, gen, nil, spec, nil)
 		m.log.Warn("plugin stopped by health policy", slog.String("plugin", e.name), slog.Uint64("generation", gen))
 	case ActionRestart:
-		inst, _, err := m.launch(m.ctx, candidate{spec: spec, gen: gen + 1, expectName: expect, activeGen: gen})
+		inst, _, err := m.launch(m.ctx, candidate{action: "unhealthy-restart", spec: spec, gen: gen + 1, expectName: expect, activeGen: gen})
 		if err != nil {
+			m.audit(m.ctx, "unhealthy-restart", e.name, gen, gen, nil, spec, err)
 			e.mu.Lock()
 			e.lastError = "restart on unhealthy failed: " + err.Error()
 			e.publishLocked(m.events)
@@ -182,6 +196,10 @@ func (m *Manager) onUnhealthy(e *entry, gen uint64, action Action) {
 			inst.stop()
 			return
 		}
+		if err := m.store.PutPlugin(PluginRecord{Spec: spec, Generation: inst.gen, PluginName: inst.pluginName}); err != nil {
+			m.log.Error("persisting the restarted generation failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
+		}
+		m.audit(m.ctx, "unhealthy-restart", e.name, gen, inst.gen, inst, spec, nil)
 		old.drain(m.cfg.DrainTimeout)
 		old.stop()
 		m.log.Info("plugin restarted by health policy", slog.String("plugin", e.name), slog.Uint64("generation", inst.gen))

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
@@ -84,6 +85,33 @@ func (c *control) Health(_ context.Context, req *pb.HealthRequest) (*pb.HealthRe
 	out := &pb.HealthResponse{Revision: rev, Plugins: make([]*pb.PluginHealth, 0, len(hs))}
 	for _, h := range hs {
 		out.Plugins = append(out.Plugins, healthToProto(h))
+	}
+	return out, nil
+}
+
+func (c *control) ListAudit(_ context.Context, req *pb.ListAuditRequest) (*pb.ListAuditResponse, error) {
+	if req.GetLimit() > 10000 {
+		return nil, invalid("limit", fmt.Sprintf("%d is more than 10000", req.GetLimit()))
+	}
+	recs, err := c.s.m.Audit(req.GetName(), req.GetBeforeSequence(), int(req.GetLimit()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.ListAuditResponse{Records: make([]*pb.AuditRecord, 0, len(recs))}
+	for _, r := range recs {
+		out.Records = append(out.Records, &pb.AuditRecord{
+			Sequence:      r.Sequence,
+			Time:          timestamp(r.Time),
+			Caller:        r.Caller,
+			Action:        r.Action,
+			Plugin:        r.Plugin,
+			OldGeneration: r.OldGeneration,
+			NewGeneration: r.NewGeneration,
+			BinarySha256:  r.BinarySHA256,
+			Binary:        r.Binary,
+			Outcome:       r.Outcome,
+			Error:         r.Error,
+		})
 	}
 	return out, nil
 }

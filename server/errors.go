@@ -28,8 +28,13 @@ func toStatus(err error) error {
 		cand     *manager.CandidateError
 		mismatch *manager.GenerationMismatchError
 		call     *manager.CallError
+		limit    *manager.LimitError
 	)
 	switch {
+	case errors.As(err, &limit):
+		return withDetails(codes.ResourceExhausted, err.Error(), &errdetails.QuotaFailure{
+			Violations: []*errdetails.QuotaFailure_Violation{{Subject: limit.Limit, Description: err.Error()}},
+		})
 	case errors.As(err, &invalid):
 		return withDetails(codes.InvalidArgument, err.Error(), &errdetails.BadRequest{
 			FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: invalid.Field, Description: invalid.Reason}},

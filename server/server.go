@@ -12,8 +12,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/grpc"
@@ -29,6 +32,9 @@ import (
 type Option func(*options)
 
 type options struct {
+	auth             *AuthConfig
+	maxRecvBytes     int
+	maxStreams       uint32
 	logger           *slog.Logger
 	bookmarkInterval time.Duration
 	grpcOpts         []grpc.ServerOption
@@ -43,6 +49,20 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 // bookmark (default 30s).
 func WithBookmarkInterval(d time.Duration) Option {
 	return func(o *options) { o.bookmarkInterval = d }
+}
+
+// WithAuth requires credentials (bearer tokens or client certificates) on
+// every call but the services cfg leaves open, and checks roles per method.
+// Without it every caller is allowed (protect the socket instead) and only
+// named in the audit log.
+func WithAuth(cfg *AuthConfig) Option { return func(o *options) { o.auth = cfg } }
+
+// WithLimits sets the largest request message accepted (bytes; default
+// 4 MiB) and the concurrent streams per connection (default 1024: high
+// enough that long-lived WatchHealth streams sharing a connection do not
+// make grpc-go clients queue their unary calls behind them).
+func WithLimits(maxRecvBytes int, maxStreamsPerConn uint32) Option {
+	return func(o *options) { o.maxRecvBytes, o.maxStreams = maxRecvBytes, maxStreamsPerConn }
 }
 
 // WithGRPCOptions adds grpc.ServerOptions (credentials, limits).
@@ -71,15 +91,15 @@ type Server struct {
 	shutdownOnce sync.Once
 	mirrorDone   chan struct{}
 
-	mu        sync.Mutex     // guards draining
-	draining  bool           // no new streams
-	watchers  sync.WaitGroup // open WatchHealth streams
+	mu       sync.Mutex     // guards draining
+	draining bool           // no new streams
+	watchers sync.WaitGroup // open WatchHealth streams
 }
 
 // New builds the gRPC server over m and registers every service. Call Serve
 // to accept connections and Shutdown to stop.
 func New(m *manager.Manager, opts ...Option) *Server {
-	o := options{logger: slog.Default(), bookmarkInterval: 30 * time.Second}
+	o := options{logger: slog.Default(), bookmarkInterval: 30 * time.Second, maxRecvBytes: 4 << 20, maxStreams: 1024}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -90,14 +110,44 @@ func New(m *manager.Manager, opts ...Option) *Server {
 		s.log.ErrorContext(ctx, "handler panic", slog.Any("panic", p))
 		return status.Errorf(codes.Internal, "internal error (handler panic)")
 	})}
-	unary := append([]grpc.UnaryServerInterceptor{
+	// Authentication runs through go-grpc-middleware's auth interceptor;
+	// the selector skips it for services the auth config leaves open
+	// (grpc.health.v1 for probes, reflection), which still get the caller
+	// named by the plain identify step.
+	var authU []grpc.UnaryServerInterceptor
+	var authS []grpc.StreamServerInterceptor
+	if o.auth == nil {
+		authU = append(authU, auth.UnaryServerInterceptor(identify))
+		authS = append(authS, auth.StreamServerInterceptor(identify))
+	} else {
+		// go-grpc-middleware's auth interceptor does the checking; the
+		// selector skips it for the services the auth config leaves open
+		// (grpc.health.v1 for probes, reflection), which only get the
+		// caller named.
+		az := newAuthorizer(o.auth)
+		needsAuth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+			return az.requiredRole(c.FullMethod()) != ""
+		})
+		open := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+			return az.requiredRole(c.FullMethod()) == ""
+		})
+		authU = append(authU,
+			selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(az.authenticate), needsAuth),
+			selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(identify), open))
+		authS = append(authS,
+			selector.StreamServerInterceptor(auth.StreamServerInterceptor(az.authenticate), needsAuth),
+			selector.StreamServerInterceptor(auth.StreamServerInterceptor(identify), open))
+	}
+	// Order: recovery outermost (nothing escapes), then logging (refused
+	// calls are logged with their code), then authentication.
+	unary := append(append([]grpc.UnaryServerInterceptor{
 		recovery.UnaryServerInterceptor(recOpts...),
 		logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
-	}, o.unaryInts...)
-	stream := append([]grpc.StreamServerInterceptor{
+	}, authU...), o.unaryInts...)
+	stream := append(append([]grpc.StreamServerInterceptor{
 		recovery.StreamServerInterceptor(recOpts...),
 		logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
-	}, o.streamInts...)
+	}, authS...), o.streamInts...)
 
 	gopts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary...),
@@ -107,6 +157,8 @@ func New(m *manager.Manager, opts ...Option) *Server {
 		// noticed while live idle streams stay up for hours.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.MaxRecvMsgSize(o.maxRecvBytes),
+		grpc.MaxConcurrentStreams(o.maxStreams),
 	}
 	s.grpc = grpc.NewServer(append(gopts, o.grpcOpts...)...)
 	pb.RegisterPluginControlServiceServer(s.grpc, &control{s: s})

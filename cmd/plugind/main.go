@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,42 +17,20 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/plugincontrol/plugincontrol/client"
 	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/metrics"
 	"github.com/plugincontrol/plugincontrol/server"
+	"github.com/plugincontrol/plugincontrol/store"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
 )
-
-const usage = `plugind: the plugincontrol daemon.
-
-Runs plugin binaries from --plugin-dir under hashicorp/go-plugin, reloads them
-with try-activate semantics and serves the control API
-(plugincontrol.v1.PluginControlService, PluginGatewayService, grpc.health.v1
-and server reflection) on --listen.
-
-Usage:
-  plugind [flags]
-
-Flags:
-`
-
-type config struct {
-	pluginDir       string
-	stateDir        string
-	listen          string
-	logLevel        string
-	logFormat       string
-	loads           []string
-	startTimeout    time.Duration
-	drainTimeout    time.Duration
-	shutdownTimeout time.Duration
-}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
 func run(args []string, stderr io.Writer) int {
-	cfg, err := parseFlags(args, stderr)
+	cfg, err := parseFlags(args, stderr, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -74,42 +52,6 @@ func run(args []string, stderr io.Writer) int {
 	return 0
 }
 
-func parseFlags(args []string, out io.Writer) (config, error) {
-	var cfg config
-	fs := flag.NewFlagSet("plugind", flag.ContinueOnError)
-	fs.SetOutput(out)
-	fs.Usage = func() {
-		fmt.Fprint(out, usage)
-		fs.PrintDefaults()
-		fmt.Fprint(out, "\nSignals: SIGTERM or SIGINT drain and stop everything, then exit 0.\nExit codes: 0 clean stop, 1 runtime failure, 2 bad flags.\n")
-	}
-	fs.StringVar(&cfg.pluginDir, "plugin-dir", "plugins", "directory plugin binaries are resolved in (the API never runs anything outside it)")
-	fs.StringVar(&cfg.stateDir, "state-dir", defaultStateDir(), "directory for the daemon's socket and state (created mode 0700)")
-	fs.StringVar(&cfg.listen, "listen", "", "address to serve on: unix://PATH or tcp://HOST:PORT (loopback only until TLS is configured) (default unix://<state-dir>/plugind.sock)")
-	fs.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
-	fs.Func("load", "load a plugin at start: NAME or NAME=BINARY (repeatable)", func(v string) error {
-		cfg.loads = append(cfg.loads, v)
-		return nil
-	})
-	fs.DurationVar(&cfg.startTimeout, "start-timeout", 10*time.Second, "default launch+handshake timeout of a plugin")
-	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "default time in-flight calls get to finish before a generation is stopped")
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for streams and calls before stopping hard")
-	if err := fs.Parse(args); err != nil {
-		return cfg, err
-	}
-	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
-	}
-	if cfg.listen == "" {
-		cfg.listen = "unix://" + filepath.Join(cfg.stateDir, "plugind.sock")
-	}
-	return cfg, nil
-}
-
-// defaultStateDir is shared with pluginctl's default address.
-func defaultStateDir() string { return client.DefaultStateDir() }
-
 func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
@@ -126,97 +68,116 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	}
 }
 
-// listen opens the control socket. A unix socket is created mode 0600; a
-// stale socket file from a crashed daemon is replaced, a live one is not.
-func listen(addr string) (net.Listener, error) {
-	switch {
-	case strings.HasPrefix(addr, "unix://"):
-		path := strings.TrimPrefix(addr, "unix://")
-		if path == "" {
-			return nil, fmt.Errorf("--listen %q: empty socket path", addr)
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, err
-		}
-		if _, err := os.Stat(path); err == nil {
-			if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-				c.Close()
-				return nil, fmt.Errorf("--listen %q: another daemon is serving on this socket", addr)
-			}
-			if err := os.Remove(path); err != nil {
-				return nil, fmt.Errorf("removing stale socket: %w", err)
-			}
-		}
-		old := syscall.Umask(0o077)
-		lis, err := net.Listen("unix", path)
-		syscall.Umask(old)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.Chmod(path, 0o600); err != nil {
-			lis.Close()
-			return nil, err
-		}
-		return lis, nil
-	case strings.HasPrefix(addr, "tcp://"):
-		hostport := strings.TrimPrefix(addr, "tcp://")
-		host, _, err := net.SplitHostPort(hostport)
-		if err != nil {
-			return nil, fmt.Errorf("--listen %q: %w", addr, err)
-		}
-		ip := net.ParseIP(host)
-		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			return nil, fmt.Errorf("--listen %q: plaintext TCP is only allowed on loopback addresses (127.0.0.1, [::1], localhost)", addr)
-		}
-		return net.Listen("tcp", hostport)
-	default:
-		return nil, fmt.Errorf("--listen %q: want unix://PATH or tcp://HOST:PORT", addr)
-	}
-}
-
 func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
+	// Only the daemon's user may enter the state directory (it holds the
+	// control socket and the store).
+	if err := os.Chmod(cfg.stateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	var authCfg *server.AuthConfig
+	if cfg.authFile != "" {
+		a, err := server.LoadAuthFile(cfg.authFile)
+		if err != nil {
+			return err
+		}
+		authCfg = a
+	}
+	tlsCfg, err := serverTLS(cfg)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(cfg.stateDir, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
 	sockDir := filepath.Join(cfg.stateDir, "sockets")
 	if abs, err := filepath.Abs(sockDir); err != nil || len(abs) > 60 {
 		// Unix socket paths are limited to 107 bytes; leave room for
 		// go-plugin's names, else use a fresh directory under $TMPDIR.
 		sockDir = ""
-	} else {
-		_ = os.RemoveAll(sockDir) // stale sockets of a previous run
+	} else if err := os.RemoveAll(sockDir); err != nil {
+		// Socket directories of plugins from a previous run that crashed.
+		return fmt.Errorf("removing stale plugin sockets: %w", err)
 	}
+
+	met := metrics.New()
 	m, err := manager.New(manager.Config{
 		PluginDir:    cfg.pluginDir,
 		SocketDir:    sockDir,
 		Logger:       log,
 		StartTimeout: cfg.startTimeout,
 		DrainTimeout: cfg.drainTimeout,
+		CallTimeout:  cfg.callTimeout,
+		AutoMTLS:     cfg.autoMTLS,
+		RequirePin:   cfg.requirePin,
+		Store:        st,
+		MaxPlugins:   cfg.maxPlugins,
+		MaxWatchers:  cfg.maxWatchers,
+		OnCandidate:  met.ObserveCandidate,
 	})
 	if err != nil {
 		return err
 	}
+	met.Attach(m)
 	closeManager := func() {
 		cctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 		defer cancel()
 		_ = m.Close(cctx)
 	}
-	lis, err := listen(cfg.listen)
+
+	listeners, err := openListeners(cfg, tlsCfg != nil, authCfg != nil)
 	if err != nil {
 		closeManager()
 		return err
 	}
-	srv := server.New(m, server.WithLogger(log))
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(lis) }()
-	log.Info("plugind serving", slog.String("listen", cfg.listen), slog.String("plugin_dir", m.PluginDir()), slog.Int("pid", os.Getpid()))
+	opts := []server.Option{
+		server.WithLogger(log),
+		server.WithLimits(cfg.maxMessageBytes, uint32(cfg.maxStreams)),
+		server.WithInterceptors(
+			[]grpc.UnaryServerInterceptor{met.GRPC.UnaryServerInterceptor()},
+			[]grpc.StreamServerInterceptor{met.GRPC.StreamServerInterceptor()}),
+	}
+	if authCfg != nil {
+		opts = append(opts, server.WithAuth(authCfg))
+	}
+	srv := server.New(m, opts...)
+	met.GRPC.InitializeMetrics(srv.GRPCServer())
+	serveErr := make(chan error, len(listeners))
+	for _, l := range listeners {
+		go func() { serveErr <- srv.Serve(l.wrap(tlsCfg)) }()
+		log.Info("plugind serving", slog.String("listen", l.addr))
+	}
+	var metricsSrv *http.Server
+	if cfg.metricsListen != "" {
+		metricsSrv, err = serveMetrics(cfg.metricsListen, met, log)
+		if err != nil {
+			srv.Shutdown(context.Background())
+			closeManager()
+			return err
+		}
+	}
+	log.Info("plugind started", slog.String("plugin_dir", m.PluginDir()), slog.String("state_dir", cfg.stateDir), slog.Int("pid", os.Getpid()))
 
+	// Relaunch what was loaded before, then what --load asks for.
+	start := time.Now()
+	if err := m.Restore(ctx); err != nil {
+		log.Error("restore failed", slog.String("error", err.Error()))
+	}
+	log.Info("desired state restored", slog.Int("plugins", len(m.List())), slog.Duration("took", time.Since(start)))
 	for _, l := range cfg.loads {
 		name, binary, ok := strings.Cut(l, "=")
 		if !ok {
 			binary = name
 		}
-		if _, err := m.Load(ctx, manager.Spec{Name: name, Binary: binary}); err != nil {
+		if _, err := m.Get(name); err == nil {
+			continue // restored from the store
+		}
+		if _, err := m.Load(manager.WithCaller(ctx, "plugind --load"), manager.Spec{Name: name, Binary: binary}); err != nil {
 			log.Error("--load failed", slog.String("plugin", name), slog.String("error", err.Error()))
 		}
 	}
@@ -229,11 +190,31 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
-	srv.Shutdown(sctx)
-	closeManager()
-	if strings.HasPrefix(cfg.listen, "unix://") {
-		_ = os.Remove(strings.TrimPrefix(cfg.listen, "unix://"))
+	srv.Shutdown(sctx) // NOT_SERVING, streams end, calls in flight finish
+	if metricsSrv != nil {
+		_ = metricsSrv.Shutdown(sctx)
+	}
+	closeManager() // plugins stop (desired state stays in the store)
+	for _, l := range listeners {
+		l.cleanup()
 	}
 	log.Info("plugind stopped")
 	return runErr
+}
+
+func serveMetrics(addr string, met *metrics.Metrics, log *slog.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}))
+	hs := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	lis, err := listenTCP(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen: %w", err)
+	}
+	go func() {
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server failed", slog.String("error", err.Error()))
+		}
+	}()
+	log.Info("metrics serving", slog.String("listen", "http://"+lis.Addr().String()+"/metrics"))
+	return hs, nil
 }

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -659,11 +660,263 @@ func (x *WatchHealthResponse) GetEvent() *HealthEvent {
 	return nil
 }
 
+// ListAuditRequest selects audit records.
+type ListAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name filters by plugin; empty means all.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// limit caps the number of records returned (newest first); 0 means 100,
+	// at most 10000.
+	Limit uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// before_sequence returns records older than this sequence number (for
+	// paging); 0 means from the newest.
+	BeforeSequence uint64 `protobuf:"varint,3,opt,name=before_sequence,json=beforeSequence,proto3" json:"before_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_plugincontrol_v1_control_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_control_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_control_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListAuditRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ListAuditRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetBeforeSequence() uint64 {
+	if x != nil {
+		return x.BeforeSequence
+	}
+	return 0
+}
+
+// ListAuditResponse is a page of audit records, newest first.
+type ListAuditResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// records are the audit records.
+	Records       []*AuditRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_plugincontrol_v1_control_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_control_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_control_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+// AuditRecord is one mutation of the daemon's plugins.
+type AuditRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sequence is the record's position in the audit log, strictly increasing.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// time is when the mutation finished.
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// caller identifies who asked: "token:NAME", "cert:CN", "uid:N" on the
+	// unix socket, or "plugind" for the daemon's own actions (restarts, health
+	// policy actions, restore at start).
+	Caller string `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"`
+	// action is load, reload, validate, unload, restart, restore,
+	// unhealthy-restart or unhealthy-stop.
+	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	// plugin is the instance name.
+	Plugin string `protobuf:"bytes,5,opt,name=plugin,proto3" json:"plugin,omitempty"`
+	// old_generation is the generation active before (0: none).
+	OldGeneration uint64 `protobuf:"varint,6,opt,name=old_generation,json=oldGeneration,proto3" json:"old_generation,omitempty"`
+	// new_generation is the generation active after (equal to old_generation
+	// when nothing changed).
+	NewGeneration uint64 `protobuf:"varint,7,opt,name=new_generation,json=newGeneration,proto3" json:"new_generation,omitempty"`
+	// binary_sha256 is the digest of the binary the mutation launched.
+	BinarySha256 string `protobuf:"bytes,8,opt,name=binary_sha256,json=binarySha256,proto3" json:"binary_sha256,omitempty"`
+	// outcome is "ok" or "failed".
+	Outcome string `protobuf:"bytes,9,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// error is the failure, empty when outcome is ok.
+	Error string `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
+	// binary is the spec's binary name.
+	Binary        string `protobuf:"bytes,11,opt,name=binary,proto3" json:"binary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRecord) Reset() {
+	*x = AuditRecord{}
+	mi := &file_plugincontrol_v1_control_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRecord) ProtoMessage() {}
+
+func (x *AuditRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_control_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
+func (*AuditRecord) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_control_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AuditRecord) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetPlugin() string {
+	if x != nil {
+		return x.Plugin
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetOldGeneration() uint64 {
+	if x != nil {
+		return x.OldGeneration
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetNewGeneration() uint64 {
+	if x != nil {
+		return x.NewGeneration
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetBinarySha256() string {
+	if x != nil {
+		return x.BinarySha256
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetBinary() string {
+	if x != nil {
+		return x.Binary
+	}
+	return ""
+}
+
 var File_plugincontrol_v1_control_proto protoreflect.FileDescriptor
 
 const file_plugincontrol_v1_control_proto_rawDesc = "" +
 	"\n" +
-	"\x1eplugincontrol/v1/control.proto\x12\x10plugincontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a plugincontrol/v1/candidate.proto\x1a\x1dplugincontrol/v1/health.proto\x1a\x1bplugincontrol/v1/spec.proto\"?\n" +
+	"\x1eplugincontrol/v1/control.proto\x12\x10plugincontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a plugincontrol/v1/candidate.proto\x1a\x1dplugincontrol/v1/health.proto\x1a\x1bplugincontrol/v1/spec.proto\"?\n" +
 	"\vLoadRequest\x120\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\x04spec\"\x81\x01\n" +
 	"\fLoadResponse\x126\n" +
@@ -696,14 +949,34 @@ const file_plugincontrol_v1_control_proto_rawDesc = "" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x12%\n" +
 	"\x0esince_revision\x18\x02 \x01(\x04R\rsinceRevision\"J\n" +
 	"\x13WatchHealthResponse\x123\n" +
-	"\x05event\x18\x01 \x01(\v2\x1d.plugincontrol.v1.HealthEventR\x05event2\xfe\x03\n" +
+	"\x05event\x18\x01 \x01(\v2\x1d.plugincontrol.v1.HealthEventR\x05event\"e\n" +
+	"\x10ListAuditRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12'\n" +
+	"\x0fbefore_sequence\x18\x03 \x01(\x04R\x0ebeforeSequence\"L\n" +
+	"\x11ListAuditResponse\x127\n" +
+	"\arecords\x18\x01 \x03(\v2\x1d.plugincontrol.v1.AuditRecordR\arecords\"\xdc\x02\n" +
+	"\vAuditRecord\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06caller\x18\x03 \x01(\tR\x06caller\x12\x16\n" +
+	"\x06action\x18\x04 \x01(\tR\x06action\x12\x16\n" +
+	"\x06plugin\x18\x05 \x01(\tR\x06plugin\x12%\n" +
+	"\x0eold_generation\x18\x06 \x01(\x04R\roldGeneration\x12%\n" +
+	"\x0enew_generation\x18\a \x01(\x04R\rnewGeneration\x12#\n" +
+	"\rbinary_sha256\x18\b \x01(\tR\fbinarySha256\x12\x18\n" +
+	"\aoutcome\x18\t \x01(\tR\aoutcome\x12\x14\n" +
+	"\x05error\x18\n" +
+	" \x01(\tR\x05error\x12\x16\n" +
+	"\x06binary\x18\v \x01(\tR\x06binary2\xd4\x04\n" +
 	"\x14PluginControlService\x12E\n" +
 	"\x04Load\x12\x1d.plugincontrol.v1.LoadRequest\x1a\x1e.plugincontrol.v1.LoadResponse\x12K\n" +
 	"\x06Reload\x12\x1f.plugincontrol.v1.ReloadRequest\x1a .plugincontrol.v1.ReloadResponse\x12K\n" +
 	"\x06Unload\x12\x1f.plugincontrol.v1.UnloadRequest\x1a .plugincontrol.v1.UnloadResponse\x12Z\n" +
 	"\vListPlugins\x12$.plugincontrol.v1.ListPluginsRequest\x1a%.plugincontrol.v1.ListPluginsResponse\x12K\n" +
 	"\x06Health\x12\x1f.plugincontrol.v1.HealthRequest\x1a .plugincontrol.v1.HealthResponse\x12\\\n" +
-	"\vWatchHealth\x12$.plugincontrol.v1.WatchHealthRequest\x1a%.plugincontrol.v1.WatchHealthResponse0\x01BMZKgithub.com/plugincontrol/plugincontrol/gen/plugincontrol/v1;plugincontrolv1b\x06proto3"
+	"\vWatchHealth\x12$.plugincontrol.v1.WatchHealthRequest\x1a%.plugincontrol.v1.WatchHealthResponse0\x01\x12T\n" +
+	"\tListAudit\x12\".plugincontrol.v1.ListAuditRequest\x1a#.plugincontrol.v1.ListAuditResponseBMZKgithub.com/plugincontrol/plugincontrol/gen/plugincontrol/v1;plugincontrolv1b\x06proto3"
 
 var (
 	file_plugincontrol_v1_control_proto_rawDescOnce sync.Once
@@ -717,57 +990,65 @@ func file_plugincontrol_v1_control_proto_rawDescGZIP() []byte {
 	return file_plugincontrol_v1_control_proto_rawDescData
 }
 
-var file_plugincontrol_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_plugincontrol_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_plugincontrol_v1_control_proto_goTypes = []any{
-	(*LoadRequest)(nil),         // 0: plugincontrol.v1.LoadRequest
-	(*LoadResponse)(nil),        // 1: plugincontrol.v1.LoadResponse
-	(*ReloadRequest)(nil),       // 2: plugincontrol.v1.ReloadRequest
-	(*ReloadResponse)(nil),      // 3: plugincontrol.v1.ReloadResponse
-	(*UnloadRequest)(nil),       // 4: plugincontrol.v1.UnloadRequest
-	(*UnloadResponse)(nil),      // 5: plugincontrol.v1.UnloadResponse
-	(*ListPluginsRequest)(nil),  // 6: plugincontrol.v1.ListPluginsRequest
-	(*ListPluginsResponse)(nil), // 7: plugincontrol.v1.ListPluginsResponse
-	(*HealthRequest)(nil),       // 8: plugincontrol.v1.HealthRequest
-	(*HealthResponse)(nil),      // 9: plugincontrol.v1.HealthResponse
-	(*WatchHealthRequest)(nil),  // 10: plugincontrol.v1.WatchHealthRequest
-	(*WatchHealthResponse)(nil), // 11: plugincontrol.v1.WatchHealthResponse
-	(*PluginSpec)(nil),          // 12: plugincontrol.v1.PluginSpec
-	(*PluginStatus)(nil),        // 13: plugincontrol.v1.PluginStatus
-	(*CandidateReport)(nil),     // 14: plugincontrol.v1.CandidateReport
-	(*durationpb.Duration)(nil), // 15: google.protobuf.Duration
-	(*PluginHealth)(nil),        // 16: plugincontrol.v1.PluginHealth
-	(*HealthEvent)(nil),         // 17: plugincontrol.v1.HealthEvent
+	(*LoadRequest)(nil),           // 0: plugincontrol.v1.LoadRequest
+	(*LoadResponse)(nil),          // 1: plugincontrol.v1.LoadResponse
+	(*ReloadRequest)(nil),         // 2: plugincontrol.v1.ReloadRequest
+	(*ReloadResponse)(nil),        // 3: plugincontrol.v1.ReloadResponse
+	(*UnloadRequest)(nil),         // 4: plugincontrol.v1.UnloadRequest
+	(*UnloadResponse)(nil),        // 5: plugincontrol.v1.UnloadResponse
+	(*ListPluginsRequest)(nil),    // 6: plugincontrol.v1.ListPluginsRequest
+	(*ListPluginsResponse)(nil),   // 7: plugincontrol.v1.ListPluginsResponse
+	(*HealthRequest)(nil),         // 8: plugincontrol.v1.HealthRequest
+	(*HealthResponse)(nil),        // 9: plugincontrol.v1.HealthResponse
+	(*WatchHealthRequest)(nil),    // 10: plugincontrol.v1.WatchHealthRequest
+	(*WatchHealthResponse)(nil),   // 11: plugincontrol.v1.WatchHealthResponse
+	(*ListAuditRequest)(nil),      // 12: plugincontrol.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),     // 13: plugincontrol.v1.ListAuditResponse
+	(*AuditRecord)(nil),           // 14: plugincontrol.v1.AuditRecord
+	(*PluginSpec)(nil),            // 15: plugincontrol.v1.PluginSpec
+	(*PluginStatus)(nil),          // 16: plugincontrol.v1.PluginStatus
+	(*CandidateReport)(nil),       // 17: plugincontrol.v1.CandidateReport
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*PluginHealth)(nil),          // 19: plugincontrol.v1.PluginHealth
+	(*HealthEvent)(nil),           // 20: plugincontrol.v1.HealthEvent
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_plugincontrol_v1_control_proto_depIdxs = []int32{
-	12, // 0: plugincontrol.v1.LoadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
-	13, // 1: plugincontrol.v1.LoadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	14, // 2: plugincontrol.v1.LoadResponse.report:type_name -> plugincontrol.v1.CandidateReport
-	12, // 3: plugincontrol.v1.ReloadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
-	15, // 4: plugincontrol.v1.ReloadRequest.drain_timeout:type_name -> google.protobuf.Duration
-	13, // 5: plugincontrol.v1.ReloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	14, // 6: plugincontrol.v1.ReloadResponse.report:type_name -> plugincontrol.v1.CandidateReport
-	15, // 7: plugincontrol.v1.UnloadRequest.drain_timeout:type_name -> google.protobuf.Duration
-	13, // 8: plugincontrol.v1.UnloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	13, // 9: plugincontrol.v1.ListPluginsResponse.plugins:type_name -> plugincontrol.v1.PluginStatus
-	16, // 10: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
-	17, // 11: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
-	0,  // 12: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
-	2,  // 13: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
-	4,  // 14: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
-	6,  // 15: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
-	8,  // 16: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
-	10, // 17: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
-	1,  // 18: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
-	3,  // 19: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
-	5,  // 20: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
-	7,  // 21: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
-	9,  // 22: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
-	11, // 23: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
-	18, // [18:24] is the sub-list for method output_type
-	12, // [12:18] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	15, // 0: plugincontrol.v1.LoadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
+	16, // 1: plugincontrol.v1.LoadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	17, // 2: plugincontrol.v1.LoadResponse.report:type_name -> plugincontrol.v1.CandidateReport
+	15, // 3: plugincontrol.v1.ReloadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
+	18, // 4: plugincontrol.v1.ReloadRequest.drain_timeout:type_name -> google.protobuf.Duration
+	16, // 5: plugincontrol.v1.ReloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	17, // 6: plugincontrol.v1.ReloadResponse.report:type_name -> plugincontrol.v1.CandidateReport
+	18, // 7: plugincontrol.v1.UnloadRequest.drain_timeout:type_name -> google.protobuf.Duration
+	16, // 8: plugincontrol.v1.UnloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	16, // 9: plugincontrol.v1.ListPluginsResponse.plugins:type_name -> plugincontrol.v1.PluginStatus
+	19, // 10: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
+	20, // 11: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
+	14, // 12: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
+	21, // 13: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	0,  // 14: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
+	2,  // 15: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
+	4,  // 16: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
+	6,  // 17: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
+	8,  // 18: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
+	10, // 19: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
+	12, // 20: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
+	1,  // 21: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
+	3,  // 22: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
+	5,  // 23: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
+	7,  // 24: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
+	9,  // 25: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
+	11, // 26: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
+	13, // 27: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
+	21, // [21:28] is the sub-list for method output_type
+	14, // [14:21] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_control_proto_init() }
@@ -784,7 +1065,7 @@ func file_plugincontrol_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugincontrol_v1_control_proto_rawDesc), len(file_plugincontrol_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

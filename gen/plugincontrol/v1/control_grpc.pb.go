@@ -25,6 +25,7 @@ const (
 	PluginControlService_ListPlugins_FullMethodName = "/plugincontrol.v1.PluginControlService/ListPlugins"
 	PluginControlService_Health_FullMethodName      = "/plugincontrol.v1.PluginControlService/Health"
 	PluginControlService_WatchHealth_FullMethodName = "/plugincontrol.v1.PluginControlService/WatchHealth"
+	PluginControlService_ListAudit_FullMethodName   = "/plugincontrol.v1.PluginControlService/ListAudit"
 )
 
 // PluginControlServiceClient is the client API for PluginControlService service.
@@ -49,6 +50,8 @@ type PluginControlServiceClient interface {
 	// WatchHealth streams health events: a snapshot (or a replay from
 	// since_revision), a SYNCED marker, then live changes and bookmarks.
 	WatchHealth(ctx context.Context, in *WatchHealthRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchHealthResponse], error)
+	// ListAudit returns the audit record of mutations, newest first.
+	ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error)
 }
 
 type pluginControlServiceClient struct {
@@ -128,6 +131,16 @@ func (c *pluginControlServiceClient) WatchHealth(ctx context.Context, in *WatchH
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PluginControlService_WatchHealthClient = grpc.ServerStreamingClient[WatchHealthResponse]
 
+func (c *pluginControlServiceClient) ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuditResponse)
+	err := c.cc.Invoke(ctx, PluginControlService_ListAudit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PluginControlServiceServer is the server API for PluginControlService service.
 // All implementations must embed UnimplementedPluginControlServiceServer
 // for forward compatibility.
@@ -150,6 +163,8 @@ type PluginControlServiceServer interface {
 	// WatchHealth streams health events: a snapshot (or a replay from
 	// since_revision), a SYNCED marker, then live changes and bookmarks.
 	WatchHealth(*WatchHealthRequest, grpc.ServerStreamingServer[WatchHealthResponse]) error
+	// ListAudit returns the audit record of mutations, newest first.
+	ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error)
 	mustEmbedUnimplementedPluginControlServiceServer()
 }
 
@@ -177,6 +192,9 @@ func (UnimplementedPluginControlServiceServer) Health(context.Context, *HealthRe
 }
 func (UnimplementedPluginControlServiceServer) WatchHealth(*WatchHealthRequest, grpc.ServerStreamingServer[WatchHealthResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchHealth not implemented")
+}
+func (UnimplementedPluginControlServiceServer) ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAudit not implemented")
 }
 func (UnimplementedPluginControlServiceServer) mustEmbedUnimplementedPluginControlServiceServer() {}
 func (UnimplementedPluginControlServiceServer) testEmbeddedByValue()                              {}
@@ -300,6 +318,24 @@ func _PluginControlService_WatchHealth_Handler(srv interface{}, stream grpc.Serv
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PluginControlService_WatchHealthServer = grpc.ServerStreamingServer[WatchHealthResponse]
 
+func _PluginControlService_ListAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuditRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PluginControlServiceServer).ListAudit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PluginControlService_ListAudit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PluginControlServiceServer).ListAudit(ctx, req.(*ListAuditRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PluginControlService_ServiceDesc is the grpc.ServiceDesc for PluginControlService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -326,6 +362,10 @@ var PluginControlService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Health",
 			Handler:    _PluginControlService_Health_Handler,
+		},
+		{
+			MethodName: "ListAudit",
+			Handler:    _PluginControlService_ListAudit_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

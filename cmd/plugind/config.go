@@ -1,0 +1,241 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/plugincontrol/plugincontrol/client"
+	"sigs.k8s.io/yaml"
+)
+
+// config is plugind's configuration. Every field is a flag; the same names
+// work as keys of the --config YAML file and, upper-cased with "-" as "_"
+// and a PLUGIND_ prefix, as environment variables. Precedence: command line,
+// then environment, then file, then the default.
+type config struct {
+	configFile      string
+	pluginDir       string
+	stateDir        string
+	listen          []string
+	logLevel        string
+	logFormat       string
+	loads           []string
+	startTimeout    time.Duration
+	drainTimeout    time.Duration
+	callTimeout     time.Duration
+	shutdownTimeout time.Duration
+	authFile        string
+	tlsCert         string
+	tlsKey          string
+	tlsClientCA     string
+	insecureTCP     bool
+	requirePin      bool
+	autoMTLS        bool
+	metricsListen   string
+	maxPlugins      int
+	maxWatchers     int
+	maxMessageBytes int
+	maxStreams      uint
+}
+
+// listFlag is a repeatable string flag.
+type listFlag struct{ v *[]string }
+
+func (l listFlag) String() string {
+	if l.v == nil {
+		return ""
+	}
+	return strings.Join(*l.v, ",")
+}
+func (l listFlag) Set(s string) error { *l.v = append(*l.v, s); return nil }
+
+const usage = `plugind: the plugincontrol daemon.
+
+Runs plugin binaries from --plugin-dir under hashicorp/go-plugin, reloads them
+with try-activate semantics, supervises them, and serves the control API
+(plugincontrol.v1.PluginControlService, PluginGatewayService, grpc.health.v1
+and server reflection) on every --listen address. Desired state and the audit
+record live in <state-dir>/plugind.db; plugins loaded before a restart are
+relaunched at start.
+
+Usage:
+  plugind [flags]
+
+Every flag can also be set in the --config YAML file (same name as the key)
+or in the environment as PLUGIND_<NAME> (upper case, "-" as "_"), for example
+PLUGIND_LOG_LEVEL=debug. The command line wins over the environment, which
+wins over the file. See deploy/plugind.yaml for an example file.
+
+Flags:
+`
+
+func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("plugind", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprint(out, usage)
+		fs.PrintDefaults()
+		fmt.Fprint(out, `
+Signals: SIGTERM or SIGINT: health goes NOT_SERVING, WatchHealth streams end
+with Unavailable, calls in flight finish (up to --shutdown-timeout), plugins
+stop, then plugind exits 0.
+Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration.
+`)
+	}
+	fs.StringVar(&cfg.configFile, "config", "", "YAML file with flag values (keys are flag names)")
+	fs.StringVar(&cfg.pluginDir, "plugin-dir", "plugins", "directory plugin binaries are resolved in (nothing outside it is ever run)")
+	fs.StringVar(&cfg.stateDir, "state-dir", client.DefaultStateDir(), "directory for the socket, the store and plugin sockets (created mode 0700)")
+	fs.Var(listFlag{&cfg.listen}, "listen", "address to serve on, repeatable: unix://PATH or tcp://HOST:PORT (TCP needs --tls-cert, or loopback with --auth-file or --insecure-tcp) (default unix://<state-dir>/plugind.sock)")
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
+	fs.Var(listFlag{&cfg.loads}, "load", "load a plugin at start unless restored: NAME or NAME=BINARY (repeatable)")
+	fs.DurationVar(&cfg.startTimeout, "start-timeout", 10*time.Second, "default launch+handshake timeout of a plugin")
+	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "default time in-flight calls get to finish before a generation is stopped")
+	fs.DurationVar(&cfg.callTimeout, "call-timeout", 60*time.Second, "deadline of every call sent to a plugin when the caller set none shorter")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for streams and calls before stopping hard")
+	fs.StringVar(&cfg.authFile, "auth-file", "", "YAML file of bearer tokens and client-certificate identities with roles (mode 0600); unset: no authentication")
+	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "server certificate (PEM) for TCP listeners")
+	fs.StringVar(&cfg.tlsKey, "tls-key", "", "server private key (PEM) for TCP listeners")
+	fs.StringVar(&cfg.tlsClientCA, "tls-client-ca", "", "CA bundle (PEM): require and verify client certificates (mTLS)")
+	fs.BoolVar(&cfg.insecureTCP, "insecure-tcp", false, "allow plaintext TCP on a loopback address without --auth-file (tests only)")
+	fs.BoolVar(&cfg.requirePin, "require-pin", false, "refuse plugin specs without a sha256 pin")
+	fs.BoolVar(&cfg.autoMTLS, "auto-mtls", false, "use go-plugin's automatic mutual TLS between plugind and its plugins")
+	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "HOST:PORT for Prometheus metrics over HTTP at /metrics (unset: off)")
+	fs.IntVar(&cfg.maxPlugins, "max-plugins", 1000, "most plugins loaded at once")
+	fs.IntVar(&cfg.maxWatchers, "max-watchers", 10000, "most WatchHealth streams at once")
+	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message accepted")
+	fs.UintVar(&cfg.maxStreams, "max-streams-per-conn", 1024, "concurrent streams per client connection")
+	return fs
+}
+
+// parseFlags applies the command line, then the environment, then the
+// config file to the flags not set before.
+func parseFlags(args []string, out io.Writer, env func(string) string) (config, error) {
+	var cfg config
+	fs := newFlagSet(&cfg, out)
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		key := "PLUGIND_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v := env(key)
+		if set[f.Name] || v == "" || envErr != nil {
+			return
+		}
+		for _, item := range splitList(f, v) {
+			if err := fs.Set(f.Name, item); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", key, v, err)
+				return
+			}
+		}
+		set[f.Name] = true
+	})
+	if envErr != nil {
+		return cfg, envErr
+	}
+	if cfg.configFile != "" {
+		if err := applyFile(fs, cfg.configFile, set); err != nil {
+			return cfg, err
+		}
+	}
+	if len(cfg.listen) == 0 {
+		cfg.listen = []string{"unix://" + cfg.stateDir + "/plugind.sock"}
+	}
+	return cfg, cfg.check()
+}
+
+// splitList splits comma-separated environment values of repeatable flags.
+func splitList(f *flag.Flag, v string) []string {
+	if _, ok := f.Value.(listFlag); ok {
+		return strings.Split(v, ",")
+	}
+	return []string{v}
+}
+
+func applyFile(fs *flag.FlagSet, path string, set map[string]bool) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("--config %s: %w", path, err)
+	}
+	keys := make([]string, 0, len(doc))
+	for k := range doc {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		f := fs.Lookup(k)
+		if f == nil || k == "config" {
+			return fmt.Errorf("--config %s: unknown key %q (keys are plugind's flag names)", path, k)
+		}
+		if set[k] {
+			continue
+		}
+		var items []string
+		switch v := doc[k].(type) {
+		case []any:
+			if _, ok := f.Value.(listFlag); !ok {
+				return fmt.Errorf("--config %s: %s takes one value, not a list", path, k)
+			}
+			for _, it := range v {
+				items = append(items, fmt.Sprint(it))
+			}
+		case nil:
+			continue
+		case float64:
+			items = []string{formatNumber(v)}
+		default:
+			items = []string{fmt.Sprint(v)}
+		}
+		for _, it := range items {
+			if err := fs.Set(k, it); err != nil {
+				return fmt.Errorf("--config %s: %s: %w", path, k, err)
+			}
+		}
+	}
+	return nil
+}
+
+func formatNumber(v float64) string {
+	if v == float64(int64(v)) {
+		return fmt.Sprint(int64(v))
+	}
+	return fmt.Sprint(v)
+}
+
+func (c *config) check() error {
+	var errs []error
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	}
+	if c.tlsClientCA != "" && c.tlsCert == "" {
+		errs = append(errs, errors.New("--tls-client-ca needs --tls-cert and --tls-key"))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"start-timeout", c.startTimeout}, {"drain-timeout", c.drainTimeout}, {"call-timeout", c.callTimeout}, {"shutdown-timeout", c.shutdownTimeout}} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("--%s must be positive", d.name))
+		}
+	}
+	if c.maxPlugins <= 0 || c.maxWatchers <= 0 || c.maxMessageBytes < 1024 || c.maxStreams < 16 {
+		errs = append(errs, errors.New("--max-plugins and --max-watchers must be positive, --max-message-bytes at least 1024, --max-streams-per-conn at least 16"))
+	}
+	return errors.Join(errs...)
+}

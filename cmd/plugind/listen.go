@@ -1,0 +1,145 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/plugincontrol/plugincontrol/server"
+)
+
+// listener is one open --listen address.
+type listener struct {
+	addr string
+	lis  net.Listener
+	tcp  bool
+	path string // unix socket file, removed at exit
+}
+
+// wrap adds TLS to TCP listeners when configured; unix sockets carry the
+// peer's credentials instead.
+func (l listener) wrap(cfg *tls.Config) net.Listener {
+	if l.tcp && cfg != nil {
+		return tls.NewListener(l.lis, cfg)
+	}
+	return server.PeerCredListener(l.lis)
+}
+
+func (l listener) cleanup() {
+	if l.path != "" {
+		_ = os.Remove(l.path)
+	}
+}
+
+func openListeners(cfg config, haveTLS, haveAuth bool) ([]listener, error) {
+	var out []listener
+	fail := func(err error) ([]listener, error) {
+		for _, l := range out {
+			l.lis.Close()
+			l.cleanup()
+		}
+		return nil, err
+	}
+	for _, addr := range cfg.listen {
+		switch {
+		case strings.HasPrefix(addr, "unix://"):
+			l, err := listenUnix(addr)
+			if err != nil {
+				return fail(err)
+			}
+			out = append(out, l)
+		case strings.HasPrefix(addr, "tcp://"):
+			hostport := strings.TrimPrefix(addr, "tcp://")
+			if !haveTLS {
+				host, _, err := net.SplitHostPort(hostport)
+				if err != nil {
+					return fail(fmt.Errorf("--listen %q: %w", addr, err))
+				}
+				ip := net.ParseIP(host)
+				loopback := host == "localhost" || (ip != nil && ip.IsLoopback())
+				switch {
+				case !loopback:
+					return fail(fmt.Errorf("--listen %q: TCP needs TLS (--tls-cert and --tls-key)", addr))
+				case !haveAuth && !cfg.insecureTCP:
+					return fail(fmt.Errorf("--listen %q: plaintext TCP on loopback is open to every local user; set --auth-file, TLS, or --insecure-tcp", addr))
+				}
+			}
+			lis, err := listenTCP(hostport)
+			if err != nil {
+				return fail(fmt.Errorf("--listen %q: %w", addr, err))
+			}
+			out = append(out, listener{addr: "tcp://" + lis.Addr().String(), lis: lis, tcp: true})
+		default:
+			return fail(fmt.Errorf("--listen %q: want unix://PATH or tcp://HOST:PORT", addr))
+		}
+	}
+	return out, nil
+}
+
+func listenTCP(hostport string) (net.Listener, error) { return net.Listen("tcp", hostport) }
+
+// listenUnix opens the control socket mode 0600. A stale socket file from a
+// crashed daemon is replaced; a live one is not.
+func listenUnix(addr string) (listener, error) {
+	path := strings.TrimPrefix(addr, "unix://")
+	if path == "" {
+		return listener{}, fmt.Errorf("--listen %q: empty socket path", addr)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return listener{}, err
+	}
+	if _, err := os.Stat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return listener{}, fmt.Errorf("--listen %q: another daemon is serving on this socket", addr)
+		}
+		if err := os.Remove(path); err != nil {
+			return listener{}, fmt.Errorf("removing stale socket: %w", err)
+		}
+	}
+	old := syscall.Umask(0o077)
+	lis, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return listener{}, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		lis.Close()
+		return listener{}, err
+	}
+	// net.UnixListener removes the file on Close; keep our own cleanup too.
+	return listener{addr: addr, lis: lis, path: path}, nil
+}
+
+// serverTLS builds the TLS config for TCP listeners, with client
+// certificate verification when --tls-client-ca is set.
+func serverTLS(cfg config) (*tls.Config, error) {
+	if cfg.tlsCert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.tlsCert, cfg.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	t := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}}
+	if cfg.tlsClientCA != "" {
+		pem, err := os.ReadFile(cfg.tlsClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, errors.New("--tls-client-ca: no PEM certificates found")
+		}
+		t.ClientCAs = pool
+		t.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return t, nil
+}
