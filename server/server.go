@@ -7,6 +7,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"sync"
@@ -33,6 +34,7 @@ type Option func(*options)
 
 type options struct {
 	auth             *AuthConfig
+	tls              *tls.Config
 	maxRecvBytes     int
 	maxStreams       uint32
 	logger           *slog.Logger
@@ -158,7 +160,11 @@ func New(m *manager.Manager, opts ...Option) *Server {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 		grpc.MaxRecvMsgSize(o.maxRecvBytes),
+		grpc.MaxSendMsgSize(o.maxRecvBytes),
 		grpc.MaxConcurrentStreams(o.maxStreams),
+	}
+	if o.tls != nil {
+		gopts = append(gopts, grpc.Creds(newMixedCreds(o.tls)))
 	}
 	s.grpc = grpc.NewServer(append(gopts, o.grpcOpts...)...)
 	pb.RegisterPluginControlServiceServer(s.grpc, &control{s: s})

@@ -79,7 +79,7 @@ func start(t *testing.T, opts ...server.Option) *fixture {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = srv.Serve(lis)
+		_ = srv.Serve(server.PeerCredListener(lis))
 	}()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

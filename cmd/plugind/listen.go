@@ -23,12 +23,9 @@ type listener struct {
 	path string // unix socket file, removed at exit
 }
 
-// wrap adds TLS to TCP listeners when configured; unix sockets carry the
-// peer's credentials instead.
-func (l listener) wrap(cfg *tls.Config) net.Listener {
-	if l.tcp && cfg != nil {
-		return tls.NewListener(l.lis, cfg)
-	}
+// wrap makes unix sockets carry the peer's credentials; TLS on TCP is the
+// server's (server.WithTLS), so client certificates reach the auth check.
+func (l listener) wrap() net.Listener {
 	return server.PeerCredListener(l.lis)
 }
 

@@ -145,11 +145,14 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if authCfg != nil {
 		opts = append(opts, server.WithAuth(authCfg))
 	}
+	if tlsCfg != nil {
+		opts = append(opts, server.WithTLS(tlsCfg))
+	}
 	srv := server.New(m, opts...)
 	met.GRPC.InitializeMetrics(srv.GRPCServer())
 	serveErr := make(chan error, len(listeners))
 	for _, l := range listeners {
-		go func() { serveErr <- srv.Serve(l.wrap(tlsCfg)) }()
+		go func() { serveErr <- srv.Serve(l.wrap()) }()
 		log.Info("plugind serving", slog.String("listen", l.addr))
 	}
 	var metricsSrv *http.Server
