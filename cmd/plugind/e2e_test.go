@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -66,12 +67,31 @@ type daemon struct {
 	cmd    *exec.Cmd
 	sock   string
 	state  string
-	stderr *bytes.Buffer
+	stderr *lockedBuffer
 	done   chan error
 }
 
-// startDaemon runs the built plugind with echo loaded and waits until it
-// answers. It is stopped with SIGTERM at cleanup if the test did not.
+// lockedBuffer is a bytes.Buffer safe to read while the process writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startDaemon runs the built plugind with echo loaded in a fresh state
+// directory and waits until it answers. It is stopped with SIGTERM at
+// cleanup if the test did not.
 func startDaemon(t *testing.T, extra ...string) *daemon {
 	t.Helper()
 	state, err := os.MkdirTemp("", "pd-")
@@ -79,7 +99,13 @@ func startDaemon(t *testing.T, extra ...string) *daemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(state) })
-	d := &daemon{sock: filepath.Join(state, "plugind.sock"), state: state, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	return startDaemonIn(t, state, extra...)
+}
+
+// startDaemonIn is startDaemon on an existing state directory.
+func startDaemonIn(t *testing.T, state string, extra ...string) *daemon {
+	t.Helper()
+	d := &daemon{sock: filepath.Join(state, "plugind.sock"), state: state, stderr: &lockedBuffer{}, done: make(chan error, 1)}
 	args := append([]string{"--plugin-dir", filepath.Join(bins, "plugins"), "--state-dir", state, "--load", "echo"}, extra...)
 	d.cmd = exec.Command(filepath.Join(bins, "plugind"), args...)
 	d.cmd.Stderr = d.stderr
