@@ -66,7 +66,11 @@ tools:
 	$(TOOL) grpc-health-probe --version
 
 ## ci: what .ci/run does
-ci: tools check test
+ci: tools check ts-install ts-gen-check docs-check test ts-test bench-short
+
+# SDK, docs and contract targets (make/sdk.mk), benchmarks (bench/bench.mk).
+-include make/*.mk
+-include bench/bench.mk
 
 clean:
 	rm -rf $(BIN) $(STATE)

@@ -1,17 +1,27 @@
 // Package client is the Go SDK for plugind, the plugincontrol daemon.
 //
-// Dial connects to a daemon and returns a Client whose Control and Gateway
-// methods give the generated gRPC clients of the control API
-// (plugincontrol.v1.PluginControlService) and the data path
-// (plugincontrol.v1.PluginGatewayService):
+// Dial connects to a daemon (unix:// or tcp://, optionally with TLS and a
+// bearer token). The Client has typed helpers for every RPC:
 //
 //	c, err := client.Dial(ctx, client.DefaultAddr())
 //	if err != nil { ... }
 //	defer c.Close()
-//	resp, err := c.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+//	st, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"})
+//	res, err := c.Reload(ctx, "echo", client.WaitHealthy(10*time.Second))
+//	var ce *client.CandidateError
+//	if errors.As(err, &ce) { ... ce.Stage, ce.StderrTail, ce.ActiveGeneration ... }
 //
-// Errors returned by the RPCs are gRPC statuses; see the proto files for the
-// codes and details (CandidateFailure, PanicDetail) the daemon attaches.
+// Errors of the helpers are typed: they match the sentinels (ErrNotFound,
+// ErrAlreadyExists, ErrGenerationMismatch, ErrUnavailable, ...) with
+// errors.Is, carry their details in *CandidateError, *PanicError and
+// *InvalidArgumentError (errors.As), and still work with status.Code.
+//
+// Watch follows the health stream: it delivers events on a channel or to a
+// callback, keeps a View that converges to the daemon's state, and
+// reconnects with backoff, resuming from the last revision it saw.
+//
+// Control and Gateway give the generated gRPC clients for anything the
+// helpers do not cover.
 package client
 
 import (
@@ -27,7 +37,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/retry"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -52,6 +65,13 @@ type options struct {
 	// tokenSet records that WithToken was used, so that an empty token is
 	// reported instead of silently ignored.
 	tokenSet bool
+	extra    []grpc.DialOption
+}
+
+// WithGRPCDialOptions adds grpc.DialOptions (interceptors, stats handlers,
+// message size limits) after the client's own.
+func WithGRPCDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.extra = append(o.extra, opts...) }
 }
 
 // WithTLS makes Dial use TLS with cfg (cloned) instead of plaintext. It is
@@ -85,6 +105,51 @@ const (
 	keepaliveTimeout = 10 * time.Second
 )
 
+// Retry of unary calls: only the idempotent reads ListPlugins and Health
+// are retried, only on codes.Unavailable (the daemon is restarting or not
+// up yet, or a connection broke), up to retryAttempts attempts in all with
+// exponential backoff (100ms, 200ms, 400ms, 800ms: 1.5s in all), within
+// the caller's deadline. The connection's own reconnect backoff starts at
+// reconnectBaseDelay (grpc-go's default, 1s, would make every retry inside
+// that window fail fast while the daemon restarts).
+//
+// Load, Reload, Unload and Invoke are never retried: an Unavailable from
+// them does not prove that nothing happened (the daemon may have launched
+// the candidate, swapped generations or run the plugin method before the
+// connection broke), and repeating them is not safe: a repeated Load fails
+// with AlreadyExists, a repeated Reload makes one generation more, and a
+// plugin method may have side effects. Callers that know better can retry
+// themselves (a Reload with WithExpectedGeneration is safe to repeat).
+// grpc-go's own transparent retry still applies to calls that never left
+// the client.
+const (
+	retryAttempts      = 5
+	retryBackoff       = 50 * time.Millisecond
+	reconnectBaseDelay = 100 * time.Millisecond
+	reconnectMaxDelay  = 5 * time.Second
+)
+
+var retriedMethods = map[string]bool{
+	plugincontrolv1.PluginControlService_ListPlugins_FullMethodName: true,
+	plugincontrolv1.PluginControlService_Health_FullMethodName:      true,
+}
+
+// retryReads retries the idempotent reads with go-grpc-middleware's retry
+// interceptor and passes every other call straight through.
+func retryReads() grpc.UnaryClientInterceptor {
+	r := retry.UnaryClientInterceptor(
+		retry.WithMax(retryAttempts),
+		retry.WithCodes(codes.Unavailable),
+		retry.WithBackoff(retry.BackoffExponentialWithJitter(retryBackoff, 0.2)),
+	)
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if !retriedMethods[method] {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
+		return r(ctx, method, req, reply, cc, invoker, opts...)
+	}
+}
+
 // Dial returns a Client for the daemon at addr. Accepted addresses:
 //
 //	unix:///abs/path/plugind.sock   unix socket, absolute path
@@ -116,6 +181,12 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 			Timeout:             keepaliveTimeout,
 			PermitWithoutStream: false,
 		}),
+		grpc.WithChainUnaryInterceptor(retryReads()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{BaseDelay: reconnectBaseDelay, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
+			// A local daemon answers at once; 5s still covers a busy host.
+			MinConnectTimeout: 5 * time.Second,
+		}),
 	}
 	if o.tls != nil {
 		dopts = append(dopts, grpc.WithTransportCredentials(credentials.NewTLS(o.tls)))
@@ -133,6 +204,7 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		dopts = append(dopts, grpc.WithPerRPCCredentials(bearerToken{token: o.token, secure: secure}))
 	}
 
+	dopts = append(dopts, o.extra...)
 	conn, err := grpc.NewClient(ep.target, dopts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: %s: %w", addr, err)

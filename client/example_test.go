@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"time"
@@ -10,44 +11,152 @@ import (
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
 
-// Connect to the local daemon and list its plugins.
+// daemonAddr starts a private plugind for the example (a real manager and
+// server with the example plugins, on a fresh unix socket) and returns its
+// address. A service would use client.DefaultAddr() or its configuration.
+func daemonAddr() (addr string, stop func()) { return client.StartExampleDaemon() }
+
+// Load a plugin, reload it and wait for the new generation to serve, then
+// try an upgrade to a binary whose readiness probe fails: the candidate is
+// killed and the active generation keeps serving.
+func ExampleClient_Reload() {
+	addr, stop := daemonAddr()
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	c, err := client.Dial(ctx, addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	st, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("loaded", st.GetName(), "generation", st.GetGeneration(), st.GetState())
+
+	res, err := c.Reload(ctx, "echo", client.WaitHealthy(10*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("reloaded from generation", res.GetPreviousGeneration(), "to", res.GetPlugin().GetGeneration())
+
+	_, err = c.Reload(ctx, "echo", client.WithSpec(&plugincontrolv1.PluginSpec{Name: "echo", Binary: "notready"}))
+	var ce *client.CandidateError
+	if errors.As(err, &ce) {
+		fmt.Println("upgrade failed at", ce.Stage, "- generation", ce.ActiveGeneration, "keeps serving")
+	}
+
+	out, gen, err := c.Invoke(ctx, "echo", "echo", []byte("still here"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s (generation %d)\n", out, gen)
+	// Output:
+	// loaded echo generation 1 PLUGIN_STATE_SERVING
+	// reloaded from generation 1 to 2
+	// upgrade failed at CANDIDATE_STAGE_READY - generation 2 keeps serving
+	// still here (generation 2)
+}
+
+// Watch the health of a plugin: the watcher's view converges to the
+// daemon's state and follows it (reconnecting and resuming by itself when
+// the daemon restarts).
+func ExampleClient_Watch() {
+	addr, stop := daemonAddr()
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	c, err := client.Dial(ctx, addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"}); err != nil {
+		log.Fatal(err)
+	}
+
+	w, err := c.Watch(ctx, []string{"echo"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer w.Close()
+	<-w.Synced()
+	fmt.Println("echo is", w.View()["echo"].GetState())
+
+	// A handler panic: the call fails with a *client.PanicError, the
+	// plugin lives on and its health becomes DEGRADED.
+	_, _, err = c.Invoke(ctx, "echo", "panic", []byte("boom"))
+	var pe *client.PanicError
+	if errors.As(err, &pe) {
+		fmt.Println("panic:", pe.Message)
+	}
+	for ev := range w.Events() {
+		h := ev.GetHealth()
+		if ev.GetType() == plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_CHANGED && h.GetState() == plugincontrolv1.PluginState_PLUGIN_STATE_DEGRADED {
+			fmt.Println("echo is", h.GetState(), "with", h.GetPanicsInWindow(), "panic in the window")
+			break
+		}
+	}
+	// Output:
+	// echo is PLUGIN_STATE_SERVING
+	// panic: boom
+	// echo is PLUGIN_STATE_DEGRADED with 1 panic in the window
+}
+
+// Errors are typed: sentinels for errors.Is, details for errors.As.
+func ExampleClient_Load() {
+	addr, stop := daemonAddr()
+	defer stop()
+	ctx := context.Background()
+	c, err := client.Dial(ctx, addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	spec := &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"}
+	if _, err := c.Load(ctx, spec); err != nil {
+		log.Fatal(err)
+	}
+	_, err = c.Load(ctx, spec)
+	fmt.Println("again:", errors.Is(err, client.ErrAlreadyExists))
+
+	_, err = c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "Echo!", Binary: "echo"})
+	var ie *client.InvalidArgumentError
+	if errors.As(err, &ie) {
+		fmt.Println("invalid field:", ie.Field)
+	}
+	_, err = c.Unload(ctx, "nope")
+	fmt.Println("unknown:", errors.Is(err, client.ErrNotFound))
+	// Output:
+	// again: true
+	// invalid field: name
+	// unknown: true
+}
+
+// Connect to the local daemon (PLUGIND_ADDR, else the socket in the
+// default state directory) with a bearer token, and list its plugins.
 func ExampleDial() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	c, err := client.Dial(ctx, client.DefaultAddr())
+	c, err := client.Dial(ctx, client.DefaultAddr(), client.WithToken("s3cret"))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer c.Close()
 
-	resp, err := c.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+	plugins, err := c.List(ctx)
 	if err != nil {
 		log.Fatal(err)
 	}
-	for _, p := range resp.GetPlugins() {
+	for _, p := range plugins {
 		fmt.Println(p.GetName(), p.GetGeneration(), p.GetState())
 	}
-}
-
-// Call a method of a plugin through the daemon's gateway.
-func ExampleClient_Gateway() {
-	ctx := context.Background()
-	c, err := client.Dial(ctx, "unix:///run/plugind/plugind.sock", client.WithToken("s3cret"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
-
-	resp, err := c.Gateway().Invoke(ctx, &plugincontrolv1.InvokeRequest{
-		Plugin:  "echo",
-		Method:  "echo",
-		Payload: []byte("hello"),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	fmt.Printf("%s (generation %d)\n", resp.GetPayload(), resp.GetGeneration())
 }
 
 // DefaultAddr honours PLUGIND_ADDR.

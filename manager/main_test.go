@@ -1,6 +1,7 @@
 package manager_test
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"testing"
@@ -13,6 +14,11 @@ import (
 var pluginDir string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
+		// A fuzzing worker runs only the fuzz target: no plugins needed.
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "pc-plugins-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

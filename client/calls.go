@@ -1,0 +1,246 @@
+package client
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+)
+
+// Load launches a new plugin through the candidate pipeline and returns its
+// status (generation 1). A candidate failure is a *CandidateError; a loaded
+// name is ErrAlreadyExists; a bad spec is an *InvalidArgumentError. Load is
+// never retried by the client (see Dial).
+func (c *Client) Load(ctx context.Context, spec *plugincontrolv1.PluginSpec) (*plugincontrolv1.PluginStatus, error) {
+	resp, err := c.control.Load(ctx, &plugincontrolv1.LoadRequest{Spec: spec})
+	if err != nil {
+		return nil, wrapError(err)
+	}
+	return resp.GetPlugin(), nil
+}
+
+// ReloadOption configures Reload.
+type ReloadOption interface{ applyReload(*reloadOptions) }
+
+// UnloadOption configures Unload.
+type UnloadOption interface{ applyUnload(*unloadOptions) }
+
+type reloadOptions struct {
+	req         plugincontrolv1.ReloadRequest
+	waitHealthy time.Duration
+}
+
+type unloadOptions struct {
+	drain *durationpb.Duration
+}
+
+type reloadOptionFunc func(*reloadOptions)
+
+func (f reloadOptionFunc) applyReload(o *reloadOptions) { f(o) }
+
+// WithSpec makes Reload an upgrade to spec (binary, args, env, config, pin,
+// policy); spec's name must be the reloaded name. Without it, Reload
+// relaunches the current spec.
+func WithSpec(spec *plugincontrolv1.PluginSpec) ReloadOption {
+	return reloadOptionFunc(func(o *reloadOptions) { o.req.Spec = spec })
+}
+
+// WithExpectedGeneration makes Reload fail with ErrGenerationMismatch, and
+// change nothing, unless generation is the active one: an optimistic
+// concurrency check for callers that read the status first.
+func WithExpectedGeneration(generation uint64) ReloadOption {
+	return reloadOptionFunc(func(o *reloadOptions) { o.req.ExpectedGeneration = generation })
+}
+
+// ValidateOnly makes Reload a dry run: the candidate runs the pipeline up to
+// its readiness probe and is discarded; nothing changes. WaitHealthy has no
+// effect on a dry run.
+func ValidateOnly() ReloadOption {
+	return reloadOptionFunc(func(o *reloadOptions) { o.req.ValidateOnly = true })
+}
+
+// WaitHealthy makes Reload, after a successful swap, watch the plugin's
+// health until the new generation is SERVING, for at most timeout. If it
+// becomes UNHEALTHY or STOPPED, is unloaded, or the time runs out, Reload
+// returns the ReloadResponse together with an *UnhealthyError carrying the
+// last health record and its reason. Use WaitServing for the same after
+// Load.
+func WaitHealthy(timeout time.Duration) ReloadOption {
+	return reloadOptionFunc(func(o *reloadOptions) { o.waitHealthy = timeout })
+}
+
+// DrainTimeoutOption is the option returned by WithDrainTimeout; it applies
+// to both Reload and Unload.
+type DrainTimeoutOption struct{ d time.Duration }
+
+// WithDrainTimeout bounds how long calls in flight on the old generation
+// (Reload) or on the plugin (Unload) may run before it is stopped. Without
+// it the daemon's default applies (30s unless plugind was configured
+// otherwise).
+func WithDrainTimeout(d time.Duration) DrainTimeoutOption { return DrainTimeoutOption{d: d} }
+
+func (o DrainTimeoutOption) applyReload(r *reloadOptions) {
+	r.req.DrainTimeout = durationpb.New(o.d)
+}
+
+func (o DrainTimeoutOption) applyUnload(u *unloadOptions) { u.drain = durationpb.New(o.d) }
+
+// Reload runs the candidate pipeline on a new generation of the named plugin
+// and swaps to it only when it passes; otherwise the active generation keeps
+// serving and the error is a *CandidateError. See WithSpec,
+// WithExpectedGeneration, ValidateOnly, WithDrainTimeout and WaitHealthy.
+// Reload is never retried by the client (see Dial).
+func (c *Client) Reload(ctx context.Context, name string, opts ...ReloadOption) (*plugincontrolv1.ReloadResponse, error) {
+	var o reloadOptions
+	for _, opt := range opts {
+		opt.applyReload(&o)
+	}
+	o.req.Name = name
+	resp, err := c.control.Reload(ctx, &o.req)
+	if err != nil {
+		return nil, wrapError(err)
+	}
+	if o.waitHealthy > 0 && !o.req.ValidateOnly {
+		wctx, cancel := context.WithTimeout(ctx, o.waitHealthy)
+		defer cancel()
+		if _, err := c.WaitServing(wctx, name, resp.GetPlugin().GetGeneration()); err != nil {
+			return resp, err
+		}
+	}
+	return resp, nil
+}
+
+// Unload drains and stops the named plugin, removes it from the daemon's
+// desired state, and returns its last status (state STOPPED). An unknown
+// name is ErrNotFound. Unload is never retried by the client.
+func (c *Client) Unload(ctx context.Context, name string, opts ...UnloadOption) (*plugincontrolv1.PluginStatus, error) {
+	var o unloadOptions
+	for _, opt := range opts {
+		opt.applyUnload(&o)
+	}
+	resp, err := c.control.Unload(ctx, &plugincontrolv1.UnloadRequest{Name: name, DrainTimeout: o.drain})
+	if err != nil {
+		return nil, wrapError(err)
+	}
+	return resp.GetPlugin(), nil
+}
+
+// List returns the status of every plugin, sorted by name. It is retried on
+// codes.Unavailable (see Dial).
+func (c *Client) List(ctx context.Context) ([]*plugincontrolv1.PluginStatus, error) {
+	resp, err := c.control.ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+	if err != nil {
+		return nil, wrapError(err)
+	}
+	return resp.GetPlugins(), nil
+}
+
+// Health returns the current health of the named plugins (all when none are
+// named), sorted by name, and the daemon-wide revision the view is
+// consistent with (a Watch may resume from it). An unknown name is
+// ErrNotFound. It is retried on codes.Unavailable (see Dial).
+func (c *Client) Health(ctx context.Context, names ...string) ([]*plugincontrolv1.PluginHealth, uint64, error) {
+	resp, err := c.control.Health(ctx, &plugincontrolv1.HealthRequest{Names: names})
+	if err != nil {
+		return nil, 0, wrapError(err)
+	}
+	return resp.GetPlugins(), resp.GetRevision(), nil
+}
+
+// Invoke calls method of the active generation of plugin with payload and
+// returns the response payload and the generation that served the call. A
+// handler panic is a *PanicError; other codes a plugin returns come back as
+// a *StatusError with that code. Invoke is never retried by the client: the
+// plugin method may not be idempotent.
+func (c *Client) Invoke(ctx context.Context, plugin, method string, payload []byte) (response []byte, generation uint64, err error) {
+	resp, err := c.gateway.Invoke(ctx, &plugincontrolv1.InvokeRequest{Plugin: plugin, Method: method, Payload: payload})
+	if err != nil {
+		return nil, 0, wrapError(err)
+	}
+	return resp.GetPayload(), resp.GetGeneration(), nil
+}
+
+// WaitServing watches the health of the named plugin until a generation at
+// or above generation is SERVING and returns that record. It fails with an
+// *UnhealthyError when that generation becomes UNHEALTHY or STOPPED, the
+// plugin is unloaded, or ctx ends first (give ctx a deadline). A generation
+// of 0 waits for any generation.
+func (c *Client) WaitServing(ctx context.Context, name string, generation uint64) (*plugincontrolv1.PluginHealth, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var last *plugincontrolv1.PluginHealth
+	fail := func(reason string, err error) error {
+		return &UnhealthyError{Name: name, Generation: generation, Health: last, Reason: reason, Err: err}
+	}
+	var since uint64
+	backoff := defaultBackoffInitial
+	for {
+		snapshot := since == 0 // this stream starts with a full snapshot
+		seen := false          // a record of the plugin arrived on this stream
+		stream, err := c.control.WatchHealth(ctx, &plugincontrolv1.WatchHealthRequest{Names: []string{name}, SinceRevision: since})
+		for err == nil {
+			var resp *plugincontrolv1.WatchHealthResponse
+			resp, err = stream.Recv()
+			if err != nil {
+				break
+			}
+			ev := resp.GetEvent()
+			since = advanceRevision(since, ev)
+			h := ev.GetHealth()
+			switch ev.GetType() {
+			case plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_REMOVED:
+				last = h
+				return nil, fail("unloaded", nil)
+			case plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SYNCED:
+				// A full snapshot (first stream, or a reset) without a
+				// record of the plugin: it is not loaded.
+				if (snapshot || ev.GetReset_()) && !seen {
+					return nil, fail("not loaded", nil)
+				}
+				continue
+			case plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SNAPSHOT,
+				plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_CHANGED:
+			default:
+				continue
+			}
+			last, seen = h, true
+			if h.GetGeneration() < generation {
+				continue
+			}
+			switch h.GetState() {
+			case plugincontrolv1.PluginState_PLUGIN_STATE_SERVING:
+				return h, nil
+			case plugincontrolv1.PluginState_PLUGIN_STATE_UNHEALTHY, plugincontrolv1.PluginState_PLUGIN_STATE_STOPPED:
+				return nil, fail(h.GetReason(), nil)
+			}
+		}
+		if ctx.Err() != nil {
+			reason := "timed out"
+			if last != nil && last.GetReason() != "" {
+				reason += "; last reason: " + last.GetReason()
+			}
+			return nil, fail(reason, ctx.Err())
+		}
+		if !watchRetryable(err) {
+			return nil, wrapError(err)
+		}
+		if err := sleepCtx(ctx, backoff); err != nil {
+			return nil, fail("timed out", err)
+		}
+		backoff = min(2*backoff, defaultBackoffMax)
+	}
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

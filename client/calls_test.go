@@ -1,0 +1,265 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+)
+
+func dial(t *testing.T, addr string, opts ...Option) *Client {
+	t.Helper()
+	c, err := Dial(context.Background(), addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestTypedCalls(t *testing.T) {
+	d := newDaemon(t, daemonConfig{})
+	c := dial(t, d.addr())
+	ctx := ctxT(t)
+
+	st, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if st.GetName() != "echo" || st.GetGeneration() != 1 || st.GetState() != plugincontrolv1.PluginState_PLUGIN_STATE_SERVING || st.GetPid() == 0 {
+		t.Fatalf("Load status: %v", st)
+	}
+
+	list, err := c.List(ctx)
+	if err != nil || len(list) != 1 || list[0].GetName() != "echo" {
+		t.Fatalf("List: %v %v", list, err)
+	}
+
+	hs, rev, err := c.Health(ctx, "echo")
+	if err != nil || len(hs) != 1 || hs[0].GetState() != plugincontrolv1.PluginState_PLUGIN_STATE_SERVING || rev == 0 {
+		t.Fatalf("Health: %v %d %v", hs, rev, err)
+	}
+
+	out, gen, err := c.Invoke(ctx, "echo", "echo", []byte("hello"))
+	if err != nil || string(out) != "hello" || gen != 1 {
+		t.Fatalf("Invoke: %q %d %v", out, gen, err)
+	}
+
+	// Reload with WaitHealthy: generation 2, serving.
+	res, err := c.Reload(ctx, "echo", WaitHealthy(10*time.Second), WithDrainTimeout(time.Second), WithExpectedGeneration(1))
+	if err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	if res.GetPlugin().GetGeneration() != 2 || res.GetPreviousGeneration() != 1 {
+		t.Fatalf("Reload: %v", res)
+	}
+
+	// A dry run changes nothing.
+	res, err = c.Reload(ctx, "echo", ValidateOnly(), WaitHealthy(time.Second))
+	if err != nil || res.GetPlugin().GetGeneration() != 2 {
+		t.Fatalf("validate only: %v %v", res, err)
+	}
+
+	// A failed candidate: *CandidateError with stage, reason, and the
+	// generation that keeps serving.
+	_, err = c.Reload(ctx, "echo", WithSpec(&plugincontrolv1.PluginSpec{Name: "echo", Binary: "notready"}))
+	var ce *CandidateError
+	if !errors.As(err, &ce) {
+		t.Fatalf("failed Reload: %T %v", err, err)
+	}
+	if ce.Stage != plugincontrolv1.CandidateStage_CANDIDATE_STAGE_READY || ce.ActiveGeneration != 2 || !strings.Contains(ce.Message, "backend database unreachable") {
+		t.Fatalf("CandidateError: %+v", ce)
+	}
+	if !errors.Is(err, ErrCandidateFailed) || status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "generation 2 stays active") {
+		t.Fatalf("CandidateError matching: %v (code %v)", err, status.Code(err))
+	}
+
+	// A binary that does not resolve: a CandidateError too, and an invalid argument.
+	_, err = c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "x", Binary: "missing"})
+	if !errors.As(err, &ce) || ce.Stage != plugincontrolv1.CandidateStage_CANDIDATE_STAGE_RESOLVE || !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("missing binary: %v", err)
+	}
+
+	// Sentinels.
+	if _, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"}); !errors.Is(err, ErrAlreadyExists) {
+		t.Fatalf("duplicate Load: %v", err)
+	}
+	if _, err := c.Reload(ctx, "echo", WithExpectedGeneration(1)); !errors.Is(err, ErrGenerationMismatch) {
+		t.Fatalf("generation mismatch: %v", err)
+	}
+	if _, err := c.Unload(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Unload unknown: %v", err)
+	}
+	if _, _, err := c.Health(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Health unknown: %v", err)
+	}
+	if _, _, err := c.Invoke(ctx, "nope", "echo", nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Invoke unknown: %v", err)
+	}
+	var ie *InvalidArgumentError
+	if _, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "Bad Name", Binary: "echo"}); !errors.As(err, &ie) || ie.Field != "name" || !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("bad name: %v", err)
+	}
+
+	// A handler panic: *PanicError; the plugin lives on.
+	_, _, err = c.Invoke(ctx, "echo", "panic", []byte("boom"))
+	var pe *PanicError
+	if !errors.As(err, &pe) || pe.Message != "boom" || pe.Fingerprint == "" || pe.Stack == "" || !errors.Is(err, ErrPanic) || status.Code(err) != codes.Internal {
+		t.Fatalf("panic: %T %v", err, err)
+	}
+	// A plugin's own code passes through as a *StatusError.
+	_, _, err = c.Invoke(ctx, "echo", "nosuch", nil)
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != codes.Unimplemented {
+		t.Fatalf("unknown method: %v", err)
+	}
+
+	st, err = c.Unload(ctx, "echo", WithDrainTimeout(time.Second))
+	if err != nil || st.GetState() != plugincontrolv1.PluginState_PLUGIN_STATE_STOPPED {
+		t.Fatalf("Unload: %v %v", st, err)
+	}
+	if list, err := c.List(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("List after Unload: %v %v", list, err)
+	}
+}
+
+func TestWaitServing(t *testing.T) {
+	d := newDaemon(t, daemonConfig{})
+	c := dial(t, d.addr())
+	ctx := ctxT(t)
+
+	// Not loaded: fails at once instead of waiting for the deadline.
+	_, err := c.WaitServing(ctx, "nope", 1)
+	var ue *UnhealthyError
+	if !errors.As(err, &ue) || ue.Reason != "not loaded" || !errors.Is(err, ErrUnhealthy) {
+		t.Fatalf("WaitServing unknown: %v", err)
+	}
+
+	// One panic makes a plugin with threshold 1 UNHEALTHY: WaitServing
+	// reports it with the reason.
+	st, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "fragile", Binary: "echo", HealthPolicy: &plugincontrolv1.HealthPolicy{PanicThreshold: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := c.WaitServing(ctx, "fragile", st.GetGeneration()); err != nil || h.GetGeneration() != 1 {
+		t.Fatalf("WaitServing serving: %v %v", h, err)
+	}
+	_, _, _ = c.Invoke(ctx, "fragile", "panic", []byte("kaboom"))
+	_, err = c.WaitServing(ctx, "fragile", st.GetGeneration())
+	if !errors.As(err, &ue) || ue.Health.GetState() != plugincontrolv1.PluginState_PLUGIN_STATE_UNHEALTHY || ue.Reason == "" {
+		t.Fatalf("WaitServing unhealthy: %v", err)
+	}
+
+	// A timeout carries the context error.
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err = c.WaitServing(wctx, "fragile", 5)
+	if !errors.As(err, &ue) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitServing timeout: %v", err)
+	}
+}
+
+// countingControl answers every call with Unavailable and counts attempts.
+type countingControl struct {
+	plugincontrolv1.UnimplementedPluginControlServiceServer
+	list, health, load, reload atomic.Int32
+}
+
+func (s *countingControl) ListPlugins(context.Context, *plugincontrolv1.ListPluginsRequest) (*plugincontrolv1.ListPluginsResponse, error) {
+	s.list.Add(1)
+	return nil, status.Error(codes.Unavailable, "restarting")
+}
+
+func (s *countingControl) Health(context.Context, *plugincontrolv1.HealthRequest) (*plugincontrolv1.HealthResponse, error) {
+	s.health.Add(1)
+	return nil, status.Error(codes.Unavailable, "restarting")
+}
+
+func (s *countingControl) Load(context.Context, *plugincontrolv1.LoadRequest) (*plugincontrolv1.LoadResponse, error) {
+	s.load.Add(1)
+	return nil, status.Error(codes.Unavailable, "restarting")
+}
+
+func (s *countingControl) Reload(context.Context, *plugincontrolv1.ReloadRequest) (*plugincontrolv1.ReloadResponse, error) {
+	s.reload.Add(1)
+	return nil, status.Error(codes.Unavailable, "restarting")
+}
+
+// TestRetryPolicy checks that only the idempotent reads are retried.
+func TestRetryPolicy(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "r.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := &countingControl{}
+	srv := grpc.NewServer()
+	plugincontrolv1.RegisterPluginControlServiceServer(srv, fake)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(lis) }()
+	t.Cleanup(func() { srv.Stop(); <-done })
+
+	c := dial(t, "unix://"+sock)
+	ctx := ctxT(t)
+	if _, err := c.List(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("List: %v", err)
+	}
+	if _, _, err := c.Health(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Health: %v", err)
+	}
+	if _, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "x", Binary: "x"}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Load: %v", err)
+	}
+	if _, err := c.Reload(ctx, "x"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Reload: %v", err)
+	}
+	if got := [4]int32{fake.list.Load(), fake.health.Load(), fake.load.Load(), fake.reload.Load()}; got != [4]int32{retryAttempts, retryAttempts, 1, 1} {
+		t.Fatalf("attempts (list, health, load, reload) = %v, want [%d %d 1 1]", got, retryAttempts, retryAttempts)
+	}
+}
+
+// TestRetryWaitsForDaemon: a List issued while the daemon is restarting
+// succeeds once it is back (within the retry budget).
+func TestRetryWaitsForDaemon(t *testing.T) {
+	d := newDaemon(t, daemonConfig{})
+	c := dial(t, d.addr())
+	ctx := ctxT(t)
+	if _, err := c.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.stop()
+	restarted := make(chan *daemon, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		nd, err := startDaemon(daemonConfig{sock: d.sock})
+		if err != nil {
+			t.Error(err)
+		}
+		restarted <- nd
+	}()
+	_, err := c.List(ctx)
+	nd := <-restarted
+	if nd != nil {
+		// Replace the stopped daemon so that cleanup stops the new one.
+		d.m, d.srv, d.done = nd.m, nd.srv, nd.done
+	}
+	if err != nil {
+		t.Fatalf("List across a restart: %v", err)
+	}
+}

@@ -1,0 +1,204 @@
+// Tests of the TypeScript client against the real plugind: built from this
+// repository with `go build` (or taken from $PLUGIND_BIN_DIR, holding
+// plugind and plugins/), started on a unix socket and on loopback TCP.
+import { test, before, after } from "node:test";
+import * as assert from "node:assert/strict";
+import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  createClient,
+  watchHealth,
+  Code,
+  ConnectError,
+  CandidateFailureSchema,
+  CandidateStage,
+  HealthEventType,
+  PluginState,
+  type HealthEvent,
+  type PlugindClient,
+} from "../src/index.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../..");
+let bins = "";
+let tmp = "";
+
+before(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "pc-ts-"));
+  if (process.env.PLUGIND_BIN_DIR) {
+    bins = process.env.PLUGIND_BIN_DIR;
+    return;
+  }
+  bins = path.join(tmp, "bin");
+  execFileSync("go", ["build", "-o", bins + "/", "./cmd/plugind"], { cwd: root, stdio: "inherit" });
+  execFileSync("go", ["build", "-o", path.join(bins, "plugins") + "/", "./examples/plugins/..."], { cwd: root, stdio: "inherit" });
+});
+
+after(() => {
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+interface Daemon {
+  proc: ChildProcess;
+  addr: string;
+  stop(): Promise<void>;
+}
+
+// startDaemon runs plugind with echo loaded and waits until echo serves.
+async function startDaemon(stateDir: string, listen?: string): Promise<Daemon> {
+  const sock = path.join(stateDir, "plugind.sock");
+  const addr = listen ?? "unix://" + sock;
+  const args = ["--plugin-dir", path.join(bins, "plugins"), "--state-dir", stateDir, "--load", "echo", "--listen", addr];
+  // Plaintext loopback TCP without tokens is refused unless asked for.
+  if (addr.startsWith("tcp://")) args.push("--insecure-tcp");
+  const proc = spawn(path.join(bins, "plugind"), args, { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  proc.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
+  const stop = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGTERM");
+    await exited;
+  };
+  const c = createClient(addr);
+  try {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      try {
+        const { plugins } = await c.control.listPlugins({}, { timeoutMs: 1000 });
+        if (plugins.some((p) => p.name === "echo" && p.state === PluginState.SERVING)) break;
+      } catch {
+        // not up yet
+      }
+      if (Date.now() > deadline || proc.exitCode !== null) {
+        await stop();
+        throw new Error(`plugind did not come up on ${addr}:\n${stderr}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    c.close();
+  }
+  return { proc, addr, stop };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+    srv.on("error", reject);
+  });
+}
+
+async function withDaemon(listen: "unix" | "tcp", fn: (c: PlugindClient, d: Daemon, state: string) => Promise<void>) {
+  const state = fs.mkdtempSync(path.join(tmp, "state-"));
+  const d = await startDaemon(state, listen === "tcp" ? `tcp://127.0.0.1:${await freePort()}` : undefined);
+  const c = createClient(d.addr);
+  try {
+    await fn(c, d, state);
+  } finally {
+    c.close();
+    await d.stop();
+  }
+}
+
+test("unary calls over a unix socket", async () => {
+  await withDaemon("unix", async (c) => {
+    const { plugins } = await c.control.listPlugins({});
+    assert.deepEqual(plugins.map((p) => p.name), ["echo"]);
+    assert.equal(plugins[0].generation, 1n);
+
+    const loaded = await c.control.load({ spec: { name: "echo2", binary: "echo" } });
+    assert.equal(loaded.plugin?.state, PluginState.SERVING);
+
+    const res = await c.gateway.invoke({ plugin: "echo2", method: "echo", payload: new TextEncoder().encode("hello") });
+    assert.equal(new TextDecoder().decode(res.payload), "hello");
+    assert.equal(res.generation, 1n);
+
+    const health = await c.control.health({ names: ["echo", "echo2"] });
+    assert.deepEqual(health.plugins.map((h) => h.state), [PluginState.SERVING, PluginState.SERVING]);
+    assert.ok(health.revision > 0n);
+  });
+});
+
+test("an error carries its code and CandidateFailure detail", async () => {
+  await withDaemon("unix", async (c) => {
+    await assert.rejects(
+      c.control.reload({ name: "echo", spec: { name: "echo", binary: "notready" } }),
+      (e: unknown) => {
+        const err = ConnectError.from(e);
+        assert.equal(err.code, Code.FailedPrecondition);
+        assert.match(err.rawMessage, /generation 1 stays active/);
+        const [cf] = err.findDetails(CandidateFailureSchema);
+        assert.equal(cf?.stage, CandidateStage.READY);
+        assert.equal(cf?.activeGeneration, 1n);
+        return true;
+      },
+    );
+    await assert.rejects(c.control.unload({ name: "nope" }), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+    // The failed reload changed nothing.
+    const { plugins } = await c.control.listPlugins({});
+    assert.equal(plugins[0].generation, 1n);
+  });
+});
+
+test("watchHealth streams, and resumes after a daemon restart", async () => {
+  const state = fs.mkdtempSync(path.join(tmp, "state-"));
+  let d = await startDaemon(state);
+  const c = createClient(d.addr);
+  const ac = new AbortController();
+  const reconnects: Code[] = [];
+  const events = watchHealth(c.control, {
+    names: ["echo"],
+    signal: ac.signal,
+    backoffInitialMs: 20,
+    onReconnect: (err) => reconnects.push(err.code),
+  });
+  const next = async (): Promise<HealthEvent> => {
+    const r = await events.next();
+    assert.ok(!r.done, "stream ended");
+    return r.value;
+  };
+  try {
+    let ev = await next();
+    assert.equal(ev.type, HealthEventType.SNAPSHOT);
+    assert.equal(ev.health?.name, "echo");
+    assert.equal(ev.health?.state, PluginState.SERVING);
+    ev = await next();
+    assert.equal(ev.type, HealthEventType.SYNCED);
+
+    // A handler panic: Internal for the caller, DEGRADED on the stream.
+    await assert.rejects(c.gateway.invoke({ plugin: "echo", method: "panic", payload: new TextEncoder().encode("boom") }), (e: unknown) => ConnectError.from(e).code === Code.Internal);
+    do {
+      ev = await next();
+    } while (!(ev.type === HealthEventType.CHANGED && ev.health?.state === PluginState.DEGRADED));
+
+    // Restart the daemon: the stream ends with Unavailable, the iterator
+    // reconnects on its own and resumes; the new daemon's revisions start
+    // over, so it answers with a reset.
+    await d.stop();
+    d = await startDaemon(state);
+    do {
+      ev = await next();
+    } while (ev.type !== HealthEventType.SYNCED);
+    assert.equal(ev.reset, true, "a restarted daemon answers the resume with a reset");
+    assert.ok(reconnects.length > 0 && reconnects[0] === Code.Unavailable, `reconnects: ${reconnects}`);
+  } finally {
+    ac.abort();
+    await events.return(undefined);
+    c.close();
+    await d.stop();
+  }
+});
+
+test("unary calls over loopback TCP", async () => {
+  await withDaemon("tcp", async (c) => {
+    const res = await c.gateway.invoke({ plugin: "echo", method: "echo", payload: new TextEncoder().encode("tcp") });
+    assert.equal(new TextDecoder().decode(res.payload), "tcp");
+  });
+});
