@@ -22,6 +22,15 @@ const (
 	EventBookmark
 )
 
+var eventNames = [...]string{"UNKNOWN", "SNAPSHOT", "SYNCED", "CHANGED", "REMOVED", "BOOKMARK"}
+
+func (t EventType) String() string {
+	if t < 0 || int(t) >= len(eventNames) {
+		return "UNKNOWN"
+	}
+	return eventNames[t]
+}
+
 // Event is one item of a health watch.
 type Event struct {
 	Type     EventType

@@ -48,15 +48,19 @@ func ExampleManager_Watch() {
 	defer w.Close()
 	evs, _ := w.Next(ctx)
 	for _, e := range evs {
-		fmt.Println(e.Type == manager.EventSynced, e.Health.Name, e.Health.State)
+		if e.Type == manager.EventSynced {
+			fmt.Println(e.Type)
+			continue
+		}
+		fmt.Println(e.Type, e.Health.Name, e.Health.State)
 	}
 	_, _ = m.Invoke(ctx, "echo", "panic", []byte("oops"))
 	evs, _ = w.Next(ctx)
 	last := evs[len(evs)-1].Health
 	fmt.Println(last.State, last.LastPanic.Message)
 	// Output:
-	// false echo SERVING
-	// true  UNKNOWN
+	// SNAPSHOT echo SERVING
+	// SYNCED
 	// DEGRADED oops
 }
 
