@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -10,8 +9,6 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
 	"github.com/plugincontrol/plugincontrol/manager"
@@ -21,31 +18,7 @@ import (
 // pluginDir holds the example plugins, built once by TestMain.
 var pluginDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "pc-client-plugins-")
-	if err != nil {
-		panic(err)
-	}
-	if err := testbin.Plugins(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	pluginDir = dir
-	code := m.Run()
-	if left := testbin.ProcessesIn(dir); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: plugin processes left running: %v\n", left)
-		code = 1
-	}
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "FAIL: goroutines leaked: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, &pluginDir, testbin.Plugins) }
 
 // daemon is an in-process plugind: a real manager running real plugin
 // processes, and the real gRPC server, on a unix socket.

@@ -2,11 +2,9 @@ package server_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,7 +15,6 @@ import (
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/plugincontrol/plugincontrol/server"
-	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,30 +26,7 @@ import (
 
 var pluginDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "pc-plugins-")
-	if err != nil {
-		panic(err)
-	}
-	if err := testbin.Plugins(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pluginDir = dir
-	code := m.Run()
-	if left := testbin.ProcessesIn(dir); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: plugin processes left running: %v\n", left)
-		code = 1
-	}
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "FAIL: goroutines leaked: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, &pluginDir, testbin.Plugins) }
 
 type fixture struct {
 	m      *manager.Manager

@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -41,6 +43,8 @@ func (c *cli) load(ctx context.Context, args []string) error {
 	fs := newFlagSet("load")
 	var sf specFlags
 	sf.register(fs)
+	var wf waitFlags
+	wf.register(fs)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -49,6 +53,9 @@ func (c *cli) load(ctx context.Context, args []string) error {
 		return err
 	}
 	if err := sf.validate(); err != nil {
+		return err
+	}
+	if err := wf.validate(false); err != nil {
 		return err
 	}
 	spec, err := sf.loadSpec(pos[0], c.readFile)
@@ -60,16 +67,21 @@ func (c *cli) load(ctx context.Context, args []string) error {
 		return err
 	}
 	defer cl.Close()
-	ctx, cancel := c.withTimeout(ctx)
+	rctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	resp, err := cl.Control().Load(ctx, &plugincontrolv1.LoadRequest{Spec: spec})
+	resp, err := cl.Control().Load(rctx, &plugincontrolv1.LoadRequest{Spec: spec})
 	if err != nil {
 		return err
 	}
-	if c.json() {
-		return printJSON(c.stdout, jsonOptions, resp)
+	if c.structured() {
+		err = c.print(resp)
+	} else {
+		err = renderLoad(c.stdout, c.pal, resp)
 	}
-	return renderLoad(c.stdout, resp)
+	if err != nil || !wf.enabled {
+		return err
+	}
+	return c.waitHealthy(ctx, cl.Control(), &wf, spec.GetName(), resp.GetPlugin().GetGeneration())
 }
 
 func (c *cli) reload(ctx context.Context, args []string) error {
@@ -79,6 +91,8 @@ func (c *cli) reload(ctx context.Context, args []string) error {
 	validateOnly := fs.Bool("validate-only", false, "dry run")
 	expected := fs.Uint64("expected-generation", 0, "required active generation")
 	drain := drainFlag(fs)
+	var wf waitFlags
+	wf.register(fs)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -87,6 +101,9 @@ func (c *cli) reload(ctx context.Context, args []string) error {
 		return err
 	}
 	if err := sf.validate(); err != nil {
+		return err
+	}
+	if err := wf.validate(*validateOnly); err != nil {
 		return err
 	}
 	dt, err := drainTimeout(fs, *drain)
@@ -106,10 +123,10 @@ func (c *cli) reload(ctx context.Context, args []string) error {
 		return err
 	}
 	defer cl.Close()
-	ctx, cancel := c.withTimeout(ctx)
+	rctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 	if sf.anySet() {
-		current, err := currentSpec(ctx, cl.Control(), name)
+		current, err := currentSpec(rctx, cl.Control(), name)
 		if err != nil {
 			return err
 		}
@@ -117,14 +134,54 @@ func (c *cli) reload(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	resp, err := cl.Control().Reload(ctx, req)
+	resp, err := cl.Control().Reload(rctx, req)
 	if err != nil {
 		return err
 	}
-	if c.json() {
-		return printJSON(c.stdout, jsonOptions, resp)
+	if c.structured() {
+		err = c.print(resp)
+	} else {
+		err = renderReload(c.stdout, c.pal, resp, *validateOnly)
 	}
-	return renderReload(c.stdout, resp, *validateOnly)
+	if err != nil || !wf.enabled {
+		return err
+	}
+	return c.waitHealthy(ctx, cl.Control(), &wf, name, resp.GetPlugin().GetGeneration())
+}
+
+// waitHealthy is --wait-healthy: it waits for generation of name to be
+// healthy (see healthWaiter) within --wait-timeout. The context is the
+// command's, without --timeout (which bounds the Load or Reload call).
+func (c *cli) waitHealthy(ctx context.Context, control plugincontrolv1.PluginControlServiceClient, wf *waitFlags, name string, generation uint64) error {
+	// A timer rather than a deadline: the deadline would travel to the
+	// daemon, whose end of the stream could then fail first with an error
+	// that does not say "timed out".
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	timer := time.AfterFunc(wf.timeout, func() { cancel(errWaitTimeout) })
+	defer timer.Stop()
+	start := time.Now()
+	h := &healthWaiter{
+		control:        control,
+		name:           name,
+		generation:     generation,
+		settle:         wf.settle,
+		log:            c.stderr,
+		backoffInitial: waitBackoffInitial,
+		backoffMax:     waitBackoffMax,
+	}
+	if err := h.wait(ctx); err != nil {
+		return err
+	}
+	if c.structured() {
+		return nil
+	}
+	state := "is SERVING"
+	if wf.settle > 0 {
+		state = fmt.Sprintf("is SERVING and stayed so for %s", wf.settle)
+	}
+	_, err := fmt.Fprintf(c.stdout, "%s generation %d %s (waited %s)\n", name, generation, state, time.Since(start).Round(time.Millisecond))
+	return err
 }
 
 // currentSpec fetches the spec the active generation of name runs.
@@ -169,10 +226,10 @@ func (c *cli) unload(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if c.json() {
-		return printJSON(c.stdout, jsonOptions, resp)
+	if c.structured() {
+		return c.print(resp)
 	}
-	return renderStatuses(c.stdout, []*plugincontrolv1.PluginStatus{resp.GetPlugin()})
+	return renderStatuses(c.stdout, c.pal, []*plugincontrolv1.PluginStatus{resp.GetPlugin()})
 }
 
 func (c *cli) list(ctx context.Context, args []string) error {
@@ -195,10 +252,10 @@ func (c *cli) list(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if c.json() {
-		return printJSON(c.stdout, jsonOptions, resp)
+	if c.structured() {
+		return c.print(resp)
 	}
-	return renderStatuses(c.stdout, resp.GetPlugins())
+	return renderStatuses(c.stdout, c.pal, resp.GetPlugins())
 }
 
 func (c *cli) invoke(ctx context.Context, args []string) error {
@@ -240,8 +297,8 @@ func (c *cli) invoke(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if c.json() {
-		return printJSON(c.stdout, jsonOptions, resp)
+	if c.structured() {
+		return c.print(resp)
 	}
 	_, err = c.stdout.Write(resp.GetPayload())
 	return err
@@ -264,15 +321,16 @@ func (c *cli) health(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if c.json() {
-		return printJSON(c.stdout, jsonOptions, resp)
+	if c.structured() {
+		return c.print(resp)
 	}
-	return renderHealth(c.stdout, resp)
+	return renderHealth(c.stdout, c.pal, resp)
 }
 
 func (c *cli) watch(ctx context.Context, args []string) error {
 	fs := newFlagSet("watch")
 	since := fs.Uint64("since", 0, "resume after this revision")
+	plain := fs.Bool("plain", false, "a line per event even on a terminal")
 	names, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -286,11 +344,100 @@ func (c *cli) watch(ctx context.Context, args []string) error {
 		control:        cl.Control(),
 		names:          names,
 		since:          *since,
-		json:           c.json(),
+		output:         c.output,
+		pal:            c.pal,
 		out:            c.stdout,
 		log:            c.stderr,
 		backoffInitial: watchBackoffInitial,
 		backoffMax:     watchBackoffMax,
 	}
+	if c.output == "table" && !*plain && c.terminal() {
+		what := "all plugins"
+		if len(names) > 0 {
+			what = strings.Join(names, ", ")
+		}
+		w.live = newLiveView(fmt.Sprintf("pluginctl watch: %s at %s (Ctrl-C to quit)", what, c.addr))
+		w.width = func() int { return terminalWidth(c.stdout) }
+	}
 	return w.run(ctx)
+}
+
+// maxAuditLimit is the most records ListAudit returns at once.
+const maxAuditLimit = 10000
+
+func (c *cli) audit(ctx context.Context, args []string) error {
+	fs := newFlagSet("audit")
+	limit := fs.Uint("limit", 0, "at most this many records (default: the daemon's, 100)")
+	before := fs.Uint64("before", 0, "records older than this sequence number")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("audit", pos, 0, 1, "[NAME]"); err != nil {
+		return err
+	}
+	if *limit > maxAuditLimit {
+		return usagef("--limit %d: at most %d", *limit, maxAuditLimit)
+	}
+	req := &plugincontrolv1.ListAuditRequest{Limit: uint32(*limit), BeforeSequence: *before}
+	if len(pos) == 1 {
+		req.Name = pos[0]
+	}
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	resp, err := cl.Control().ListAudit(ctx, req)
+	if err != nil {
+		return err
+	}
+	if c.structured() {
+		return c.print(resp)
+	}
+	recs := resp.GetRecords()
+	if err := renderAudit(c.stdout, c.pal, c.location, recs); err != nil {
+		return err
+	}
+	// A full page: older records may follow.
+	pageSize := int(req.GetLimit())
+	if pageSize == 0 {
+		pageSize = 100
+	}
+	if len(recs) > 0 && len(recs) >= pageSize {
+		_, err = fmt.Fprintf(c.stdout, "older records: --before %d\n", recs[len(recs)-1].GetSequence())
+	}
+	return err
+}
+
+// completeNamesCommand is the hidden command completion scripts call for
+// plugin names.
+const completeNamesCommand = "__complete-names"
+
+// completeNames prints the loaded plugins' names, one per line.
+func (c *cli) completeNames(ctx context.Context, args []string) error {
+	fs := newFlagSet(completeNamesCommand)
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	resp, err := cl.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	for _, p := range resp.GetPlugins() {
+		b.WriteString(p.GetName())
+		b.WriteByte('\n')
+	}
+	_, err = io.WriteString(c.stdout, b.String())
+	return err
 }

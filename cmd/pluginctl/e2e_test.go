@@ -136,6 +136,34 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("reload:\n%s", r.stdout)
 	}
 
+	// reload --wait-healthy: returns once generation 3 is SERVING.
+	r = run(0, "reload", "echo", "--wait-healthy", "--wait-timeout", "15s")
+	if !strings.Contains(r.stdout, "generation 2 -> 3") || !strings.Contains(r.stdout, "echo generation 3 is SERVING") {
+		t.Errorf("reload --wait-healthy:\n%s", r.stdout)
+	}
+	r = run(0, "reload", "echo", "--wait-healthy", "--settle", "200ms")
+	if !strings.Contains(r.stdout, "echo generation 4 is SERVING and stayed so for 200ms") {
+		t.Errorf("reload --wait-healthy --settle:\n%s", r.stdout)
+	}
+
+	// The audit record: newest first, the failed reload included.
+	r = run(0, "audit", "echo")
+	lines = strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) < 6 || !strings.HasPrefix(lines[0], "SEQ") || !strings.Contains(lines[0], "GEN(old→new)") {
+		t.Fatalf("audit:\n%s", r.stdout)
+	}
+	if f := strings.Fields(lines[1]); len(f) < 8 || f[4] != "reload" || f[5] != "echo" || f[6] != "3→4" || f[7] != "ok" {
+		t.Errorf("audit, newest record %q:\n%s", lines[1], r.stdout)
+	}
+	if !strings.Contains(r.stdout, "failed") || !strings.Contains(r.stdout, "backend database unreachable") || !strings.Contains(r.stdout, "0→1") {
+		t.Errorf("audit lacks the load or the failed reload:\n%s", r.stdout)
+	}
+	r = run(0, "-o", "yaml", "audit", "echo", "--limit", "1")
+	if !strings.Contains(r.stdout, "action: reload") || strings.Count(r.stdout, "sequence:") != 1 {
+		t.Errorf("audit -o yaml --limit 1:\n%s", r.stdout)
+	}
+	run(1, "audit", "Bad_Name") // InvalidArgument
+
 	// A panic in the plugin: exit 1, panic message and fingerprint.
 	r = run(1, "invoke", "echo", "panic", "boom")
 	if !strings.Contains(r.stderr, "panic: boom") || !strings.Contains(r.stderr, "fingerprint: ") {
@@ -155,6 +183,32 @@ func TestEndToEnd(t *testing.T) {
 	run(4, "unload", "echo")
 	if r = run(0, "list"); strings.Count(r.stdout, "\n") != 1 {
 		t.Errorf("list after unload:\n%s", r.stdout)
+	}
+}
+
+// TestEndToEndWaitHealthyFails loads the crasher plugin, which passes its
+// readiness probe and crashes 50ms later: SERVING at first, so
+// --wait-healthy alone may succeed, but it does not stay SERVING for the
+// settle period.
+func TestEndToEndWaitHealthyFails(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	start := time.Now()
+	r := runCLI(ctx, "", "--addr", d.addr, "load", "crash", "--binary", "crasher", "--config", "crash_after=50ms", "--wait-healthy", "--settle", "500ms", "--wait-timeout", "20s")
+	if r.code != exitNotHealthy || !strings.Contains(r.stderr, "pluginctl: crash generation 1 is not healthy: ") {
+		t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, exitNotHealthy, r.stdout, r.stderr)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("failed after %s: the crash was not noticed at once", took)
+	}
+	// The load itself happened: its table was printed, and the plugin is
+	// there for an operator to look at (and unload).
+	if !strings.Contains(r.stdout, "crash") || !strings.Contains(r.stdout, "STAGE") {
+		t.Errorf("stdout:\n%s", r.stdout)
+	}
+	t.Logf("stderr:\n%s", r.stderr)
+	if r := runCLI(ctx, "", "--addr", d.addr, "unload", "crash"); r.code != 0 {
+		t.Errorf("unload: %+v", r)
 	}
 }
 

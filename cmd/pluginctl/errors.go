@@ -23,6 +23,7 @@ const (
 	exitNotFound    = 4 // codes.NotFound
 	exitCandidate   = 5 // codes.FailedPrecondition: the candidate failed
 	exitAborted     = 6 // codes.Aborted: generation mismatch
+	exitNotHealthy  = 7 // --wait-healthy: the new generation did not become (or stay) SERVING
 )
 
 // usageError is a problem with the command line.
@@ -42,6 +43,10 @@ func exitCode(err error) int {
 	var ue *usageError
 	if errors.As(err, &ue) {
 		return exitUsage
+	}
+	var nh *notHealthyError
+	if errors.As(err, &nh) {
+		return exitNotHealthy
 	}
 	st, ok := status.FromError(err)
 	if !ok {
@@ -80,6 +85,18 @@ func isConnectError(st *status.Status) bool {
 // addr names the daemon in connection errors. It returns the exit code.
 func printError(w io.Writer, addr string, err error) int {
 	code := exitCode(err)
+	var nh *notHealthyError
+	if errors.As(err, &nh) {
+		fmt.Fprintf(w, "pluginctl: %v\n", err)
+		if h := nh.last; h != nil {
+			fmt.Fprintf(w, "  last health: generation %d %s", h.GetGeneration(), stateName(h.GetState()))
+			if r := oneLine(h.GetReason()); r != "" && !strings.Contains(nh.reason, r) {
+				fmt.Fprintf(w, ": %s", r)
+			}
+			fmt.Fprintln(w)
+		}
+		return code
+	}
 	st, ok := status.FromError(err)
 	if !ok || code == exitUsage {
 		fmt.Fprintf(w, "pluginctl: %v\n", err)

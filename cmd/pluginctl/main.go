@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/term"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/plugincontrol/plugincontrol/client"
 )
 
@@ -36,30 +39,50 @@ type cli struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 
+	// Environment; nil means the process's (tests replace them).
+	getenv     func(string) string
+	isTerminal func(io.Writer) bool
+	location   *time.Location // of the times audit prints
+
 	// global flags
 	addr      string
 	tokenFile string
 	output    string
+	color     string
 	timeout   time.Duration
+
+	pal palette // colours of table output, from --color
 }
 
 // command is a pluginctl subcommand.
 type command struct {
-	name  string
-	usage string // synopsis and flags, shown by "help NAME" and "NAME -h"
-	run   func(c *cli, ctx context.Context, args []string) error
+	name    string
+	summary string // one line, for completion scripts
+	usage   string // synopsis and flags, shown by "help NAME" and "NAME -h"
+	run     func(c *cli, ctx context.Context, args []string) error
+	hidden  bool // not in the usage or completion (internal helpers)
+
+	// For shell completion: the command's flags (besides -h) and what its
+	// positional arguments are.
+	flags []flagSpec
+	args  argKind
 }
 
 // commands lists the subcommands in the order the usage shows them.
 var commands = []*command{
-	{name: "load", usage: loadUsage, run: (*cli).load},
-	{name: "reload", usage: reloadUsage, run: (*cli).reload},
-	{name: "unload", usage: unloadUsage, run: (*cli).unload},
-	{name: "list", usage: listUsage, run: (*cli).list},
-	{name: "invoke", usage: invokeUsage, run: (*cli).invoke},
-	{name: "health", usage: healthUsage, run: (*cli).health},
-	{name: "watch", usage: watchUsage, run: (*cli).watch},
+	{name: "load", summary: "launch a new plugin instance", usage: loadUsage, run: (*cli).load, flags: concat(specFlagSpecs, waitFlagSpecs), args: argsNone},
+	{name: "reload", summary: "start a new generation and swap to it if it passes validation", usage: reloadUsage, run: (*cli).reload, flags: concat(specFlagSpecs, reloadFlagSpecs, waitFlagSpecs), args: argsFirstName},
+	{name: "unload", summary: "drain and stop a plugin and forget it", usage: unloadUsage, run: (*cli).unload, flags: []flagSpec{drainFlagSpec}, args: argsFirstName},
+	{name: "list", summary: "list plugins and their status", usage: listUsage, run: (*cli).list, args: argsNone},
+	{name: "invoke", summary: "call a plugin method", usage: invokeUsage, run: (*cli).invoke, flags: invokeFlagSpecs, args: argsFirstName},
+	{name: "health", summary: "show the current health of plugins", usage: healthUsage, run: (*cli).health, args: argsNames},
+	{name: "watch", summary: "stream health events (a live view on a terminal)", usage: watchUsage, run: (*cli).watch, flags: watchFlagSpecs, args: argsNames},
+	{name: "audit", summary: "show the audit record of mutations", usage: auditUsage, run: (*cli).audit, flags: auditFlagSpecs, args: argsFirstName},
+	{name: "completion", summary: "print a shell completion script", usage: completionUsage, args: argsShell}, // run: set by init (it reads commands)
+	{name: completeNamesCommand, usage: completeNamesUsage, run: (*cli).completeNames, hidden: true},
 }
+
+func init() { lookupCommand("completion").run = (*cli).completion }
 
 func lookupCommand(name string) *command {
 	for _, cmd := range commands {
@@ -71,11 +94,21 @@ func lookupCommand(name string) *command {
 }
 
 func (c *cli) run(ctx context.Context, args []string) int {
+	if c.getenv == nil {
+		c.getenv = os.Getenv
+	}
+	if c.isTerminal == nil {
+		c.isTerminal = isTerminal
+	}
+	if c.location == nil {
+		c.location = time.Local
+	}
 	fs := flag.NewFlagSet("pluginctl", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.addr, "addr", client.DefaultAddr(), "daemon address")
 	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the bearer token")
-	fs.StringVar(&c.output, "o", "table", "output format: table or json")
+	fs.StringVar(&c.output, "o", "table", "output format: table, json or yaml")
+	fs.StringVar(&c.color, "color", "auto", "colours: auto, always or never")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "deadline of each command")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -84,8 +117,19 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		}
 		return c.usageError(nil, err)
 	}
-	if c.output != "table" && c.output != "json" {
-		return c.usageError(nil, usagef("-o %q: want table or json", c.output))
+	switch c.output {
+	case "table", "json", "yaml":
+	default:
+		return c.usageError(nil, usagef("-o %q: want table, json or yaml", c.output))
+	}
+	switch c.color {
+	case "auto":
+		c.pal.on = c.terminal() && c.getenv("NO_COLOR") == ""
+	case "always":
+		c.pal.on = true
+	case "never":
+	default:
+		return c.usageError(nil, usagef("--color %q: want auto, always or never", c.color))
 	}
 	if c.timeout < 0 {
 		return c.usageError(nil, usagef("--timeout must not be negative"))
@@ -124,7 +168,7 @@ func (c *cli) help(args []string) int {
 		return exitOK
 	}
 	cmd := lookupCommand(args[0])
-	if cmd == nil {
+	if cmd == nil || cmd.hidden {
 		return c.usageError(nil, usagef("help: unknown command %q", args[0]))
 	}
 	fmt.Fprint(c.stdout, cmd.usage)
@@ -161,8 +205,8 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
 			}
-			for _, g := range []string{"addr", "token-file", "o", "timeout"} {
-				if strings.HasSuffix(err.Error(), "flag provided but not defined: -"+g) {
+			for _, g := range globalFlagSpecs {
+				if strings.HasSuffix(err.Error(), "flag provided but not defined: -"+g.name) {
 					return nil, usagef("%s: %v (global flags go before the command)", fs.Name(), err)
 				}
 			}
@@ -230,7 +274,41 @@ func (c *cli) withTimeout(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, c.timeout)
 }
 
-func (c *cli) json() bool { return c.output == "json" }
+// structured reports whether -o asks for json or yaml rather than a table.
+func (c *cli) structured() bool { return c.output != "table" }
+
+// print writes a response as -o json or -o yaml asks.
+func (c *cli) print(m proto.Message) error {
+	if c.output == "yaml" {
+		return printYAML(c.stdout, m, false)
+	}
+	return printJSON(c.stdout, jsonOptions, m)
+}
+
+// terminal reports whether stdout is a terminal that understands escape
+// sequences (not TERM=dumb).
+func (c *cli) terminal() bool {
+	return c.isTerminal(c.stdout) && c.getenv("TERM") != "dumb"
+}
+
+// terminalWidth is the width of the terminal w, 0 when unknown.
+func terminalWidth(w io.Writer) int {
+	f, ok := w.(*os.File)
+	if !ok {
+		return 0
+	}
+	width, _, err := term.GetSize(int(f.Fd()))
+	if err != nil {
+		return 0
+	}
+	return width
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
 
 // readFile reads a file named on the command line; "-" is standard input.
 func (c *cli) readFile(name string) ([]byte, error) {

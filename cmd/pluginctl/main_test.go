@@ -118,7 +118,10 @@ func TestHelp(t *testing.T) {
 			"--addr", "--token-file", "-o table|json", "--timeout",
 			"--binary", "--sha256", "--arg", "--env", "--config", "--config-file", "--start-timeout",
 			"--validate-only", "--expected-generation", "--drain-timeout", "--payload-file", "--since",
+			"-o table|json|yaml", "--color auto|always|never", "NO_COLOR", "audit [NAME] [--limit N] [--before SEQ]", "completion bash|zsh|fish",
+			"--wait-healthy", "--wait-timeout", "--settle", "--plain", "--limit N", "--before SEQ",
 			"Exit codes", "2  usage error", "3  cannot connect", "4  no such plugin", "5  the candidate failed", "6  generation mismatch",
+			"7  not healthy",
 		} {
 			if !strings.Contains(r.stdout, want) {
 				t.Errorf("%q: usage lacks %q", args, want)
@@ -138,7 +141,8 @@ func TestUsageErrors(t *testing.T) {
 		{},
 		{"frobnicate"},
 		{"help", "frobnicate"},
-		{"-o", "yaml", "list"},
+		{"-o", "xml", "list"},
+		{"--color", "sometimes", "list"},
 		{"--timeout", "-1s", "list"},
 		{"--bogus", "list"},
 		{"list", "extra"},
@@ -154,6 +158,19 @@ func TestUsageErrors(t *testing.T) {
 		{"invoke", "echo", "echo", "p", "extra"},
 		{"invoke", "echo", "echo", "p", "--payload-file", "f"},
 		{"watch", "--since", "x"},
+		{"audit", "a", "b"},
+		{"audit", "--limit", "20000"},
+		{"audit", "--before", "-1"},
+		{"completion"},
+		{"completion", "tcsh"},
+		{"completion", "bash", "zsh"},
+		{"help", completeNamesCommand},
+		{"reload", "echo", "--settle", "1s"},
+		{"reload", "echo", "--wait-timeout", "1s"},
+		{"reload", "echo", "--wait-healthy", "--validate-only"},
+		{"reload", "echo", "--wait-healthy", "--settle", "30s"},
+		{"reload", "echo", "--wait-healthy", "--wait-timeout", "0s"},
+		{"load", "echo", "--wait-healthy", "--settle", "-1s"},
 		{"--addr", "bogus", "list"},
 		{"--addr", "tcp://nohost", "list"},
 	} {
@@ -170,7 +187,7 @@ func TestUsageErrors(t *testing.T) {
 func TestCannotConnect(t *testing.T) {
 	dir := shortTempDir(t)
 	addr := "unix://" + filepath.Join(dir, "missing.sock")
-	for _, args := range [][]string{{"list"}, {"health"}, {"watch"}, {"invoke", "echo", "echo", "x"}} {
+	for _, args := range [][]string{{"list"}, {"health"}, {"watch"}, {"invoke", "echo", "echo", "x"}, {"audit"}, {completeNamesCommand}} {
 		r := runCLI(context.Background(), "", append([]string{"--addr", addr}, args...)...)
 		if r.code != exitUnavailable || !strings.Contains(r.stderr, "cannot connect to "+addr) {
 			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
@@ -199,7 +216,11 @@ type fakeDaemon struct {
 	// watch answers the n-th WatchHealth call (from 0).
 	watch func(n int, req *plugincontrolv1.WatchHealthRequest, stream plugincontrolv1.PluginControlService_WatchHealthServer) error
 
+	audit []*plugincontrolv1.AuditRecord
+
 	mu      sync.Mutex
+	loads   []*plugincontrolv1.LoadRequest
+	audits  []*plugincontrolv1.ListAuditRequest
 	reloads []*plugincontrolv1.ReloadRequest
 	invokes []*plugincontrolv1.InvokeRequest
 	watches []*plugincontrolv1.WatchHealthRequest
@@ -216,6 +237,22 @@ func (f *fakeDaemon) record(ctx context.Context) {
 func (f *fakeDaemon) ListPlugins(ctx context.Context, _ *plugincontrolv1.ListPluginsRequest) (*plugincontrolv1.ListPluginsResponse, error) {
 	f.record(ctx)
 	return &plugincontrolv1.ListPluginsResponse{Plugins: f.plugins}, nil
+}
+
+func (f *fakeDaemon) Load(ctx context.Context, req *plugincontrolv1.LoadRequest) (*plugincontrolv1.LoadResponse, error) {
+	f.record(ctx)
+	f.mu.Lock()
+	f.loads = append(f.loads, req)
+	f.mu.Unlock()
+	return &plugincontrolv1.LoadResponse{Plugin: &plugincontrolv1.PluginStatus{Name: req.GetSpec().GetName(), Generation: 1, State: plugincontrolv1.PluginState_PLUGIN_STATE_SERVING}}, nil
+}
+
+func (f *fakeDaemon) ListAudit(ctx context.Context, req *plugincontrolv1.ListAuditRequest) (*plugincontrolv1.ListAuditResponse, error) {
+	f.record(ctx)
+	f.mu.Lock()
+	f.audits = append(f.audits, req)
+	f.mu.Unlock()
+	return &plugincontrolv1.ListAuditResponse{Records: f.audit}, nil
 }
 
 func (f *fakeDaemon) Reload(ctx context.Context, req *plugincontrolv1.ReloadRequest) (*plugincontrolv1.ReloadResponse, error) {

@@ -14,7 +14,7 @@ import (
 
 func TestRenderStatuses(t *testing.T) {
 	var buf bytes.Buffer
-	err := renderStatuses(&buf, []*plugincontrolv1.PluginStatus{
+	err := renderStatuses(&buf, palette{}, []*plugincontrolv1.PluginStatus{
 		{Name: "echo", Generation: 2, State: plugincontrolv1.PluginState_PLUGIN_STATE_SERVING, Pid: 4242, Version: "1.0.0", Binary: "echo", Restarts: 1},
 		{Name: "broken-one", Generation: 0, State: plugincontrolv1.PluginState_PLUGIN_STATE_UNHEALTHY, Binary: "broken", LastError: "candidate failed\tat stage start:\nexit status 2"},
 	})
@@ -32,7 +32,7 @@ func TestRenderStatuses(t *testing.T) {
 
 func TestRenderHealth(t *testing.T) {
 	var buf bytes.Buffer
-	err := renderHealth(&buf, &plugincontrolv1.HealthResponse{
+	err := renderHealth(&buf, palette{}, &plugincontrolv1.HealthResponse{
 		Revision: 17,
 		Plugins: []*plugincontrolv1.PluginHealth{
 			{Name: "echo", State: plugincontrolv1.PluginState_PLUGIN_STATE_DEGRADED, Generation: 3, PanicsInWindow: 1, LifetimePanics: 4, Crashes: 2, Restarts: 1, Reason: "panic: boom"},
@@ -68,7 +68,7 @@ func TestRenderReload(t *testing.T) {
 		},
 	}
 	var buf bytes.Buffer
-	if err := renderReload(&buf, resp, false); err != nil {
+	if err := renderReload(&buf, palette{}, resp, false); err != nil {
 		t.Fatal(err)
 	}
 	want := "" +
@@ -85,7 +85,7 @@ func TestRenderReload(t *testing.T) {
 		t.Errorf("output:\n%s\nwant:\n%s", buf.String(), want)
 	}
 	buf.Reset()
-	if err := renderReload(&buf, resp, true); err != nil {
+	if err := renderReload(&buf, palette{}, resp, true); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasSuffix(buf.String(), "validate only: the candidate passed and was discarded; generation 2 keeps serving\n") {
@@ -116,7 +116,7 @@ func TestFormatEvent(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		if got := formatEvent(tt.ev); got != tt.want {
+		if got := formatEvent(tt.ev, palette{}); got != tt.want {
 			t.Errorf("formatEvent:\n got %q\nwant %q", got, tt.want)
 		}
 	}

@@ -16,14 +16,32 @@ const specFlagsUsage = `Spec flags:
   --start-timeout D     launch and handshake timeout (default: the daemon's, 10s)
 `
 
-const loadUsage = `usage: pluginctl [global flags] load NAME [--binary B] [--sha256 HEX] [--arg A]... [--env K=V]... [--config STRING | --config-file F] [--start-timeout D]
+const waitFlagsUsage = `Wait flags (load, reload):
+  --wait-healthy        once the plugin is loaded or swapped, wait until the
+                        new generation is healthy: a health record of exactly
+                        that generation in state SERVING and, with --settle,
+                        no other state of it for D after that. Fails (exit 7)
+                        at once when it is UNHEALTHY or STOPPED, when a newer
+                        generation replaced it (a supervisor restart after a
+                        crash), when the plugin is unloaded, and within
+                        --settle on any state but SERVING (DEGRADED included);
+                        STARTING and DEGRADED before the first SERVING are
+                        waited through. --timeout bounds the load or reload
+                        call only.
+  --wait-timeout D      give up (exit 7) after D, --settle included (default 30s)
+  --settle D            the new generation must stay SERVING for D (default 0:
+                        return at its first SERVING)
+`
+
+const loadUsage = `usage: pluginctl [global flags] load NAME [--binary B] [--sha256 HEX] [--arg A]... [--env K=V]... [--config STRING | --config-file F] [--start-timeout D] [--wait-healthy [--wait-timeout D] [--settle D]]
 
 Launch a new plugin instance NAME through the candidate pipeline and print its
 status and the duration of each stage. The binary defaults to NAME.
 
-` + specFlagsUsage
+` + specFlagsUsage + `
+` + waitFlagsUsage
 
-const reloadUsage = `usage: pluginctl [global flags] reload NAME [spec flags] [--validate-only] [--expected-generation N] [--drain-timeout D]
+const reloadUsage = `usage: pluginctl [global flags] reload NAME [spec flags] [--validate-only] [--expected-generation N] [--drain-timeout D] [--wait-healthy [--wait-timeout D] [--settle D]]
 
 Start a new generation of NAME and swap to it only when it passes validation;
 otherwise the active generation keeps serving. Without spec flags the current
@@ -37,7 +55,8 @@ Flags:
   --expected-generation N  fail (exit 6) unless generation N is the active one
   --drain-timeout D        wait at most D for calls in flight on the old
                            generation (default: the daemon's, 30s)
-`
+
+` + waitFlagsUsage
 
 const unloadUsage = `usage: pluginctl [global flags] unload NAME [--drain-timeout D]
 
@@ -56,7 +75,7 @@ const invokeUsage = `usage: pluginctl [global flags] invoke NAME METHOD [PAYLOAD
 
 Call METHOD of the active generation of plugin NAME with PAYLOAD (empty when
 omitted; "-" reads standard input). The response payload is written to
-standard output as is; with -o json, the response as JSON (payload in base64,
+standard output as is; with -o json or yaml, the response (payload in base64,
 and the generation that served the call).
 
 Flags:
@@ -70,19 +89,59 @@ NAME STATE GEN PANICS(window) CRASHES RESTARTS REASON, then the revision it is
 consistent with (a starting point for watch --since).
 `
 
-const watchUsage = `usage: pluginctl [global flags] watch [NAME...] [--since N]
+const watchUsage = `usage: pluginctl [global flags] watch [NAME...] [--since N] [--plain]
 
-Stream health events of the named plugins (all when none is named), one line
-each: REVISION TYPE NAME STATE GEN REASON (with -o json, one JSON object per
-line). A new watch starts with a SNAPSHOT of each plugin and a SYNCED marker;
-then CHANGED and REMOVED events and periodic BOOKMARKs follow. RESET is a
-snapshot that replaces the whole view (the revision to resume from was no
-longer in the daemon's history). When the daemon goes away the stream is
-reopened with backoff (100ms doubling to 5s), resuming after the last revision
-seen. --timeout does not apply. Ends with exit code 0 on SIGINT or SIGTERM.
+Stream health events of the named plugins (all when none is named). A new
+watch starts with a SNAPSHOT of each plugin and a SYNCED marker; then CHANGED
+and REMOVED events and periodic BOOKMARKs follow. RESET is a snapshot that
+replaces the whole view (the revision to resume from was no longer in the
+daemon's history).
+
+When standard output is a terminal (and -o table), a live view is redrawn in
+place after each batch of events: the current state of every watched plugin,
+the revision and the time of the last event, and the last 10 events.
+Otherwise (piped, --plain, -o json or yaml) one line per event:
+REVISION TYPE NAME STATE GEN REASON; with -o json one JSON object per line,
+with -o yaml one YAML document per event, each starting with "---".
+
+When the daemon goes away the stream is reopened with backoff (100ms doubling
+to 5s), resuming after the last revision seen. --timeout does not apply. Ends
+with exit code 0 on SIGINT or SIGTERM.
 
 Flags:
   --since N   resume after revision N (default 0: start with a snapshot)
+  --plain     one line per event even when standard output is a terminal
+`
+
+const auditUsage = `usage: pluginctl [global flags] audit [NAME] [--limit N] [--before SEQ]
+
+Show the daemon's audit record of mutations (load, reload, validate, unload,
+and its own restarts, restores and health actions), newest first, of plugin
+NAME or of all plugins: SEQ TIME CALLER ACTION PLUGIN GEN(old→new) OUTCOME
+ERROR. Times are local. When a full page was shown, the last line says how to
+get the next one.
+
+Flags:
+  --limit N     at most N records (default: the daemon's, 100; at most 10000)
+  --before SEQ  only records older than sequence number SEQ (paging)
+`
+
+const completionUsage = `usage: pluginctl completion bash|zsh|fish
+
+Print a shell completion script: commands, flags and their values, and plugin
+names (asked from the daemon at --addr, with --token-file, when completing).
+
+  bash:  source <(pluginctl completion bash)
+         or save it as ~/.local/share/bash-completion/completions/pluginctl
+  zsh:   source <(pluginctl completion zsh)     (after compinit)
+         or save it as _pluginctl in a directory of $fpath
+  fish:  pluginctl completion fish | source
+         or save it as ~/.config/fish/completions/pluginctl.fish
+`
+
+const completeNamesUsage = `usage: pluginctl [global flags] __complete-names
+
+Print the names of the loaded plugins, one per line (for completion scripts).
 `
 
 const usageText = `usage: pluginctl [global flags] COMMAND [args] [flags]
@@ -96,14 +155,20 @@ Global flags (before COMMAND):
                        unix://$HOME/.local/state/plugind/plugind.sock;
                        here: {{ADDR}})
   --token-file FILE    send the bearer token read from FILE
-  -o table|json        output format (default table); json is the protojson
-                       of the response, with proto field names
+  -o table|json|yaml   output format (default table); json is the protojson
+                       of the response, with proto field names; yaml is the
+                       same document as YAML
+  --color auto|always|never
+                       colour plugin states in tables (SERVING green, DEGRADED
+                       yellow, UNHEALTHY red, STARTING cyan, STOPPED dim);
+                       auto (default): only when standard output is a terminal
+                       and NO_COLOR is not set
   --timeout DURATION   deadline of each command, 0 for none (default 30s)
 
 Commands:
-  load NAME [--binary B] [spec flags]
+  load NAME [--binary B] [spec flags] [wait flags]
         launch a new plugin instance (the binary defaults to NAME)
-  reload NAME [spec flags] [--validate-only] [--expected-generation N] [--drain-timeout D]
+  reload NAME [spec flags] [--validate-only] [--expected-generation N] [--drain-timeout D] [wait flags]
         start a new generation and swap to it only if it passes validation;
         spec flags replace those fields of the current spec
   unload NAME [--drain-timeout D]
@@ -114,20 +179,29 @@ Commands:
         call a plugin method; prints the response payload
   health [NAME...]
         show the current health of plugins
-  watch [NAME...] [--since N]
-        stream health events until interrupted, reconnecting when needed
+  watch [NAME...] [--since N] [--plain]
+        stream health events until interrupted, reconnecting when needed;
+        a live view on a terminal
+  audit [NAME] [--limit N] [--before SEQ]
+        show the audit record of mutations, newest first
+  completion bash|zsh|fish
+        print a shell completion script
   help [COMMAND]
         show this help, or the help of COMMAND (also: COMMAND -h)
 
 ` + specFlagsUsage + `  (reload: --arg and --env replace all arguments / the whole environment,
    --sha256 "" removes the pin)
 
+` + waitFlagsUsage + `
 Command flags:
   --validate-only          reload: run the pipeline, discard the candidate
   --expected-generation N  reload: fail unless generation N is the active one
   --drain-timeout D        reload, unload: wait at most D for in-flight calls
   --payload-file F         invoke: read the payload from F ("-" for stdin)
   --since N                watch: resume after revision N
+  --plain                  watch: a line per event even on a terminal
+  --limit N                audit: at most N records (default 100)
+  --before SEQ             audit: records older than sequence SEQ
 
 Exit codes:
   0  success
@@ -138,6 +212,9 @@ Exit codes:
   5  the candidate failed validation (FailedPrecondition); the active
      generation, if any, keeps serving
   6  generation mismatch (Aborted): --expected-generation is not active
+  7  not healthy: with --wait-healthy, the new generation did not become (or
+     stay, with --settle) SERVING within --wait-timeout; the load or swap
+     itself happened, and the reason is printed
 `
 
 // usage is the full help text.

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
-	"go.uber.org/goleak"
 )
 
 // bins holds the built binaries: plugind, pluginctl, grpcurl,
@@ -25,11 +24,7 @@ import (
 var bins string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "pc-e2e-")
-	if err != nil {
-		panic(err)
-	}
-	build := func() error {
+	testbin.Main(m, &bins, func(dir string) error {
 		if err := testbin.Plugins(filepath.Join(dir, "plugins")); err != nil {
 			return err
 		}
@@ -41,25 +36,7 @@ func TestMain(m *testing.M) {
 		}
 		_, err := testbin.Tool(dir, "github.com/grpc-ecosystem/grpc-health-probe")
 		return err
-	}
-	if err := build(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bins = dir
-	code := m.Run()
-	if left := testbin.ProcessesIn(dir); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: processes left running: %v\n", left)
-		code = 1
-	}
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "FAIL: goroutines leaked: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	})
 }
 
 // daemon is a running plugind.
@@ -226,7 +203,9 @@ func TestGrpcurlWalkthrough(t *testing.T) {
 func TestPluginctlAndHealthProbe(t *testing.T) {
 	d := startDaemon(t)
 	addr := "unix://" + d.sock
-	ctl := func(args ...string) (string, int) { return run(t, "pluginctl", append([]string{"--addr", addr}, args...)...) }
+	ctl := func(args ...string) (string, int) {
+		return run(t, "pluginctl", append([]string{"--addr", addr}, args...)...)
+	}
 
 	out, code := ctl("load", "flaky", "--binary", "echo")
 	if code != 0 {

@@ -179,7 +179,8 @@ func TestKill9DuringMutationBurst(t *testing.T) {
 		gen    uint64
 	}
 	var mu sync.Mutex
-	acked := map[string]ack{} // guarded by mu
+	acked := map[string]ack{}      // guarded by mu
+	uncertain := map[string]bool{} // guarded by mu: last call on the name was cut off
 	acks := 0
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -213,10 +214,21 @@ func TestKill9DuringMutationBurst(t *testing.T) {
 					}
 				}
 				if err != nil {
-					continue // not acknowledged: either outcome is fine
+					switch status.Code(err) {
+					case codes.AlreadyExists, codes.NotFound, codes.FailedPrecondition, codes.InvalidArgument:
+						// Refused: nothing changed.
+					default:
+						// Cut off by the kill: it may or may not have
+						// taken effect, so this name proves nothing.
+						mu.Lock()
+						uncertain[name] = true
+						mu.Unlock()
+					}
+					continue
 				}
 				mu.Lock()
 				acked[name] = ack{loaded: loaded, gen: gen}
+				uncertain[name] = false
 				acks++
 				mu.Unlock()
 			}
@@ -245,6 +257,9 @@ func TestKill9DuringMutationBurst(t *testing.T) {
 	ctl2, _ := d2.dial(t)
 	got := statuses(t, ctl2)
 	for name, a := range acked {
+		if uncertain[name] {
+			continue
+		}
 		p, present := got[name]
 		switch {
 		case a.loaded && !present:

@@ -19,8 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
 )
 
@@ -35,12 +33,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	dir, err := os.MkdirTemp("", "pc-contract-")
-	if err != nil {
-		panic(err)
-	}
-	build := func() error {
+	testbin.Main(m, &bins, func(dir string) error {
 		if err := testbin.Plugins(filepath.Join(dir, "plugins")); err != nil {
 			return err
 		}
@@ -57,26 +50,7 @@ func TestMain(m *testing.M) {
 			return fmt.Errorf("buf build: %v\n%s", err, out)
 		}
 		return nil
-	}
-	if err := build(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	bins = dir
-	code := m.Run()
-	if left := testbin.ProcessesIn(dir); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: processes left running: %v\n", left)
-		code = 1
-	}
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "FAIL: goroutines leaked: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	})
 }
 
 // daemon is a running plugind.
