@@ -28,6 +28,8 @@ type instance struct {
 	startedAt  time.Time
 	sockDir    string
 	stderr     *stderrSink
+	reap       *reaper  // nil until the process runs
+	pipes      []string // the plugin's stdout and stderr pipes, "pipe:[inode]"
 
 	mu       sync.Mutex    // guards inflight, draining, stopping
 	inflight int           // calls admitted and not finished
@@ -101,7 +103,10 @@ func (i *instance) stop() {
 		i.stopping = true
 		i.draining = true
 		i.mu.Unlock()
-		killClient(i.client, i.pid)
+		killClient(i.client, i.pid, i.pipes)
+		if i.reap != nil {
+			i.reap.remove(i.pid)
+		}
 		removeSockDir(i.sockDir)
 	})
 }
@@ -109,8 +114,10 @@ func (i *instance) stop() {
 // killClient stops a go-plugin client and every process left in the plugin's
 // process group. go-plugin's Kill asks the plugin to exit (a few ms) and
 // SIGKILLs only the direct child after 2s; the group kill takes care of the
-// plugin's own children and of a plugin that ignores the request.
-func killClient(c *goplugin.Client, pid int) {
+// plugin's own children and of a plugin that ignores the request. Kill
+// returns only once the plugin's stdout and stderr reach EOF: if processes
+// that left the group still hold them, they are killed too (pipes).
+func killClient(c *goplugin.Client, pid int, pipes []string) {
 	done := make(chan struct{})
 	go func() {
 		c.Kill()
@@ -121,7 +128,12 @@ func killClient(c *goplugin.Client, pid int) {
 	case <-time.After(500 * time.Millisecond):
 		// The plugin did not exit on request: kill its group so Kill returns.
 		killGroup(pid)
-		<-done
+		select {
+		case <-done:
+		case <-time.After(500 * time.Millisecond):
+			killPipeHolders(pipes)
+			<-done
+		}
 	}
 	killGroup(pid)
 }

@@ -158,6 +158,13 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	inst.client = client
 	inst.cmd = cmd
 	if _, err := client.Start(); err != nil {
+		// go-plugin may report the failure on stdout's EOF before it has
+		// read the plugin's stderr, which classifyStart judges by: stopping
+		// the candidate first waits for both pipes, so the tail is whole.
+		if cmd.Process != nil {
+			inst.pid = cmd.Process.Pid
+		}
+		inst.stop()
 		stage, msg := classifyStart(err, sink)
 		switch {
 		case stage == StageChecksum:
@@ -170,6 +177,10 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	if rc := client.ReattachConfig(); rc != nil {
 		inst.pid = rc.Pid
 	}
+	// From here on, a SIGKILLed daemon's reaper kills the plugin's group.
+	m.reaper.add(inst.pid)
+	inst.reap = m.reaper
+	inst.pipes = stdioPipes(inst.pid)
 	clock.r.CandidatePID = inst.pid
 	if c.spec.SHA256 != "" {
 		clock.done(StageChecksum)

@@ -74,6 +74,7 @@ type Manager struct {
 	digests   digestCache
 	events    *events
 	store     Store
+	reaper    *reaper // kills plugin process groups if the daemon is killed
 
 	mu      sync.RWMutex // guards plugins and closed
 	plugins map[string]*entry
@@ -198,6 +199,7 @@ func New(cfg Config) (*Manager, error) {
 		}
 		m.sockRoot = d
 	}
+	m.reaper = startReaper(log)
 	return m, nil
 }
 
@@ -292,6 +294,7 @@ func (m *Manager) Close(ctx context.Context) error {
 	wg.Wait()
 	m.bg.Wait()
 	m.events.close()
+	m.reaper.close()
 	if m.ownSock {
 		_ = os.RemoveAll(m.sockRoot)
 	}

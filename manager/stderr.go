@@ -20,10 +20,11 @@ const (
 type stderrSink struct {
 	log *slog.Logger
 
-	mu      sync.Mutex // guards tail, partial, inPanic
-	tail    []byte
-	partial []byte
-	inPanic bool
+	mu       sync.Mutex // guards tail, partial, skipping, inPanic
+	tail     []byte
+	partial  []byte
+	skipping bool // the line being received was logged truncated: drop the rest
+	inPanic  bool
 }
 
 func newStderrSink(log *slog.Logger) *stderrSink { return &stderrSink{log: log} }
@@ -41,12 +42,22 @@ func (s *stderrSink) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		s.emit(string(s.partial[:i]))
+		if s.skipping {
+			s.skipping = false // the end of a line already logged truncated
+		} else {
+			s.emit(string(s.partial[:i]))
+		}
 		s.partial = s.partial[i+1:]
 	}
-	if len(s.partial) > maxLogLine {
+	switch {
+	case s.skipping:
+		s.partial = s.partial[:0]
+	case len(s.partial) > maxLogLine:
+		// Log a long line once, truncated, and drop the rest of it as it
+		// arrives (go-plugin hands it over in chunks).
 		s.emit(string(s.partial[:maxLogLine]) + "…(truncated)")
 		s.partial = s.partial[:0]
+		s.skipping = true
 	}
 	return len(p), nil
 }

@@ -28,13 +28,13 @@ func (m *Manager) startBackground(f func(), before ...func()) bool {
 	return true
 }
 
-// watchExit waits for inst's process to exit (go-plugin's done context is
-// cancelled within milliseconds of the exit; nothing is polled). An exit the
+// watchExit waits for inst's process to exit (see waitGone: go-plugin's done
+// context, and a pidfd; nothing is polled). An exit the
 // manager did not ask for is a crash: it is counted with its exit status and,
 // when stderr shows a Go panic, the panic message and fingerprint; then the
 // supervisor restarts the plugin.
 func (m *Manager) watchExit(e *entry, inst *instance) {
-	<-inst.conn.Done.Done()
+	waitGone(inst)
 	if inst.intended() {
 		return
 	}
