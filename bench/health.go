@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"time"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/server"
+	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -101,7 +103,31 @@ func runHealth(e *env) ([]row, error) {
 		}
 		return err
 	}
-	fs := []func(int) error{via, check(refService, ref), check(server.ServicePrefix+"echo-000", mirror), sdk}
+	// The floor: a plain grpc.Server answering Health with the same
+	// response, built once (no interceptors, no manager).
+	snap, err := d.ctl.Health(callCtx, &pb.HealthRequest{})
+	if err != nil {
+		return nil, err
+	}
+	bs, err := startPlain(e, func(s *grpc.Server) { pb.RegisterPluginControlServiceServer(s, &bareHealth{resp: snap}) })
+	if err != nil {
+		return nil, err
+	}
+	defer bs.close()
+	bareConn, err := dialPlain(bs.addr())
+	if err != nil {
+		return nil, err
+	}
+	defer bareConn.Close()
+	bare := pb.NewPluginControlServiceClient(bareConn)
+	floor := func(int) error {
+		r, err := bare.Health(callCtx, &pb.HealthRequest{})
+		if err == nil && len(r.GetPlugins()) != healthPlugins {
+			err = fmt.Errorf("bare Health returned %d plugins", len(r.GetPlugins()))
+		}
+		return err
+	}
+	fs := []func(int) error{via, check(refService, ref), check(server.ServicePrefix+"echo-000", mirror), sdk, floor}
 	// The mirror follows the hub asynchronously: wait for it.
 	deadline := time.Now().Add(10 * time.Second)
 	for fs[2](0) != nil && time.Now().Before(deadline) {
@@ -128,12 +154,18 @@ func runHealth(e *env) ([]row, error) {
 	tr := ratio(medianF(rates[0]), medianF(rates[1]))
 	mr := ratio(medianF(rates[2]), medianF(rates[1]))
 	sr := ratio(medianF(rates[3]), medianF(rates[1]))
+	fr := ratio(medianF(rates[4]), medianF(rates[1]))
 	return []row{
 		{
 			scenario: fmt.Sprintf("Health (all %d plugins), %d callers", healthPlugins, callers), measure: fmt.Sprintf("throughput, median of %d rounds of %v", rounds, dur),
 			plugind: fmtRate(medianF(rates[0])), ref: "grpc-go Check " + fmtRate(medianF(rates[1])),
 			ratio: tr, target: "≥ 0.8", ok: okIf(tr >= 0.8),
 			note: fmt.Sprintf("p50 %s vs %s", fmtDur(lats[0].p50()), fmtDur(lats[1].p50())),
+		},
+		{
+			scenario: fmt.Sprintf("Health floor: plain grpc.Server, the same %d-plugin response, %d callers", healthPlugins, callers), measure: "throughput",
+			plugind: fmtRate(medianF(rates[4])), ref: "grpc-go Check " + fmtRate(medianF(rates[1])),
+			ratio: fr, note: "what the bigger response costs with nothing of plugind around it",
 		},
 		{
 			scenario: fmt.Sprintf("grpc.health.v1 Check on plugind's server, %d callers", callers), measure: "throughput",
@@ -146,4 +178,14 @@ func runHealth(e *env) ([]row, error) {
 			ratio: sr, note: "the SDK's retry interceptor on top of the first row",
 		},
 	}, nil
+}
+
+// bareHealth answers Health with a fixed response.
+type bareHealth struct {
+	pb.UnimplementedPluginControlServiceServer
+	resp *pb.HealthResponse
+}
+
+func (b *bareHealth) Health(context.Context, *pb.HealthRequest) (*pb.HealthResponse, error) {
+	return b.resp, nil
 }

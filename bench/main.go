@@ -50,6 +50,7 @@ var (
 	flagReloads  = flag.Int("reloads", 0, "reloads in the reload-under-invoke scenario (default 200, 20 with -short)")
 	flagLogLevel = flag.String("log-level", "info", "daemon log level (plugind's default is info; output is discarded, formatting is not)")
 	flagVerbose  = flag.Bool("v", false, "print progress")
+	flagNote     = flag.String("note", "", "a line of text for the RESULTS header (for example, which patch the tree carries)")
 
 	// The watcher child process (see watch.go).
 	flagWatchClient = flag.String("watch-client", "", "internal: run as the watcher process for this kind of server (plugind or grpc)")
@@ -342,6 +343,9 @@ func renderMarkdown(e *env, table string, errs []string, took time.Duration) str
 	b.WriteString("Method and findings: `bench/NOTES.md`.\n\n")
 	fmt.Fprintf(&b, "- date: %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "- command: `%s`\n", strings.TrimSpace("go run ./bench "+strings.Join(os.Args[1:], " ")))
+	if *flagNote != "" {
+		fmt.Fprintf(&b, "- note: %s\n", *flagNote)
+	}
 	fmt.Fprintf(&b, "- machine: nproc %d (GOMAXPROCS %d), %s, %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), cpuModel(), memTotal())
 	fmt.Fprintf(&b, "- Go: %s %s/%s; kernel %s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH, kernel())
 	fmt.Fprintf(&b, "- echo plugin binary: %s, sha256 %s…\n", fileSize(e.echo), hex.EncodeToString(e.echoSum)[:12])
