@@ -216,8 +216,13 @@ func TestCrashIsRestartedThroughThePipeline(t *testing.T) {
 		}
 	}
 	t.Logf("SIGKILL to crash event at a watcher: %v", crashSeen)
-	h := waitState(t, m, "echo", manager.StateServing, 5*time.Second)
-	if h.Generation != 2 || h.Restarts != 1 || h.Crashes != 1 {
+	deadline := time.Now().Add(5 * time.Second)
+	h := health(t, m, "echo")
+	for (h.Generation != 2 || h.State != manager.StateServing) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+		h = health(t, m, "echo")
+	}
+	if h.Generation != 2 || h.State != manager.StateServing || h.Restarts != 1 || h.Crashes != 1 {
 		t.Fatalf("after restart: %+v", h)
 	}
 	st, _ := m.Get("echo")

@@ -90,6 +90,11 @@ func (m *Manager) recordFaultReason(e *entry, gen uint64, crash bool, rec *Panic
 	if reason != "" {
 		e.lastError = reason
 	}
+	if crash && gen == e.generation && e.active.Load() == nil && e.state != StateStopped {
+		// The crashed generation serves no more; the supervisor decides
+		// next (STARTING for a restart, UNHEALTHY past the limit).
+		e.state, e.since = StateStarting, now
+	}
 	if crash || gen != e.generation || t.gen != gen {
 		e.publishLocked(m.events)
 		return

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
 )
 
@@ -290,13 +292,22 @@ func TestSigtermStopsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = watch.Process.Kill(); _ = watch.Wait() }()
-	inflight := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", "unix://"+d.sock, "invoke", "echo", "sleep", "300ms")
-	var inOut bytes.Buffer
-	inflight.Stdout = &inOut
-	if err := inflight.Start(); err != nil {
+	// The in-flight call goes over a connection that is already up, so it
+	// is surely on the daemon when SIGTERM lands.
+	_, gw := d.dial(t)
+	if _, err := gw.Invoke(context.Background(), &pb.InvokeRequest{Plugin: "echo", Method: "echo"}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(150 * time.Millisecond)
+	type result struct {
+		payload string
+		err     error
+	}
+	inflight := make(chan result, 1)
+	go func() {
+		r, err := gw.Invoke(context.Background(), &pb.InvokeRequest{Plugin: "echo", Method: "sleep", Payload: []byte("1s")})
+		inflight <- result{string(r.GetPayload()), err}
+	}()
+	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -310,8 +321,8 @@ func TestSigtermStopsEverything(t *testing.T) {
 		t.Fatalf("plugind did not exit after SIGTERM\n%s", d.stderr)
 	}
 	t.Logf("SIGTERM to exit: %v", time.Since(start))
-	if err := inflight.Wait(); err != nil || inOut.String() != "300ms" {
-		t.Fatalf("in-flight invoke across shutdown: %v %q", err, inOut.String())
+	if r := <-inflight; r.err != nil || r.payload != "1s" {
+		t.Fatalf("in-flight invoke across shutdown: %v %q", r.err, r.payload)
 	}
 	if !testbin.WaitGone(pid, 5*time.Second) {
 		t.Fatalf("plugin %d survived SIGTERM", pid)
