@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -37,6 +38,12 @@ func (m *Manager) Invoke(ctx context.Context, name, method string, payload []byt
 	defer cancel()
 	resp, err := inst.conn.Client.Invoke(ctx, &pluginv1.InvokeRequest{Method: method, Payload: payload})
 	if err != nil {
+		if status.Code(err) == codes.Canceled && ctx.Err() == nil {
+			// The caller did not cancel: the generation's connection was
+			// closed under the call (the process crashed or was stopped).
+			// That is the plugin being unavailable, which callers retry.
+			err = status.Errorf(codes.Unavailable, "plugin %q generation %d went away during the call", name, inst.gen)
+		}
 		ce := &CallError{Plugin: name, Generation: inst.gen, Err: err}
 		if st, ok := status.FromError(err); ok {
 			for _, d := range st.Details() {
