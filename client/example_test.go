@@ -16,20 +16,31 @@ import (
 // address. A service would use client.DefaultAddr() or its configuration.
 func daemonAddr() (addr string, stop func()) { return client.StartExampleDaemon() }
 
+// exampleClient starts a private plugind (see daemonAddr) and dials it as
+// ExampleDial does, with a 30-second deadline on ctx. done closes the
+// client, cancels ctx and stops the daemon.
+func exampleClient() (ctx context.Context, c *client.Client, done func()) {
+	addr, stop := daemonAddr()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	c, err := client.Dial(ctx, addr)
+	if err != nil {
+		cancel()
+		stop()
+		log.Fatal(err)
+	}
+	return ctx, c, func() {
+		c.Close()
+		cancel()
+		stop()
+	}
+}
+
 // Load a plugin, reload it and wait for the new generation to serve, then
 // try an upgrade to a binary whose readiness probe fails: the candidate is
 // killed and the active generation keeps serving.
 func ExampleClient_Reload() {
-	addr, stop := daemonAddr()
-	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-
-	c, err := client.Dial(ctx, addr)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
+	ctx, c, done := exampleClient()
+	defer done()
 
 	st, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"})
 	if err != nil {
@@ -65,16 +76,9 @@ func ExampleClient_Reload() {
 // daemon's state and follows it (reconnecting and resuming by itself when
 // the daemon restarts).
 func ExampleClient_Watch() {
-	addr, stop := daemonAddr()
-	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx, c, done := exampleClient()
+	defer done()
 
-	c, err := client.Dial(ctx, addr)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
 	if _, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"}); err != nil {
 		log.Fatal(err)
 	}

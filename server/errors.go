@@ -19,10 +19,6 @@ func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	if _, ok := status.FromError(err); ok && !isManagerError(err) {
-		// Already a status (from a conversion in this package).
-		return err
-	}
 	var (
 		invalid  *manager.InvalidError
 		cand     *manager.CandidateError
@@ -30,16 +26,27 @@ func toStatus(err error) error {
 		call     *manager.CallError
 		limit    *manager.LimitError
 	)
+	// One errors.As per type. The typed manager errors that may wrap a
+	// status are looked up first, in the order of the switch below, which
+	// reads the results; the first found wins there, so the lookups stop
+	// at it.
+	isInvalid := errors.As(err, &invalid)
+	isCand := !isInvalid && errors.As(err, &cand)
+	isCall := !isInvalid && !isCand && errors.As(err, &call)
+	if _, ok := status.FromError(err); ok && !isInvalid && !isCand && !isCall {
+		// Already a status (from a conversion in this package).
+		return err
+	}
 	switch {
 	case errors.As(err, &limit):
 		return withDetails(codes.ResourceExhausted, err.Error(), &errdetails.QuotaFailure{
 			Violations: []*errdetails.QuotaFailure_Violation{{Subject: limit.Limit, Description: err.Error()}},
 		})
-	case errors.As(err, &invalid):
+	case isInvalid:
 		return withDetails(codes.InvalidArgument, err.Error(), &errdetails.BadRequest{
 			FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: invalid.Field, Description: invalid.Reason}},
 		})
-	case errors.As(err, &cand):
+	case isCand:
 		code := codes.FailedPrecondition
 		if cand.Stage == manager.StageResolve {
 			// The binary named by the request is missing, escapes the
@@ -54,7 +61,7 @@ func toStatus(err error) error {
 		})
 	case errors.As(err, &mismatch):
 		return status.Error(codes.Aborted, err.Error())
-	case errors.As(err, &call):
+	case isCall:
 		// The plugin's own status passes through unchanged (with its
 		// details, such as a PanicDetail); a transport failure to the
 		// plugin surfaces as the code grpc-go gave it (Unavailable).
@@ -75,15 +82,6 @@ func toStatus(err error) error {
 	default:
 		return status.Error(codes.Internal, err.Error())
 	}
-}
-
-func isManagerError(err error) bool {
-	var (
-		invalid *manager.InvalidError
-		cand    *manager.CandidateError
-		call    *manager.CallError
-	)
-	return errors.As(err, &invalid) || errors.As(err, &cand) || errors.As(err, &call)
 }
 
 func withDetails(c codes.Code, msg string, details ...protoadapt.MessageV1) error {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/plugincontrol/plugincontrol/client"
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
 
@@ -62,26 +63,17 @@ func (c *cli) load(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cl, err := c.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	rctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	resp, err := cl.Control().Load(rctx, &plugincontrolv1.LoadRequest{Spec: spec})
-	if err != nil {
-		return err
-	}
-	if c.structured() {
-		err = c.print(resp)
-	} else {
-		err = renderLoad(c.stdout, c.pal, resp)
-	}
-	if err != nil || !wf.enabled {
-		return err
-	}
-	return c.waitHealthy(ctx, cl.Control(), &wf, spec.GetName(), resp.GetPlugin().GetGeneration())
+	return c.call(ctx, func(rctx context.Context, cl *client.Client) error {
+		resp, err := cl.Control().Load(rctx, &plugincontrolv1.LoadRequest{Spec: spec})
+		if err != nil {
+			return err
+		}
+		err = c.show(resp, func() error { return renderLoad(c.stdout, c.pal, resp) })
+		if err != nil || !wf.enabled {
+			return err
+		}
+		return c.waitHealthy(ctx, cl.Control(), &wf, spec.GetName(), resp.GetPlugin().GetGeneration())
+	})
 }
 
 func (c *cli) reload(ctx context.Context, args []string) error {
@@ -118,35 +110,26 @@ func (c *cli) reload(ctx context.Context, args []string) error {
 		DrainTimeout:       dt,
 	}
 
-	cl, err := c.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	rctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	if sf.anySet() {
-		current, err := currentSpec(rctx, cl.Control(), name)
+	return c.call(ctx, func(rctx context.Context, cl *client.Client) error {
+		if sf.anySet() {
+			current, err := currentSpec(rctx, cl.Control(), name)
+			if err != nil {
+				return err
+			}
+			if req.Spec, err = sf.reloadSpec(name, current, c.readFile); err != nil {
+				return err
+			}
+		}
+		resp, err := cl.Control().Reload(rctx, req)
 		if err != nil {
 			return err
 		}
-		if req.Spec, err = sf.reloadSpec(name, current, c.readFile); err != nil {
+		err = c.show(resp, func() error { return renderReload(c.stdout, c.pal, resp, *validateOnly) })
+		if err != nil || !wf.enabled {
 			return err
 		}
-	}
-	resp, err := cl.Control().Reload(rctx, req)
-	if err != nil {
-		return err
-	}
-	if c.structured() {
-		err = c.print(resp)
-	} else {
-		err = renderReload(c.stdout, c.pal, resp, *validateOnly)
-	}
-	if err != nil || !wf.enabled {
-		return err
-	}
-	return c.waitHealthy(ctx, cl.Control(), &wf, name, resp.GetPlugin().GetGeneration())
+		return c.waitHealthy(ctx, cl.Control(), &wf, name, resp.GetPlugin().GetGeneration())
+	})
 }
 
 // waitHealthy is --wait-healthy: it waits for generation of name to be
@@ -215,21 +198,15 @@ func (c *cli) unload(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cl, err := c.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	resp, err := cl.Control().Unload(ctx, &plugincontrolv1.UnloadRequest{Name: pos[0], DrainTimeout: dt})
-	if err != nil {
-		return err
-	}
-	if c.structured() {
-		return c.print(resp)
-	}
-	return renderStatuses(c.stdout, c.pal, []*plugincontrolv1.PluginStatus{resp.GetPlugin()})
+	return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+		resp, err := cl.Control().Unload(ctx, &plugincontrolv1.UnloadRequest{Name: pos[0], DrainTimeout: dt})
+		if err != nil {
+			return err
+		}
+		return c.show(resp, func() error {
+			return renderStatuses(c.stdout, c.pal, []*plugincontrolv1.PluginStatus{resp.GetPlugin()})
+		})
+	})
 }
 
 func (c *cli) list(ctx context.Context, args []string) error {
@@ -241,21 +218,13 @@ func (c *cli) list(ctx context.Context, args []string) error {
 	if err := wantArgs("list", pos, 0, 0, "no arguments"); err != nil {
 		return err
 	}
-	cl, err := c.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	resp, err := cl.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
-	if err != nil {
-		return err
-	}
-	if c.structured() {
-		return c.print(resp)
-	}
-	return renderStatuses(c.stdout, c.pal, resp.GetPlugins())
+	return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+		resp, err := cl.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+		if err != nil {
+			return err
+		}
+		return c.show(resp, func() error { return renderStatuses(c.stdout, c.pal, resp.GetPlugins()) })
+	})
 }
 
 func (c *cli) invoke(ctx context.Context, args []string) error {
@@ -286,22 +255,16 @@ func (c *cli) invoke(ctx context.Context, args []string) error {
 	case len(pos) == 3:
 		payload = []byte(pos[2])
 	}
-	cl, err := c.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	resp, err := cl.Gateway().Invoke(ctx, &plugincontrolv1.InvokeRequest{Plugin: pos[0], Method: pos[1], Payload: payload})
-	if err != nil {
-		return err
-	}
-	if c.structured() {
-		return c.print(resp)
-	}
-	_, err = c.stdout.Write(resp.GetPayload())
-	return err
+	return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+		resp, err := cl.Gateway().Invoke(ctx, &plugincontrolv1.InvokeRequest{Plugin: pos[0], Method: pos[1], Payload: payload})
+		if err != nil {
+			return err
+		}
+		return c.show(resp, func() error {
+			_, err := c.stdout.Write(resp.GetPayload())
+			return err
+		})
+	})
 }
 
 func (c *cli) health(ctx context.Context, args []string) error {
@@ -310,21 +273,13 @@ func (c *cli) health(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cl, err := c.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	resp, err := cl.Control().Health(ctx, &plugincontrolv1.HealthRequest{Names: names})
-	if err != nil {
-		return err
-	}
-	if c.structured() {
-		return c.print(resp)
-	}
-	return renderHealth(c.stdout, c.pal, resp)
+	return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+		resp, err := cl.Control().Health(ctx, &plugincontrolv1.HealthRequest{Names: names})
+		if err != nil {
+			return err
+		}
+		return c.show(resp, func() error { return renderHealth(c.stdout, c.pal, resp) })
+	})
 }
 
 func (c *cli) watch(ctx context.Context, args []string) error {
@@ -383,21 +338,18 @@ func (c *cli) audit(ctx context.Context, args []string) error {
 	if len(pos) == 1 {
 		req.Name = pos[0]
 	}
-	cl, err := c.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	resp, err := cl.Control().ListAudit(ctx, req)
-	if err != nil {
-		return err
-	}
-	if c.structured() {
-		return c.print(resp)
-	}
-	recs := resp.GetRecords()
+	return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+		resp, err := cl.Control().ListAudit(ctx, req)
+		if err != nil {
+			return err
+		}
+		return c.show(resp, func() error { return c.renderAuditPage(req, resp.GetRecords()) })
+	})
+}
+
+// renderAuditPage is the table of audit: the records, then after a full
+// page the flag that fetches the older ones.
+func (c *cli) renderAuditPage(req *plugincontrolv1.ListAuditRequest, recs []*plugincontrolv1.AuditRecord) error {
 	if err := renderAudit(c.stdout, c.pal, c.location, recs); err != nil {
 		return err
 	}
@@ -407,9 +359,10 @@ func (c *cli) audit(ctx context.Context, args []string) error {
 		pageSize = 100
 	}
 	if len(recs) > 0 && len(recs) >= pageSize {
-		_, err = fmt.Fprintf(c.stdout, "older records: --before %d\n", recs[len(recs)-1].GetSequence())
+		_, err := fmt.Fprintf(c.stdout, "older records: --before %d\n", recs[len(recs)-1].GetSequence())
+		return err
 	}
-	return err
+	return nil
 }
 
 // completeNamesCommand is the hidden command completion scripts call for
@@ -422,22 +375,18 @@ func (c *cli) completeNames(ctx context.Context, args []string) error {
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
-	cl, err := c.connect(ctx)
-	if err != nil {
+	return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+		resp, err := cl.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+		if err != nil {
+			return err
+		}
+		// Plain names whatever -o says: the shell reads them.
+		var b strings.Builder
+		for _, p := range resp.GetPlugins() {
+			b.WriteString(p.GetName())
+			b.WriteByte('\n')
+		}
+		_, err = io.WriteString(c.stdout, b.String())
 		return err
-	}
-	defer cl.Close()
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	resp, err := cl.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
-	if err != nil {
-		return err
-	}
-	var b strings.Builder
-	for _, p := range resp.GetPlugins() {
-		b.WriteString(p.GetName())
-		b.WriteByte('\n')
-	}
-	_, err = io.WriteString(c.stdout, b.String())
-	return err
+	})
 }

@@ -274,6 +274,33 @@ func (c *cli) withTimeout(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, c.timeout)
 }
 
+// call is the common part of the commands that make calls: it dials the
+// daemon with the global flags (connect), and runs fn with the client and a
+// context bounded by --timeout (withTimeout). The client is closed when fn
+// returns. Errors, whether from dialing or from fn, come back unchanged for
+// run to report (printError) and turn into the exit code. A command that
+// goes on after its call without --timeout (--wait-healthy) names fn's
+// context rctx and keeps its own ctx for that.
+func (c *cli) call(ctx context.Context, fn func(ctx context.Context, cl *client.Client) error) error {
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	return fn(ctx, cl)
+}
+
+// show prints a response in the format -o selects: json or yaml as print
+// writes them, or for -o table whatever the command's table func writes.
+func (c *cli) show(m proto.Message, table func() error) error {
+	if c.structured() {
+		return c.print(m)
+	}
+	return table()
+}
+
 // structured reports whether -o asks for json or yaml rather than a table.
 func (c *cli) structured() bool { return c.output != "table" }
 

@@ -234,32 +234,32 @@ func (f *fakeDaemon) record(ctx context.Context) {
 	f.mu.Unlock()
 }
 
+// recordReq is record, then appends req to *reqs (one of f's fields)
+// under f.mu.
+func recordReq[T any](f *fakeDaemon, ctx context.Context, reqs *[]T, req T) {
+	f.record(ctx)
+	f.mu.Lock()
+	*reqs = append(*reqs, req)
+	f.mu.Unlock()
+}
+
 func (f *fakeDaemon) ListPlugins(ctx context.Context, _ *plugincontrolv1.ListPluginsRequest) (*plugincontrolv1.ListPluginsResponse, error) {
 	f.record(ctx)
 	return &plugincontrolv1.ListPluginsResponse{Plugins: f.plugins}, nil
 }
 
 func (f *fakeDaemon) Load(ctx context.Context, req *plugincontrolv1.LoadRequest) (*plugincontrolv1.LoadResponse, error) {
-	f.record(ctx)
-	f.mu.Lock()
-	f.loads = append(f.loads, req)
-	f.mu.Unlock()
+	recordReq(f, ctx, &f.loads, req)
 	return &plugincontrolv1.LoadResponse{Plugin: &plugincontrolv1.PluginStatus{Name: req.GetSpec().GetName(), Generation: 1, State: plugincontrolv1.PluginState_PLUGIN_STATE_SERVING}}, nil
 }
 
 func (f *fakeDaemon) ListAudit(ctx context.Context, req *plugincontrolv1.ListAuditRequest) (*plugincontrolv1.ListAuditResponse, error) {
-	f.record(ctx)
-	f.mu.Lock()
-	f.audits = append(f.audits, req)
-	f.mu.Unlock()
+	recordReq(f, ctx, &f.audits, req)
 	return &plugincontrolv1.ListAuditResponse{Records: f.audit}, nil
 }
 
 func (f *fakeDaemon) Reload(ctx context.Context, req *plugincontrolv1.ReloadRequest) (*plugincontrolv1.ReloadResponse, error) {
-	f.record(ctx)
-	f.mu.Lock()
-	f.reloads = append(f.reloads, req)
-	f.mu.Unlock()
+	recordReq(f, ctx, &f.reloads, req)
 	if req.GetExpectedGeneration() == 99 {
 		return nil, status.Error(codes.Aborted, "generation 1 is active, not 99")
 	}
@@ -267,10 +267,7 @@ func (f *fakeDaemon) Reload(ctx context.Context, req *plugincontrolv1.ReloadRequ
 }
 
 func (f *fakeDaemon) Invoke(ctx context.Context, req *plugincontrolv1.InvokeRequest) (*plugincontrolv1.InvokeResponse, error) {
-	f.record(ctx)
-	f.mu.Lock()
-	f.invokes = append(f.invokes, req)
-	f.mu.Unlock()
+	recordReq(f, ctx, &f.invokes, req)
 	return &plugincontrolv1.InvokeResponse{Payload: req.GetPayload(), Generation: 5}, nil
 }
 

@@ -287,6 +287,14 @@ func TestWaitHealthy(t *testing.T) {
 			stream.Send(e)
 		}
 	}
+	// sendThenBlock is the script of a daemon that sends evs and then
+	// keeps the stream open.
+	sendThenBlock := func(evs ...*plugincontrolv1.WatchHealthResponse) script {
+		return func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
+			send(s, evs...)
+			return block(s)
+		}
+	}
 	tests := []struct {
 		name   string
 		args   []string
@@ -297,13 +305,10 @@ func TestWaitHealthy(t *testing.T) {
 		min    time.Duration
 	}{
 		{
-			name: "serving at once",
-			args: []string{"reload", "echo", "--wait-healthy"},
-			watch: func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
-				send(s, hev(evSnapshot, 4, "echo", serving, 2, ""), hev(evSynced, 4, "", 0, 0, ""))
-				return block(s)
-			},
-			code: 0, stdout: "echo generation 2 is SERVING (waited",
+			name:  "serving at once",
+			args:  []string{"reload", "echo", "--wait-healthy"},
+			watch: sendThenBlock(hev(evSnapshot, 4, "echo", serving, 2, ""), hev(evSynced, 4, "", 0, 0, "")),
+			code:  0, stdout: "echo generation 2 is SERVING (waited",
 		},
 		{
 			name: "starting, then serving",
@@ -317,67 +322,46 @@ func TestWaitHealthy(t *testing.T) {
 			code: 0, stdout: "echo generation 2 is SERVING",
 		},
 		{
-			name: "unhealthy",
-			args: []string{"reload", "echo", "--wait-healthy"},
-			watch: func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
-				send(s, hev(evSnapshot, 4, "echo", unhealthy, 2, "3 panics in 1m0s"), hev(evSynced, 4, "", 0, 0, ""))
-				return block(s)
-			},
-			code: exitNotHealthy, stderr: "pluginctl: echo generation 2 is not healthy: UNHEALTHY: 3 panics in 1m0s\n  last health: generation 2 UNHEALTHY\n",
+			name:  "unhealthy",
+			args:  []string{"reload", "echo", "--wait-healthy"},
+			watch: sendThenBlock(hev(evSnapshot, 4, "echo", unhealthy, 2, "3 panics in 1m0s"), hev(evSynced, 4, "", 0, 0, "")),
+			code:  exitNotHealthy, stderr: "pluginctl: echo generation 2 is not healthy: UNHEALTHY: 3 panics in 1m0s\n  last health: generation 2 UNHEALTHY\n",
 		},
 		{
-			name: "stopped",
-			args: []string{"reload", "echo", "--wait-healthy"},
-			watch: func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
-				send(s, hev(evSnapshot, 4, "echo", degraded, 2, "crashed"), hev(evSynced, 4, "", 0, 0, ""), hev(evChanged, 5, "echo", stopped, 2, "unhealthy action: stop"))
-				return block(s)
-			},
-			code: exitNotHealthy, stderr: "is not healthy: STOPPED: unhealthy action: stop",
+			name:  "stopped",
+			args:  []string{"reload", "echo", "--wait-healthy"},
+			watch: sendThenBlock(hev(evSnapshot, 4, "echo", degraded, 2, "crashed"), hev(evSynced, 4, "", 0, 0, ""), hev(evChanged, 5, "echo", stopped, 2, "unhealthy action: stop")),
+			code:  exitNotHealthy, stderr: "is not healthy: STOPPED: unhealthy action: stop",
 		},
 		{
-			name: "replaced by a restart",
-			args: []string{"reload", "echo", "--wait-healthy"},
-			watch: func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
-				send(s, hev(evSnapshot, 9, "echo", starting, 3, "crashed: exit status 2"), hev(evSynced, 9, "", 0, 0, ""))
-				return block(s)
-			},
-			code: exitNotHealthy, stderr: "echo generation 2 is not healthy: generation 3 replaced it (STARTING): crashed: exit status 2",
+			name:  "replaced by a restart",
+			args:  []string{"reload", "echo", "--wait-healthy"},
+			watch: sendThenBlock(hev(evSnapshot, 9, "echo", starting, 3, "crashed: exit status 2"), hev(evSynced, 9, "", 0, 0, "")),
+			code:  exitNotHealthy, stderr: "echo generation 2 is not healthy: generation 3 replaced it (STARTING): crashed: exit status 2",
 		},
 		{
-			name: "unloaded",
-			args: []string{"reload", "echo", "--wait-healthy"},
-			watch: func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
-				send(s, hev(evSnapshot, 4, "echo", starting, 2, ""), hev(evSynced, 4, "", 0, 0, ""), hev(evRemoved, 5, "echo", stopped, 2, ""))
-				return block(s)
-			},
-			code: exitNotHealthy, stderr: "echo was unloaded",
+			name:  "unloaded",
+			args:  []string{"reload", "echo", "--wait-healthy"},
+			watch: sendThenBlock(hev(evSnapshot, 4, "echo", starting, 2, ""), hev(evSynced, 4, "", 0, 0, ""), hev(evRemoved, 5, "echo", stopped, 2, "")),
+			code:  exitNotHealthy, stderr: "echo was unloaded",
 		},
 		{
-			name: "not loaded",
-			args: []string{"reload", "echo", "--wait-healthy"},
-			watch: func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
-				send(s, hev(evSynced, 4, "", 0, 0, ""))
-				return block(s)
-			},
-			code: exitNotHealthy, stderr: "echo is not loaded",
+			name:  "not loaded",
+			args:  []string{"reload", "echo", "--wait-healthy"},
+			watch: sendThenBlock(hev(evSynced, 4, "", 0, 0, "")),
+			code:  exitNotHealthy, stderr: "echo is not loaded",
 		},
 		{
-			name: "timeout",
-			args: []string{"reload", "echo", "--wait-healthy", "--wait-timeout", "300ms"},
-			watch: func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
-				send(s, hev(evSnapshot, 4, "echo", degraded, 2, "panic: boom"), hev(evSynced, 4, "", 0, 0, ""))
-				return block(s)
-			},
-			code: exitNotHealthy, stderr: "is not healthy: timed out; last seen generation 2 DEGRADED\n  last health: generation 2 DEGRADED: panic: boom\n", min: 300 * time.Millisecond,
+			name:  "timeout",
+			args:  []string{"reload", "echo", "--wait-healthy", "--wait-timeout", "300ms"},
+			watch: sendThenBlock(hev(evSnapshot, 4, "echo", degraded, 2, "panic: boom"), hev(evSynced, 4, "", 0, 0, "")),
+			code:  exitNotHealthy, stderr: "is not healthy: timed out; last seen generation 2 DEGRADED\n  last health: generation 2 DEGRADED: panic: boom\n", min: 300 * time.Millisecond,
 		},
 		{
-			name: "settled",
-			args: []string{"reload", "echo", "--wait-healthy", "--settle", "300ms"},
-			watch: func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
-				send(s, hev(evSnapshot, 4, "echo", serving, 2, ""), hev(evSynced, 4, "", 0, 0, ""), hev(evBookmark, 4, "", 0, 0, ""))
-				return block(s)
-			},
-			code: 0, stdout: "echo generation 2 is SERVING and stayed so for 300ms", min: 300 * time.Millisecond,
+			name:  "settled",
+			args:  []string{"reload", "echo", "--wait-healthy", "--settle", "300ms"},
+			watch: sendThenBlock(hev(evSnapshot, 4, "echo", serving, 2, ""), hev(evSynced, 4, "", 0, 0, ""), hev(evBookmark, 4, "", 0, 0, "")),
+			code:  0, stdout: "echo generation 2 is SERVING and stayed so for 300ms", min: 300 * time.Millisecond,
 		},
 		{
 			name: "degraded within the settle period",
@@ -404,22 +388,16 @@ func TestWaitHealthy(t *testing.T) {
 			code: 0, stdout: "echo generation 2 is SERVING", stderr: "pluginctl: waiting for echo to be healthy: daemon shutting down; reconnecting in 100ms",
 		},
 		{
-			name: "load",
-			args: []string{"load", "echo", "--wait-healthy"},
-			watch: func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
-				send(s, hev(evSnapshot, 1, "echo", serving, 1, ""), hev(evSynced, 1, "", 0, 0, ""))
-				return block(s)
-			},
-			code: 0, stdout: "echo generation 1 is SERVING",
+			name:  "load",
+			args:  []string{"load", "echo", "--wait-healthy"},
+			watch: sendThenBlock(hev(evSnapshot, 1, "echo", serving, 1, ""), hev(evSynced, 1, "", 0, 0, "")),
+			code:  0, stdout: "echo generation 1 is SERVING",
 		},
 		{
-			name: "json output",
-			args: []string{"-o", "json", "reload", "echo", "--wait-healthy"},
-			watch: func(_ int, s plugincontrolv1.PluginControlService_WatchHealthServer) error {
-				send(s, hev(evSnapshot, 4, "echo", serving, 2, ""), hev(evSynced, 4, "", 0, 0, ""))
-				return block(s)
-			},
-			code: 0, stdout: `"previous_generation"`,
+			name:  "json output",
+			args:  []string{"-o", "json", "reload", "echo", "--wait-healthy"},
+			watch: sendThenBlock(hev(evSnapshot, 4, "echo", serving, 2, ""), hev(evSynced, 4, "", 0, 0, "")),
+			code:  0, stdout: `"previous_generation"`,
 		},
 	}
 	for _, tt := range tests {

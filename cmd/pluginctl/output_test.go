@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -12,43 +13,49 @@ import (
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
 
-func TestRenderStatuses(t *testing.T) {
+// rendered returns what render writes; an error fails the test.
+func rendered(t *testing.T, render func(w io.Writer) error) string {
+	t.Helper()
 	var buf bytes.Buffer
-	err := renderStatuses(&buf, palette{}, []*plugincontrolv1.PluginStatus{
-		{Name: "echo", Generation: 2, State: plugincontrolv1.PluginState_PLUGIN_STATE_SERVING, Pid: 4242, Version: "1.0.0", Binary: "echo", Restarts: 1},
-		{Name: "broken-one", Generation: 0, State: plugincontrolv1.PluginState_PLUGIN_STATE_UNHEALTHY, Binary: "broken", LastError: "candidate failed\tat stage start:\nexit status 2"},
-	})
-	if err != nil {
+	if err := render(&buf); err != nil {
 		t.Fatal(err)
 	}
+	return buf.String()
+}
+
+func TestRenderStatuses(t *testing.T) {
+	got := rendered(t, func(w io.Writer) error {
+		return renderStatuses(w, palette{}, []*plugincontrolv1.PluginStatus{
+			{Name: "echo", Generation: 2, State: plugincontrolv1.PluginState_PLUGIN_STATE_SERVING, Pid: 4242, Version: "1.0.0", Binary: "echo", Restarts: 1},
+			{Name: "broken-one", Generation: 0, State: plugincontrolv1.PluginState_PLUGIN_STATE_UNHEALTHY, Binary: "broken", LastError: "candidate failed\tat stage start:\nexit status 2"},
+		})
+	})
 	want := "" +
 		"NAME        GEN  STATE      PID   VERSION  BINARY  RESTARTS  LAST ERROR\n" +
 		"echo        2    SERVING    4242  1.0.0    echo    1         -\n" +
 		"broken-one  0    UNHEALTHY  -     -        broken  0         candidate failed at stage start: exit status 2\n"
-	if buf.String() != want {
-		t.Errorf("table:\n%s\nwant:\n%s", buf.String(), want)
+	if got != want {
+		t.Errorf("table:\n%s\nwant:\n%s", got, want)
 	}
 }
 
 func TestRenderHealth(t *testing.T) {
-	var buf bytes.Buffer
-	err := renderHealth(&buf, palette{}, &plugincontrolv1.HealthResponse{
-		Revision: 17,
-		Plugins: []*plugincontrolv1.PluginHealth{
-			{Name: "echo", State: plugincontrolv1.PluginState_PLUGIN_STATE_DEGRADED, Generation: 3, PanicsInWindow: 1, LifetimePanics: 4, Crashes: 2, Restarts: 1, Reason: "panic: boom"},
-			{Name: "ok", State: plugincontrolv1.PluginState_PLUGIN_STATE_SERVING, Generation: 1},
-		},
+	got := rendered(t, func(w io.Writer) error {
+		return renderHealth(w, palette{}, &plugincontrolv1.HealthResponse{
+			Revision: 17,
+			Plugins: []*plugincontrolv1.PluginHealth{
+				{Name: "echo", State: plugincontrolv1.PluginState_PLUGIN_STATE_DEGRADED, Generation: 3, PanicsInWindow: 1, LifetimePanics: 4, Crashes: 2, Restarts: 1, Reason: "panic: boom"},
+				{Name: "ok", State: plugincontrolv1.PluginState_PLUGIN_STATE_SERVING, Generation: 1},
+			},
+		})
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := "" +
 		"NAME  STATE     GEN  PANICS(window)  CRASHES  RESTARTS  REASON\n" +
 		"echo  DEGRADED  3    1               2        1         panic: boom\n" +
 		"ok    SERVING   1    0               0        0         -\n" +
 		"revision: 17\n"
-	if buf.String() != want {
-		t.Errorf("table:\n%s\nwant:\n%s", buf.String(), want)
+	if got != want {
+		t.Errorf("table:\n%s\nwant:\n%s", got, want)
 	}
 }
 
@@ -67,10 +74,7 @@ func TestRenderReload(t *testing.T) {
 			DrainedCalls: 3,
 		},
 	}
-	var buf bytes.Buffer
-	if err := renderReload(&buf, palette{}, resp, false); err != nil {
-		t.Fatal(err)
-	}
+	got := rendered(t, func(w io.Writer) error { return renderReload(w, palette{}, resp, false) })
 	want := "" +
 		"NAME  GEN  STATE    PID  VERSION  BINARY  RESTARTS  LAST ERROR\n" +
 		"echo  2    SERVING  7    2        echo    0         -\n" +
@@ -81,15 +85,12 @@ func TestRenderReload(t *testing.T) {
 		"total    28ms\n" +
 		"candidate pid 7, version 2, 3 calls drained\n" +
 		"generation 1 -> 2\n"
-	if buf.String() != want {
-		t.Errorf("output:\n%s\nwant:\n%s", buf.String(), want)
+	if got != want {
+		t.Errorf("output:\n%s\nwant:\n%s", got, want)
 	}
-	buf.Reset()
-	if err := renderReload(&buf, palette{}, resp, true); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasSuffix(buf.String(), "validate only: the candidate passed and was discarded; generation 2 keeps serving\n") {
-		t.Errorf("validate-only output:\n%s", buf.String())
+	got = rendered(t, func(w io.Writer) error { return renderReload(w, palette{}, resp, true) })
+	if !strings.HasSuffix(got, "validate only: the candidate passed and was discarded; generation 2 keeps serving\n") {
+		t.Errorf("validate-only output:\n%s", got)
 	}
 }
 

@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,93 +25,33 @@ var bins string
 
 func TestMain(m *testing.M) {
 	testbin.Main(m, &bins, func(dir string) error {
-		if err := testbin.Plugins(filepath.Join(dir, "plugins")); err != nil {
-			return err
-		}
-		if err := testbin.Commands(dir); err != nil {
-			return err
-		}
-		if _, err := testbin.Tool(dir, "github.com/fullstorydev/grpcurl/cmd/grpcurl"); err != nil {
-			return err
-		}
-		_, err := testbin.Tool(dir, "github.com/grpc-ecosystem/grpc-health-probe")
-		return err
+		return testbin.DaemonBinaries(dir,
+			"github.com/fullstorydev/grpcurl/cmd/grpcurl",
+			"github.com/grpc-ecosystem/grpc-health-probe")
 	})
 }
 
-// daemon is a running plugind.
-type daemon struct {
-	cmd    *exec.Cmd
-	sock   string
-	state  string
-	stderr *lockedBuffer
-	done   chan error
-}
-
-// lockedBuffer is a bytes.Buffer safe to read while the process writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// daemon is a running plugind, with the helpers below.
+type daemon struct{ *testbin.Daemon }
 
 // startDaemon runs the built plugind with echo loaded in a fresh state
 // directory and waits until it answers. It is stopped with SIGTERM at
 // cleanup if the test did not.
 func startDaemon(t *testing.T, extra ...string) *daemon {
 	t.Helper()
-	state, err := os.MkdirTemp("", "pd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	return startDaemonIn(t, state, extra...)
+	return startDaemonIn(t, "", extra...)
 }
 
-// startDaemonIn is startDaemon on an existing state directory.
+// startDaemonIn is startDaemon on an existing state directory ("": a fresh
+// one).
 func startDaemonIn(t *testing.T, state string, extra ...string) *daemon {
 	t.Helper()
-	d := &daemon{sock: filepath.Join(state, "plugind.sock"), state: state, stderr: &lockedBuffer{}, done: make(chan error, 1)}
-	args := append([]string{"--plugin-dir", filepath.Join(bins, "plugins"), "--state-dir", state, "--load", "echo"}, extra...)
-	d.cmd = exec.Command(filepath.Join(bins, "plugind"), args...)
-	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.done <- d.cmd.Wait() }()
-	t.Cleanup(func() {
-		if d.cmd.ProcessState == nil {
-			_ = d.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-d.done:
-			case <-time.After(20 * time.Second):
-				_ = d.cmd.Process.Kill()
-				<-d.done
-			}
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		out, _ := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", "unix://"+d.sock, "list").CombinedOutput()
-		if strings.Contains(string(out), "SERVING") {
-			return d
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("plugind did not come up with echo serving: %s\nstderr:\n%s", out, d.stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return &daemon{testbin.StartDaemon(t, testbin.DaemonOptions{
+		Bin:      bins,
+		StateDir: state,
+		Load:     []string{"echo"},
+		Args:     extra,
+	})}
 }
 
 // run runs a built binary and returns its combined output and exit code.
@@ -138,7 +76,7 @@ func (d *daemon) grpcurl(t *testing.T, data string, args ...string) (string, int
 	if data != "" {
 		a = append(a, "-d", data)
 	}
-	a = append(a, "-unix", d.sock)
+	a = append(a, "-unix", d.Socket)
 	return run(t, "grpcurl", append(a, args...)...)
 }
 
@@ -149,6 +87,22 @@ func mustContain(t *testing.T, what, out string, wants ...string) {
 			t.Fatalf("%s: output lacks %q:\n%s", what, w, out)
 		}
 	}
+}
+
+// pluginPid returns the pid of the daemon's one plugin, from
+// "pluginctl -o json list".
+func (d *daemon) pluginPid(t *testing.T) int {
+	t.Helper()
+	out, _ := run(t, "pluginctl", "--addr", d.Addr(), "-o", "json", "list")
+	var list struct {
+		Plugins []struct{ Pid string } `json:"plugins"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Plugins) != 1 {
+		t.Fatalf("list: %v %s", err, out)
+	}
+	var pid int
+	fmt.Sscan(list.Plugins[0].Pid, &pid)
+	return pid
 }
 
 func TestGrpcurlWalkthrough(t *testing.T) {
@@ -193,7 +147,7 @@ func TestGrpcurlWalkthrough(t *testing.T) {
 	mustContain(t, "Health", out, "PLUGIN_STATE_SERVING", `"revision"`)
 
 	// A short WatchHealth: snapshot and SYNCED, then grpcurl's deadline.
-	out, _ = run(t, "grpcurl", "-plaintext", "-max-time", "1", "-d", `{"names":["echo"]}`, "-unix", d.sock, "plugincontrol.v1.PluginControlService/WatchHealth")
+	out, _ = run(t, "grpcurl", "-plaintext", "-max-time", "1", "-d", `{"names":["echo"]}`, "-unix", d.Socket, "plugincontrol.v1.PluginControlService/WatchHealth")
 	mustContain(t, "WatchHealth", out, "HEALTH_EVENT_TYPE_SNAPSHOT", "HEALTH_EVENT_TYPE_SYNCED")
 
 	out, code = d.grpcurl(t, `{"name":"nope"}`, "plugincontrol.v1.PluginControlService/Unload")
@@ -204,7 +158,7 @@ func TestGrpcurlWalkthrough(t *testing.T) {
 
 func TestPluginctlAndHealthProbe(t *testing.T) {
 	d := startDaemon(t)
-	addr := "unix://" + d.sock
+	addr := d.Addr()
 	ctl := func(args ...string) (string, int) {
 		return run(t, "pluginctl", append([]string{"--addr", addr}, args...)...)
 	}
@@ -250,7 +204,7 @@ func TestPluginctlAndHealthProbe(t *testing.T) {
 	// grpc_health_probe: SERVING, then NOT_SERVING once the plugin is
 	// UNHEALTHY (threshold 1: one panic).
 	probe := func(svc string) (string, int) {
-		return run(t, "grpc-health-probe", "-addr", "unix://"+d.sock, "-service", svc)
+		return run(t, "grpc-health-probe", "-addr", d.Addr(), "-service", svc)
 	}
 	if out, code := probe(""); code != 0 {
 		t.Fatalf("probe daemon: %d %s", code, out)
@@ -277,17 +231,9 @@ func TestPluginctlAndHealthProbe(t *testing.T) {
 
 func TestSigtermStopsEverything(t *testing.T) {
 	d := startDaemon(t)
-	out, _ := run(t, "pluginctl", "--addr", "unix://"+d.sock, "-o", "json", "list")
-	var list struct {
-		Plugins []struct{ Pid string } `json:"plugins"`
-	}
-	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Plugins) != 1 {
-		t.Fatalf("list: %v %s", err, out)
-	}
-	var pid int
-	fmt.Sscan(list.Plugins[0].Pid, &pid)
+	pid := d.pluginPid(t)
 	// An open watcher and a call in flight must not hold the shutdown.
-	watch := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", "unix://"+d.sock, "watch")
+	watch := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", d.Addr(), "watch")
 	if err := watch.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -309,16 +255,16 @@ func TestSigtermStopsEverything(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := d.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-d.done:
-		if err != nil {
-			t.Fatalf("plugind exited with %v\n%s", err, d.stderr)
+	case <-d.Exited():
+		if err := d.ExitErr(); err != nil {
+			t.Fatalf("plugind exited with %v\n%s", err, d.Stderr)
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatalf("plugind did not exit after SIGTERM\n%s", d.stderr)
+		t.Fatalf("plugind did not exit after SIGTERM\n%s", d.Stderr)
 	}
 	t.Logf("SIGTERM to exit: %v", time.Since(start))
 	if r := <-inflight; r.err != nil || r.payload != "1s" {
@@ -327,33 +273,25 @@ func TestSigtermStopsEverything(t *testing.T) {
 	if !testbin.WaitGone(pid, 5*time.Second) {
 		t.Fatalf("plugin %d survived SIGTERM", pid)
 	}
-	if _, err := os.Stat(d.sock); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(d.Socket); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("control socket left behind: %v", err)
 	}
-	if ents, _ := os.ReadDir(filepath.Join(d.state, "sockets")); len(ents) != 0 {
+	if ents, _ := os.ReadDir(filepath.Join(d.StateDir, "sockets")); len(ents) != 0 {
 		t.Fatalf("plugin socket directories left behind: %d", len(ents))
 	}
 }
 
 func TestSigkillOfDaemonTakesPluginsWithIt(t *testing.T) {
 	d := startDaemon(t)
-	out, _ := run(t, "pluginctl", "--addr", "unix://"+d.sock, "-o", "json", "list")
-	var list struct {
-		Plugins []struct{ Pid string } `json:"plugins"`
-	}
-	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Plugins) != 1 {
-		t.Fatalf("list: %v %s", err, out)
-	}
-	var pid int
-	fmt.Sscan(list.Plugins[0].Pid, &pid)
-	if err := d.cmd.Process.Kill(); err != nil {
+	pid := d.pluginPid(t)
+	if err := d.Cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	<-d.done
+	<-d.Exited()
 	if !testbin.WaitGone(pid, 5*time.Second) {
 		t.Fatalf("plugin %d outlived a SIGKILLed daemon", pid)
 	}
-	if c, err := net.Dial("unix", d.sock); err == nil {
+	if c, err := net.Dial("unix", d.Socket); err == nil {
 		c.Close()
 		t.Fatalf("stale socket still accepts connections")
 	}

@@ -6,16 +6,12 @@
 package contract_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -34,13 +30,7 @@ var (
 
 func TestMain(m *testing.M) {
 	testbin.Main(m, &bins, func(dir string) error {
-		if err := testbin.Plugins(filepath.Join(dir, "plugins")); err != nil {
-			return err
-		}
-		if err := testbin.Commands(dir); err != nil {
-			return err
-		}
-		if _, err := testbin.Tool(dir, "github.com/fullstorydev/grpcurl/cmd/grpcurl"); err != nil {
+		if err := testbin.DaemonBinaries(dir, "github.com/fullstorydev/grpcurl/cmd/grpcurl"); err != nil {
 			return err
 		}
 		image = filepath.Join(dir, "image.binpb")
@@ -55,48 +45,19 @@ func TestMain(m *testing.M) {
 
 // daemon is a running plugind.
 type daemon struct {
-	cmd    *exec.Cmd
-	sock   string
-	stderr *bytes.Buffer
-	done   chan error
+	*testbin.Daemon
+	sock string // the control socket, Daemon.Socket
 }
 
 // startDaemon runs the built plugind with echo loaded, in a fresh state
 // directory, and waits until echo serves. SIGTERM stops it at cleanup.
 func startDaemon(t *testing.T) *daemon {
 	t.Helper()
-	state, err := os.MkdirTemp("", "pd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	d := &daemon{sock: filepath.Join(state, "plugind.sock"), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	d.cmd = exec.Command(filepath.Join(bins, "plugind"), "--plugin-dir", filepath.Join(bins, "plugins"), "--state-dir", state, "--load", "echo")
-	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.done <- d.cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.done:
-		case <-time.After(20 * time.Second):
-			_ = d.cmd.Process.Kill()
-			<-d.done
-		}
+	d := testbin.StartDaemon(t, testbin.DaemonOptions{
+		Bin:  bins,
+		Load: []string{"echo"},
 	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		out, _ := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", "unix://"+d.sock, "list").CombinedOutput()
-		if strings.Contains(string(out), "SERVING") {
-			return d
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("plugind did not come up with echo serving: %s\nstderr:\n%s", out, d.stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return &daemon{Daemon: d, sock: d.Socket}
 }
 
 // grpcurl runs the built grpcurl and returns its combined output and exit

@@ -1,0 +1,185 @@
+package testbin
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// DaemonBinaries builds what StartDaemon runs: plugind and pluginctl into
+// dir (Commands) and the example plugins into dir/plugins (Plugins); and
+// into dir the pinned tools named by tools (Tool), for tests that drive the
+// daemon with them.
+func DaemonBinaries(dir string, tools ...string) error {
+	if err := Plugins(filepath.Join(dir, "plugins")); err != nil {
+		return err
+	}
+	if err := Commands(dir); err != nil {
+		return err
+	}
+	for _, pkg := range tools {
+		if _, err := Tool(dir, pkg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DaemonOptions says how StartDaemon runs plugind.
+type DaemonOptions struct {
+	// Bin is the directory holding the built plugind and pluginctl (see
+	// DaemonBinaries).
+	Bin string
+	// PluginDir is plugind's --plugin-dir. Empty: Bin/plugins, where
+	// DaemonBinaries builds the example plugins.
+	PluginDir string
+	// StateDir is plugind's --state-dir. Empty: a fresh temporary
+	// directory, removed at cleanup once the daemon has stopped.
+	StateDir string
+	// Load names the plugins loaded at start (--load, in order). With
+	// any, StartDaemon waits until "pluginctl list" shows one SERVING;
+	// without, until "pluginctl list" succeeds.
+	Load []string
+	// Args are more flags, after --plugin-dir, --state-dir and --load.
+	Args []string
+}
+
+// Daemon is a plugind started by StartDaemon.
+type Daemon struct {
+	// Cmd is the running plugind: signal or kill it with Cmd.Process.
+	// Wait for it with Exited, not Cmd.Wait.
+	Cmd *exec.Cmd
+	// Socket is the path of the control socket (in the state directory).
+	Socket string
+	// StateDir is the daemon's --state-dir.
+	StateDir string
+	// Stderr collects what plugind writes to its standard error.
+	Stderr *Buffer
+
+	exited chan struct{} // closed when plugind has exited
+	err    error         // Cmd.Wait's result; set before exited is closed
+}
+
+// StartDaemon runs the built plugind with opts and waits up to 15 seconds
+// until it answers pluginctl on its control socket (see
+// DaemonOptions.Load); if it does not, the test fails with pluginctl's
+// output and plugind's stderr. At cleanup, unless it has exited already,
+// plugind gets SIGTERM and, if it has not exited 20 seconds later,
+// SIGKILL; cleanup returns once it has exited.
+func StartDaemon(t testing.TB, opts DaemonOptions) *Daemon {
+	t.Helper()
+	state := opts.StateDir
+	if state == "" {
+		var err error
+		if state, err = os.MkdirTemp("", "pd-"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(state) })
+	}
+	d := &Daemon{Socket: filepath.Join(state, "plugind.sock"), StateDir: state, Stderr: &Buffer{}, exited: make(chan struct{})}
+	pluginDir := opts.PluginDir
+	if pluginDir == "" {
+		pluginDir = filepath.Join(opts.Bin, "plugins")
+	}
+	args := []string{"--plugin-dir", pluginDir, "--state-dir", state}
+	for _, name := range opts.Load {
+		args = append(args, "--load", name)
+	}
+	args = append(args, opts.Args...)
+	d.Cmd = exec.Command(filepath.Join(opts.Bin, "plugind"), args...)
+	d.Cmd.Stderr = d.Stderr
+	if err := d.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		d.err = d.Cmd.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-d.exited:
+			return
+		default:
+		}
+		_ = d.Cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(20 * time.Second):
+			_ = d.Cmd.Process.Kill()
+			<-d.exited
+		}
+	})
+	d.waitReady(t, opts)
+	return d
+}
+
+// waitReady waits until pluginctl list answers as opts.Load asks.
+func (d *Daemon) waitReady(t testing.TB, opts DaemonOptions) {
+	t.Helper()
+	what := "plugind did not come up"
+	if len(opts.Load) > 0 {
+		what += " with " + strings.Join(opts.Load, " or ") + " serving"
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, err := exec.Command(filepath.Join(opts.Bin, "pluginctl"), "--addr", d.Addr(), "list").CombinedOutput()
+		if len(opts.Load) == 0 && err == nil || len(opts.Load) > 0 && strings.Contains(string(out), "SERVING") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s\nstderr:\n%s", what, out, d.Stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Addr is the daemon's address for clients: "unix://" and the socket.
+func (d *Daemon) Addr() string { return "unix://" + d.Socket }
+
+// Exited is closed once plugind has exited; ExitErr then tells how.
+func (d *Daemon) Exited() <-chan struct{} { return d.exited }
+
+// ExitErr is the error of plugind's exit (nil for status 0), as Cmd.Wait
+// returns it. Call it only after Exited is closed.
+func (d *Daemon) ExitErr() error { return d.err }
+
+// Stop sends plugind SIGTERM and waits up to 20 seconds for it to exit;
+// the test fails if it does not, or if it exits with an error.
+func (d *Daemon) Stop(t testing.TB) {
+	t.Helper()
+	_ = d.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+		if d.err != nil {
+			t.Fatalf("plugind exit: %v\n%s", d.err, d.Stderr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("plugind did not stop")
+	}
+}
+
+// Buffer is a bytes.Buffer that is safe to read while a process writes
+// to it.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns what has been written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
