@@ -86,7 +86,7 @@ func startDaemon(e *env, tweaks ...func(*manager.Config)) (*daemon, error) {
 	d.srv = server.New(d.m, server.WithLogger(e.log), server.WithLimits(4<<20, 1024),
 		server.WithInterceptors(
 			[]grpc.UnaryServerInterceptor{met.GRPC.UnaryServerInterceptor()},
-			[]grpc.StreamServerInterceptor{met.GRPC.StreamServerInterceptor()}))
+			[]grpc.StreamServerInterceptor{metricsExceptWatch(met.GRPC.StreamServerInterceptor())}))
 	met.GRPC.InitializeMetrics(d.srv.GRPCServer())
 	go func() {
 		defer close(d.done)
@@ -309,4 +309,15 @@ func (p *bareProxy) Invoke(ctx context.Context, req *pb.InvokeRequest) (*pb.Invo
 func dialPlain(addr string) (*grpc.ClientConn, error) {
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
+}
+
+// metricsExceptWatch mirrors cmd/plugind: WatchHealth streams are left out of
+// the RPC metrics (plugincontrol_health_watchers counts them).
+func metricsExceptWatch(i grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if info.FullMethod == pb.PluginControlService_WatchHealth_FullMethodName {
+			return h(srv, ss)
+		}
+		return i(srv, ss, info, h)
+	}
 }

@@ -40,7 +40,7 @@ import (
 
 var (
 	flagShort    = flag.Bool("short", false, "CI mode: a few iterations, 300 watchers, 10 plugins instead of 100, 20 reloads instead of 200")
-	flagOut      = flag.String("out", "", "where to write the results (default bench/RESULTS.md in the repository; \"-\" to skip)")
+	flagOut      = flag.String("out", "", "where to write the results (default bench/RESULTS.md in the repository, nowhere with -short; \"-\" to skip)")
 	flagOnly     = flag.String("only", "", "comma-separated scenarios to run (default all): "+strings.Join(scenarioNames(), ", "))
 	flagCPU      = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	flagMem      = flag.String("memprofile", "", "write a heap profile (taken at the end of the run, or with the watchers connected in the watch scenario) to this file")
@@ -255,7 +255,10 @@ func run() (code int) {
 		fmt.Println("ERROR:", e)
 	}
 	out := *flagOut
-	if out == "" {
+	switch {
+	case out == "" && e.short:
+		out = "-" // a short run never replaces the full results
+	case out == "":
 		out = filepath.Join(testbin.Root(), "bench", "RESULTS.md")
 	}
 	if out != "-" {

@@ -76,9 +76,7 @@ func runWatch(e *env) ([]row, error) {
 	// plugind allows 1024 streams per connection (--max-streams-per-conn):
 	// past that, grpc-go clients queue new streams.
 	conns = max(conns, (n+999)/1000)
-	// plugind's --max-watchers (10000) counts the server's own
-	// grpc.health.v1 mirror: allow N client watchers.
-	d, err := startDaemon(e, func(c *manager.Config) { c.MaxWatchers = n + 1 })
+	d, err := startDaemon(e, func(c *manager.Config) { c.MaxWatchers = n })
 	if err != nil {
 		return nil, err
 	}
@@ -88,6 +86,16 @@ func runWatch(e *env) ([]row, error) {
 	// No recovery timer, no UNHEALTHY: every trigger is one CHANGED event.
 	policy := &pb.HealthPolicy{PanicThreshold: 1000, PanicWindow: durationpb.New(24 * time.Hour)}
 	if err := d.load(ctx, "echo", policy); err != nil {
+		return nil, err
+	}
+	// The compact view's watchers get a daemon of their own: a change on
+	// one daemon must reach only its own contender's watchers.
+	dc, err := startDaemon(e, func(c *manager.Config) { c.MaxWatchers = n })
+	if err != nil {
+		return nil, err
+	}
+	defer dc.close()
+	if err := dc.load(ctx, "echo", policy); err != nil {
 		return nil, err
 	}
 	h, err := startHealthRef(e)
@@ -110,8 +118,8 @@ func runWatch(e *env) ([]row, error) {
 		bare[i] = bw
 		bw.addr = bs.addr()
 	}
-	fs := []*fanout{
-		{name: "plugind", trigger: func(int) error {
+	panicIn := func(d *daemon) func(int) error {
+		return func(int) error {
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
@@ -120,7 +128,10 @@ func runWatch(e *env) ([]row, error) {
 			}()
 			<-done
 			return nil
-		}},
+		}
+	}
+	fs := []*fanout{
+		{name: "plugind", trigger: panicIn(d)},
 		{name: "grpc", trigger: func(i int) error {
 			st := healthpb.HealthCheckResponse_NOT_SERVING
 			if i%2 == 0 {
@@ -132,8 +143,9 @@ func runWatch(e *env) ([]row, error) {
 		{name: "plugind", trigger: func(i int) error { bare[0].publish(i); return nil }},
 		{name: "plugind", trigger: func(i int) error { bare[1].publish(i); return nil }},
 		{name: "plugind", trigger: func(i int) error { bare[2].publish(i); return nil }},
+		{name: "plugind-compact", trigger: panicIn(dc)},
 	}
-	addrs := []string{d.addr(), h.addr(), bare[0].addr, bare[1].addr, bare[2].addr}
+	addrs := []string{d.addr(), h.addr(), bare[0].addr, bare[1].addr, bare[2].addr, dc.addr()}
 	defer func() {
 		for _, f := range fs {
 			f.close()
@@ -154,8 +166,10 @@ func runWatch(e *env) ([]row, error) {
 			}
 		}
 	}
-	pf, gf, bf, ef, cf := fs[0], fs[1], fs[2], fs[3], fs[4]
+	pf, gf, bf, ef, cf, vf := fs[0], fs[1], fs[2], fs[3], fs[4], fs[5]
 	lr := ratio(float64(pf.last.p50()), float64(gf.last.p50()))
+	vr := ratio(float64(vf.last.p50()), float64(gf.last.p50()))
+	vmr := ratio(vf.heap+vf.stack, gf.heap+gf.stack)
 	mr := ratio(pf.heap+pf.stack, gf.heap+gf.stack)
 	name := fmt.Sprintf("WatchHealth fan-out, %d watchers on %d conns", n, conns)
 	lat := func(f *fanout) string { return fmtDur(f.last.p50()) + " / " + fmtDur(f.last.p99()) }
@@ -173,6 +187,13 @@ func runWatch(e *env) ([]row, error) {
 			note: fmt.Sprintf("heap %s vs %s, stacks %s vs %s, goroutines %.1f vs %.1f per watcher; heap right after sync %s vs %s",
 				fmtBytes(pf.heap), fmtBytes(gf.heap), fmtBytes(pf.stack), fmtBytes(gf.stack), pf.gor, gf.gor,
 				fmtBytes(pf.heapSynced), fmtBytes(gf.heapSynced)),
+		},
+		{
+			scenario: name + ", HEALTH_VIEW_COMPACT", measure: "1 change until the last watcher has it, p50 / p99 (watchers asking for the compact view)",
+			plugind: lat(vf), ref: "grpc-go Watch " + lat(gf),
+			ratio: vr, target: "p50 ≤ 1.0", ok: okIf(vr <= 1.0),
+			note: fmt.Sprintf("median watcher %s; memory %s per watcher (ratio %.2f)",
+				fmtDur(vf.half.p50()), fmtBytes(vf.heap+vf.stack), vmr),
 		},
 		{
 			scenario: name + ", floor", measure: "grpc-go health.Server's fan-out sending plugind's event",
@@ -372,8 +393,12 @@ func watchClient(kind, addr string, n, conns int) int {
 			sem <- struct{}{}
 			cc := ccs[i%conns]
 			switch kind {
-			case "plugind":
-				st, err := pb.NewPluginControlServiceClient(cc).WatchHealth(ctx, &pb.WatchHealthRequest{Names: []string{"echo"}})
+			case "plugind", "plugind-compact":
+				req := &pb.WatchHealthRequest{Names: []string{"echo"}}
+				if kind == "plugind-compact" {
+					req.View = pb.HealthView_HEALTH_VIEW_COMPACT
+				}
+				st, err := pb.NewPluginControlServiceClient(cc).WatchHealth(ctx, req)
 				if err != nil {
 					<-sem
 					fail(err)

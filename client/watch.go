@@ -28,6 +28,7 @@ type WatchOption func(*watchOptions)
 type watchOptions struct {
 	callback    func(*plugincontrolv1.HealthEvent)
 	viewOnly    bool
+	compact     bool
 	since       uint64
 	backoffInit time.Duration
 	backoffMax  time.Duration
@@ -47,6 +48,12 @@ func WithCallback(fn func(*plugincontrolv1.HealthEvent)) WatchOption {
 // Changed. Without it (and without WithCallback) the caller must drain
 // Events, or the watcher stops reading the stream.
 func ViewOnly() WatchOption { return func(o *watchOptions) { o.viewOnly = true } }
+
+// WithCompactView asks the daemon for HEALTH_VIEW_COMPACT events: each
+// PluginHealth carries only name, state, generation and revision (in
+// events and in View). For watchers that follow states only; one change
+// reaches many such watchers sooner. Client.Health returns the full record.
+func WithCompactView() WatchOption { return func(o *watchOptions) { o.compact = true } }
 
 // WithSinceRevision starts the first stream after revision rev (from
 // Health, or a revision saved by an earlier Watcher) instead of with a
@@ -245,7 +252,11 @@ func (w *Watcher) stream(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	since := w.Revision()
-	s, err := w.c.control.WatchHealth(ctx, &plugincontrolv1.WatchHealthRequest{Names: w.names, SinceRevision: since})
+	req := &plugincontrolv1.WatchHealthRequest{Names: w.names, SinceRevision: since}
+	if w.opts.compact {
+		req.View = plugincontrolv1.HealthView_HEALTH_VIEW_COMPACT
+	}
+	s, err := w.c.control.WatchHealth(ctx, req)
 	if err != nil {
 		return 0, err
 	}

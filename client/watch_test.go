@@ -108,6 +108,39 @@ func TestWatchConverges(t *testing.T) {
 	}
 }
 
+// TestWatchCompactView: with WithCompactView the view holds only name,
+// state, generation and revision, and follows loads and reloads.
+func TestWatchCompactView(t *testing.T) {
+	d := newDaemon(t, daemonConfig{})
+	c := dial(t, d.addr())
+	load(t, c, "a")
+	w, err := c.Watch(context.Background(), nil, ViewOnly(), WithCompactView())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	h := waitView(t, w, "a")["a"]
+	if h.GetSince() != nil || h.GetGeneration() != 1 || h.GetRevision() == 0 {
+		t.Fatalf("compact view of a: %v", h)
+	}
+	if _, err := c.Reload(context.Background(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.After(20 * time.Second); w.View()["a"].GetGeneration() != 2; {
+		select {
+		case <-w.Changed():
+		case <-deadline:
+			t.Fatalf("view of a after the reload: %v", w.View()["a"])
+		}
+	}
+	if h := w.View()["a"]; h.GetSince() != nil || h.GetName() != "a" {
+		t.Fatalf("compact view of a after the reload: %v", h)
+	}
+	if full, _, err := c.Health(context.Background(), "a"); err != nil || full[0].GetSince() == nil {
+		t.Fatalf("Health of a: %v %v", full, err)
+	}
+}
+
 // TestWatchCompactedResume: resuming from a revision the daemon's history
 // no longer holds gives a reset snapshot; the view still converges.
 func TestWatchCompactedResume(t *testing.T) {

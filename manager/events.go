@@ -4,7 +4,7 @@ import (
 	"cmp"
 	"context"
 	"slices"
-	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -55,6 +55,7 @@ type events struct {
 	history []Event // the last events, oldest first, at most 2*size
 	size    int     // history kept after compaction
 	subs    map[*Watch]struct{}
+	counted int // watches in subs counted against Config.MaxWatchers
 	closed  bool
 	// hwm is the durable revision high-water mark: revisions up to it may
 	// be handed out; reaching it reserves another block first, so
@@ -98,12 +99,13 @@ func (ev *events) publish(t EventType, h Health) uint64 {
 	} else {
 		ev.latest[h.Name] = h
 	}
-	e := Event{Type: t, Revision: ev.rev, Health: h}
+	e := &Event{Type: t, Revision: ev.rev, Health: h}
 	if len(ev.history) >= 2*ev.size {
 		// Compact in bulk (amortized O(1) per event): keep the newest size.
 		ev.history = append(ev.history[:0], ev.history[len(ev.history)-ev.size:]...)
 	}
-	ev.history = append(ev.history, e)
+	ev.history = append(ev.history, *e)
+	// Every watcher keeps a pointer to the one read-only copy.
 	for w := range ev.subs {
 		w.offer(e)
 	}
@@ -128,7 +130,7 @@ func (ev *events) snapshot(names map[string]bool) ([]Health, uint64) {
 			out = append(out, h)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	slices.SortFunc(out, func(a, b Health) int { return strings.Compare(a.Name, b.Name) })
 	return out, ev.rev
 }
 
@@ -140,38 +142,91 @@ func (ev *events) close() {
 		w.end()
 	}
 	ev.subs = map[*Watch]struct{}{}
+	ev.counted = 0
 }
 
 // Watch is a subscription to health events. Read it with Next; Close it when
 // done.
+//
+// Memory matters here (a daemon may hold 10,000 watches): a watch of one
+// plugin keeps its name rather than a map, and the pending set is a short
+// slice of pointers to the published events (shared by every watcher) until
+// it outgrows smallPending.
 type Watch struct {
-	ev     *events
-	filter map[string]bool
+	ev       *events
+	internal bool            // not counted against Config.MaxWatchers
+	only     string          // the one plugin watched, or ""
+	filter   map[string]bool // the plugins watched when more than one; nil: all
 
-	mu      sync.Mutex // guards initial, pending, ended
+	mu      sync.Mutex // guards initial, pending, pendingMap, ended
 	initial []Event    // snapshot or replay, then SYNCED
-	pending map[string]Event
-	ended   bool
-	notify  chan struct{} // 1 slot: something is pending or ended
+	pending []*Event   // latest per plugin, at most smallPending
+	// pendingMap replaces pending when a slow watcher of many plugins has
+	// more than smallPending of them pending.
+	pendingMap map[string]*Event
+	ended      bool
+	notify     chan struct{} // 1 slot: something is pending or ended
+}
+
+const smallPending = 8
+
+// wants reports whether the watch covers plugin name.
+func (w *Watch) wants(name string) bool {
+	switch {
+	case w.only != "":
+		return name == w.only
+	case w.filter != nil:
+		return w.filter[name]
+	}
+	return true
 }
 
 // offer queues e, replacing an older pending event of the same plugin;
 // called with ev.mu held, never blocks.
-func (w *Watch) offer(e Event) {
-	if len(w.filter) > 0 && !w.filter[e.Health.Name] {
+func (w *Watch) offer(e *Event) {
+	if !w.wants(e.Health.Name) {
 		return
 	}
 	w.mu.Lock()
-	if _, dup := w.pending[e.Health.Name]; dup {
+	if w.put(e) {
 		w.ev.coalesced.Add(1)
 	}
-	w.pending[e.Health.Name] = e
 	w.mu.Unlock()
 	select {
 	case w.notify <- struct{}{}:
 	default:
 	}
 }
+
+// put records e as the pending event of its plugin and reports whether it
+// replaced one; w.mu is held.
+func (w *Watch) put(e *Event) (replaced bool) {
+	name := e.Health.Name
+	if w.pendingMap != nil {
+		_, replaced = w.pendingMap[name]
+		w.pendingMap[name] = e
+		return replaced
+	}
+	for i, p := range w.pending {
+		if p.Health.Name == name {
+			w.pending[i] = e
+			return true
+		}
+	}
+	if len(w.pending) < smallPending {
+		w.pending = append(w.pending, e)
+		return false
+	}
+	w.pendingMap = make(map[string]*Event, 2*smallPending)
+	for _, p := range w.pending {
+		w.pendingMap[p.Health.Name] = p
+	}
+	w.pendingMap[name] = e
+	w.pending = nil
+	return false
+}
+
+func (w *Watch) hasPending() bool { return len(w.pending) > 0 || len(w.pendingMap) > 0 }
 
 func (w *Watch) end() {
 	w.mu.Lock()
@@ -188,25 +243,41 @@ func (w *Watch) end() {
 // with since > 0 it replays the events after since, or sends a snapshot
 // flagged Reset when since is no longer in the history. Either way a
 // SYNCED event follows, then live changes in revision order.
-func (m *Manager) Watch(names []string, since uint64) (*Watch, error) {
-	filter := make(map[string]bool, len(names))
+//
+// Past Config.MaxWatchers open watches (Internal ones aside) it returns a
+// *LimitError.
+func (m *Manager) Watch(names []string, since uint64, opts ...WatchOption) (*Watch, error) {
 	for _, n := range names {
 		if err := ValidateName(n); err != nil {
 			return nil, err
 		}
-		filter[n] = true
 	}
 	ev := m.events
-	w := &Watch{ev: ev, filter: filter, pending: make(map[string]Event), notify: make(chan struct{}, 1)}
+	w := &Watch{ev: ev, notify: make(chan struct{}, 1)}
+	for _, o := range opts {
+		o(w)
+	}
+	switch {
+	case len(names) == 1:
+		w.only = names[0]
+	case len(names) > 1:
+		w.filter = make(map[string]bool, len(names))
+		for _, n := range names {
+			w.filter[n] = true
+		}
+	}
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
 	if ev.closed {
 		return nil, ErrClosed
 	}
-	if len(ev.subs) >= m.cfg.MaxWatchers {
-		return nil, &LimitError{Limit: "max_watchers", Value: m.cfg.MaxWatchers}
+	if !w.internal {
+		if ev.counted >= m.cfg.MaxWatchers {
+			return nil, &LimitError{Limit: "max_watchers", Value: m.cfg.MaxWatchers}
+		}
+		ev.counted++
 	}
-	match := func(n string) bool { return len(filter) == 0 || filter[n] }
+	match := w.wants
 	oldest := ev.rev + 1
 	if len(ev.history) > 0 {
 		oldest = ev.history[0].Revision
@@ -225,7 +296,7 @@ func (m *Manager) Watch(names []string, since uint64) (*Watch, error) {
 				w.initial = append(w.initial, Event{Type: EventSnapshot, Revision: h.Revision, Health: h, Reset: reset})
 			}
 		}
-		sort.Slice(w.initial, func(i, j int) bool { return w.initial[i].Health.Name < w.initial[j].Health.Name })
+		slices.SortFunc(w.initial, func(a, b Event) int { return strings.Compare(a.Health.Name, b.Health.Name) })
 	}
 	// SYNCED carries Reset too, so a watcher learns of a reset even when
 	// no plugin matches (for example after a daemon restart with none
@@ -260,19 +331,30 @@ func (w *Watch) Next(ctx context.Context) ([]Event, error) {
 
 // Poll returns the events ready now, in revision order, without waiting,
 // and whether the watch has ended (the manager shut down).
-func (w *Watch) Poll() (evs []Event, ended bool) {
+func (w *Watch) Poll() (evs []Event, ended bool) { return w.PollInto(nil) }
+
+// PollInto is Poll appending to buf[:0], so that a reader looping on a
+// watch reuses one buffer.
+func (w *Watch) PollInto(buf []Event) (evs []Event, ended bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.initial != nil {
 		evs, w.initial = w.initial, nil
 		return evs, false
 	}
-	if len(w.pending) > 0 {
-		evs = make([]Event, 0, len(w.pending))
+	if w.hasPending() {
+		evs = buf[:0]
 		for _, e := range w.pending {
-			evs = append(evs, e)
+			evs = append(evs, *e)
+		}
+		for _, e := range w.pendingMap {
+			evs = append(evs, *e)
 		}
 		clear(w.pending)
+		w.pending = w.pending[:0]
+		// A watch that outgrew the slice keeps its map: it watches many
+		// plugins and will need it again.
+		clear(w.pendingMap)
 		slices.SortFunc(evs, func(a, b Event) int { return cmp.Compare(a.Revision, b.Revision) })
 		return evs, false
 	}
@@ -290,19 +372,28 @@ func (w *Watch) Bookmark() (uint64, bool) {
 	defer w.ev.mu.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.initial != nil || len(w.pending) > 0 {
+	if w.initial != nil || w.hasPending() {
 		return 0, false
 	}
 	return w.ev.rev, true
 }
 
-// Watchers returns the number of open watches (including the server's
-// grpc.health.v1 mirror).
+// Watchers returns the number of open watches counted against
+// Config.MaxWatchers (Internal ones, like the server's grpc.health.v1
+// mirror, are not).
 func (m *Manager) Watchers() int {
 	m.events.mu.Lock()
 	defer m.events.mu.Unlock()
-	return len(m.events.subs)
+	return m.events.counted
 }
+
+// WatchOption configures Watch.
+type WatchOption func(*Watch)
+
+// Internal marks a watch the daemon makes for itself (the server's
+// grpc.health.v1 mirror): Config.MaxWatchers and Watchers count only the
+// others, so the limit is the number of client streams it says.
+func Internal() WatchOption { return func(w *Watch) { w.internal = true } }
 
 // CoalescedEvents returns how many events slow watchers skipped because a
 // newer state of the same plugin replaced them before they were read.
@@ -314,10 +405,19 @@ func (w *Watch) Revision() uint64 { return w.ev.revision() }
 // Close ends the subscription.
 func (w *Watch) Close() {
 	w.ev.mu.Lock()
-	delete(w.ev.subs, w)
+	if _, open := w.ev.subs[w]; open {
+		delete(w.ev.subs, w)
+		if !w.internal {
+			w.ev.counted--
+		}
+	}
 	w.ev.mu.Unlock()
 	w.end()
 }
+
+// Revision returns the current health revision: a cheap way to tell whether
+// anything changed since a Health or Watch result.
+func (m *Manager) Revision() uint64 { return m.events.revision() }
 
 // Health returns the current health of the named plugins (all when names is
 // empty) and the revision. An unknown name is ErrNotFound.

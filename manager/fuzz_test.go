@@ -22,6 +22,9 @@ func FuzzSpecValidate(f *testing.F) {
 		f.Add(s.name, s.binary, s.sha, s.arg, s.envK)
 	}
 	f.Fuzz(func(t *testing.T, name, binary, sha, arg, envK string) {
+		if validName(name) != nameRE.MatchString(name) {
+			t.Fatalf("validName(%q) = %v, the rule says %v", name, validName(name), nameRE.MatchString(name))
+		}
 		s := Spec{Name: name, Binary: binary, SHA256: sha, Args: []string{arg}, Env: map[string]string{envK: "v"}}
 		if err := s.Validate(); err != nil {
 			if _, ok := err.(*InvalidError); !ok {

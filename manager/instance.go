@@ -95,14 +95,20 @@ func (i *instance) intended() bool {
 	return i.stopping
 }
 
+// markStopping records that the process is about to be stopped: its exit
+// is intended, and no call is admitted any more.
+func (i *instance) markStopping() {
+	i.mu.Lock()
+	i.stopping = true
+	i.draining = true
+	i.mu.Unlock()
+}
+
 // stop kills the process and its process group and removes the socket
 // directory. It is idempotent and waits until the process is gone.
 func (i *instance) stop() {
 	i.stopOnce.Do(func() {
-		i.mu.Lock()
-		i.stopping = true
-		i.draining = true
-		i.mu.Unlock()
+		i.markStopping()
 		killClient(i.client, i.pid, i.pipes)
 		if i.reap != nil {
 			i.reap.remove(i.pid)

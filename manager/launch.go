@@ -113,6 +113,17 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	if err := ctx.Err(); err != nil {
 		return fail(StageResolve, err, nil)
 	}
+	// Unpinned: the digest of what was resolved is reported in the status.
+	// Hash it while the plugin starts rather than after it is ready (cached
+	// by file identity, so an unchanged binary is hashed once).
+	var digest chan string
+	if c.spec.SHA256 == "" {
+		digest = make(chan string, 1)
+		go func() {
+			d, _ := m.digests.digest(path)
+			digest <- d
+		}()
+	}
 
 	// 2. start (and checksum, inside go-plugin's Start)
 	sockDir, err := os.MkdirTemp(m.sockRoot, c.spec.Name+"-")
@@ -246,10 +257,8 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	}
 	clock.done(StageReady)
 
-	if inst.sha256 == "" {
-		// Unpinned: report the digest of what was resolved (cached by file
-		// identity, so unchanged binaries are hashed once).
-		if d, err := m.digests.digest(path); err == nil {
+	if digest != nil {
+		if d := <-digest; d != "" {
 			inst.sha256 = d
 		}
 	}

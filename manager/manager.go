@@ -55,7 +55,8 @@ type Config struct {
 	CallTimeout time.Duration
 	// MaxPlugins caps loaded plugins (0: 1000).
 	MaxPlugins int
-	// MaxWatchers caps concurrent health watches (0: 10000).
+	// MaxWatchers caps concurrent health watches (0: 10000); Internal
+	// watches are not counted.
 	MaxWatchers int
 	// OnCandidate, if set, is called after every candidate pipeline run
 	// (for metrics): action is load, reload, validate, restart, restore or

@@ -16,6 +16,13 @@ func (e *entry) recordLocked() PluginRecord {
 // audit appends one audit record; a failure is logged (the mutation it
 // describes has already happened or failed on its own).
 func (m *Manager) audit(ctx context.Context, action, plugin string, oldGen, newGen uint64, inst *instance, spec Spec, err error) {
+	r := auditRecord(ctx, action, plugin, oldGen, newGen, inst, spec, err)
+	if aerr := m.store.AppendAudit(r); aerr != nil {
+		m.log.Error("audit record lost", slog.String("plugin", plugin), slog.String("action", action), slog.String("error", aerr.Error()))
+	}
+}
+
+func auditRecord(ctx context.Context, action, plugin string, oldGen, newGen uint64, inst *instance, spec Spec, err error) *AuditRecord {
 	r := &AuditRecord{
 		Time:          time.Now(),
 		Caller:        CallerFrom(ctx),
@@ -34,9 +41,17 @@ func (m *Manager) audit(ctx context.Context, action, plugin string, oldGen, newG
 	if err != nil {
 		r.Outcome, r.Error = "failed", err.Error()
 	}
-	if aerr := m.store.AppendAudit(r); aerr != nil {
-		m.log.Error("audit record lost", slog.String("plugin", plugin), slog.String("action", action), slog.String("error", aerr.Error()))
+	return r
+}
+
+// persist records rec durably before a mutation is acknowledged, with the
+// audit record of its success in the same transaction when the store can
+// (audited reports that it did; otherwise the caller audits on its own).
+func (m *Manager) persist(rec PluginRecord, ok *AuditRecord) (audited bool, err error) {
+	if as, yes := m.store.(AuditedStore); yes {
+		return true, as.PutPluginAudited(rec, ok)
 	}
+	return false, m.store.PutPlugin(rec)
 }
 
 // Audit returns audit records newest first: of plugin name (all when

@@ -43,18 +43,27 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 	m.mu.Unlock()
 
 	inst, rep, err := m.launch(ctx, candidate{action: "load", spec: spec, gen: 1})
+	audited := false
 	if err == nil {
-		// Persisted before it is acknowledged (and before it serves).
-		if perr := m.store.PutPlugin(PluginRecord{Spec: spec, Generation: 1, PluginName: inst.pluginName}); perr != nil {
+		// Persisted before it is acknowledged (and before it serves),
+		// with its audit record when the store can do both at once.
+		var perr error
+		audited, perr = m.persist(PluginRecord{Spec: spec, Generation: 1, PluginName: inst.pluginName},
+			auditRecord(ctx, "load", spec.Name, 0, 1, inst, spec, nil))
+		if perr != nil {
+			audited = false
 			inst.stop()
 			err = fmt.Errorf("plugin %q: persisting desired state: %w", spec.Name, perr)
 		} else if !m.activate(e, inst, true) {
+			audited = false // the record said ok: say what happened after it
 			inst.stop()
 			_ = m.store.DeletePlugin(spec.Name)
 			err = ErrClosed
 		}
 	}
-	m.audit(ctx, "load", spec.Name, 0, uint64(b2i(err == nil)), inst, spec, err)
+	if !audited {
+		m.audit(ctx, "load", spec.Name, 0, uint64(b2i(err == nil)), inst, spec, err)
+	}
 	if err != nil {
 		m.mu.Lock()
 		if m.plugins[spec.Name] == e {
@@ -182,7 +191,11 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 	}
 	// Persisted before the swap: if the daemon dies right after, the
 	// restore relaunches what this call was about to acknowledge.
-	if perr := m.store.PutPlugin(PluginRecord{Spec: spec, Generation: inst.gen, PluginName: inst.pluginName}); perr != nil {
+	// The audit record of the swap goes in the same transaction when the
+	// store can do both at once (one fsync).
+	audited, perr := m.persist(PluginRecord{Spec: spec, Generation: inst.gen, PluginName: inst.pluginName},
+		auditRecord(ctx, action, req.Name, activeGen, inst.gen, inst, spec, nil))
+	if perr != nil {
 		inst.stop()
 		err := fmt.Errorf("plugin %q: persisting desired state: %w", req.Name, perr)
 		m.audit(ctx, action, req.Name, activeGen, activeGen, inst, spec, err)
@@ -193,9 +206,14 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 	start := time.Now()
 	if !m.activate(e, inst, true) {
 		inst.stop()
+		if audited {
+			m.audit(ctx, action, req.Name, activeGen, activeGen, inst, spec, ErrClosed)
+		}
 		return nil, ErrClosed
 	}
-	m.audit(ctx, action, req.Name, activeGen, inst.gen, inst, spec, nil)
+	if !audited {
+		m.audit(ctx, action, req.Name, activeGen, inst.gen, inst, spec, nil)
+	}
 	rep.Stages = append(rep.Stages, StageTiming{Stage: StageSwap, Duration: time.Since(start)})
 
 	// 7. drain the old generation, then stop it.
@@ -206,7 +224,17 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 			timeout = m.cfg.DrainTimeout
 		}
 		rep.DrainedCalls, rep.DrainTimedOut = old.drain(timeout)
-		old.stop()
+		// The old generation serves nothing any more: stop its process
+		// (go-plugin's graceful Kill takes a few ms, up to 500ms for a
+		// plugin that ignores it) in the background rather than in the
+		// caller's time; Close waits for it. Its exit is intended from now
+		// on, not a crash, and its socket directory goes now: nothing
+		// connects to it any more (the connection made at launch lives on).
+		old.markStopping()
+		removeSockDir(old.sockDir)
+		if !m.startBackground(old.stop) {
+			old.stop()
+		}
 		rep.Stages = append(rep.Stages, StageTiming{Stage: StageDrain, Duration: time.Since(start)})
 		if rep.DrainTimedOut {
 			m.log.Warn("drain timed out; old generation stopped with calls in flight",

@@ -50,9 +50,19 @@ func resolveBinary(dir, binary string) (string, error) {
 // digestCache remembers the SHA-256 of binaries by file identity (device,
 // inode, size, mtime, ctime), so an unpinned Reload of an unchanged binary
 // does not hash megabytes again. A rewritten file changes its identity.
+// Concurrent requests for the same file share one computation: 100 parallel
+// Loads of one binary hash it once, not 100 times.
 type digestCache struct {
-	mu sync.Mutex // guards m
-	m  map[fileID]string
+	mu       sync.Mutex // guards m and inflight
+	m        map[fileID]string
+	inflight map[fileID]*digestCall
+}
+
+// digestCall is one computation that callers of the same file wait for.
+type digestCall struct {
+	done chan struct{}
+	d    string
+	err  error
 }
 
 type fileID struct {
@@ -85,26 +95,44 @@ func (c *digestCache) digest(path string) (string, error) {
 		return "", err
 	}
 	id, ok := identify(fi)
-	if ok {
-		c.mu.Lock()
-		d, hit := c.m[id]
-		c.mu.Unlock()
-		if hit {
-			return d, nil
-		}
+	if !ok {
+		return hashFile(f)
 	}
+	c.mu.Lock()
+	if d, hit := c.m[id]; hit {
+		c.mu.Unlock()
+		return d, nil
+	}
+	if call := c.inflight[id]; call != nil {
+		c.mu.Unlock()
+		<-call.done
+		return call.d, call.err
+	}
+	call := &digestCall{done: make(chan struct{})}
+	if c.inflight == nil {
+		c.inflight = make(map[fileID]*digestCall)
+	}
+	c.inflight[id] = call
+	c.mu.Unlock()
+
+	call.d, call.err = hashFile(f)
+	c.mu.Lock()
+	delete(c.inflight, id)
+	if call.err == nil {
+		if c.m == nil || len(c.m) > 1024 {
+			c.m = make(map[fileID]string)
+		}
+		c.m[id] = call.d
+	}
+	c.mu.Unlock()
+	close(call.done)
+	return call.d, call.err
+}
+
+func hashFile(f *os.File) (string, error) {
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
 		return "", err
 	}
-	d := hex.EncodeToString(h.Sum(nil))
-	if ok {
-		c.mu.Lock()
-		if c.m == nil || len(c.m) > 1024 {
-			c.m = make(map[fileID]string)
-		}
-		c.m[id] = d
-		c.mu.Unlock()
-	}
-	return d, nil
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

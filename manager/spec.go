@@ -76,15 +76,31 @@ const (
 	maxPanicLimit = 1000
 )
 
-var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
 var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // ValidateName checks an instance name.
 func ValidateName(name string) error {
-	if !nameRE.MatchString(name) {
+	if !validName(name) {
 		return &InvalidError{Field: "name", Reason: fmt.Sprintf("%q must match ^[a-z][a-z0-9-]{0,62}$", truncate(name, 80))}
 	}
 	return nil
+}
+
+// nameRE is the rule validName implements (the fuzz test checks they agree).
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+
+// validName reports whether name matches ^[a-z][a-z0-9-]{0,62}$. It runs on
+// every Invoke (lookup), so it is a loop rather than a regexp (~10x faster).
+func validName(name string) bool {
+	if len(name) == 0 || len(name) > 63 || name[0] < 'a' || name[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(name); i++ {
+		if c := name[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // Validate checks every field of s without touching the filesystem. It

@@ -27,6 +27,13 @@ type Store interface {
 	Audit(name string, before uint64, limit int) ([]AuditRecord, error)
 }
 
+// AuditedStore is a Store that can write a plugin record and the audit
+// record of the mutation in one durable transaction. Load and Reload use it
+// when the Store has it: one fsync instead of two on their critical path.
+type AuditedStore interface {
+	PutPluginAudited(PluginRecord, *AuditRecord) error
+}
+
 // PluginRecord is the durable desired state of one plugin.
 type PluginRecord struct {
 	Spec Spec

@@ -76,7 +76,7 @@ var (
 	descRestarts = prometheus.NewDesc("plugincontrol_plugin_restarts_total",
 		"Supervisor restarts of the plugin since it was loaded.", []string{"plugin"}, nil)
 	descWatchers = prometheus.NewDesc("plugincontrol_health_watchers",
-		"Open health watches (WatchHealth streams plus the grpc.health.v1 mirror).", nil, nil)
+		"Open WatchHealth streams (the limit --max-watchers applies to).", nil, nil)
 	descCoalesced = prometheus.NewDesc("plugincontrol_health_events_coalesced_total",
 		"Health events a slow watcher skipped because a newer state of the same plugin replaced them.", nil, nil)
 	descRevision = prometheus.NewDesc("plugincontrol_health_revision",

@@ -6,6 +6,7 @@ import (
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
+	protobuf "google.golang.org/protobuf/proto"
 )
 
 // control implements PluginControlService: validate and map, then call the
@@ -77,7 +78,24 @@ func (c *control) ListPlugins(context.Context, *pb.ListPluginsRequest) (*pb.List
 	return out, nil
 }
 
+// healthAll is the response of Health for all plugins at one revision.
+// Nothing changes at the same revision, so every caller until the next
+// change gets the same message (never modified after it is built; grpc-go
+// only reads it to marshal it, which is safe concurrently).
+// The codec sends enc, its encoding made once, for every caller.
+type healthAll struct {
+	rev  uint64
+	resp *pb.HealthResponse
+	enc  []byte
+}
+
 func (c *control) Health(_ context.Context, req *pb.HealthRequest) (*pb.HealthResponse, error) {
+	all := len(req.GetNames()) == 0
+	if all {
+		if h := c.s.healthAll.Load(); h != nil && h.rev == c.s.m.Revision() {
+			return h.resp, nil
+		}
+	}
 	hs, rev, err := c.s.m.Health(req.GetNames())
 	if err != nil {
 		return nil, toStatus(err)
@@ -85,6 +103,13 @@ func (c *control) Health(_ context.Context, req *pb.HealthRequest) (*pb.HealthRe
 	out := &pb.HealthResponse{Revision: rev, Plugins: make([]*pb.PluginHealth, 0, len(hs))}
 	for _, h := range hs {
 		out.Plugins = append(out.Plugins, healthToProto(h))
+	}
+	if all {
+		enc, err := protobuf.Marshal(out)
+		if err != nil {
+			enc = nil // the codec marshals it per call
+		}
+		c.s.healthAll.Store(&healthAll{rev: rev, resp: out, enc: enc})
 	}
 	return out, nil
 }

@@ -176,6 +176,14 @@ func healthToProto(h manager.Health) *pb.PluginHealth {
 	return out
 }
 
+// compactEvent reduces the health in r to HEALTH_VIEW_COMPACT: name, state,
+// generation and revision.
+func compactEvent(r *pb.WatchHealthResponse) {
+	if h := r.GetEvent().GetHealth(); h != nil {
+		r.Event.Health = &pb.PluginHealth{Name: h.GetName(), State: h.GetState(), Generation: h.GetGeneration(), Revision: h.GetRevision()}
+	}
+}
+
 func eventToProto(e manager.Event) *pb.WatchHealthResponse {
 	ev := &pb.HealthEvent{Type: pb.HealthEventType(e.Type), Revision: e.Revision, Reset_: e.Reset}
 	if e.Type != manager.EventSynced && e.Type != manager.EventBookmark {

@@ -18,7 +18,7 @@ const ServicePrefix = "plugin/"
 func (s *Server) mirrorHealth() {
 	defer close(s.mirrorDone)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	w, err := s.m.Watch(nil, 0)
+	w, err := s.m.Watch(nil, 0, manager.Internal())
 	if err != nil {
 		return
 	}

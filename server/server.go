@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
@@ -93,6 +94,12 @@ type Server struct {
 	shutdownOnce sync.Once
 	mirrorDone   chan struct{}
 
+	healthAll atomic.Pointer[healthAll] // cached Health of all plugins
+	// Encoded health events, per view (events of the full view, and of
+	// HEALTH_VIEW_COMPACT).
+	events        eventCache
+	compactEvents eventCache
+
 	mu       sync.Mutex     // guards draining
 	draining bool           // no new streams
 	watchers sync.WaitGroup // open WatchHealth streams
@@ -106,6 +113,7 @@ func New(m *manager.Manager, opts ...Option) *Server {
 		f(&o)
 	}
 	s := &Server{m: m, opts: o, log: o.logger, shutdown: make(chan struct{}), mirrorDone: make(chan struct{})}
+	s.compactEvents.compact = true
 
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
 	recOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
@@ -144,11 +152,11 @@ func New(m *manager.Manager, opts ...Option) *Server {
 	// calls are logged with their code), then authentication.
 	unary := append(append([]grpc.UnaryServerInterceptor{
 		recovery.UnaryServerInterceptor(recOpts...),
-		logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
+		accessLogUnary(s.log, logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...)),
 	}, authU...), o.unaryInts...)
 	stream := append(append([]grpc.StreamServerInterceptor{
 		recovery.StreamServerInterceptor(recOpts...),
-		logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
+		accessLogStream(s.log, logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...)),
 	}, authS...), o.streamInts...)
 
 	gopts := []grpc.ServerOption{
@@ -162,6 +170,7 @@ func New(m *manager.Manager, opts ...Option) *Server {
 		grpc.MaxRecvMsgSize(o.maxRecvBytes),
 		grpc.MaxSendMsgSize(o.maxRecvBytes),
 		grpc.MaxConcurrentStreams(o.maxStreams),
+		grpc.ForceServerCodecV2(newCodec(s)),
 	}
 	if o.tls != nil {
 		gopts = append(gopts, grpc.Creds(newMixedCreds(o.tls)))

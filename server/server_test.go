@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -211,6 +212,78 @@ func TestWatchHealthStream(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// TestWatchHealthCompactView: a compact watcher gets the same events as a
+// full one (same types, same revisions) carrying only name, state,
+// generation and revision; an unknown view is InvalidArgument. Health of
+// all plugins (served from a per-revision cache) follows the change.
+func TestWatchHealthCompactView(t *testing.T) {
+	f := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.load(t, "echo", "echo")
+	open := func(view pb.HealthView) grpc.ServerStreamingClient[pb.WatchHealthResponse] {
+		t.Helper()
+		st, err := f.ctl.WatchHealth(ctx, &pb.WatchHealthRequest{View: view})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	recv := func(st grpc.ServerStreamingClient[pb.WatchHealthResponse]) *pb.HealthEvent {
+		t.Helper()
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				t.Fatalf("Recv: %v", err)
+			}
+			if r.GetEvent().GetType() != pb.HealthEventType_HEALTH_EVENT_TYPE_BOOKMARK {
+				return r.GetEvent()
+			}
+		}
+	}
+	full, compact := open(pb.HealthView_HEALTH_VIEW_FULL), open(pb.HealthView_HEALTH_VIEW_COMPACT)
+	before, err := f.ctl.Health(ctx, &pb.HealthRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.ctl.Health(ctx, &pb.HealthRequest{})
+	if err != nil || !proto.Equal(before, again) {
+		t.Fatalf("Health at one revision differs: %v then %v (%v)", before, again, err)
+	}
+	// snapshot, SYNCED, then the change, in both views.
+	for i := range 3 {
+		if i == 2 {
+			_, _ = f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "panic", Payload: []byte("p")})
+		}
+		fe, ce := recv(full), recv(compact)
+		if fe.GetType() != ce.GetType() || fe.GetRevision() != ce.GetRevision() {
+			t.Fatalf("event %d: full %v, compact %v", i, fe, ce)
+		}
+		fh, ch := fe.GetHealth(), ce.GetHealth()
+		if fh == nil {
+			continue
+		}
+		want := &pb.PluginHealth{Name: fh.GetName(), State: fh.GetState(), Generation: fh.GetGeneration(), Revision: fh.GetRevision()}
+		if !proto.Equal(ch, want) || fh.GetSince() == nil {
+			t.Fatalf("event %d: compact health %v, want %v (full %v)", i, ch, want, fh)
+		}
+		if i == 2 && (ch.GetState() != pb.PluginState_PLUGIN_STATE_DEGRADED || fh.GetLastPanic().GetMessage() != "p") {
+			t.Fatalf("change: full %v, compact %v", fe, ce)
+		}
+	}
+	after, err := f.ctl.Health(ctx, &pb.HealthRequest{})
+	if err != nil || after.GetRevision() <= before.GetRevision() || after.GetPlugins()[0].GetLifetimePanics() != 1 {
+		t.Fatalf("Health after the panic: %v (%v), before %v", after, err, before)
+	}
+	bad, err := f.ctl.WatchHealth(ctx, &pb.WatchHealthRequest{View: pb.HealthView(7)})
+	if err == nil {
+		_, err = bad.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "view") {
+		t.Fatalf("view 7: %v, want InvalidArgument naming view", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
@@ -24,6 +25,14 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 		return errShuttingDown
 	}
 	defer s.watchers.Done()
+	events := &s.events
+	switch v := req.GetView(); v {
+	case pb.HealthView_HEALTH_VIEW_UNSPECIFIED, pb.HealthView_HEALTH_VIEW_FULL:
+	case pb.HealthView_HEALTH_VIEW_COMPACT:
+		events = &s.compactEvents
+	default:
+		return toStatus(&manager.InvalidError{Field: "view", Reason: fmt.Sprintf("unknown health view %d", int32(v))})
+	}
 	w, err := s.m.Watch(req.GetNames(), req.GetSinceRevision())
 	if err != nil {
 		if errors.Is(err, manager.ErrClosed) {
@@ -36,10 +45,14 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 	bookmark := time.NewTicker(s.opts.bookmarkInterval)
 	defer bookmark.Stop()
 	ctx := stream.Context()
+	var buf []manager.Event
 	for {
-		evs, ended := w.Poll()
+		evs, ended := w.PollInto(buf)
+		if cap(evs) <= 8 {
+			buf = evs // keep a small buffer for the next poll
+		}
 		for _, e := range evs {
-			if err := stream.Send(eventToProto(e)); err != nil {
+			if err := sendEvent(stream, events, e); err != nil {
 				return err
 			}
 		}
@@ -50,7 +63,7 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 		case <-w.Ready():
 		case <-bookmark.C:
 			if rev, ok := w.Bookmark(); ok {
-				if err := stream.Send(eventToProto(manager.Event{Type: manager.EventBookmark, Revision: rev})); err != nil {
+				if err := sendEvent(stream, events, manager.Event{Type: manager.EventBookmark, Revision: rev}); err != nil {
 					return err
 				}
 			}
@@ -60,4 +73,14 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
+}
+
+// sendEvent sends e, encoded once (in the view of cache) for all the
+// streams that send it.
+func sendEvent(stream grpc.ServerStream, cache *eventCache, e manager.Event) error {
+	m, err := cache.encode(e)
+	if err != nil {
+		return status.Errorf(codes.Internal, "encoding event: %v", err)
+	}
+	return stream.SendMsg(m)
 }

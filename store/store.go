@@ -36,6 +36,7 @@ type DB struct {
 	db *bolt.DB
 	// maxAudit bounds the audit log; older records are pruned.
 	maxAudit int
+	group    group
 }
 
 var _ manager.Store = (*DB)(nil)
@@ -88,14 +89,29 @@ func (s *DB) PutPlugin(r manager.PluginRecord) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketPlugins).Put([]byte(r.Spec.Name), v)
+	})
+}
+
+// PutPluginAudited implements manager.AuditedStore: the plugin record and
+// the audit record of the mutation in one transaction (one fsync).
+func (s *DB) PutPluginAudited(r manager.PluginRecord, a *manager.AuditRecord) error {
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return s.update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketPlugins).Put([]byte(r.Spec.Name), v); err != nil {
+			return err
+		}
+		return s.appendAudit(tx, a)
 	})
 }
 
 // DeletePlugin implements manager.Store.
 func (s *DB) DeletePlugin(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketPlugins).Delete([]byte(name))
 	})
 }
@@ -134,31 +150,33 @@ func (s *DB) ReserveRevisions(upTo uint64) (uint64, error) {
 
 // AppendAudit implements manager.Store.
 func (s *DB) AppendAudit(r *manager.AuditRecord) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketAudit)
-		seq, err := b.NextSequence()
-		if err != nil {
-			return err
-		}
-		r.Sequence = seq
-		v, err := json.Marshal(r)
-		if err != nil {
-			return err
-		}
-		if err := b.Put(u64(seq), v); err != nil {
-			return err
-		}
-		// Prune the oldest records beyond maxAudit, a few at a time.
-		if seq > uint64(s.maxAudit) {
-			c := b.Cursor()
-			for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= seq-uint64(s.maxAudit); k, _ = c.First() {
-				if err := c.Delete(); err != nil {
-					return err
-				}
+	return s.update(func(tx *bolt.Tx) error { return s.appendAudit(tx, r) })
+}
+
+func (s *DB) appendAudit(tx *bolt.Tx, r *manager.AuditRecord) error {
+	b := tx.Bucket(bucketAudit)
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	r.Sequence = seq
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := b.Put(u64(seq), v); err != nil {
+		return err
+	}
+	// Prune the oldest records beyond maxAudit, a few at a time.
+	if seq > uint64(s.maxAudit) {
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= seq-uint64(s.maxAudit); k, _ = c.First() {
+			if err := c.Delete(); err != nil {
+				return err
 			}
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // Audit implements manager.Store.
@@ -193,3 +211,5 @@ func (s *DB) Audit(name string, before uint64, limit int) ([]manager.AuditRecord
 	})
 	return out, err
 }
+
+var _ manager.AuditedStore = (*DB)(nil)

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/plugincontrol/plugincontrol/metrics"
 	"github.com/plugincontrol/plugincontrol/server"
@@ -140,7 +141,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		server.WithLimits(cfg.maxMessageBytes, uint32(cfg.maxStreams)),
 		server.WithInterceptors(
 			[]grpc.UnaryServerInterceptor{met.GRPC.UnaryServerInterceptor()},
-			[]grpc.StreamServerInterceptor{met.GRPC.StreamServerInterceptor()}),
+			[]grpc.StreamServerInterceptor{metricsExceptWatch(met.GRPC.StreamServerInterceptor())}),
 	}
 	if authCfg != nil {
 		opts = append(opts, server.WithAuth(authCfg))
@@ -220,4 +221,18 @@ func serveMetrics(addr string, met *metrics.Metrics, log *slog.Logger) (*http.Se
 	}()
 	log.Info("metrics serving", slog.String("listen", "http://"+lis.Addr().String()+"/metrics"))
 	return hs, nil
+}
+
+// metricsExceptWatch leaves WatchHealth streams out of the RPC metrics: the
+// interceptor wraps every stream and looks its labels up again for every
+// message sent, which with 10,000 watchers costs more than the event
+// itself, and holds its wrapper for the life of the stream.
+// plugincontrol_health_watchers counts the watchers instead.
+func metricsExceptWatch(i grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if info.FullMethod == pb.PluginControlService_WatchHealth_FullMethodName {
+			return h(srv, ss)
+		}
+		return i(srv, ss, info, h)
+	}
 }

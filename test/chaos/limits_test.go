@@ -61,12 +61,11 @@ func TestMaxPlugins(t *testing.T) {
 	f.serves(t, "c", 1, int(res.GetPlugin().GetPid()))
 }
 
-// TestMaxWatchers: past Config.MaxWatchers (the server's grpc.health.v1
-// mirror holds one) a WatchHealth stream is refused with ResourceExhausted
-// naming max_watchers; ending a stream makes room again.
+// TestMaxWatchers: past Config.MaxWatchers client watches (the server's
+// grpc.health.v1 mirror is not counted) a WatchHealth stream is refused with
+// ResourceExhausted naming max_watchers; ending a stream makes room again.
 func TestMaxWatchers(t *testing.T) {
 	f := startServer(t, manager.Config{MaxWatchers: 2})
-	waitFor(t, 5*time.Second, "the health mirror's watch", func() bool { return f.m.Watchers() == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	open := func() (pb.PluginControlService_WatchHealthClient, context.CancelFunc, error) {
@@ -83,6 +82,14 @@ func TestMaxWatchers(t *testing.T) {
 	_, cancel1, err := open()
 	if err != nil {
 		t.Fatalf("first watch: %v", err)
+	}
+	_, cancel2, err := open()
+	if err != nil {
+		t.Fatalf("second watch (the mirror's must not count): %v", err)
+	}
+	defer cancel2()
+	if n := f.m.Watchers(); n != 2 {
+		t.Fatalf("Watchers() = %d with two client streams, want 2", n)
 	}
 	_, _, err = open()
 	st := status.Convert(err)

@@ -566,6 +566,9 @@ type WatchHealthRequest struct {
 	Names []string `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
 	// since_revision resumes after this revision; 0 starts with a snapshot.
 	SinceRevision uint64 `protobuf:"varint,2,opt,name=since_revision,json=sinceRevision,proto3" json:"since_revision,omitempty"`
+	// view selects how much of each plugin's health the events carry; the
+	// default is HEALTH_VIEW_FULL.
+	View          HealthView `protobuf:"varint,3,opt,name=view,proto3,enum=plugincontrol.v1.HealthView" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -612,6 +615,13 @@ func (x *WatchHealthRequest) GetSinceRevision() uint64 {
 		return x.SinceRevision
 	}
 	return 0
+}
+
+func (x *WatchHealthRequest) GetView() HealthView {
+	if x != nil {
+		return x.View
+	}
+	return HealthView_HEALTH_VIEW_UNSPECIFIED
 }
 
 // WatchHealthResponse is one message of the stream.
@@ -944,10 +954,11 @@ const file_plugincontrol_v1_control_proto_rawDesc = "" +
 	"\x05names\x18\x01 \x03(\tR\x05names\"f\n" +
 	"\x0eHealthResponse\x128\n" +
 	"\aplugins\x18\x01 \x03(\v2\x1e.plugincontrol.v1.PluginHealthR\aplugins\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"Q\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x83\x01\n" +
 	"\x12WatchHealthRequest\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x12%\n" +
-	"\x0esince_revision\x18\x02 \x01(\x04R\rsinceRevision\"J\n" +
+	"\x0esince_revision\x18\x02 \x01(\x04R\rsinceRevision\x120\n" +
+	"\x04view\x18\x03 \x01(\x0e2\x1c.plugincontrol.v1.HealthViewR\x04view\"J\n" +
 	"\x13WatchHealthResponse\x123\n" +
 	"\x05event\x18\x01 \x01(\v2\x1d.plugincontrol.v1.HealthEventR\x05event\"e\n" +
 	"\x10ListAuditRequest\x12\x12\n" +
@@ -1012,8 +1023,9 @@ var file_plugincontrol_v1_control_proto_goTypes = []any{
 	(*CandidateReport)(nil),       // 17: plugincontrol.v1.CandidateReport
 	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
 	(*PluginHealth)(nil),          // 19: plugincontrol.v1.PluginHealth
-	(*HealthEvent)(nil),           // 20: plugincontrol.v1.HealthEvent
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(HealthView)(0),               // 20: plugincontrol.v1.HealthView
+	(*HealthEvent)(nil),           // 21: plugincontrol.v1.HealthEvent
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_plugincontrol_v1_control_proto_depIdxs = []int32{
 	15, // 0: plugincontrol.v1.LoadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
@@ -1027,28 +1039,29 @@ var file_plugincontrol_v1_control_proto_depIdxs = []int32{
 	16, // 8: plugincontrol.v1.UnloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
 	16, // 9: plugincontrol.v1.ListPluginsResponse.plugins:type_name -> plugincontrol.v1.PluginStatus
 	19, // 10: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
-	20, // 11: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
-	14, // 12: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
-	21, // 13: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	0,  // 14: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
-	2,  // 15: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
-	4,  // 16: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
-	6,  // 17: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
-	8,  // 18: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
-	10, // 19: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
-	12, // 20: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
-	1,  // 21: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
-	3,  // 22: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
-	5,  // 23: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
-	7,  // 24: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
-	9,  // 25: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
-	11, // 26: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
-	13, // 27: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
-	21, // [21:28] is the sub-list for method output_type
-	14, // [14:21] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	20, // 11: plugincontrol.v1.WatchHealthRequest.view:type_name -> plugincontrol.v1.HealthView
+	21, // 12: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
+	14, // 13: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
+	22, // 14: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	0,  // 15: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
+	2,  // 16: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
+	4,  // 17: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
+	6,  // 18: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
+	8,  // 19: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
+	10, // 20: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
+	12, // 21: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
+	1,  // 22: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
+	3,  // 23: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
+	5,  // 24: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
+	7,  // 25: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
+	9,  // 26: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
+	11, // 27: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
+	13, // 28: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
+	22, // [22:29] is the sub-list for method output_type
+	15, // [15:22] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_control_proto_init() }

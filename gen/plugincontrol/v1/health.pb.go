@@ -22,6 +22,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// HealthView selects the fields of PluginHealth a WatchHealth stream sends.
+type HealthView int32
+
+const (
+	// HEALTH_VIEW_UNSPECIFIED is HEALTH_VIEW_FULL.
+	HealthView_HEALTH_VIEW_UNSPECIFIED HealthView = 0
+	// HEALTH_VIEW_FULL sends every field of PluginHealth.
+	HealthView_HEALTH_VIEW_FULL HealthView = 1
+	// HEALTH_VIEW_COMPACT sends only name, state, generation and revision: for
+	// watchers that follow states (load balancers, readiness gates, dashboards
+	// of many daemons). Events are the same (one per change, same revisions);
+	// each is about a fifth of the size, so one change reaches many watchers
+	// sooner. Health returns the full record when a watcher needs the rest.
+	HealthView_HEALTH_VIEW_COMPACT HealthView = 2
+)
+
+// Enum value maps for HealthView.
+var (
+	HealthView_name = map[int32]string{
+		0: "HEALTH_VIEW_UNSPECIFIED",
+		1: "HEALTH_VIEW_FULL",
+		2: "HEALTH_VIEW_COMPACT",
+	}
+	HealthView_value = map[string]int32{
+		"HEALTH_VIEW_UNSPECIFIED": 0,
+		"HEALTH_VIEW_FULL":        1,
+		"HEALTH_VIEW_COMPACT":     2,
+	}
+)
+
+func (x HealthView) Enum() *HealthView {
+	p := new(HealthView)
+	*p = x
+	return p
+}
+
+func (x HealthView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HealthView) Descriptor() protoreflect.EnumDescriptor {
+	return file_plugincontrol_v1_health_proto_enumTypes[0].Descriptor()
+}
+
+func (HealthView) Type() protoreflect.EnumType {
+	return &file_plugincontrol_v1_health_proto_enumTypes[0]
+}
+
+func (x HealthView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HealthView.Descriptor instead.
+func (HealthView) EnumDescriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{0}
+}
+
 // HealthEventType says what a HealthEvent is.
 type HealthEventType int32
 
@@ -74,11 +131,11 @@ func (x HealthEventType) String() string {
 }
 
 func (HealthEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_plugincontrol_v1_health_proto_enumTypes[0].Descriptor()
+	return file_plugincontrol_v1_health_proto_enumTypes[1].Descriptor()
 }
 
 func (HealthEventType) Type() protoreflect.EnumType {
-	return &file_plugincontrol_v1_health_proto_enumTypes[0]
+	return &file_plugincontrol_v1_health_proto_enumTypes[1]
 }
 
 func (x HealthEventType) Number() protoreflect.EnumNumber {
@@ -87,7 +144,7 @@ func (x HealthEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HealthEventType.Descriptor instead.
 func (HealthEventType) EnumDescriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{0}
+	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{1}
 }
 
 // PluginHealth is the health of one plugin instance.
@@ -409,7 +466,12 @@ const file_plugincontrol_v1_health_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2!.plugincontrol.v1.HealthEventTypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x126\n" +
 	"\x06health\x18\x03 \x01(\v2\x1e.plugincontrol.v1.PluginHealthR\x06health\x12\x14\n" +
-	"\x05reset\x18\x04 \x01(\bR\x05reset*\xd0\x01\n" +
+	"\x05reset\x18\x04 \x01(\bR\x05reset*X\n" +
+	"\n" +
+	"HealthView\x12\x1b\n" +
+	"\x17HEALTH_VIEW_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10HEALTH_VIEW_FULL\x10\x01\x12\x17\n" +
+	"\x13HEALTH_VIEW_COMPACT\x10\x02*\xd0\x01\n" +
 	"\x0fHealthEventType\x12!\n" +
 	"\x1dHEALTH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aHEALTH_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1c\n" +
@@ -430,23 +492,24 @@ func file_plugincontrol_v1_health_proto_rawDescGZIP() []byte {
 	return file_plugincontrol_v1_health_proto_rawDescData
 }
 
-var file_plugincontrol_v1_health_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_plugincontrol_v1_health_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_plugincontrol_v1_health_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_plugincontrol_v1_health_proto_goTypes = []any{
-	(HealthEventType)(0),          // 0: plugincontrol.v1.HealthEventType
-	(*PluginHealth)(nil),          // 1: plugincontrol.v1.PluginHealth
-	(*PanicRecord)(nil),           // 2: plugincontrol.v1.PanicRecord
-	(*HealthEvent)(nil),           // 3: plugincontrol.v1.HealthEvent
-	(PluginState)(0),              // 4: plugincontrol.v1.PluginState
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(HealthView)(0),               // 0: plugincontrol.v1.HealthView
+	(HealthEventType)(0),          // 1: plugincontrol.v1.HealthEventType
+	(*PluginHealth)(nil),          // 2: plugincontrol.v1.PluginHealth
+	(*PanicRecord)(nil),           // 3: plugincontrol.v1.PanicRecord
+	(*HealthEvent)(nil),           // 4: plugincontrol.v1.HealthEvent
+	(PluginState)(0),              // 5: plugincontrol.v1.PluginState
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 }
 var file_plugincontrol_v1_health_proto_depIdxs = []int32{
-	4, // 0: plugincontrol.v1.PluginHealth.state:type_name -> plugincontrol.v1.PluginState
-	2, // 1: plugincontrol.v1.PluginHealth.last_panic:type_name -> plugincontrol.v1.PanicRecord
-	5, // 2: plugincontrol.v1.PluginHealth.since:type_name -> google.protobuf.Timestamp
-	5, // 3: plugincontrol.v1.PanicRecord.time:type_name -> google.protobuf.Timestamp
-	0, // 4: plugincontrol.v1.HealthEvent.type:type_name -> plugincontrol.v1.HealthEventType
-	1, // 5: plugincontrol.v1.HealthEvent.health:type_name -> plugincontrol.v1.PluginHealth
+	5, // 0: plugincontrol.v1.PluginHealth.state:type_name -> plugincontrol.v1.PluginState
+	3, // 1: plugincontrol.v1.PluginHealth.last_panic:type_name -> plugincontrol.v1.PanicRecord
+	6, // 2: plugincontrol.v1.PluginHealth.since:type_name -> google.protobuf.Timestamp
+	6, // 3: plugincontrol.v1.PanicRecord.time:type_name -> google.protobuf.Timestamp
+	1, // 4: plugincontrol.v1.HealthEvent.type:type_name -> plugincontrol.v1.HealthEventType
+	2, // 5: plugincontrol.v1.HealthEvent.health:type_name -> plugincontrol.v1.PluginHealth
 	6, // [6:6] is the sub-list for method output_type
 	6, // [6:6] is the sub-list for method input_type
 	6, // [6:6] is the sub-list for extension type_name
@@ -465,7 +528,7 @@ func file_plugincontrol_v1_health_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugincontrol_v1_health_proto_rawDesc), len(file_plugincontrol_v1_health_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -12,7 +12,7 @@ import { createClient as createConnectClient, Code, ConnectError, type Client, t
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { PluginControlService } from "./gen/plugincontrol/v1/control_pb.js";
 import { PluginGatewayService } from "./gen/plugincontrol/v1/gateway_pb.js";
-import { HealthEventType, type HealthEvent } from "./gen/plugincontrol/v1/health_pb.js";
+import { HealthEventType, HealthView, type HealthEvent } from "./gen/plugincontrol/v1/health_pb.js";
 
 export * from "./gen/plugincontrol/v1/candidate_pb.js";
 export * from "./gen/plugincontrol/v1/control_pb.js";
@@ -94,6 +94,11 @@ export interface WatchHealthOptions {
   names?: string[];
   /** Resume after this revision; 0 (default) starts with a snapshot. */
   sinceRevision?: bigint;
+  /**
+   * How much of each plugin's health the events carry: HealthView.COMPACT
+   * sends only name, state, generation and revision (default: full).
+   */
+  view?: HealthView;
   /** Ends the iteration (without an error) when aborted. */
   signal?: AbortSignal;
   /** First reconnect delay, doubled per failure (default 100ms). */
@@ -127,7 +132,7 @@ export async function* watchHealth(
   for (;;) {
     let received = 0;
     try {
-      for await (const resp of control.watchHealth({ names: options.names ?? [], sinceRevision: since }, { signal })) {
+      for await (const resp of control.watchHealth({ names: options.names ?? [], sinceRevision: since, view: options.view ?? HealthView.UNSPECIFIED }, { signal })) {
         const ev = resp.event;
         if (ev === undefined) continue;
         received++;

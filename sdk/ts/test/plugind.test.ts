@@ -17,6 +17,7 @@ import {
   CandidateFailureSchema,
   CandidateStage,
   HealthEventType,
+  HealthView,
   PluginState,
   type HealthEvent,
   type PlugindClient,
@@ -194,6 +195,27 @@ test("watchHealth streams, and resumes after a daemon restart", async () => {
     c.close();
     await d.stop();
   }
+});
+
+test("watchHealth with the compact view carries states only", async () => {
+  await withDaemon("unix", async (c) => {
+    const ac = new AbortController();
+    const events = watchHealth(c.control, { names: ["echo"], view: HealthView.COMPACT, signal: ac.signal });
+    try {
+      const r = await events.next();
+      assert.ok(!r.done, "stream ended");
+      assert.equal(r.value.type, HealthEventType.SNAPSHOT);
+      assert.equal(r.value.health?.name, "echo");
+      assert.equal(r.value.health?.state, PluginState.SERVING);
+      assert.equal(r.value.health?.generation, 1n);
+      assert.equal(r.value.health?.since, undefined, "compact health has no since");
+      const { plugins } = await c.control.health({ names: ["echo"] });
+      assert.notEqual(plugins[0].since, undefined, "Health has the full record");
+    } finally {
+      ac.abort();
+      await events.return(undefined);
+    }
+  });
 });
 
 test("unary calls over loopback TCP", async () => {

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file plugincontrol/v1/health.proto.
  */
 export const file_plugincontrol_v1_health: GenFile = /*@__PURE__*/
-  fileDesc("Ch1wbHVnaW5jb250cm9sL3YxL2hlYWx0aC5wcm90bxIQcGx1Z2luY29udHJvbC52MSK0AgoMUGx1Z2luSGVhbHRoEgwKBG5hbWUYASABKAkSLAoFc3RhdGUYAiABKA4yHS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblN0YXRlEhIKCmdlbmVyYXRpb24YAyABKAQSGAoQcGFuaWNzX2luX3dpbmRvdxgEIAEoDRIXCg9saWZldGltZV9wYW5pY3MYBSABKAQSDwoHY3Jhc2hlcxgGIAEoBBIQCghyZXN0YXJ0cxgHIAEoDRIxCgpsYXN0X3BhbmljGAggASgLMh0ucGx1Z2luY29udHJvbC52MS5QYW5pY1JlY29yZBIOCgZyZWFzb24YCSABKAkSKQoFc2luY2UYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHJldmlzaW9uGAsgASgEInEKC1BhbmljUmVjb3JkEg8KB21lc3NhZ2UYASABKAkSEwoLZmluZ2VycHJpbnQYAiABKAkSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZ2VuZXJhdGlvbhgEIAEoBCKPAQoLSGVhbHRoRXZlbnQSLwoEdHlwZRgBIAEoDjIhLnBsdWdpbmNvbnRyb2wudjEuSGVhbHRoRXZlbnRUeXBlEhAKCHJldmlzaW9uGAIgASgEEi4KBmhlYWx0aBgDIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luSGVhbHRoEg0KBXJlc2V0GAQgASgIKtABCg9IZWFsdGhFdmVudFR5cGUSIQodSEVBTFRIX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIeChpIRUFMVEhfRVZFTlRfVFlQRV9TTkFQU0hPVBABEhwKGEhFQUxUSF9FVkVOVF9UWVBFX1NZTkNFRBACEh0KGUhFQUxUSF9FVkVOVF9UWVBFX0NIQU5HRUQQAxIdChlIRUFMVEhfRVZFTlRfVFlQRV9SRU1PVkVEEAQSHgoaSEVBTFRIX0VWRU5UX1RZUEVfQk9PS01BUksQBUJNWktnaXRodWIuY29tL3BsdWdpbmNvbnRyb2wvcGx1Z2luY29udHJvbC9nZW4vcGx1Z2luY29udHJvbC92MTtwbHVnaW5jb250cm9sdjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_plugincontrol_v1_spec]);
+  fileDesc("Ch1wbHVnaW5jb250cm9sL3YxL2hlYWx0aC5wcm90bxIQcGx1Z2luY29udHJvbC52MSK0AgoMUGx1Z2luSGVhbHRoEgwKBG5hbWUYASABKAkSLAoFc3RhdGUYAiABKA4yHS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblN0YXRlEhIKCmdlbmVyYXRpb24YAyABKAQSGAoQcGFuaWNzX2luX3dpbmRvdxgEIAEoDRIXCg9saWZldGltZV9wYW5pY3MYBSABKAQSDwoHY3Jhc2hlcxgGIAEoBBIQCghyZXN0YXJ0cxgHIAEoDRIxCgpsYXN0X3BhbmljGAggASgLMh0ucGx1Z2luY29udHJvbC52MS5QYW5pY1JlY29yZBIOCgZyZWFzb24YCSABKAkSKQoFc2luY2UYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHJldmlzaW9uGAsgASgEInEKC1BhbmljUmVjb3JkEg8KB21lc3NhZ2UYASABKAkSEwoLZmluZ2VycHJpbnQYAiABKAkSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZ2VuZXJhdGlvbhgEIAEoBCKPAQoLSGVhbHRoRXZlbnQSLwoEdHlwZRgBIAEoDjIhLnBsdWdpbmNvbnRyb2wudjEuSGVhbHRoRXZlbnRUeXBlEhAKCHJldmlzaW9uGAIgASgEEi4KBmhlYWx0aBgDIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luSGVhbHRoEg0KBXJlc2V0GAQgASgIKlgKCkhlYWx0aFZpZXcSGwoXSEVBTFRIX1ZJRVdfVU5TUEVDSUZJRUQQABIUChBIRUFMVEhfVklFV19GVUxMEAESFwoTSEVBTFRIX1ZJRVdfQ09NUEFDVBACKtABCg9IZWFsdGhFdmVudFR5cGUSIQodSEVBTFRIX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIeChpIRUFMVEhfRVZFTlRfVFlQRV9TTkFQU0hPVBABEhwKGEhFQUxUSF9FVkVOVF9UWVBFX1NZTkNFRBACEh0KGUhFQUxUSF9FVkVOVF9UWVBFX0NIQU5HRUQQAxIdChlIRUFMVEhfRVZFTlRfVFlQRV9SRU1PVkVEEAQSHgoaSEVBTFRIX0VWRU5UX1RZUEVfQk9PS01BUksQBUJNWktnaXRodWIuY29tL3BsdWdpbmNvbnRyb2wvcGx1Z2luY29udHJvbC9nZW4vcGx1Z2luY29udHJvbC92MTtwbHVnaW5jb250cm9sdjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_plugincontrol_v1_spec]);
 
 /**
  * PluginHealth is the health of one plugin instance.
@@ -197,6 +197,44 @@ export const HealthEventSchema: GenMessage<HealthEvent> = /*@__PURE__*/
   messageDesc(file_plugincontrol_v1_health, 2);
 
 /**
+ * HealthView selects the fields of PluginHealth a WatchHealth stream sends.
+ *
+ * @generated from enum plugincontrol.v1.HealthView
+ */
+export enum HealthView {
+  /**
+   * HEALTH_VIEW_UNSPECIFIED is HEALTH_VIEW_FULL.
+   *
+   * @generated from enum value: HEALTH_VIEW_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * HEALTH_VIEW_FULL sends every field of PluginHealth.
+   *
+   * @generated from enum value: HEALTH_VIEW_FULL = 1;
+   */
+  FULL = 1,
+
+  /**
+   * HEALTH_VIEW_COMPACT sends only name, state, generation and revision: for
+   * watchers that follow states (load balancers, readiness gates, dashboards
+   * of many daemons). Events are the same (one per change, same revisions);
+   * each is about a fifth of the size, so one change reaches many watchers
+   * sooner. Health returns the full record when a watcher needs the rest.
+   *
+   * @generated from enum value: HEALTH_VIEW_COMPACT = 2;
+   */
+  COMPACT = 2,
+}
+
+/**
+ * Describes the enum plugincontrol.v1.HealthView.
+ */
+export const HealthViewSchema: GenEnum<HealthView> = /*@__PURE__*/
+  enumDesc(file_plugincontrol_v1_health, 0);
+
+/**
  * HealthEventType says what a HealthEvent is.
  *
  * @generated from enum plugincontrol.v1.HealthEventType
@@ -252,5 +290,5 @@ export enum HealthEventType {
  * Describes the enum plugincontrol.v1.HealthEventType.
  */
 export const HealthEventTypeSchema: GenEnum<HealthEventType> = /*@__PURE__*/
-  enumDesc(file_plugincontrol_v1_health, 0);
+  enumDesc(file_plugincontrol_v1_health, 1);
 

@@ -1,0 +1,79 @@
+package server
+
+import (
+	"sync/atomic"
+
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/manager"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	protobuf "google.golang.org/protobuf/proto"
+)
+
+// encodedMsg is a message already in protobuf wire format. A health event is
+// the same for every watcher that gets it, so WatchHealth encodes it once
+// and sends the bytes to every stream instead of converting and marshalling
+// it per watcher (10,000 times for one change with 10,000 watchers).
+type encodedMsg struct{ b []byte }
+
+// codec is grpc-go's proto codec that also sends encodedMsg as is, and the
+// cached Health response of all plugins in the encoding made once for it.
+// It keeps the name "proto", so clients see nothing different.
+type codec struct {
+	encoding.CodecV2
+	s *Server
+}
+
+func newCodec(s *Server) codec { return codec{encoding.GetCodecV2(proto.Name), s} }
+
+func (c codec) Marshal(v any) (mem.BufferSlice, error) {
+	switch m := v.(type) {
+	case *encodedMsg:
+		// SliceBuffer's Free is a no-op: the shared bytes are never
+		// recycled or written to by the transport.
+		return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil
+	case *pb.HealthResponse:
+		if h := c.s.healthAll.Load(); h != nil && h.resp == m && h.enc != nil {
+			return mem.BufferSlice{mem.SliceBuffer(h.enc)}, nil
+		}
+	}
+	return c.CodecV2.Marshal(v)
+}
+
+// eventCache remembers the encodings of recent events. An event's content is
+// fixed by its revision, type and reset flag (every revision is one
+// published record; SYNCED and BOOKMARK carry only those three), so that is
+// the key. Slots are indexed by revision; a collision is only a miss.
+//
+// A cache holds one view: the zero value the full one, compact set
+// HEALTH_VIEW_COMPACT.
+type eventCache struct {
+	compact bool // fixed at construction
+	slots   [256]atomic.Pointer[cachedEvent]
+}
+
+type cachedEvent struct {
+	rev   uint64
+	typ   manager.EventType
+	reset bool
+	msg   *encodedMsg
+}
+
+func (c *eventCache) encode(e manager.Event) (*encodedMsg, error) {
+	slot := &c.slots[e.Revision%uint64(len(c.slots))]
+	if ce := slot.Load(); ce != nil && ce.rev == e.Revision && ce.typ == e.Type && ce.reset == e.Reset {
+		return ce.msg, nil
+	}
+	msg := eventToProto(e)
+	if c.compact {
+		compactEvent(msg)
+	}
+	b, err := protobuf.Marshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	m := &encodedMsg{b: b}
+	slot.Store(&cachedEvent{rev: e.Revision, typ: e.Type, reset: e.Reset, msg: m})
+	return m, nil
+}

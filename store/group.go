@@ -1,0 +1,83 @@
+package store
+
+import (
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// group commits the updates of concurrent writers in one bbolt transaction,
+// so that they share one fsync (a commit costs 3-7 ms on a virtual disk:
+// 100 plugins loaded in parallel were 200 commits in a row). A writer that
+// finds no commit running commits at once: a lone writer waits for nothing.
+// Writers that arrive while a commit runs are queued; when it ends, the
+// first of them commits the whole queue.
+type group struct {
+	mu      sync.Mutex // guards queue and leading
+	queue   []*groupOp
+	leading bool // a writer is committing
+}
+
+type groupOp struct {
+	fn   func(*bolt.Tx) error
+	res  chan error    // the outcome, once committed
+	lead chan struct{} // this writer commits the queue next
+}
+
+// update runs fn in a read-write transaction, possibly shared with other
+// writers' functions, and returns once it is durable. fn may run twice (if
+// another function of its batch fails, each is retried alone), so it must
+// not have effects outside the transaction that a second run would repeat.
+func (s *DB) update(fn func(*bolt.Tx) error) error {
+	g := &s.group
+	op := &groupOp{fn: fn, res: make(chan error, 1), lead: make(chan struct{}, 1)}
+	g.mu.Lock()
+	g.queue = append(g.queue, op)
+	if g.leading {
+		g.mu.Unlock()
+		select {
+		case err := <-op.res:
+			return err
+		case <-op.lead:
+			// The previous leader handed over; op is still queued.
+		}
+		g.mu.Lock()
+	}
+	g.leading = true
+	batch := g.queue
+	g.queue = nil
+	g.mu.Unlock()
+
+	s.commit(batch)
+
+	g.mu.Lock()
+	if len(g.queue) > 0 {
+		g.queue[0].lead <- struct{}{}
+	} else {
+		g.leading = false
+	}
+	g.mu.Unlock()
+	return <-op.res
+}
+
+// commit runs batch in one transaction; when one function fails, the others
+// are not failed with it: each runs again in a transaction of its own.
+func (s *DB) commit(batch []*groupOp) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, op := range batch {
+			if err := op.fn(tx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil || len(batch) == 1 {
+		for _, op := range batch {
+			op.res <- err
+		}
+		return
+	}
+	for _, op := range batch {
+		op.res <- s.db.Update(op.fn)
+	}
+}
