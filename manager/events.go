@@ -232,10 +232,7 @@ func (w *Watch) end() {
 	w.mu.Lock()
 	w.ended = true
 	w.mu.Unlock()
-	select {
-	case w.notify <- struct{}{}:
-	default:
-	}
+	w.Wake()
 }
 
 // Watch subscribes to health events of the named plugins (all when names is
@@ -361,8 +358,19 @@ func (w *Watch) PollInto(buf []Event) (evs []Event, ended bool) {
 	return nil, w.ended
 }
 
-// Ready is signalled when Poll may have something new.
+// Ready is signalled when Poll may have something new, or Wake was called.
 func (w *Watch) Ready() <-chan struct{} { return w.notify }
+
+// Wake signals Ready without an event. A reader that waits on Ready alone
+// (one channel, the cheapest wait for a daemon holding 10,000 watches) has
+// whatever else it waits for (its context, a timer, a shutdown) call Wake,
+// and checks those after each wakeup. It never blocks.
+func (w *Watch) Wake() {
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+}
 
 // Bookmark returns the hub's current revision when nothing is pending for
 // this watcher: everything up to that revision that matches the watch has

@@ -60,12 +60,12 @@ type cachedEvent struct {
 	msg   *encodedMsg
 }
 
-func (c *eventCache) encode(e manager.Event) (*encodedMsg, error) {
+func (c *eventCache) encode(e *manager.Event) (*encodedMsg, error) {
 	slot := &c.slots[e.Revision%uint64(len(c.slots))]
 	if ce := slot.Load(); ce != nil && ce.rev == e.Revision && ce.typ == e.Type && ce.reset == e.Reset {
 		return ce.msg, nil
 	}
-	msg := eventToProto(e)
+	msg := eventToProto(*e)
 	if c.compact {
 		compactEvent(msg)
 	}

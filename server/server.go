@@ -100,8 +100,11 @@ type Server struct {
 	events        eventCache
 	compactEvents eventCache
 
-	mu       sync.Mutex     // guards draining
-	draining bool           // no new streams
+	mu       sync.Mutex // guards draining and watches
+	draining bool       // no new streams
+	// watches are the open WatchHealth streams' watches, woken by
+	// Shutdown (their streams wait on the watch alone, see watch.go).
+	watches  map[*manager.Watch]struct{}
 	watchers sync.WaitGroup // open WatchHealth streams
 }
 
@@ -112,7 +115,8 @@ func New(m *manager.Manager, opts ...Option) *Server {
 	for _, f := range opts {
 		f(&o)
 	}
-	s := &Server{m: m, opts: o, log: o.logger, shutdown: make(chan struct{}), mirrorDone: make(chan struct{})}
+	s := &Server{m: m, opts: o, log: o.logger, shutdown: make(chan struct{}), mirrorDone: make(chan struct{}),
+		watches: map[*manager.Watch]struct{}{}}
 	s.compactEvents.compact = true
 
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
@@ -200,8 +204,11 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.health.Shutdown()
 		s.mu.Lock()
 		s.draining = true
-		s.mu.Unlock()
 		close(s.shutdown)
+		for w := range s.watches {
+			w.Wake()
+		}
+		s.mu.Unlock()
 	})
 	done := make(chan struct{})
 	go func() {
@@ -218,14 +225,30 @@ func (s *Server) Shutdown(ctx context.Context) {
 	<-s.mirrorDone
 }
 
-func (s *Server) addWatcher() bool {
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// track registers the watch of a new WatchHealth stream, so that Shutdown
+// wakes it; false once the server is draining.
+func (s *Server) track(w *manager.Watch) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining {
 		return false
 	}
 	s.watchers.Add(1)
+	s.watches[w] = struct{}{}
 	return true
+}
+
+func (s *Server) untrack(w *manager.Watch) {
+	s.mu.Lock()
+	delete(s.watches, w)
+	s.mu.Unlock()
+	s.watchers.Done()
 }
 
 // slogAdapter lets go-grpc-middleware's logging interceptor write to slog
