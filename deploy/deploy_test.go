@@ -69,9 +69,6 @@ var (
 
 func build(t *testing.T) binaries {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("builds and runs plugind")
-	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "deploy-")
 		if err != nil {

@@ -27,9 +27,6 @@ type daemon struct {
 // it and checks that no plugin process is left.
 func startDaemon(t *testing.T) *daemon {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("builds and runs real plugins")
-	}
 	pluginDir := examplePlugins(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	m, err := manager.New(manager.Config{PluginDir: pluginDir, Logger: log})
