@@ -79,13 +79,18 @@ func runHealth(e *env) ([]row, error) {
 	defer mirrorConn.Close()
 	ref, mirror := healthpb.NewHealthClient(refConn), healthpb.NewHealthClient(mirrorConn)
 
-	via := func(int) error {
-		r, err := d.ctl.Health(callCtx, &pb.HealthRequest{})
-		if err == nil && len(r.GetPlugins()) != healthPlugins {
-			err = fmt.Errorf("Health returned %d plugins, want %d", len(r.GetPlugins()), healthPlugins)
+	// healthOf calls Health through c: a plain connection (via) or package
+	// client's (sdk).
+	healthOf := func(c pb.PluginControlServiceClient) func(int) error {
+		return func(int) error {
+			r, err := c.Health(callCtx, &pb.HealthRequest{})
+			if err == nil && len(r.GetPlugins()) != healthPlugins {
+				err = fmt.Errorf("Health returned %d plugins, want %d", len(r.GetPlugins()), healthPlugins)
+			}
+			return err
 		}
-		return err
 	}
+	via := healthOf(d.ctl)
 	check := func(svc string, c healthpb.HealthClient) func(int) error {
 		req := &healthpb.HealthCheckRequest{Service: svc}
 		return func(int) error {
@@ -96,13 +101,7 @@ func runHealth(e *env) ([]row, error) {
 			return err
 		}
 	}
-	sdk := func(int) error {
-		r, err := d.sdk.Control().Health(callCtx, &pb.HealthRequest{})
-		if err == nil && len(r.GetPlugins()) != healthPlugins {
-			err = fmt.Errorf("Health returned %d plugins, want %d", len(r.GetPlugins()), healthPlugins)
-		}
-		return err
-	}
+	sdk := healthOf(d.sdk.Control())
 	// The floor: a plain grpc.Server answering Health with the same
 	// response, built once (no interceptors, no manager).
 	snap, err := d.ctl.Health(callCtx, &pb.HealthRequest{})

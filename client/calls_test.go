@@ -3,14 +3,11 @@ package client
 import (
 	"context"
 	"errors"
-	"net"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -181,41 +178,32 @@ type countingControl struct {
 	list, health, load, reload atomic.Int32
 }
 
+// unavailable counts an attempt in n and fails it.
+func unavailable(n *atomic.Int32) error {
+	n.Add(1)
+	return status.Error(codes.Unavailable, "restarting")
+}
+
 func (s *countingControl) ListPlugins(context.Context, *plugincontrolv1.ListPluginsRequest) (*plugincontrolv1.ListPluginsResponse, error) {
-	s.list.Add(1)
-	return nil, status.Error(codes.Unavailable, "restarting")
+	return nil, unavailable(&s.list)
 }
 
 func (s *countingControl) Health(context.Context, *plugincontrolv1.HealthRequest) (*plugincontrolv1.HealthResponse, error) {
-	s.health.Add(1)
-	return nil, status.Error(codes.Unavailable, "restarting")
+	return nil, unavailable(&s.health)
 }
 
 func (s *countingControl) Load(context.Context, *plugincontrolv1.LoadRequest) (*plugincontrolv1.LoadResponse, error) {
-	s.load.Add(1)
-	return nil, status.Error(codes.Unavailable, "restarting")
+	return nil, unavailable(&s.load)
 }
 
 func (s *countingControl) Reload(context.Context, *plugincontrolv1.ReloadRequest) (*plugincontrolv1.ReloadResponse, error) {
-	s.reload.Add(1)
-	return nil, status.Error(codes.Unavailable, "restarting")
+	return nil, unavailable(&s.reload)
 }
 
 // TestRetryPolicy checks that only the idempotent reads are retried.
 func TestRetryPolicy(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "r.sock")
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
 	fake := &countingControl{}
-	srv := grpc.NewServer()
-	plugincontrolv1.RegisterPluginControlServiceServer(srv, fake)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { srv.Stop(); <-done })
-
-	c := dial(t, "unix://"+sock)
+	c := dial(t, "unix://"+serve(t, fake))
 	ctx := ctxT(t)
 	if _, err := c.List(ctx); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("List: %v", err)

@@ -154,8 +154,9 @@ func (fakeControl) ListPlugins(ctx context.Context, _ *plugincontrolv1.ListPlugi
 	return &plugincontrolv1.ListPluginsResponse{Plugins: []*plugincontrolv1.PluginStatus{{Name: auth[0]}}}, nil
 }
 
-// serve starts a gRPC server on a unix socket in a fresh directory.
-func serve(t *testing.T) (sock string) {
+// serve starts a gRPC server of impl on a unix socket in a fresh
+// directory.
+func serve(t *testing.T, impl plugincontrolv1.PluginControlServiceServer) (sock string) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "pc-client-")
 	if err != nil {
@@ -168,7 +169,7 @@ func serve(t *testing.T) (sock string) {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	plugincontrolv1.RegisterPluginControlServiceServer(srv, fakeControl{})
+	plugincontrolv1.RegisterPluginControlServiceServer(srv, impl)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(lis) }()
 	t.Cleanup(func() { srv.Stop(); <-done })
@@ -176,7 +177,7 @@ func serve(t *testing.T) (sock string) {
 }
 
 func TestDialUnixWithToken(t *testing.T) {
-	sock := serve(t)
+	sock := serve(t, fakeControl{})
 	ctx := context.Background()
 
 	wd, err := os.Getwd()

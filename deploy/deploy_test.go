@@ -164,6 +164,16 @@ func flagValues(fa []flagArg, name string) []string {
 	return out
 }
 
+// readFile returns the content of the file name; an error fails the test.
+func readFile(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // configFile reads a plugind config file into a map.
 func configFile(t *testing.T, b []byte) map[string]any {
 	t.Helper()
@@ -192,8 +202,8 @@ func shutdownTimeout(t *testing.T, cfg map[string]any) time.Duration {
 // daemon is a running plugind.
 type daemon struct {
 	cmd    *exec.Cmd
-	socket string // unix://...
-	stderr *bytes.Buffer
+	socket string          // unix://...
+	stderr *testbin.Buffer // read while plugind writes to it
 	done   chan error
 }
 
@@ -213,7 +223,7 @@ func pathMap(dir string) *strings.Replacer {
 // SERVING on socket.
 func startPlugind(t *testing.T, socket string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{socket: socket, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	d := &daemon{socket: socket, stderr: &testbin.Buffer{}, done: make(chan error, 1)}
 	d.cmd = exec.Command(bins.plugind, args...)
 	d.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
 	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
@@ -319,11 +329,7 @@ func (d *daemon) pluginList(t *testing.T) map[string]string {
 // it starts, loads what the file says, and stops cleanly on SIGTERM.
 func TestExampleConfig(t *testing.T) {
 	b := build(t)
-	raw, err := os.ReadFile("plugind.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := configFile(t, raw)
+	cfg := configFile(t, readFile(t, "plugind.yaml"))
 	for k, v := range cfg {
 		takesValue, ok := b.flags[k]
 		if !ok || k == "config" {
@@ -422,10 +428,7 @@ func (u unit) one(t *testing.T, section, key string) string {
 // unit with it.
 func TestSystemdUnit(t *testing.T) {
 	b := build(t)
-	raw, err := os.ReadFile("systemd/plugind.service")
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := readFile(t, "systemd/plugind.service")
 	u := parseUnit(t, raw)
 	for _, s := range []string{"Unit", "Service", "Install"} {
 		if u[s] == nil {
@@ -481,11 +484,7 @@ func TestSystemdUnit(t *testing.T) {
 	if len(conf) != 1 || conf[0] != hostConfigFile {
 		t.Fatalf("--config %q: want %s (deploy/plugind.yaml installed)", conf, hostConfigFile)
 	}
-	cfgRaw, err := os.ReadFile("plugind.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := configFile(t, cfgRaw)
+	cfg := configFile(t, readFile(t, "plugind.yaml"))
 	stop, err := time.ParseDuration(u.one(t, "Service", "TimeoutStopSec"))
 	if err != nil {
 		t.Errorf("TimeoutStopSec: %v", err)
@@ -609,6 +608,18 @@ func find(docs []doc, kind, name string) doc {
 		}
 	}
 	return nil
+}
+
+// plugindContainer is the pod's container named plugind (the last one of
+// that name), nil if none.
+func plugindContainer(pod any) any {
+	var c any
+	for _, x := range list(pod, "containers") {
+		if str(x, "name") == "plugind" {
+			c = x
+		}
+	}
+	return c
 }
 
 // probeSpec is what a probe checks.
@@ -754,12 +765,7 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 
 	// The plugind container.
-	var c any
-	for _, x := range list(pod, "containers") {
-		if str(x, "name") == "plugind" {
-			c = x
-		}
-	}
+	c := plugindContainer(pod)
 	if c == nil {
 		t.Fatal("no container named plugind")
 	}
@@ -864,12 +870,7 @@ func TestKubernetesPodRuns(t *testing.T) {
 	docs := loadManifests(t)
 	ds := find(docs, "DaemonSet", "")
 	pod := get(ds, "spec", "template", "spec")
-	var c any
-	for _, x := range list(pod, "containers") {
-		if str(x, "name") == "plugind" {
-			c = x
-		}
-	}
+	c := plugindContainer(pod)
 	cm := find(docs, "ConfigMap", "")
 	if c == nil || cm == nil {
 		t.Fatal("no plugind container or ConfigMap")
@@ -933,11 +934,7 @@ func TestKubernetesPodRuns(t *testing.T) {
 // TestDockerfile checks that the image deploy/Dockerfile builds holds what
 // the DaemonSet runs, and that what it builds exists.
 func TestDockerfile(t *testing.T) {
-	raw, err := os.ReadFile("Dockerfile")
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := strings.ReplaceAll(string(raw), "\\\n", " ")
+	text := strings.ReplaceAll(string(readFile(t, "Dockerfile")), "\\\n", " ")
 	// Where COPY puts each built file: /out/X -> destination.
 	dest := map[string]string{}
 	for _, line := range strings.Split(text, "\n") {

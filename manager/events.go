@@ -49,7 +49,7 @@ const defaultHistory = 4096
 // watchers. Publishing never blocks: each watcher keeps at most one pending
 // event per plugin (the latest), so a stalled watcher costs bounded memory.
 type events struct {
-	mu      sync.Mutex // guards every field
+	mu      sync.Mutex // guards every field but coalesced (atomic)
 	rev     uint64
 	latest  map[string]Health
 	history []Event // the last events, oldest first, at most 2*size
@@ -274,22 +274,21 @@ func (m *Manager) Watch(names []string, since uint64, opts ...WatchOption) (*Wat
 		}
 		ev.counted++
 	}
-	match := w.wants
 	oldest := ev.rev + 1
 	if len(ev.history) > 0 {
 		oldest = ev.history[0].Revision
 	}
-	switch {
-	case since > 0 && since <= ev.rev && since+1 >= oldest:
+	replay := since > 0 && since <= ev.rev && since+1 >= oldest
+	reset := since > 0 && !replay
+	if replay {
 		for _, e := range ev.history {
-			if e.Revision > since && match(e.Health.Name) {
+			if e.Revision > since && w.wants(e.Health.Name) {
 				w.initial = append(w.initial, e)
 			}
 		}
-	default:
-		reset := since > 0
+	} else {
 		for n, h := range ev.latest {
-			if match(n) {
+			if w.wants(n) {
 				w.initial = append(w.initial, Event{Type: EventSnapshot, Revision: h.Revision, Health: h, Reset: reset})
 			}
 		}
@@ -298,10 +297,6 @@ func (m *Manager) Watch(names []string, since uint64, opts ...WatchOption) (*Wat
 	// SYNCED carries Reset too, so a watcher learns of a reset even when
 	// no plugin matches (for example after a daemon restart with none
 	// loaded, where since_revision is ahead of the new counter).
-	reset := since > 0 && len(w.initial) > 0 && w.initial[0].Type == EventSnapshot
-	if since > 0 && !(since <= ev.rev && since+1 >= oldest) {
-		reset = true
-	}
 	w.initial = append(w.initial, Event{Type: EventSynced, Revision: ev.rev, Reset: reset})
 	ev.subs[w] = struct{}{}
 	return w, nil

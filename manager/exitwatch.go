@@ -33,24 +33,9 @@ func waitGone(inst *instance) {
 		return
 	case <-exited:
 	}
-	t := time.NewTimer(100 * time.Millisecond)
-	defer t.Stop()
-	select {
-	case <-done:
-		return
-	case <-t.C:
-	}
 	// The plugin is a zombie (go-plugin reaps it only after the pipes
 	// close), so its pid and group id cannot have been reused.
-	killGroup(inst.pid)
-	t.Reset(100 * time.Millisecond)
-	select {
-	case <-done:
-		return
-	case <-t.C:
-	}
-	killPipeHolders(inst.pipes)
-	<-done
+	awaitOrKill(done, 100*time.Millisecond, inst.pid, inst.pipes)
 }
 
 // stdioPipes returns the identities ("pipe:[inode]") of the pipes on

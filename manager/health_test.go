@@ -1,7 +1,6 @@
 package manager_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,28 +17,10 @@ import (
 	"github.com/plugincontrol/plugincontrol/manager"
 )
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // newManagerWith is newManager with a config hook and a captured log.
-func newManagerWith(t *testing.T, tweak func(*manager.Config)) (*manager.Manager, *syncBuffer) {
+func newManagerWith(t *testing.T, tweak func(*manager.Config)) (*manager.Manager, *testbin.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testbin.Buffer{}
 	cfg := manager.Config{PluginDir: pluginDir, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	if tweak != nil {
 		tweak(&cfg)

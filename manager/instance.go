@@ -31,7 +31,7 @@ type instance struct {
 	reap       *reaper  // nil until the process runs
 	pipes      []string // the plugin's stdout and stderr pipes, "pipe:[inode]"
 
-	mu       sync.Mutex    // guards inflight, draining, stopping
+	mu       sync.Mutex    // guards inflight, draining, stopping, idle
 	inflight int           // calls admitted and not finished
 	draining bool          // no new calls are admitted
 	stopping bool          // stop was called: an exit from now on is intended
@@ -129,19 +129,32 @@ func killClient(c *goplugin.Client, pid int, pipes []string) {
 		c.Kill()
 		close(done)
 	}()
+	// If the plugin does not exit on request, kill its group (then the
+	// pipes' holders) so Kill returns.
+	awaitOrKill(done, 500*time.Millisecond, pid, pipes)
+	killGroup(pid)
+}
+
+// awaitOrKill waits for done, escalating after each grace period: first it
+// kills pid's process group, then every process holding one of pipes (on
+// whose EOF go-plugin waits), and then it waits for done.
+func awaitOrKill(done <-chan struct{}, grace time.Duration, pid int, pipes []string) {
+	t := time.NewTimer(grace)
+	defer t.Stop()
 	select {
 	case <-done:
-	case <-time.After(500 * time.Millisecond):
-		// The plugin did not exit on request: kill its group so Kill returns.
-		killGroup(pid)
-		select {
-		case <-done:
-		case <-time.After(500 * time.Millisecond):
-			killPipeHolders(pipes)
-			<-done
-		}
+		return
+	case <-t.C:
 	}
 	killGroup(pid)
+	t.Reset(grace)
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	}
+	killPipeHolders(pipes)
+	<-done
 }
 
 // killGroup SIGKILLs the process group led by pid (plugins are started with

@@ -53,7 +53,7 @@ func (m *Manager) Invoke(ctx context.Context, name, method string, payload []byt
 			}
 		}
 		if ce.Panic != nil {
-			m.recordFault(e, inst.gen, false, &PanicRecord{Message: ce.Panic.Message, Fingerprint: ce.Panic.Fingerprint})
+			m.recordFault(e, inst.gen, &PanicRecord{Message: ce.Panic.Message, Fingerprint: ce.Panic.Fingerprint})
 		}
 		return nil, ce
 	}

@@ -113,8 +113,6 @@ type entry struct {
 	panics      tracker     // panic window and lifetime counts
 	restartLog  []time.Time // supervisor restarts within the restart period
 	consecutive int         // restarts since the plugin last stayed up a period
-	lastRestart time.Time
-	held        bool // the supervisor gave up: UNHEALTHY until an operator acts
 }
 
 func (e *entry) lock(ctx context.Context) error {

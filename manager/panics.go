@@ -59,19 +59,20 @@ func (t *tracker) inWindow(now time.Time, window time.Duration) int {
 	return len(t.window)
 }
 
-// recordFault counts a panic (crash false) or crash of generation gen and
-// moves the state machine: the first fault in the window makes a serving
+// recordFault counts a recovered panic of generation gen (see
+// recordFaultReason).
+func (m *Manager) recordFault(e *entry, gen uint64, rec *PanicRecord) {
+	m.recordFaultReason(e, gen, false, rec, "")
+}
+
+// recordFaultReason counts a panic (crash false) or crash of generation gen
+// and moves the state machine: the first fault in the window makes a serving
 // plugin DEGRADED, reaching the threshold makes it UNHEALTHY (once per
 // generation: exactly one event and one log line), after which the policy's
 // action runs. Faults of a generation that is no longer current count only
-// in the lifetime totals.
-func (m *Manager) recordFault(e *entry, gen uint64, crash bool, rec *PanicRecord) {
-	m.recordFaultReason(e, gen, crash, rec, "")
-}
-
-// recordFaultReason is recordFault for a crash with its reason: the crashed
-// generation no longer serves, so the state is left to the supervisor
-// (scheduleRestart); the crash is counted and the reason recorded.
+// in the lifetime totals. A crashed generation no longer serves, so for a
+// crash the state is left to the supervisor (scheduleRestart); the crash is
+// counted and its reason recorded.
 func (m *Manager) recordFaultReason(e *entry, gen uint64, crash bool, rec *PanicRecord, reason string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -197,7 +198,7 @@ func (m *Manager) recordRecovered(pluginName, op string, r any) {
 	e.mu.Lock()
 	gen := e.generation
 	e.mu.Unlock()
-	m.recordFault(e, gen, false, &PanicRecord{Message: msg, Fingerprint: fp})
+	m.recordFault(e, gen, &PanicRecord{Message: msg, Fingerprint: fp})
 }
 
 var (

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// record builds the durable record of e; e.mu is held.
+// recordLocked builds the durable record of e; e.mu is held.
 func (e *entry) recordLocked() PluginRecord {
 	return PluginRecord{Spec: e.spec.clone(), Generation: e.generation, PluginName: e.pluginName}
 }
@@ -99,9 +99,6 @@ func (m *Manager) Restore(ctx context.Context) error {
 		m.plugins[e.name] = e
 		m.mu.Unlock()
 		if r.HeldUnhealthy {
-			e.mu.Lock()
-			e.held = true
-			e.mu.Unlock()
 			e.setState(StateUnhealthy, r.Reason, m.events)
 			continue
 		}

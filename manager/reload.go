@@ -100,7 +100,6 @@ func (m *Manager) activate(e *entry, inst *instance, operator bool) bool {
 		if operator {
 			e.restartLog = nil
 			e.consecutive = 0
-			e.held = false
 		}
 		e.active.Store(inst)
 		e.publishLocked(m.events)
@@ -272,7 +271,8 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	}
 	if err := m.store.DeletePlugin(name); err != nil {
 		err = fmt.Errorf("plugin %q: persisting desired state: %w", name, err)
-		m.audit(ctx, "unload", name, e.status().Generation, e.status().Generation, nil, e.status().Spec, err)
+		st := e.status()
+		m.audit(ctx, "unload", name, st.Generation, st.Generation, nil, st.Spec, err)
 		return Status{}, err
 	}
 	e.mu.Lock()

@@ -124,10 +124,9 @@ func (e *entry) setState(s State, reason string, ev *events) {
 	if reason != "" {
 		e.lastError = reason
 	}
-	h := e.healthLocked()
 	// Publishing under e.mu keeps this plugin's events in the order its
 	// state changed; events.publish never blocks.
-	e.revision = ev.publish(EventChanged, h)
+	e.publishLocked(ev)
 }
 
 // publishLocked publishes the current record; e.mu is held.

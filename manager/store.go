@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -83,37 +84,34 @@ func CallerFrom(ctx context.Context) string {
 
 // memStore is the in-memory Store used when Config.Store is nil.
 type memStore struct {
-	mu      chan struct{} // 1-slot lock guarding the fields below
+	mu      sync.Mutex // guards the fields below
 	plugins map[string]PluginRecord
 	audit   []AuditRecord
 	rev     uint64
 }
 
 func newMemStore() *memStore {
-	return &memStore{mu: make(chan struct{}, 1), plugins: map[string]PluginRecord{}}
+	return &memStore{plugins: map[string]PluginRecord{}}
 }
 
-func (s *memStore) lock()   { s.mu <- struct{}{} }
-func (s *memStore) unlock() { <-s.mu }
-
 func (s *memStore) PutPlugin(r PluginRecord) error {
-	s.lock()
-	defer s.unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	r.Spec = r.Spec.clone()
 	s.plugins[r.Spec.Name] = r
 	return nil
 }
 
 func (s *memStore) DeletePlugin(name string) error {
-	s.lock()
-	defer s.unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(s.plugins, name)
 	return nil
 }
 
 func (s *memStore) Plugins() ([]PluginRecord, error) {
-	s.lock()
-	defer s.unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	out := make([]PluginRecord, 0, len(s.plugins))
 	for _, r := range s.plugins {
 		out = append(out, r)
@@ -122,8 +120,8 @@ func (s *memStore) Plugins() ([]PluginRecord, error) {
 }
 
 func (s *memStore) ReserveRevisions(upTo uint64) (uint64, error) {
-	s.lock()
-	defer s.unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	prev := s.rev
 	s.rev = max(s.rev, upTo)
 	return prev, nil
@@ -133,8 +131,8 @@ func (s *memStore) ReserveRevisions(upTo uint64) (uint64, error) {
 const maxMemAudit = 10000
 
 func (s *memStore) AppendAudit(r *AuditRecord) error {
-	s.lock()
-	defer s.unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if n := len(s.audit); n > 0 {
 		r.Sequence = s.audit[n-1].Sequence + 1
 	} else {
@@ -148,8 +146,8 @@ func (s *memStore) AppendAudit(r *AuditRecord) error {
 }
 
 func (s *memStore) Audit(name string, before uint64, limit int) ([]AuditRecord, error) {
-	s.lock()
-	defer s.unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var out []AuditRecord
 	for i := len(s.audit) - 1; i >= 0 && len(out) < limit; i-- {
 		r := s.audit[i]

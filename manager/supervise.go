@@ -78,14 +78,15 @@ func (m *Manager) scheduleRestart(e *entry, gen uint64, reason string) {
 		}
 	}
 	e.restartLog = kept
-	if !e.lastRestart.IsZero() && now.Sub(e.lastRestart) >= p.RestartPeriod {
-		e.consecutive = 0 // it stayed up a whole period: start backoff over
+	if len(kept) == 0 {
+		// No restart within a period: it stayed up a whole period (or was
+		// never restarted), so backoff starts over.
+		e.consecutive = 0
 	}
 	if len(e.restartLog) >= p.RestartLimit {
 		e.state, e.since = StateUnhealthy, now
 		e.lastError = fmt.Sprintf("%s; restart limit reached (%d restarts within %v): not restarting until an operator reloads it",
 			reason, p.RestartLimit, p.RestartPeriod)
-		e.held = true
 		m.log.Error("plugin unhealthy", slog.String("plugin", e.name), slog.Uint64("generation", gen), slog.String("reason", e.lastError))
 		e.publishLocked(m.events)
 		// Held across daemon restarts until an operator reloads it.
@@ -102,7 +103,6 @@ func (m *Manager) scheduleRestart(e *entry, gen uint64, reason string) {
 	}
 	e.consecutive++
 	e.restartLog = append(e.restartLog, now)
-	e.lastRestart = now
 	e.state, e.since = StateStarting, now
 	e.lastError = fmt.Sprintf("%s; restarting in %v (restart %d of %d within %v)", reason, delay, len(e.restartLog), p.RestartLimit, p.RestartPeriod)
 	e.publishLocked(m.events)
@@ -140,14 +140,8 @@ func (m *Manager) restartAfter(e *entry, gen uint64, delay time.Duration) {
 		m.scheduleRestart(e, gen, "restart failed: "+err.Error())
 		return
 	}
-	if err := m.store.PutPlugin(PluginRecord{Spec: spec, Generation: inst.gen, PluginName: inst.pluginName}); err != nil {
-		m.log.Error("persisting the restarted generation failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
-	}
-	e.mu.Lock()
-	e.restarts++
-	e.mu.Unlock()
-	if !m.activate(e, inst, false) {
-		inst.stop()
+	m.persistRestart(e, inst)
+	if !m.activateRestart(e, inst) {
 		return
 	}
 	m.audit(m.ctx, "restart", e.name, gen, inst.gen, inst, spec, nil)
@@ -189,19 +183,35 @@ func (m *Manager) onUnhealthy(e *entry, gen uint64, action Action) {
 			e.mu.Unlock()
 			return
 		}
-		e.mu.Lock()
-		e.restarts++
-		e.mu.Unlock()
-		if !m.activate(e, inst, false) {
-			inst.stop()
+		if !m.activateRestart(e, inst) {
 			return
 		}
-		if err := m.store.PutPlugin(PluginRecord{Spec: spec, Generation: inst.gen, PluginName: inst.pluginName}); err != nil {
-			m.log.Error("persisting the restarted generation failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
-		}
+		m.persistRestart(e, inst)
 		m.audit(m.ctx, "unhealthy-restart", e.name, gen, inst.gen, inst, spec, nil)
 		old.drain(m.cfg.DrainTimeout)
 		old.stop()
 		m.log.Info("plugin restarted by health policy", slog.String("plugin", e.name), slog.Uint64("generation", inst.gen))
+	}
+}
+
+// activateRestart counts a supervisor restart of e and makes inst, its new
+// generation, the active one. It returns false, with inst stopped, when the
+// manager closed meanwhile. The caller holds e's operation lock.
+func (m *Manager) activateRestart(e *entry, inst *instance) bool {
+	e.mu.Lock()
+	e.restarts++
+	e.mu.Unlock()
+	if !m.activate(e, inst, false) {
+		inst.stop()
+		return false
+	}
+	return true
+}
+
+// persistRestart records inst, a restarted generation of e, as the desired
+// state; a failure is logged (the restart stands).
+func (m *Manager) persistRestart(e *entry, inst *instance) {
+	if err := m.store.PutPlugin(PluginRecord{Spec: inst.spec, Generation: inst.gen, PluginName: inst.pluginName}); err != nil {
+		m.log.Error("persisting the restarted generation failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
 	}
 }

@@ -14,11 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/grpc"
@@ -60,10 +58,11 @@ func WithBookmarkInterval(d time.Duration) Option {
 // named in the audit log.
 func WithAuth(cfg *AuthConfig) Option { return func(o *options) { o.auth = cfg } }
 
-// WithLimits sets the largest request message accepted (bytes; default
-// 4 MiB) and the concurrent streams per connection (default 1024: high
-// enough that long-lived WatchHealth streams sharing a connection do not
-// make grpc-go clients queue their unary calls behind them).
+// WithLimits sets the largest message received or sent, requests and
+// responses alike (bytes; default 4 MiB), and the concurrent streams per
+// connection (default 1024: high enough that long-lived WatchHealth streams
+// sharing a connection do not make grpc-go clients queue their unary calls
+// behind them).
 func WithLimits(maxRecvBytes int, maxStreamsPerConn uint32) Option {
 	return func(o *options) { o.maxRecvBytes, o.maxStreams = maxRecvBytes, maxStreamsPerConn }
 }
@@ -73,8 +72,8 @@ func WithGRPCOptions(opts ...grpc.ServerOption) Option {
 	return func(o *options) { o.grpcOpts = append(o.grpcOpts, opts...) }
 }
 
-// WithInterceptors adds interceptors that run after recovery and logging
-// (authentication, for instance).
+// WithInterceptors adds interceptors that run after recovery, logging and
+// authentication (metrics, for instance).
 func WithInterceptors(u []grpc.UnaryServerInterceptor, s []grpc.StreamServerInterceptor) Option {
 	return func(o *options) {
 		o.unaryInts = append(o.unaryInts, u...)
@@ -90,7 +89,7 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 
-	shutdown     chan struct{} // closed by Shutdown: streams end
+	shutdown     chan struct{} // closed by Shutdown (under mu): no new streams, streams end
 	shutdownOnce sync.Once
 	mirrorDone   chan struct{}
 
@@ -100,8 +99,10 @@ type Server struct {
 	events        eventCache
 	compactEvents eventCache
 
-	mu       sync.Mutex // guards draining and watches
-	draining bool       // no new streams
+	// mu guards watches, and orders track against Shutdown's closing of
+	// shutdown, so that no stream is added once Shutdown has begun waking
+	// and waiting for them.
+	mu sync.Mutex
 	// watches are the open WatchHealth streams' watches, woken by
 	// Shutdown (their streams wait on the watch alone, see watch.go).
 	watches  map[*manager.Watch]struct{}
@@ -124,34 +125,17 @@ func New(m *manager.Manager, opts ...Option) *Server {
 		s.log.ErrorContext(ctx, "handler panic", slog.Any("panic", p))
 		return status.Errorf(codes.Internal, "internal error (handler panic)")
 	})}
-	// Authentication runs through go-grpc-middleware's auth interceptor;
-	// the selector skips it for services the auth config leaves open
-	// (grpc.health.v1 for probes, reflection), which still get the caller
-	// named by the plain identify step.
-	var authU []grpc.UnaryServerInterceptor
-	var authS []grpc.StreamServerInterceptor
-	if o.auth == nil {
-		authU = append(authU, auth.UnaryServerInterceptor(identify))
-		authS = append(authS, auth.StreamServerInterceptor(identify))
-	} else {
-		// go-grpc-middleware's auth interceptor does the checking; the
-		// selector skips it for the services the auth config leaves open
-		// (grpc.health.v1 for probes, reflection), which only get the
-		// caller named.
-		az := newAuthorizer(o.auth)
-		needsAuth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-			return az.requiredRole(c.FullMethod()) != ""
-		})
-		open := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-			return az.requiredRole(c.FullMethod()) == ""
-		})
-		authU = append(authU,
-			selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(az.authenticate), needsAuth),
-			selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(identify), open))
-		authS = append(authS,
-			selector.StreamServerInterceptor(auth.StreamServerInterceptor(az.authenticate), needsAuth),
-			selector.StreamServerInterceptor(auth.StreamServerInterceptor(identify), open))
+	// Authentication runs through go-grpc-middleware's auth interceptor.
+	// Without an auth config it only names the caller; with one,
+	// authenticate checks credentials and roles, and for the services the
+	// config leaves open (grpc.health.v1 for probes, reflection) only names
+	// the caller, as identify does.
+	authFunc := identify
+	if o.auth != nil {
+		authFunc = newAuthorizer(o.auth).authenticate
 	}
+	authU := []grpc.UnaryServerInterceptor{auth.UnaryServerInterceptor(authFunc)}
+	authS := []grpc.StreamServerInterceptor{auth.StreamServerInterceptor(authFunc)}
 	// Order: recovery outermost (nothing escapes), then logging (refused
 	// calls are logged with their code), then authentication.
 	unary := append(append([]grpc.UnaryServerInterceptor{
@@ -203,7 +187,6 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.shutdownOnce.Do(func() {
 		s.health.Shutdown()
 		s.mu.Lock()
-		s.draining = true
 		close(s.shutdown)
 		for w := range s.watches {
 			w.Wake()
@@ -225,10 +208,14 @@ func (s *Server) Shutdown(ctx context.Context) {
 	<-s.mirrorDone
 }
 
+// isDraining reports whether Shutdown has begun.
 func (s *Server) isDraining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.draining
+	select {
+	case <-s.shutdown:
+		return true
+	default:
+		return false
+	}
 }
 
 // track registers the watch of a new WatchHealth stream, so that Shutdown
@@ -236,7 +223,7 @@ func (s *Server) isDraining() bool {
 func (s *Server) track(w *manager.Watch) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.draining {
+	if s.isDraining() {
 		return false
 	}
 	s.watchers.Add(1)

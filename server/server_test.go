@@ -81,6 +81,17 @@ func (f *fixture) load(t *testing.T, name, binary string) *pb.PluginStatus {
 	return res.GetPlugin()
 }
 
+// detail returns the last detail of type T in st, or T's zero value.
+func detail[T any](st *status.Status) T {
+	var out T
+	for _, d := range st.Details() {
+		if v, ok := d.(T); ok {
+			out = v
+		}
+	}
+	return out
+}
+
 func TestErrorCodesAndDetails(t *testing.T) {
 	f := start(t)
 	ctx := context.Background()
@@ -91,12 +102,7 @@ func TestErrorCodesAndDetails(t *testing.T) {
 	if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "name") {
 		t.Fatalf("bad name: %v", err)
 	}
-	var br *errdetails.BadRequest
-	for _, d := range st.Details() {
-		if v, ok := d.(*errdetails.BadRequest); ok {
-			br = v
-		}
-	}
+	br := detail[*errdetails.BadRequest](st)
 	if br == nil || br.GetFieldViolations()[0].GetField() != "name" {
 		t.Fatalf("no BadRequest detail naming the field: %v", st.Details())
 	}
@@ -126,23 +132,13 @@ func TestErrorCodesAndDetails(t *testing.T) {
 	if st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "generation 1 stays active") {
 		t.Fatalf("candidate failure: %v", err)
 	}
-	var cf *pb.CandidateFailure
-	for _, d := range st.Details() {
-		if v, ok := d.(*pb.CandidateFailure); ok {
-			cf = v
-		}
-	}
+	cf := detail[*pb.CandidateFailure](st)
 	if cf == nil || cf.GetStage() != pb.CandidateStage_CANDIDATE_STAGE_READY || cf.GetActiveGeneration() != 1 || !strings.Contains(cf.GetMessage(), "backend database unreachable") {
 		t.Fatalf("CandidateFailure detail: %v", cf)
 	}
 	_, err = f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "panic", Payload: []byte("boom")})
 	st = status.Convert(err)
-	var pd *pluginv1.PanicDetail
-	for _, d := range st.Details() {
-		if v, ok := d.(*pluginv1.PanicDetail); ok {
-			pd = v
-		}
-	}
+	pd := detail[*pluginv1.PanicDetail](st)
 	if st.Code() != codes.Internal || pd == nil || pd.GetMessage() != "boom" || pd.GetFingerprint() == "" {
 		t.Fatalf("panic: %v %v", err, pd)
 	}

@@ -35,7 +35,7 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 	case pb.HealthView_HEALTH_VIEW_COMPACT:
 		events = &s.compactEvents
 	default:
-		return toStatus(&manager.InvalidError{Field: "view", Reason: fmt.Sprintf("unknown health view %d", int32(v))})
+		return invalid("view", fmt.Sprintf("unknown health view %d", int32(v)))
 	}
 	if s.isDraining() {
 		return errShuttingDown

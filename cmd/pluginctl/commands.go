@@ -145,13 +145,11 @@ func (c *cli) waitHealthy(ctx context.Context, control plugincontrolv1.PluginCon
 	defer timer.Stop()
 	start := time.Now()
 	h := &healthWaiter{
-		control:        control,
-		name:           name,
-		generation:     generation,
-		settle:         wf.settle,
-		log:            c.stderr,
-		backoffInitial: waitBackoffInitial,
-		backoffMax:     waitBackoffMax,
+		control:    control,
+		name:       name,
+		generation: generation,
+		settle:     wf.settle,
+		log:        c.stderr,
 	}
 	if err := h.wait(ctx); err != nil {
 		return err
@@ -296,15 +294,13 @@ func (c *cli) watch(ctx context.Context, args []string) error {
 	}
 	defer cl.Close()
 	w := &watcher{
-		control:        cl.Control(),
-		names:          names,
-		since:          *since,
-		output:         c.output,
-		pal:            c.pal,
-		out:            c.stdout,
-		log:            c.stderr,
-		backoffInitial: watchBackoffInitial,
-		backoffMax:     watchBackoffMax,
+		control: cl.Control(),
+		names:   names,
+		since:   *since,
+		output:  c.output,
+		pal:     c.pal,
+		out:     c.stdout,
+		log:     c.stderr,
 	}
 	if c.output == "table" && !*plain && c.terminal() {
 		what := "all plugins"

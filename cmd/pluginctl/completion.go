@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 )
 
@@ -47,8 +46,6 @@ const (
 	argsCommand                  // a pluginctl command (help)
 	argsShell                    // bash, zsh or fish (completion)
 )
-
-func concat(lists ...[]flagSpec) []flagSpec { return slices.Concat(lists...) }
 
 // The flags of each command, for the completion scripts. TestCompletionFlags
 // checks them against the flag sets and the usage texts.

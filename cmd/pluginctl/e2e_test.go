@@ -18,9 +18,8 @@ import (
 
 // daemon is a manager and server on a unix socket, as plugind runs them.
 type daemon struct {
-	addr      string
-	pluginDir string
-	srv       *server.Server
+	addr string
+	srv  *server.Server
 }
 
 // startDaemon builds the example plugins and starts a daemon; cleanup stops
@@ -53,7 +52,7 @@ func startDaemon(t *testing.T) *daemon {
 			t.Errorf("plugin processes left running: %v", left)
 		}
 	})
-	return &daemon{addr: "unix://" + sock, pluginDir: pluginDir, srv: srv}
+	return &daemon{addr: "unix://" + sock, srv: srv}
 }
 
 func TestEndToEnd(t *testing.T) {

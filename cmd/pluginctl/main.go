@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -70,8 +71,8 @@ type command struct {
 
 // commands lists the subcommands in the order the usage shows them.
 var commands = []*command{
-	{name: "load", summary: "launch a new plugin instance", usage: loadUsage, run: (*cli).load, flags: concat(specFlagSpecs, waitFlagSpecs), args: argsNone},
-	{name: "reload", summary: "start a new generation and swap to it if it passes validation", usage: reloadUsage, run: (*cli).reload, flags: concat(specFlagSpecs, reloadFlagSpecs, waitFlagSpecs), args: argsFirstName},
+	{name: "load", summary: "launch a new plugin instance", usage: loadUsage, run: (*cli).load, flags: slices.Concat(specFlagSpecs, waitFlagSpecs), args: argsNone},
+	{name: "reload", summary: "start a new generation and swap to it if it passes validation", usage: reloadUsage, run: (*cli).reload, flags: slices.Concat(specFlagSpecs, reloadFlagSpecs, waitFlagSpecs), args: argsFirstName},
 	{name: "unload", summary: "drain and stop a plugin and forget it", usage: unloadUsage, run: (*cli).unload, flags: []flagSpec{drainFlagSpec}, args: argsFirstName},
 	{name: "list", summary: "list plugins and their status", usage: listUsage, run: (*cli).list, args: argsNone},
 	{name: "invoke", summary: "call a plugin method", usage: invokeUsage, run: (*cli).invoke, flags: invokeFlagSpecs, args: argsFirstName},

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -384,12 +385,9 @@ func TestInvokeAndToken(t *testing.T) {
 	}
 }
 
+// event is a health event of plugin name, generation 1 SERVING.
 func event(typ plugincontrolv1.HealthEventType, rev uint64, name string) *plugincontrolv1.WatchHealthResponse {
-	e := &plugincontrolv1.HealthEvent{Type: typ, Revision: rev}
-	if name != "" {
-		e.Health = &plugincontrolv1.PluginHealth{Name: name, State: plugincontrolv1.PluginState_PLUGIN_STATE_SERVING, Generation: 1, Revision: rev}
-	}
-	return &plugincontrolv1.WatchHealthResponse{Event: e}
+	return hev(typ, rev, name, serving, 1, "")
 }
 
 func TestWatchReconnects(t *testing.T) {
@@ -445,7 +443,7 @@ func TestWatchReconnects(t *testing.T) {
 				}
 			}
 			f.mu.Unlock()
-			if want := []uint64{2, 5, 5, 6}; !equalUint64(since, want) {
+			if want := []uint64{2, 5, 5, 6}; !slices.Equal(since, want) {
 				t.Errorf("since_revision of the attempts = %v, want %v", since, want)
 			}
 			if n := strings.Count(r.stderr, "reconnecting in"); n != 3 {
@@ -500,16 +498,4 @@ func TestWatchFatalError(t *testing.T) {
 	if r.code != exitError || !strings.Contains(r.stderr, "pluginctl: token revoked") {
 		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
 	}
-}
-
-func equalUint64(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

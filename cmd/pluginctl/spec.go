@@ -35,9 +35,6 @@ type specFlags struct {
 	startTimeout time.Duration
 }
 
-// specFlagNames are the flags registered by specFlags.register.
-var specFlagNames = []string{"binary", "sha256", "arg", "env", "config", "config-file", "start-timeout"}
-
 func (s *specFlags) register(fs *flag.FlagSet) {
 	s.fs = fs
 	fs.StringVar(&s.binary, "binary", "", "binary name inside the daemon's plugin directory")
@@ -62,8 +59,8 @@ func isSet(fs *flag.FlagSet, name string) bool {
 
 // anySet reports whether any spec flag was given.
 func (s *specFlags) anySet() bool {
-	for _, n := range specFlagNames {
-		if isSet(s.fs, n) {
+	for _, f := range specFlagSpecs {
+		if isSet(s.fs, f.name) {
 			return true
 		}
 	}
@@ -109,12 +106,10 @@ func (s *specFlags) validate() error {
 	return nil
 }
 
-// apply replaces the fields of spec whose flags were given. readFile reads
-// --config-file ("-" meaning standard input).
+// apply replaces the fields of spec whose flags were given; load and reload
+// have called validate already. readFile reads --config-file ("-" meaning
+// standard input).
 func (s *specFlags) apply(spec *plugincontrolv1.PluginSpec, readFile func(string) ([]byte, error)) error {
-	if err := s.validate(); err != nil {
-		return err
-	}
 	if isSet(s.fs, "binary") {
 		spec.Binary = s.binary
 	}
@@ -125,7 +120,10 @@ func (s *specFlags) apply(spec *plugincontrolv1.PluginSpec, readFile func(string
 		spec.Args = append([]string(nil), s.args...)
 	}
 	if isSet(s.fs, "env") {
-		env, _ := parseEnv(s.env)
+		env, err := parseEnv(s.env)
+		if err != nil {
+			return err
+		}
 		spec.Env = env
 	}
 	if isSet(s.fs, "config") {

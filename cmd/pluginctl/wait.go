@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc/status"
-
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
 
@@ -88,8 +86,6 @@ type healthWaiter struct {
 	settle     time.Duration
 	log        io.Writer // reconnect notices
 
-	backoffInitial, backoffMax time.Duration
-
 	last    *plugincontrolv1.PluginHealth
 	seen    bool      // a record of the plugin arrived on the current stream
 	serving time.Time // when the generation was first seen SERVING; zero before
@@ -166,7 +162,7 @@ func (h *healthWaiter) apply(ev *plugincontrolv1.HealthEvent, fresh bool) error 
 // other stream errors are returned as they are.
 func (h *healthWaiter) wait(ctx context.Context) error {
 	var since uint64
-	backoff := h.backoffInitial
+	backoff := waitBackoffInitial
 	for {
 		n, err := h.stream(ctx, &since)
 		switch {
@@ -180,21 +176,13 @@ func (h *healthWaiter) wait(ctx context.Context) error {
 			return err
 		}
 		if n > 0 {
-			backoff = h.backoffInitial
+			backoff = waitBackoffInitial
 		}
-		reason := "stream ended"
-		if st, ok := status.FromError(err); ok && err != nil && !errors.Is(err, io.EOF) {
-			reason = oneLine(st.Message())
-		}
-		fmt.Fprintf(h.log, "pluginctl: waiting for %s to be healthy: %s; reconnecting in %s\n", h.name, reason, backoff)
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		fmt.Fprintf(h.log, "pluginctl: waiting for %s to be healthy: %s; reconnecting in %s\n", h.name, reconnectReason(err), backoff)
+		if !sleepCtx(ctx, backoff) {
 			return h.timedOut(ctx)
-		case <-t.C:
 		}
-		backoff = min(backoff*2, h.backoffMax)
+		backoff = min(backoff*2, waitBackoffMax)
 	}
 }
 

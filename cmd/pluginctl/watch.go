@@ -40,14 +40,33 @@ type watcher struct {
 	// when set, is the terminal's width at each redraw.
 	live  *liveView
 	width func() int
-
-	backoffInitial, backoffMax time.Duration
 }
 
 // retryable reports whether a stream error is worth reconnecting after: the
 // daemon shut down or restarted (Unavailable) or ended the stream.
 func retryable(err error) bool {
 	return errors.Is(err, io.EOF) || status.Code(err) == codes.Unavailable
+}
+
+// reconnectReason is what a reconnect notice says ended the stream: the
+// status message of err, or "stream ended" when the daemon closed it.
+func reconnectReason(err error) string {
+	if st, ok := status.FromError(err); ok && err != nil && !errors.Is(err, io.EOF) {
+		return oneLine(st.Message())
+	}
+	return "stream ended"
+}
+
+// sleepCtx waits d and reports true, or returns false as soon as ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // notice reports a reconnect or an anomaly: on stderr, or in the live view.
@@ -120,7 +139,7 @@ func (w *watcher) run(ctx context.Context) error {
 		}
 	}
 	last := w.since
-	backoff := w.backoffInitial
+	backoff := watchBackoffInitial
 	for attempt := 0; ; attempt++ {
 		n, err := w.once(ctx, &last)
 		if ctx.Err() != nil {
@@ -130,21 +149,13 @@ func (w *watcher) run(ctx context.Context) error {
 			return err
 		}
 		if n > 0 {
-			backoff = w.backoffInitial
+			backoff = watchBackoffInitial
 		}
-		reason := "stream ended"
-		if st, ok := status.FromError(err); ok && err != nil && !errors.Is(err, io.EOF) {
-			reason = oneLine(st.Message())
-		}
-		w.notice(fmt.Sprintf("%s; reconnecting in %s from revision %d", reason, backoff, last))
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		w.notice(fmt.Sprintf("%s; reconnecting in %s from revision %d", reconnectReason(err), backoff, last))
+		if !sleepCtx(ctx, backoff) {
 			return nil
-		case <-t.C:
 		}
-		backoff = min(backoff*2, w.backoffMax)
+		backoff = min(backoff*2, watchBackoffMax)
 	}
 }
 

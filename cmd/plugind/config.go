@@ -67,10 +67,10 @@ relaunched at start.
 Usage:
   plugind [flags]
 
-Every flag can also be set in the --config YAML file (same name as the key)
-or in the environment as PLUGIND_<NAME> (upper case, "-" as "_"), for example
-PLUGIND_LOG_LEVEL=debug. The command line wins over the environment, which
-wins over the file. See deploy/plugind.yaml for an example file.
+Every flag can also be set in the environment as PLUGIND_<NAME> (upper
+case, "-" as "_"), for example PLUGIND_LOG_LEVEL=debug, and every one but
+--config in the --config YAML file (same name as the key). The command line wins over the
+environment, which wins over the file. See deploy/plugind.yaml for an example file.
 
 Flags:
 `
@@ -98,7 +98,7 @@ Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration.
 	fs.DurationVar(&cfg.startTimeout, "start-timeout", 10*time.Second, "default launch+handshake timeout of a plugin")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "default time in-flight calls get to finish before a generation is stopped")
 	fs.DurationVar(&cfg.callTimeout, "call-timeout", 60*time.Second, "deadline of every call sent to a plugin when the caller set none shorter")
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for streams and calls before stopping hard")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for streams and calls before stopping hard, then as long again for plugins to stop")
 	fs.StringVar(&cfg.authFile, "auth-file", "", "YAML file of bearer tokens and client-certificate identities with roles (mode 0600); unset: no authentication")
 	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "server certificate (PEM) for TCP listeners")
 	fs.StringVar(&cfg.tlsKey, "tls-key", "", "server private key (PEM) for TCP listeners")
@@ -109,7 +109,7 @@ Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration.
 	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "HOST:PORT for Prometheus metrics over HTTP at /metrics (unset: off)")
 	fs.IntVar(&cfg.maxPlugins, "max-plugins", 1000, "most plugins loaded at once")
 	fs.IntVar(&cfg.maxWatchers, "max-watchers", 10000, "most WatchHealth streams at once")
-	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message accepted")
+	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 4<<20, "largest message received or sent (requests and responses)")
 	fs.UintVar(&cfg.maxStreams, "max-streams-per-conn", 1024, "concurrent streams per client connection")
 	return fs
 }

@@ -19,7 +19,6 @@ import (
 type listener struct {
 	addr string
 	lis  net.Listener
-	tcp  bool
 	path string // unix socket file, removed at exit
 }
 
@@ -72,7 +71,7 @@ func openListeners(cfg config, haveTLS, haveAuth bool) ([]listener, error) {
 			if err != nil {
 				return fail(fmt.Errorf("--listen %q: %w", addr, err))
 			}
-			out = append(out, listener{addr: "tcp://" + lis.Addr().String(), lis: lis, tcp: true})
+			out = append(out, listener{addr: "tcp://" + lis.Addr().String(), lis: lis})
 		default:
 			return fail(fmt.Errorf("--listen %q: want unix://PATH or tcp://HOST:PORT", addr))
 		}

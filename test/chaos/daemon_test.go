@@ -1,7 +1,6 @@
 package chaos_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,7 +24,7 @@ type daemon struct {
 	cmd    *exec.Cmd
 	state  string
 	sock   string
-	stderr *bytes.Buffer
+	stderr *testbin.Buffer
 	done   chan error
 	conn   *grpc.ClientConn
 	ctl    pb.PluginControlServiceClient
@@ -37,7 +36,7 @@ type daemon struct {
 // SIGKILL) at cleanup if the test did not stop it.
 func startDaemon(t *testing.T, state string, loads ...string) *daemon {
 	t.Helper()
-	d := &daemon{state: state, sock: filepath.Join(state, "plugind.sock"), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	d := &daemon{state: state, sock: filepath.Join(state, "plugind.sock"), stderr: &testbin.Buffer{}, done: make(chan error, 1)}
 	args := []string{"--plugin-dir", pluginDir, "--state-dir", state, "--log-level", "warn", "--shutdown-timeout", "5s"}
 	for _, l := range loads {
 		args = append(args, "--load", l)
@@ -150,7 +149,8 @@ func TestSigkillDaemon(t *testing.T) {
 		gone(t, "plugin of a SIGKILLed daemon", pid)
 	}
 	if !testbin.WaitGone(child, 5*time.Second) {
-		t.Errorf("the forker plugin's child %d outlived the SIGKILLed daemon (reparented to %d)", child, ppid(child))
+		ppid, _ := procStat(child)
+		t.Errorf("the forker plugin's child %d outlived the SIGKILLed daemon (reparented to %d)", child, ppid)
 		_ = syscall.Kill(child, syscall.SIGKILL)
 	}
 	if _, err := os.Stat(d.sock); err != nil {
@@ -223,21 +223,4 @@ func onlyProcessesExcept(t *testing.T, dir string, want []int, except int) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("processes running from %s: %v, want exactly %v (besides the daemon %d)", dir, got, want, except)
 	}
-}
-
-// ppid returns the parent pid of pid (0 if unknown).
-func ppid(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0
-	}
-	var state string
-	var pp int
-	fmt.Sscan(s[i+1:], &state, &pp)
-	return pp
 }

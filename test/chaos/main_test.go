@@ -47,13 +47,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	build := func() error {
-		if err := testbin.Plugins(filepath.Join(dir, "plugins")); err != nil {
-			return err
-		}
-		return testbin.Commands(dir) // plugind (and pluginctl)
-	}
-	if err := build(); err != nil {
+	if err := testbin.DaemonBinaries(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)

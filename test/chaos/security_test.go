@@ -269,7 +269,7 @@ func TestPluginChildrenDieWithIt(t *testing.T) {
 	ctx := context.Background()
 	st := load(t, m, manager.Spec{Name: "fk", Binary: "forker", Policy: fastRestarts})
 	child := childPID(t, m, "fk")
-	if pg := pgid(child); pg != st.PID {
+	if _, pg := procStat(child); pg != st.PID {
 		t.Fatalf("child %d is in process group %d, want the plugin's (%d)", child, pg, st.PID)
 	}
 
@@ -310,21 +310,21 @@ func TestPluginChildrenDieWithIt(t *testing.T) {
 	onlyProcesses(t, pluginDir, nil)
 }
 
-// pgid returns the process group of pid (0 if unknown).
-func pgid(pid int) int {
+// procStat returns the parent pid and the process group of pid (zeros if
+// unknown), from /proc/PID/stat.
+func procStat(pid int) (ppid, pgid int) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0
+		return 0, 0
 	}
 	var state string
-	var ppid, pg int
-	fmt.Sscan(s[i+1:], &state, &ppid, &pg)
-	return pg
+	fmt.Sscan(s[i+1:], &state, &ppid, &pgid)
+	return ppid, pgid
 }
 
 // TestUnpinnedSwapIsReported: without a pin, a binary swapped on disk is
@@ -375,7 +375,7 @@ func TestUnloadWithEscapedChild(t *testing.T) {
 	st := load(t, m, manager.Spec{Name: "fk", Binary: "forker", Args: []string{"-escape"}})
 	child := childPID(t, m, "fk")
 	t.Cleanup(func() { killOurs(child) })
-	if pg := pgid(child); pg == st.PID {
+	if _, pg := procStat(child); pg == st.PID {
 		t.Fatalf("child %d did not leave the plugin's group", child)
 	}
 	done := make(chan error, 1)

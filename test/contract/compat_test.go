@@ -41,7 +41,7 @@ func TestCompatGrpcurlBaseline(t *testing.T) {
 		if data != "" {
 			args = append(args, "-d", data)
 		}
-		return grpcurl(t, append(args, "-unix", d.sock, method)...)
+		return grpcurl(t, append(args, "-unix", d.Socket, method)...)
 	}
 	// Each RPC of the baseline, with a request that succeeds (or, for
 	// WatchHealth, streams until grpcurl's deadline).
@@ -206,7 +206,7 @@ func enumName(t *testing.T, msg protoreflect.Message, path ...string) string {
 func TestCompatDynamicBaselineClient(t *testing.T) {
 	d := startDaemon(t)
 	files := baselineFiles(t)
-	conn, err := grpc.NewClient("unix://"+d.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(d.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,21 +43,14 @@ func TestMain(m *testing.M) {
 	})
 }
 
-// daemon is a running plugind.
-type daemon struct {
-	*testbin.Daemon
-	sock string // the control socket, Daemon.Socket
-}
-
 // startDaemon runs the built plugind with echo loaded, in a fresh state
 // directory, and waits until echo serves. SIGTERM stops it at cleanup.
-func startDaemon(t *testing.T) *daemon {
+func startDaemon(t *testing.T) *testbin.Daemon {
 	t.Helper()
-	d := testbin.StartDaemon(t, testbin.DaemonOptions{
+	return testbin.StartDaemon(t, testbin.DaemonOptions{
 		Bin:  bins,
 		Load: []string{"echo"},
 	})
-	return &daemon{Daemon: d, sock: d.Socket}
 }
 
 // grpcurl runs the built grpcurl and returns its combined output and exit

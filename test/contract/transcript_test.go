@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/plugincontrol/plugincontrol/internal/testbin"
 )
 
 // step is one grpcurl invocation of a transcript.
@@ -61,8 +63,8 @@ var masks = []struct {
 	{regexp.MustCompile(`(Code: DeadlineExceeded\n\s+Message: ).*`), "$1<DEADLINE>"},
 }
 
-func mask(s string, d *daemon) string {
-	s = strings.ReplaceAll(s, d.sock, "<SOCK>")
+func mask(s string, d *testbin.Daemon) string {
+	s = strings.ReplaceAll(s, d.Socket, "<SOCK>")
 	s = strings.ReplaceAll(s, bins, "<BINS>")
 	for _, m := range masks {
 		s = m.re.ReplaceAllString(s, m.with)
@@ -81,7 +83,7 @@ func runTranscript(t *testing.T, source []string, shown string) string {
 		if s.data != "" {
 			args = append(args, "-d", s.data)
 		}
-		args = append(args, "-unix", d.sock)
+		args = append(args, "-unix", d.Socket)
 		args = append(args, s.args...)
 		out, code := grpcurl(t, args...)
 		cmd := []string{"grpcurl", "-plaintext", shown}
