@@ -12,10 +12,11 @@ BASELINE := proto/baseline.binpb
 
 all: build
 
-## build: plugind, pluginctl and the example plugins into bin/
+## build: plugind, pluginctl and the example plugins into bin/ (with go-plugin's own KV example as bin/plugins/kv)
 build:
 	$(GO) build -o $(BIN)/ ./cmd/plugind ./cmd/pluginctl
 	$(GO) build -o $(BIN)/plugins/ ./examples/plugins/...
+	$(GO) build -o $(BIN)/plugins/kv github.com/hashicorp/go-plugin/examples/grpc/plugin-go-grpc
 
 ## run: build, then start plugind on unix://.plugind/plugind.sock with echo loaded
 run: build
@@ -66,7 +67,7 @@ tools:
 	$(TOOL) grpc-health-probe --version
 
 ## ci: what .ci/run does
-ci: tools check ts-install ts-gen-check docs-check test ts-test bench-short
+ci: tools check ts-install node-install ts-gen-check docs-check test ts-test bench-short
 
 # SDK, docs and contract targets (make/sdk.mk), benchmarks (bench/bench.mk).
 -include make/*.mk

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
 	"github.com/plugincontrol/plugincontrol/client"
+	"github.com/plugincontrol/plugincontrol/endpoint"
 	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
@@ -39,6 +40,7 @@ import (
 // client's (the same as the references use); sdk is package client itself.
 type daemon struct {
 	env  *env
+	eps  *endpoint.Server
 	m    *manager.Manager
 	srv  *server.Server
 	st   *store.DB
@@ -61,6 +63,12 @@ func startDaemon(e *env, tweaks ...func(*manager.Config)) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.eps, err = endpoint.New(filepath.Join(dir, "plugins"), endpoint.WithLogger(e.log),
+		endpoint.WithServerOptions(grpc.ChainStreamInterceptor(server.EndpointInterceptors(nil, e.log)...)))
+	if err != nil {
+		d.st.Close()
+		return nil, err
+	}
 	met := metrics.New()
 	cfg := manager.Config{
 		PluginDir:   e.pluginDir,
@@ -68,6 +76,7 @@ func startDaemon(e *env, tweaks ...func(*manager.Config)) (*daemon, error) {
 		Logger:      e.log,
 		Store:       d.st,
 		OnCandidate: met.ObserveCandidate,
+		Endpoints:   d.eps,
 	}
 	for _, t := range tweaks {
 		t(&cfg)
@@ -132,6 +141,9 @@ func (d *daemon) close() {
 	}
 	if d.m != nil {
 		_ = d.m.Close(ctx)
+	}
+	if d.eps != nil {
+		d.eps.Shutdown()
 	}
 	if d.st != nil {
 		_ = d.st.Close()

@@ -71,33 +71,9 @@ func runInvoke(e *env) ([]row, error) {
 		_, err := pxc.Invoke(callCtx, &pb.InvokeRequest{Plugin: "echo", Method: "echo", Payload: invokePayload})
 		return err
 	}
-	fs := []func(int) error{invokeVia(d), invokeDirect(r), proxy}
-	for _, f := range fs {
-		if l := forCalls(300, 1, 30*time.Second, f); l.failed > 0 {
-			return nil, fmt.Errorf("warm-up: %d failed calls: %v", l.failed, l.firstErr)
-		}
-	}
-	one := make([]dist, len(fs))
-	many := make([]dist, len(fs))
-	rates := make([][]float64, len(fs))
-	for i := range rounds {
-		for j := range fs {
-			k := (i + j) % len(fs)
-			l := forCalls(calls1, 1, time.Minute, fs[k])
-			if l.failed > 0 {
-				return nil, fmt.Errorf("%d failed calls: %v", l.failed, l.firstErr)
-			}
-			one[k] = append(one[k], l.lat...)
-		}
-		for j := range fs {
-			k := (i + j) % len(fs)
-			l := forDuration(dur16, 16, fs[k])
-			if l.failed > 0 {
-				return nil, fmt.Errorf("%d failed calls: %v", l.failed, l.firstErr)
-			}
-			many[k] = append(many[k], l.lat...)
-			rates[k] = append(rates[k], l.rate())
-		}
+	one, many, rates, err := contend([]func(int) error{invokeVia(d), invokeDirect(r), proxy}, rounds, calls1, dur16)
+	if err != nil {
+		return nil, err
 	}
 	p1 := ratio(float64(one[0].p50()), float64(one[1].p50()))
 	p16 := ratio(float64(many[0].p50()), float64(many[1].p50()))

@@ -168,3 +168,37 @@ func forCalls(calls, n int, limit time.Duration, call func(worker int) error) lo
 	defer cancel()
 	return closedLoop(ctx, n, calls, call)
 }
+
+// contend measures the contenders fs side by side: a warm-up of each, then
+// rounds in which each makes calls1 calls with 1 caller and runs dur16
+// with 16 callers, the order rotating every round so that drift hits all
+// alike. It returns each one's 1-caller and 16-caller latencies and its
+// 16-caller rate per round; a failed call is an error.
+func contend(fs []func(int) error, rounds, calls1 int, dur16 time.Duration) (one, many []dist, rates [][]float64, err error) {
+	for _, f := range fs {
+		if l := forCalls(300, 1, 30*time.Second, f); l.failed > 0 {
+			return nil, nil, nil, fmt.Errorf("warm-up: %d failed calls: %v", l.failed, l.firstErr)
+		}
+	}
+	one, many, rates = make([]dist, len(fs)), make([]dist, len(fs)), make([][]float64, len(fs))
+	for i := range rounds {
+		for j := range fs {
+			k := (i + j) % len(fs)
+			l := forCalls(calls1, 1, time.Minute, fs[k])
+			if l.failed > 0 {
+				return nil, nil, nil, fmt.Errorf("%d failed calls: %v", l.failed, l.firstErr)
+			}
+			one[k] = append(one[k], l.lat...)
+		}
+		for j := range fs {
+			k := (i + j) % len(fs)
+			l := forDuration(dur16, 16, fs[k])
+			if l.failed > 0 {
+				return nil, nil, nil, fmt.Errorf("%d failed calls at 16 callers: %v", l.failed, l.firstErr)
+			}
+			many[k] = append(many[k], l.lat...)
+			rates[k] = append(rates[k], l.rate())
+		}
+	}
+	return one, many, rates, nil
+}

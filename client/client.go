@@ -51,6 +51,7 @@ import (
 // Client is a connection to one plugind. It is safe for concurrent use.
 // Create it with Dial and release it with Close.
 type Client struct {
+	opts    []Option // as given to Dial, for DialPlugin
 	conn    *grpc.ClientConn
 	control plugincontrolv1.PluginControlServiceClient
 	gateway plugincontrolv1.PluginGatewayServiceClient
@@ -166,6 +167,20 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	conn, err := newConn(addr, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{
+		opts:    opts,
+		conn:    conn,
+		control: plugincontrolv1.NewPluginControlServiceClient(conn),
+		gateway: plugincontrolv1.NewPluginGatewayServiceClient(conn),
+	}, nil
+}
+
+// newConn makes the connection of Dial and DialEndpoint.
+func newConn(addr string, opts []Option, more ...grpc.DialOption) (*grpc.ClientConn, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
@@ -204,16 +219,12 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		dopts = append(dopts, grpc.WithPerRPCCredentials(bearerToken{token: o.token, secure: secure}))
 	}
 
-	dopts = append(dopts, o.extra...)
+	dopts = append(append(dopts, more...), o.extra...)
 	conn, err := grpc.NewClient(ep.target, dopts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: %s: %w", addr, err)
 	}
-	return &Client{
-		conn:    conn,
-		control: plugincontrolv1.NewPluginControlServiceClient(conn),
-		gateway: plugincontrolv1.NewPluginGatewayServiceClient(conn),
-	}, nil
+	return conn, nil
 }
 
 // Control returns the client of the control API (Load, Reload, Unload,

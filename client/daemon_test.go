@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	pluginendpoint "github.com/plugincontrol/plugincontrol/endpoint"
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/plugincontrol/plugincontrol/server"
@@ -25,6 +26,7 @@ func TestMain(m *testing.M) { testbin.Main(m, &pluginDir, testbin.Plugins) }
 type daemon struct {
 	sock string
 	dir  string
+	eps  *pluginendpoint.Server
 	m    *manager.Manager
 	srv  *server.Server
 	done chan struct{}
@@ -49,7 +51,12 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 	}
 	d.sock = cfg.sock
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
-	m, err := manager.New(manager.Config{PluginDir: pluginDir, Logger: discard, HealthHistory: cfg.healthHistory})
+	eps, err := pluginendpoint.New(filepath.Join(filepath.Dir(cfg.sock), "plugins"), pluginendpoint.WithLogger(discard))
+	if err != nil {
+		return nil, err
+	}
+	d.eps = eps
+	m, err := manager.New(manager.Config{PluginDir: pluginDir, Logger: discard, HealthHistory: cfg.healthHistory, Endpoints: eps})
 	if err != nil {
 		return nil, err
 	}
@@ -81,6 +88,7 @@ func (d *daemon) stop() {
 	d.srv.Shutdown(ctx)
 	<-d.done
 	_ = d.m.Close(ctx)
+	d.eps.Shutdown()
 	_ = os.Remove(d.sock)
 }
 

@@ -164,6 +164,19 @@ func TestWatchCompactedResume(t *testing.T) {
 	}
 	defer w.Close()
 	waitView(t, w, "a", "c")
+	// The view converges at SYNCED, before the callback sees it: wait for
+	// the callback too.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		synced := n > 0 && got[n-1].GetType() == plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SYNCED
+		mu.Unlock()
+		if synced || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if len(got) < 3 || !got[0].GetReset_() || got[0].GetType() != plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SNAPSHOT {

@@ -10,7 +10,11 @@ TOOL    ?= $(GO) tool -modfile=tools/go.mod
 TS      := sdk/ts
 NPM     ?= npm
 
-.PHONY: ts-install ts-gen ts-gen-check ts-build ts-test ts-pack docs docs-check contract-update contract-test
+.PHONY: node-install ts-install ts-gen ts-gen-check ts-build ts-test ts-pack docs docs-check contract-update contract-test
+
+## node-install: install the Node.js example plugin's runtime deps (npm ci in examples/node-kv; the tests do it when missing)
+node-install:
+	cd examples/node-kv && $(NPM) ci --no-audit --no-fund
 
 ## ts-install: install the pinned TypeScript toolchain and runtime deps (npm ci, from package-lock.json)
 ts-install:

@@ -16,6 +16,10 @@ var (
 	ErrUnavailable = errors.New("plugin unavailable")
 	// ErrClosed: the manager is shut down.
 	ErrClosed = errors.New("manager closed")
+	// ErrNotNative: Invoke on a plugin that does not speak the native
+	// contract (a foreign gRPC plugin or an embedder's protocol); call
+	// its own API through a Lease or its endpoint instead.
+	ErrNotNative = errors.New("plugin does not serve the native contract")
 )
 
 // InvalidError is a request that names a bad field. Nothing was changed.

@@ -1,15 +1,16 @@
 package manager
 
 import (
-	"errors"
+	"context"
 	"os"
 	"os/exec"
 	"sync"
-	"syscall"
 	"time"
 
 	goplugin "github.com/hashicorp/go-plugin"
-	"github.com/plugincontrol/plugincontrol/plugin"
+	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
+	"github.com/plugincontrol/plugincontrol/internal/proc"
+	"google.golang.org/grpc"
 )
 
 // instance is one generation of a plugin: one process.
@@ -18,21 +19,32 @@ type instance struct {
 	name       string
 	gen        uint64
 	spec       Spec
+	proto      *Protocol
 	client     *goplugin.Client
 	cmd        *exec.Cmd
-	conn       *plugin.Conn
+	rpc        *grpc.ClientConn // go-plugin's connection to the plugin
+	dispensed  any              // what the protocol's plugin dispensed
+	native     pluginv1.PluginServiceClient
+	done       context.Context // go-plugin's: cancelled when the process exits
 	pid        int
 	sha256     string
 	version    string
 	pluginName string
+	services   []string
+	unary      map[string]bool // full method names of unary methods, as described
 	startedAt  time.Time
 	sockDir    string
-	stderr     *stderrSink
-	reap       *reaper  // nil until the process runs
-	pipes      []string // the plugin's stdout and stderr pipes, "pipe:[inode]"
+	stderr     *proc.StderrSink
+	reap       *proc.Reaper // nil until the process runs
+	pipes      []string     // the plugin's stdout and stderr pipes, "pipe:[inode]"
+
+	// gone is cancelled once the generation is being stopped: leases
+	// still out (calls the drain gave up on) end with Unavailable.
+	gone       context.Context
+	cancelGone context.CancelFunc
 
 	mu       sync.Mutex    // guards inflight, draining, stopping, idle
-	inflight int           // calls admitted and not finished
+	inflight int           // calls and leases admitted and not finished
 	draining bool          // no new calls are admitted
 	stopping bool          // stop was called: an exit from now on is intended
 	idle     chan struct{} // closed when draining and inflight reaches 0
@@ -40,9 +52,9 @@ type instance struct {
 	stopOnce sync.Once
 }
 
-// acquire admits one call, unless the instance is draining. A caller that is
-// refused reloads the plugin's active pointer: a swap always publishes the new
-// generation before it drains the old one.
+// acquire admits one call or lease, unless the instance is draining. A
+// caller that is refused reloads the plugin's active pointer: a swap always
+// publishes the new generation before it drains the old one.
 func (i *instance) acquire() bool {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -64,8 +76,8 @@ func (i *instance) release() {
 }
 
 // drain stops admitting calls and waits up to timeout for the admitted ones
-// to finish. It returns how many calls were in flight when it started and
-// whether it gave up on some.
+// (calls and leases) to finish. It returns how many were in flight when it
+// started and whether it gave up on some.
 func (i *instance) drain(timeout time.Duration) (pending int, timedOut bool) {
 	i.mu.Lock()
 	i.draining = true
@@ -96,12 +108,13 @@ func (i *instance) intended() bool {
 }
 
 // markStopping records that the process is about to be stopped: its exit
-// is intended, and no call is admitted any more.
+// is intended, no call is admitted any more, and leases still out end.
 func (i *instance) markStopping() {
 	i.mu.Lock()
 	i.stopping = true
 	i.draining = true
 	i.mu.Unlock()
+	i.cancelGone()
 }
 
 // stop kills the process and its process group and removes the socket
@@ -109,9 +122,11 @@ func (i *instance) markStopping() {
 func (i *instance) stop() {
 	i.stopOnce.Do(func() {
 		i.markStopping()
-		killClient(i.client, i.pid, i.pipes)
+		if i.client != nil {
+			killClient(i.client, i.pid, i.pipes)
+		}
 		if i.reap != nil {
-			i.reap.remove(i.pid)
+			i.reap.Remove(i.pid)
 		}
 		removeSockDir(i.sockDir)
 	})
@@ -131,41 +146,35 @@ func killClient(c *goplugin.Client, pid int, pipes []string) {
 	}()
 	// If the plugin does not exit on request, kill its group (then the
 	// pipes' holders) so Kill returns.
-	awaitOrKill(done, 500*time.Millisecond, pid, pipes)
-	killGroup(pid)
+	proc.AwaitOrKill(done, 500*time.Millisecond, pid, pipes)
+	proc.KillGroup(pid)
 }
 
-// awaitOrKill waits for done, escalating after each grace period: first it
-// kills pid's process group, then every process holding one of pipes (on
-// whose EOF go-plugin waits), and then it waits for done.
-func awaitOrKill(done <-chan struct{}, grace time.Duration, pid int, pipes []string) {
-	t := time.NewTimer(grace)
-	defer t.Stop()
+// waitGone returns once inst's process has exited and go-plugin has seen it
+// (its done context is cancelled). go-plugin reports an exit only after the
+// plugin's stdout and stderr reach EOF, which never happens while a child
+// the plugin started holds them (a shell-out with cmd.Stderr = os.Stderr):
+// a crash would go unnoticed and the plugin would stay SERVING with a dead
+// pid. So the process is also watched through a pidfd; once the plugin is
+// gone and go-plugin still waits, the plugin's process group is killed,
+// which closes the pipes; processes that left the group (setsid) but hold
+// the pipes are killed next.
+func waitGone(inst *instance) {
+	done := inst.done.Done()
+	exited, stop := proc.WatchExit(inst.pid)
+	if exited == nil {
+		<-done // no pidfd support: go-plugin's word only
+		return
+	}
+	defer stop()
 	select {
 	case <-done:
 		return
-	case <-t.C:
+	case <-exited:
 	}
-	killGroup(pid)
-	t.Reset(grace)
-	select {
-	case <-done:
-		return
-	case <-t.C:
-	}
-	killPipeHolders(pipes)
-	<-done
-}
-
-// killGroup SIGKILLs the process group led by pid (plugins are started with
-// Setpgid, so the group id is the plugin's pid).
-func killGroup(pid int) {
-	if pid <= 0 {
-		return
-	}
-	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
+	// The plugin is a zombie (go-plugin reaps it only after the pipes
+	// close), so its pid and group id cannot have been reused.
+	proc.AwaitOrKill(done, 100*time.Millisecond, inst.pid, inst.pipes)
 }
 
 func removeSockDir(dir string) {

@@ -34,9 +34,18 @@ func (m *Manager) Invoke(ctx context.Context, name, method string, payload []byt
 		return nil, err
 	}
 	defer inst.release()
+	if inst.native == nil {
+		e.mu.Lock()
+		where := e.endpoint
+		e.mu.Unlock()
+		if where == "" {
+			where = "through a lease (Manager.Acquire)"
+		}
+		return nil, fmt.Errorf("plugin %q speaks protocol %q, not the native contract Invoke calls: call its own API at %s: %w", name, inst.proto.Name, where, ErrNotNative)
+	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
 	defer cancel()
-	resp, err := inst.conn.Client.Invoke(ctx, &pluginv1.InvokeRequest{Method: method, Payload: payload})
+	resp, err := inst.native.Invoke(ctx, &pluginv1.InvokeRequest{Method: method, Payload: payload})
 	if err != nil {
 		if status.Code(err) == codes.Canceled && ctx.Err() == nil {
 			// The caller did not cancel: the generation's connection was
@@ -44,14 +53,7 @@ func (m *Manager) Invoke(ctx context.Context, name, method string, payload []byt
 			// That is the plugin being unavailable, which callers retry.
 			err = status.Errorf(codes.Unavailable, "plugin %q generation %d went away during the call", name, inst.gen)
 		}
-		ce := &CallError{Plugin: name, Generation: inst.gen, Err: err}
-		if st, ok := status.FromError(err); ok {
-			for _, d := range st.Details() {
-				if pd, ok := d.(*pluginv1.PanicDetail); ok {
-					ce.Panic = &PanicInfo{Message: pd.GetMessage(), Stack: pd.GetStack(), Fingerprint: pd.GetFingerprint()}
-				}
-			}
-		}
+		ce := &CallError{Plugin: name, Generation: inst.gen, Err: err, Panic: panicOf(err)}
 		if ce.Panic != nil {
 			m.recordFault(e, inst.gen, &PanicRecord{Message: ce.Panic.Message, Fingerprint: ce.Panic.Fingerprint})
 		}

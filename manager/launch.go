@@ -12,13 +12,11 @@ import (
 	"os/exec"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
-	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
-	"github.com/plugincontrol/plugincontrol/plugin"
+	"github.com/plugincontrol/plugincontrol/internal/proc"
 )
 
 // StageTiming is how long one pipeline stage took.
@@ -35,6 +33,9 @@ type Report struct {
 	Version       string
 	DrainedCalls  int
 	DrainTimedOut bool
+	// Notes are remarks of the stages that passed (for example that a
+	// foreign plugin serves no reflection, so describe was skipped).
+	Notes []string
 }
 
 // stageClock records stage timings of one pipeline run.
@@ -97,12 +98,20 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 				inst.pid = inst.cmd.Process.Pid
 			}
 			clock.r.CandidatePID = inst.pid
+			// A plugin that died on its own (say, right after its
+			// handshake) makes the stage fail with a connection error;
+			// the exit is the news. Give the exit a moment to show.
+			died := stage > StageStart && inst.pid > 0 && proc.ExitedWithin(inst.pid, 100*time.Millisecond)
 			inst.stop()
-			ce.StderrTail = inst.stderr.Tail()
+			if died {
+				ce.Err = fmt.Errorf("%w (the plugin process %s%s)", err, proc.ExitDescription(inst.cmd.ProcessState), lastWords(inst.stderr))
+			}
+			ce.StderrTail = inst.stderr.PluginTail()
 		}
 		log.Warn("candidate failed", slog.String("stage", stage.String()), slog.String("error", err.Error()))
 		return nil, clock.r, ce
 	}
+	p := m.protocolFor(&c.spec)
 
 	// 1. resolve
 	path, err := resolveBinary(m.pluginDir, c.spec.Binary)
@@ -130,15 +139,14 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	if err != nil {
 		return fail(StageStart, fmt.Errorf("socket directory: %w", err), nil)
 	}
-	sink := newStderrSink(log)
-	inst := &instance{name: c.spec.Name, gen: c.gen, spec: c.spec, sockDir: sockDir, stderr: sink}
+	sink := proc.NewStderrSink(log)
+	inst := &instance{name: c.spec.Name, gen: c.gen, spec: c.spec, proto: p, sockDir: sockDir, stderr: sink}
+	inst.gone, inst.cancelGone = context.WithCancel(context.Background())
 
 	cmd := exec.Command(path, c.spec.Args...)
 	cmd.Env = pluginEnv(c.spec.Env, sockDir)
 	cmd.Dir = m.pluginDir
-	// Own process group (so a kill reaches the plugin's children) and
-	// Pdeathsig (so the plugin dies with the daemon: go-plugin sets neither).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = proc.SysProcAttr()
 
 	startTimeout := c.spec.StartTimeout
 	if startTimeout == 0 {
@@ -147,9 +155,11 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < startTimeout {
 		startTimeout = max(time.Until(dl), time.Millisecond)
 	}
+	plugins, versioned := p.clientSets()
 	cfg := &goplugin.ClientConfig{
-		HandshakeConfig:  plugin.HandshakeConfig(),
-		Plugins:          goplugin.PluginSet{plugin.DispenseName: &plugin.GRPCPlugin{}},
+		HandshakeConfig:  p.Handshake,
+		Plugins:          plugins,
+		VersionedPlugins: versioned,
 		Cmd:              cmd,
 		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
 		StartTimeout:     startTimeout,
@@ -176,7 +186,7 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 			inst.pid = cmd.Process.Pid
 		}
 		inst.stop()
-		stage, msg := classifyStart(err, sink)
+		stage, msg := classifyStart(err, sink, cmd.ProcessState)
 		switch {
 		case stage == StageChecksum:
 			err = fmt.Errorf("binary %q does not match the sha256 pin %s", c.spec.Binary, c.spec.SHA256)
@@ -189,9 +199,9 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 		inst.pid = rc.Pid
 	}
 	// From here on, a SIGKILLed daemon's reaper kills the plugin's group.
-	m.reaper.add(inst.pid)
+	m.reaper.Add(inst.pid)
 	inst.reap = m.reaper
-	inst.pipes = stdioPipes(inst.pid)
+	inst.pipes = proc.StdioPipes(inst.pid)
 	clock.r.CandidatePID = inst.pid
 	if c.spec.SHA256 != "" {
 		clock.done(StageChecksum)
@@ -205,55 +215,59 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	if err != nil {
 		return fail(StageHandshake, fmt.Errorf("connect: %w", err), inst)
 	}
-	if rpc == nil {
-		return fail(StageHandshake, errors.New("go-plugin returned no client"), inst)
+	gc, ok := rpc.(*goplugin.GRPCClient)
+	if !ok || gc == nil || gc.Conn == nil {
+		return fail(StageHandshake, fmt.Errorf("go-plugin returned %T, not a gRPC client", rpc), inst)
 	}
-	raw, err := rpc.Dispense(plugin.DispenseName)
+	hc, err := gc.Dispense(connPluginName)
 	if err != nil {
 		return fail(StageHandshake, fmt.Errorf("dispense: %w", err), inst)
 	}
-	conn, ok := raw.(*plugin.Conn)
-	if !ok || conn == nil || conn.Client == nil {
-		return fail(StageHandshake, fmt.Errorf("dispense returned %T, not a plugin connection", raw), inst)
+	inst.done, inst.rpc = hc.(*hostConn).done, gc.Conn
+	raw, err := gc.Dispense(p.Dispense)
+	if err != nil {
+		return fail(StageHandshake, fmt.Errorf("dispense %q: %w", p.Dispense, err), inst)
 	}
-	inst.conn = conn
+	if err := p.validate(raw); err != nil {
+		return fail(StageHandshake, err, inst)
+	}
+	inst.dispensed = raw
+	inst.native = nativeClient(raw)
+	conn := Conn{Dispensed: raw, GRPC: gc.Conn, ProtocolVersion: client.NegotiatedVersion()}
 	clock.done(StageHandshake)
 
 	// 4. describe
 	dctx, cancel := context.WithTimeout(ctx, m.cfg.DescribeTimeout)
-	desc, err := conn.Client.Describe(dctx, &pluginv1.DescribeRequest{})
+	desc, err := p.describe(dctx, conn)
 	cancel()
 	if err != nil {
-		return fail(StageDescribe, fmt.Errorf("Describe: %w", err), inst)
+		return fail(StageDescribe, err, inst)
 	}
-	if desc.GetProtocol() != plugin.Protocol {
-		return fail(StageDescribe, fmt.Errorf("plugin speaks protocol %d, this daemon supports %d", desc.GetProtocol(), plugin.Protocol), inst)
-	}
-	if desc.GetName() == "" {
-		return fail(StageDescribe, errors.New("plugin describes itself with an empty name"), inst)
-	}
-	if c.expectName != "" && desc.GetName() != c.expectName {
+	if c.expectName != "" && desc.Name != c.expectName {
 		return fail(StageDescribe, fmt.Errorf("candidate describes itself as %q, but instance %q runs plugin %q; unload and load to change the plugin",
-			desc.GetName(), c.spec.Name, c.expectName), inst)
+			desc.Name, c.spec.Name, c.expectName), inst)
 	}
-	inst.pluginName = desc.GetName()
-	inst.version = desc.GetVersion()
+	inst.pluginName = desc.Name
+	inst.version = desc.Version
+	inst.services = desc.Services
+	if len(desc.UnaryMethods) > 0 {
+		inst.unary = make(map[string]bool, len(desc.UnaryMethods))
+		for _, m := range desc.UnaryMethods {
+			inst.unary[m] = true
+		}
+	}
 	clock.r.Version = inst.version
+	if desc.Note != "" {
+		clock.r.Notes = append(clock.r.Notes, desc.Note)
+	}
 	clock.done(StageDescribe)
 
 	// 5. ready
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
-	ready, err := conn.Client.Ready(rctx, &pluginv1.ReadyRequest{Config: c.spec.Config})
+	err = p.ready(rctx, conn, c.spec.Config)
 	cancel()
 	if err != nil {
-		return fail(StageReady, fmt.Errorf("Ready: %w", err), inst)
-	}
-	if !ready.GetReady() {
-		reason := ready.GetReason()
-		if reason == "" {
-			reason = "no reason given"
-		}
-		return fail(StageReady, fmt.Errorf("plugin reports not ready: %s", reason), inst)
+		return fail(StageReady, err, inst)
 	}
 	clock.done(StageReady)
 
@@ -282,7 +296,7 @@ func pluginEnv(env map[string]string, sockDir string) []string {
 // and a readable message. go-plugin reports failures as plain strings, so
 // this matches its texts (go-plugin v1.8.0, pinned in go.mod; the tests
 // with the misbehaving example plugins fail if they change).
-func classifyStart(err error, sink *stderrSink) (Stage, string) {
+func classifyStart(err error, sink *proc.StderrSink, ps *os.ProcessState) (Stage, string) {
 	full := err.Error()
 	msg := strings.ToLower(full)
 	// Drop go-plugin's generic troubleshooting notes.
@@ -299,7 +313,11 @@ func classifyStart(err error, sink *stderrSink) (Stage, string) {
 		if strings.Contains(sink.Tail(), "This binary is a plugin") {
 			return StageHandshake, "plugin rejected the handshake cookie (built for another host or plugin system) and exited"
 		}
-		return StageStart, "process exited before completing the handshake (see stderr_tail)"
+		how := proc.ExitDescription(ps)
+		if how == "" {
+			how = "exited"
+		}
+		return StageStart, "the plugin process " + how + " before completing the handshake" + lastWords(sink)
 	case strings.Contains(msg, "timeout while waiting for plugin to start"):
 		return StageStart, "timeout while waiting for the plugin's handshake (start_timeout)"
 	case strings.Contains(msg, "unrecognized remote plugin message"):
@@ -312,4 +330,13 @@ func classifyStart(err error, sink *stderrSink) (Stage, string) {
 	default:
 		return StageStart, full
 	}
+}
+
+// lastWords is ": " and the stderr line that best says why the plugin
+// stopped, or "".
+func lastWords(sink *proc.StderrSink) string {
+	if w := sink.LastWords(); w != "" {
+		return ": " + w
+	}
+	return ""
 }

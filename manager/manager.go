@@ -1,12 +1,3 @@
-// Package manager is the core of plugincontrol: a registry of plugin
-// instances, the candidate pipeline that launches and validates them, the
-// try-activate swap and drain, and their status. It has no transport code
-// and can be embedded as a library; package server puts gRPC in front of it.
-//
-// Concurrency: Manager.mu guards the registry map. Each plugin entry has an
-// operation semaphore that serializes Load/Reload/Unload of that plugin
-// (different plugins proceed in parallel) and an atomic pointer to the active
-// generation, so reads (List, Invoke) never wait behind a reload.
 package manager
 
 import (
@@ -20,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/plugincontrol/plugincontrol/internal/proc"
 )
 
 // Config configures a Manager.
@@ -63,6 +56,13 @@ type Config struct {
 	// unhealthy-restart; failed is the failing stage, StageUnknown on
 	// success. It must not block.
 	OnCandidate func(plugin, action string, failed Stage, took time.Duration)
+	// Endpoints, if set, serves every plugin's own gRPC API at a stable
+	// address (Status.Endpoint); see Endpoints.
+	Endpoints Endpoints
+	// RestoreProtocol, if set, gives Restore the protocol of a stored spec
+	// (Spec.Protocol is a Go value and is not stored). Nil, or a nil
+	// result: the spec's Handshake or the native contract.
+	RestoreProtocol func(Spec) *Protocol
 }
 
 // Manager runs plugin instances. Create it with New; Close stops every plugin.
@@ -75,7 +75,8 @@ type Manager struct {
 	digests   digestCache
 	events    *events
 	store     Store
-	reaper    *reaper // kills plugin process groups if the daemon is killed
+	reaper    *proc.Reaper // kills plugin process groups if the daemon is killed
+	native    *Protocol    // the protocol of specs with neither Protocol nor Handshake
 
 	mu      sync.RWMutex // guards plugins and closed
 	plugins map[string]*entry
@@ -107,6 +108,7 @@ type entry struct {
 	state       State
 	since       time.Time
 	lastError   string
+	endpoint    string // address of the plugin's own API ("" without Endpoints)
 	restarts    int
 	removed     bool // unloaded, or a failed first Load
 	revision    uint64
@@ -198,7 +200,8 @@ func New(cfg Config) (*Manager, error) {
 		}
 		m.sockRoot = d
 	}
-	m.reaper = startReaper(log)
+	m.reaper = proc.StartReaper(log)
+	m.native = NativeProtocol()
 	return m, nil
 }
 
@@ -288,12 +291,13 @@ func (m *Manager) Close(ctx context.Context) error {
 				inst.drain(drain)
 				inst.stop()
 			}
+			m.closeEndpoint(e)
 		}()
 	}
 	wg.Wait()
 	m.bg.Wait()
 	m.events.close()
-	m.reaper.close()
+	m.reaper.Close()
 	if m.ownSock {
 		_ = os.RemoveAll(m.sockRoot)
 	}

@@ -86,6 +86,9 @@ func (m *Manager) Restore(ctx context.Context) error {
 			m.log.Error("stored spec is invalid; skipped", slog.String("plugin", r.Spec.Name), slog.String("error", err.Error()))
 			continue
 		}
+		if f := m.cfg.RestoreProtocol; f != nil {
+			r.Spec.Protocol = f(r.Spec)
+		}
 		e := &entry{name: r.Spec.Name, op: make(chan struct{}, 1), spec: r.Spec.clone(), generation: r.Generation, pluginName: r.PluginName}
 		m.mu.Lock()
 		if m.closed {
@@ -98,6 +101,11 @@ func (m *Manager) Restore(ctx context.Context) error {
 		}
 		m.plugins[e.name] = e
 		m.mu.Unlock()
+		if err := m.openEndpoint(e); err != nil {
+			// The plugin is restored without its endpoint; say why.
+			m.log.Error("endpoint not served", slog.String("plugin", e.name), slog.String("error", err.Error()))
+			e.setState(StateStarting, err.Error(), m.events)
+		}
 		if r.HeldUnhealthy {
 			e.setState(StateUnhealthy, r.Reason, m.events)
 			continue

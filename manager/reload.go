@@ -42,7 +42,14 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 	e.setState(StateStarting, "", m.events)
 	m.mu.Unlock()
 
-	inst, rep, err := m.launch(ctx, candidate{action: "load", spec: spec, gen: 1})
+	var (
+		inst *instance
+		rep  *Report
+	)
+	err := m.openEndpoint(e)
+	if err == nil {
+		inst, rep, err = m.launch(ctx, candidate{action: "load", spec: spec, gen: 1})
+	}
 	audited := false
 	if err == nil {
 		// Persisted before it is acknowledged (and before it serves),
@@ -73,6 +80,7 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 		e.mu.Lock()
 		e.removed = true
 		e.mu.Unlock()
+		m.closeEndpoint(e)
 		m.events.publish(EventRemoved, Health{Name: spec.Name, State: StateStopped, Reason: err.Error(), Since: time.Now()})
 		return nil, err
 	}
@@ -293,6 +301,7 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 		inst.drain(drain)
 		inst.stop()
 	}
+	m.closeEndpoint(e)
 	e.mu.Lock()
 	e.state = StateStopped
 	e.panics.reset(0)

@@ -32,6 +32,19 @@ type Spec struct {
 	StartTimeout time.Duration
 	// Policy tunes panic tracking and restarts.
 	Policy HealthPolicy
+	// Handshake, when set, makes the plugin a foreign go-plugin gRPC plugin
+	// launched with GRPCProtocol and this handshake; nil means the native
+	// contract (plugin.Serve). It is part of the durable spec.
+	Handshake *Handshake
+	// ReadyService is the grpc.health.v1 service probed as the ready stage
+	// of a foreign plugin ("" means DefaultReadyService, "plugin"). Only
+	// with Handshake.
+	ReadyService string
+	// Protocol, when set, is the embedder's own protocol and overrides
+	// Handshake. It is a Go value, not data: it is not stored, so a
+	// restored spec falls back to Handshake or the native contract unless
+	// Config.RestoreProtocol supplies it again.
+	Protocol *Protocol `json:"-"`
 }
 
 // Action is what happens when a plugin becomes unhealthy.
@@ -146,7 +159,44 @@ func (s *Spec) Validate() error {
 	if s.StartTimeout < 0 || s.StartTimeout > maxTimeout {
 		return &InvalidError{Field: "start_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", s.StartTimeout, maxTimeout)}
 	}
+	if err := s.validateProtocol(); err != nil {
+		return err
+	}
 	return s.Policy.validate()
+}
+
+// maxServiceLen bounds ReadyService.
+const maxServiceLen = 255
+
+// serviceRE is what a grpc.health.v1 service name may look like here: a
+// (possibly empty) dotted name, or go-plugin's "plugin".
+var serviceRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]*(/[A-Za-z0-9_.-]+)*$`)
+
+// validateProtocol checks the fields that choose how the plugin is spoken
+// to.
+func (s *Spec) validateProtocol() error {
+	if s.Protocol != nil {
+		return s.Protocol.check()
+	}
+	if s.Handshake == nil {
+		if s.ReadyService != "" {
+			return &InvalidError{Field: "ready_service", Reason: "only foreign plugins (with a handshake) are probed through grpc.health.v1; native plugins answer Ready"}
+		}
+		return nil
+	}
+	if err := s.Handshake.validate(); err != nil {
+		return err
+	}
+	if _, ok := s.Env[s.Handshake.MagicCookieKey]; ok {
+		return &InvalidError{Field: "env", Reason: fmt.Sprintf("variable %q is the handshake's magic cookie key: go-plugin sets it", s.Handshake.MagicCookieKey)}
+	}
+	if len(s.Config) > 0 {
+		return &InvalidError{Field: "config", Reason: "only native plugins receive config (in their Ready probe); pass settings to a foreign plugin in args or env"}
+	}
+	if len(s.ReadyService) > maxServiceLen || (s.ReadyService != "" && !serviceRE.MatchString(s.ReadyService)) {
+		return &InvalidError{Field: "ready_service", Reason: fmt.Sprintf("%q is not a gRPC service name (at most %d bytes)", truncate(s.ReadyService, 80), maxServiceLen)}
+	}
+	return nil
 }
 
 func (p *HealthPolicy) validate() error {
@@ -238,5 +288,20 @@ func (s Spec) clone() Spec {
 		s.Env = env
 	}
 	s.Config = append([]byte(nil), s.Config...)
+	if s.Handshake != nil {
+		h := *s.Handshake
+		s.Handshake = &h
+	}
 	return s
+}
+
+// protocolName is the name of the protocol s is launched with.
+func (s *Spec) protocolName() string {
+	switch {
+	case s.Protocol != nil:
+		return s.Protocol.Name
+	case s.Handshake != nil:
+		return "grpc"
+	}
+	return "native"
 }

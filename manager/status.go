@@ -40,6 +40,15 @@ type Status struct {
 	Restarts   int
 	LastError  string
 	Spec       Spec
+	// Protocol names the protocol the plugin is spoken to with ("native",
+	// "grpc", or an embedder's).
+	Protocol string
+	// Endpoint is the stable address of the plugin's own gRPC API, the
+	// same for every generation ("" when the manager has no Endpoints).
+	Endpoint string
+	// Services are the gRPC services the active generation serves, where
+	// known (described at stage describe).
+	Services []string
 }
 
 // Health is the health record of one plugin instance.
@@ -79,6 +88,8 @@ func (e *entry) status() Status {
 		Restarts:   e.restarts,
 		LastError:  e.lastError,
 		Spec:       e.spec.clone(),
+		Protocol:   e.spec.protocolName(),
+		Endpoint:   e.endpoint,
 	}
 	e.mu.Unlock()
 	if inst != nil {
@@ -87,6 +98,8 @@ func (e *entry) status() Status {
 		st.Version = inst.version
 		st.StartedAt = inst.startedAt
 		st.Binary = inst.spec.Binary
+		st.Services = append([]string(nil), inst.services...)
+		st.Protocol = inst.proto.Name
 	}
 	return st
 }

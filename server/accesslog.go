@@ -35,7 +35,7 @@ func accessLogUnary(l *slog.Logger, full grpc.UnaryServerInterceptor) grpc.Unary
 		}
 		start := time.Now()
 		resp, err := handler(ctx, req)
-		logFinished(ctx, l, info.FullMethod, start, err)
+		logFinished(ctx, l, "server", info.FullMethod, start, err)
 		return resp, err
 	}
 }
@@ -47,12 +47,12 @@ func accessLogStream(l *slog.Logger, full grpc.StreamServerInterceptor) grpc.Str
 		}
 		start := time.Now()
 		err := handler(srv, ss)
-		logFinished(ss.Context(), l, info.FullMethod, start, err)
+		logFinished(ss.Context(), l, "server", info.FullMethod, start, err)
 		return err
 	}
 }
 
-func logFinished(ctx context.Context, l *slog.Logger, method string, start time.Time, err error) {
+func logFinished(ctx context.Context, l *slog.Logger, component, method string, start time.Time, err error) {
 	code := status.Code(err)
 	lvl := slog.LevelDebug
 	if code != codes.OK {
@@ -62,7 +62,7 @@ func logFinished(ctx context.Context, l *slog.Logger, method string, start time.
 		return
 	}
 	attrs := []slog.Attr{
-		slog.String("grpc.component", "server"), slog.String("grpc.method", method),
+		slog.String("grpc.component", component), slog.String("grpc.method", method),
 		slog.String("grpc.code", code.String()), slog.Duration("grpc.time", time.Since(start)),
 	}
 	if err != nil {

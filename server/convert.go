@@ -5,6 +5,7 @@ import (
 	"time"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -41,6 +42,10 @@ func specFromProto(s *pb.PluginSpec) (manager.Spec, error) {
 		SHA256:       s.GetSha256(),
 		Config:       s.GetConfig(),
 		StartTimeout: st,
+		ReadyService: s.GetReadyService(),
+	}
+	if h := s.GetHandshake(); h != nil {
+		spec.Handshake = &manager.Handshake{ProtocolVersion: uint(h.GetProtocolVersion()), MagicCookieKey: h.GetMagicCookieKey(), MagicCookieValue: h.GetMagicCookieValue()}
 	}
 	if p := s.GetHealthPolicy(); p != nil {
 		var ds [4]time.Duration
@@ -85,6 +90,11 @@ func specToProto(s manager.Spec) *pb.PluginSpec {
 		Env:    s.Env,
 		Sha256: s.SHA256,
 		Config: s.Config,
+
+		ReadyService: s.ReadyService,
+	}
+	if h := s.Handshake; h != nil {
+		out.Handshake = &pb.Handshake{ProtocolVersion: uint32(h.ProtocolVersion), MagicCookieKey: h.MagicCookieKey, MagicCookieValue: h.MagicCookieValue}
 	}
 	if s.StartTimeout > 0 {
 		out.StartTimeout = durationpb.New(s.StartTimeout)
@@ -132,13 +142,13 @@ func statusToProto(s manager.Status) *pb.PluginStatus {
 		LastError:  s.LastError,
 		Spec:       specToProto(s.Spec),
 		PluginName: s.PluginName,
+		Endpoint:   s.Endpoint,
+		Services:   s.Services,
+		Protocol:   s.Protocol,
 	}
 }
 
-func stageToProto(s manager.Stage) pb.CandidateStage {
-	// manager.Stage is numbered like the proto enum.
-	return pb.CandidateStage(s)
-}
+func stageToProto(s manager.Stage) pb.CandidateStage { return rpcerr.Stage(s) }
 
 func reportToProto(r *manager.Report) *pb.CandidateReport {
 	if r == nil {
@@ -150,6 +160,7 @@ func reportToProto(r *manager.Report) *pb.CandidateReport {
 		Version:       r.Version,
 		DrainedCalls:  uint32(r.DrainedCalls),
 		DrainTimedOut: r.DrainTimedOut,
+		Notes:         r.Notes,
 	}
 	for _, s := range r.Stages {
 		out.Stages = append(out.Stages, &pb.StageTiming{Stage: stageToProto(s.Stage), Duration: durationpb.New(s.Duration)})

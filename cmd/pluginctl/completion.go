@@ -65,6 +65,9 @@ var (
 		{"config", "STRING", "config handed to the plugin"},
 		{"config-file", "file", "read the config from a file"},
 		{"start-timeout", "D", "launch and handshake timeout"},
+		{"handshake", "K=V", "a foreign plugin's handshake magic cookie"},
+		{"handshake-version", "N", "a foreign plugin's protocol version"},
+		{"ready-service", "S", "grpc.health.v1 service probed as a foreign plugin's ready stage"},
 	}
 	waitFlagSpecs = []flagSpec{
 		{"wait-healthy", "", "wait until the new generation is SERVING"},

@@ -198,14 +198,15 @@ func formatDuration(d time.Duration) string {
 // renderStatuses prints plugin statuses as a table.
 func renderStatuses(w io.Writer, p palette, plugins []*plugincontrolv1.PluginStatus) error {
 	var t table
-	t.header("NAME", "GEN", "STATE", "PID", "VERSION", "BINARY", "RESTARTS", "LAST ERROR")
+	t.header("NAME", "GEN", "STATE", "PID", "VERSION", "BINARY", "RESTARTS", "ENDPOINT", "LAST ERROR")
 	for _, s := range plugins {
 		pid := "-"
 		if s.GetPid() != 0 {
 			pid = strconv.FormatInt(s.GetPid(), 10)
 		}
 		t.add(txt(cell(s.GetName())), txt(strconv.FormatUint(s.GetGeneration(), 10)), stateCell(s.GetState()), txt(pid),
-			txt(cell(s.GetVersion())), txt(cell(s.GetBinary())), txt(strconv.FormatUint(uint64(s.GetRestarts()), 10)), txt(cell(s.GetLastError())))
+			txt(cell(s.GetVersion())), txt(cell(s.GetBinary())), txt(strconv.FormatUint(uint64(s.GetRestarts()), 10)),
+			txt(cell(s.GetEndpoint())), txt(cell(s.GetLastError())))
 	}
 	return t.write(w, p)
 }

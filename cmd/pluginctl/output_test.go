@@ -26,14 +26,14 @@ func rendered(t *testing.T, render func(w io.Writer) error) string {
 func TestRenderStatuses(t *testing.T) {
 	got := rendered(t, func(w io.Writer) error {
 		return renderStatuses(w, palette{}, []*plugincontrolv1.PluginStatus{
-			{Name: "echo", Generation: 2, State: plugincontrolv1.PluginState_PLUGIN_STATE_SERVING, Pid: 4242, Version: "1.0.0", Binary: "echo", Restarts: 1},
+			{Name: "echo", Generation: 2, State: plugincontrolv1.PluginState_PLUGIN_STATE_SERVING, Pid: 4242, Version: "1.0.0", Binary: "echo", Restarts: 1, Endpoint: "unix:///s/plugins/echo.sock"},
 			{Name: "broken-one", Generation: 0, State: plugincontrolv1.PluginState_PLUGIN_STATE_UNHEALTHY, Binary: "broken", LastError: "candidate failed\tat stage start:\nexit status 2"},
 		})
 	})
 	want := "" +
-		"NAME        GEN  STATE      PID   VERSION  BINARY  RESTARTS  LAST ERROR\n" +
-		"echo        2    SERVING    4242  1.0.0    echo    1         -\n" +
-		"broken-one  0    UNHEALTHY  -     -        broken  0         candidate failed at stage start: exit status 2\n"
+		"NAME        GEN  STATE      PID   VERSION  BINARY  RESTARTS  ENDPOINT                     LAST ERROR\n" +
+		"echo        2    SERVING    4242  1.0.0    echo    1         unix:///s/plugins/echo.sock  -\n" +
+		"broken-one  0    UNHEALTHY  -     -        broken  0         -                            candidate failed at stage start: exit status 2\n"
 	if got != want {
 		t.Errorf("table:\n%s\nwant:\n%s", got, want)
 	}
@@ -76,8 +76,8 @@ func TestRenderReload(t *testing.T) {
 	}
 	got := rendered(t, func(w io.Writer) error { return renderReload(w, palette{}, resp, false) })
 	want := "" +
-		"NAME  GEN  STATE    PID  VERSION  BINARY  RESTARTS  LAST ERROR\n" +
-		"echo  2    SERVING  7    2        echo    0         -\n" +
+		"NAME  GEN  STATE    PID  VERSION  BINARY  RESTARTS  ENDPOINT  LAST ERROR\n" +
+		"echo  2    SERVING  7    2        echo    0         -         -\n" +
 		"\n" +
 		"STAGE    DURATION\n" +
 		"resolve  150µs\n" +

@@ -33,6 +33,9 @@ type specFlags struct {
 	config       string
 	configFile   string
 	startTimeout time.Duration
+	handshake    string
+	hsVersion    uint
+	readyService string
 }
 
 func (s *specFlags) register(fs *flag.FlagSet) {
@@ -44,6 +47,9 @@ func (s *specFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.config, "config", "", "config handed to the plugin")
 	fs.StringVar(&s.configFile, "config-file", "", `read the config from this file ("-" for standard input)`)
 	fs.DurationVar(&s.startTimeout, "start-timeout", 0, "launch and handshake timeout")
+	fs.StringVar(&s.handshake, "handshake", "", "a foreign plugin's handshake magic cookie KEY=VALUE")
+	fs.UintVar(&s.hsVersion, "handshake-version", 1, "a foreign plugin's protocol version")
+	fs.StringVar(&s.readyService, "ready-service", "", "grpc.health.v1 service probed as a foreign plugin's ready stage")
 }
 
 // isSet reports whether the flag name was given on the command line.
@@ -103,6 +109,14 @@ func (s *specFlags) validate() error {
 	if _, err := parseEnv(s.env); err != nil {
 		return err
 	}
+	if isSet(s.fs, "handshake") {
+		if k, _, ok := strings.Cut(s.handshake, "="); !ok || k == "" {
+			return usagef("--handshake %q: want the magic cookie as KEY=VALUE", s.handshake)
+		}
+	}
+	if (isSet(s.fs, "handshake-version") || isSet(s.fs, "ready-service")) && !isSet(s.fs, "handshake") {
+		return usagef("--handshake-version and --ready-service describe a foreign plugin: give its --handshake too")
+	}
 	return nil
 }
 
@@ -138,6 +152,11 @@ func (s *specFlags) apply(spec *plugincontrolv1.PluginSpec, readFile func(string
 	}
 	if isSet(s.fs, "start-timeout") {
 		spec.StartTimeout = durationpb.New(s.startTimeout)
+	}
+	if isSet(s.fs, "handshake") {
+		k, v, _ := strings.Cut(s.handshake, "=")
+		spec.Handshake = &plugincontrolv1.Handshake{ProtocolVersion: uint32(s.hsVersion), MagicCookieKey: k, MagicCookieValue: v}
+		spec.ReadyService = s.readyService
 	}
 	return nil
 }

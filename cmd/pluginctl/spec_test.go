@@ -204,3 +204,25 @@ func TestParseArgsDoubleDash(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadSpecForeign(t *testing.T) {
+	sf, _ := parseSpec(t, "kv", "--handshake", "BASIC_PLUGIN=hello", "--handshake-version", "2", "--ready-service", "proto.KV")
+	if err := sf.validate(); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := sf.loadSpec("kv", noFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &plugincontrolv1.PluginSpec{Name: "kv", Binary: "kv", ReadyService: "proto.KV",
+		Handshake: &plugincontrolv1.Handshake{ProtocolVersion: 2, MagicCookieKey: "BASIC_PLUGIN", MagicCookieValue: "hello"}}
+	if !proto.Equal(spec, want) {
+		t.Errorf("spec = %v, want %v", spec, want)
+	}
+	for _, bad := range [][]string{{"kv", "--handshake", "novalue"}, {"kv", "--ready-service", "x"}, {"kv", "--handshake", "=v"}} {
+		sf, _ := parseSpec(t, bad...)
+		if err := sf.validate(); err == nil {
+			t.Errorf("%q: accepted", bad)
+		}
+	}
+}

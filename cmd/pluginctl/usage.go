@@ -14,6 +14,11 @@ const specFlagsUsage = `Spec flags:
   --config STRING       config handed to the plugin
   --config-file F       read the config from file F ("-" for standard input)
   --start-timeout D     launch and handshake timeout (default: the daemon's, 10s)
+  --handshake K=V       a foreign go-plugin plugin: its handshake magic cookie
+                        (key=value); its own API is served at its endpoint
+  --handshake-version N the foreign plugin's protocol version (default 1)
+  --ready-service S     grpc.health.v1 service probed as a foreign plugin's
+                        ready stage (default "plugin")
 `
 
 const waitFlagsUsage = `Wait flags (load, reload):
@@ -33,7 +38,7 @@ const waitFlagsUsage = `Wait flags (load, reload):
                         return at its first SERVING)
 `
 
-const loadUsage = `usage: pluginctl [global flags] load NAME [--binary B] [--sha256 HEX] [--arg A]... [--env K=V]... [--config STRING | --config-file F] [--start-timeout D] [--wait-healthy [--wait-timeout D] [--settle D]]
+const loadUsage = `usage: pluginctl [global flags] load NAME [--binary B] [--sha256 HEX] [--arg A]... [--env K=V]... [--config STRING | --config-file F] [--start-timeout D] [--handshake K=V [--handshake-version N] [--ready-service S]] [--wait-healthy [--wait-timeout D] [--settle D]]
 
 Launch a new plugin instance NAME through the candidate pipeline and print its
 status and the duration of each stage. The binary defaults to NAME.

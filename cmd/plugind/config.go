@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -42,6 +43,9 @@ type config struct {
 	maxWatchers     int
 	maxMessageBytes int
 	maxStreams      uint
+	endpointDir     string
+	endpointListen  string
+	endpointMaxMsg  int
 }
 
 // listFlag is a repeatable string flag.
@@ -111,6 +115,9 @@ Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration.
 	fs.IntVar(&cfg.maxWatchers, "max-watchers", 10000, "most WatchHealth streams at once")
 	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 4<<20, "largest message received or sent (requests and responses)")
 	fs.UintVar(&cfg.maxStreams, "max-streams-per-conn", 1024, "concurrent streams per client connection")
+	fs.StringVar(&cfg.endpointDir, "endpoint-dir", "", "directory of the plugin endpoints: each plugin's own gRPC API is served at DIR/NAME.sock (mode 0600), forwarded to its active generation (default <state-dir>/plugins)")
+	fs.StringVar(&cfg.endpointListen, "endpoint-listen", "", "also serve every plugin endpoint on tcp://HOST:PORT, the plugin named per call in the plugincontrol-plugin metadata key (same TLS and auth rules as --listen; unset: off)")
+	fs.IntVar(&cfg.endpointMaxMsg, "endpoint-max-message-bytes", 16<<20, "largest message forwarded through a plugin endpoint, either way")
 	return fs
 }
 
@@ -152,6 +159,9 @@ func parseFlags(args []string, out io.Writer, env func(string) string) (config, 
 	}
 	if len(cfg.listen) == 0 {
 		cfg.listen = []string{"unix://" + cfg.stateDir + "/plugind.sock"}
+	}
+	if cfg.endpointDir == "" {
+		cfg.endpointDir = filepath.Join(cfg.stateDir, "plugins")
 	}
 	return cfg, cfg.check()
 }
@@ -236,6 +246,12 @@ func (c *config) check() error {
 	}
 	if c.maxPlugins <= 0 || c.maxWatchers <= 0 || c.maxMessageBytes < 1024 || c.maxStreams < 16 {
 		errs = append(errs, errors.New("--max-plugins and --max-watchers must be positive, --max-message-bytes at least 1024, --max-streams-per-conn at least 16"))
+	}
+	if c.endpointMaxMsg < 1024 {
+		errs = append(errs, errors.New("--endpoint-max-message-bytes must be at least 1024"))
+	}
+	if c.endpointListen != "" && !strings.HasPrefix(c.endpointListen, "tcp://") {
+		errs = append(errs, fmt.Errorf("--endpoint-listen %q: want tcp://HOST:PORT", c.endpointListen))
 	}
 	return errors.Join(errs...)
 }

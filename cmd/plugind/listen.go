@@ -52,31 +52,42 @@ func openListeners(cfg config, haveTLS, haveAuth bool) ([]listener, error) {
 			}
 			out = append(out, l)
 		case strings.HasPrefix(addr, "tcp://"):
-			hostport := strings.TrimPrefix(addr, "tcp://")
-			if !haveTLS {
-				host, _, err := net.SplitHostPort(hostport)
-				if err != nil {
-					return fail(fmt.Errorf("--listen %q: %w", addr, err))
-				}
-				ip := net.ParseIP(host)
-				loopback := host == "localhost" || (ip != nil && ip.IsLoopback())
-				switch {
-				case !loopback:
-					return fail(fmt.Errorf("--listen %q: TCP needs TLS (--tls-cert and --tls-key)", addr))
-				case !haveAuth && !cfg.insecureTCP:
-					return fail(fmt.Errorf("--listen %q: plaintext TCP on loopback is open to every local user; set --auth-file, TLS, or --insecure-tcp", addr))
-				}
-			}
-			lis, err := listenTCP(hostport)
+			l, err := openTCP("--listen", addr, cfg, haveTLS, haveAuth)
 			if err != nil {
-				return fail(fmt.Errorf("--listen %q: %w", addr, err))
+				return fail(err)
 			}
-			out = append(out, listener{addr: "tcp://" + lis.Addr().String(), lis: lis})
+			out = append(out, l)
 		default:
 			return fail(fmt.Errorf("--listen %q: want unix://PATH or tcp://HOST:PORT", addr))
 		}
 	}
 	return out, nil
+}
+
+// openTCP opens a tcp:// address of flag: TLS, or a loopback address with
+// --auth-file or --insecure-tcp (plaintext TCP is never opened to the
+// network).
+func openTCP(flag, addr string, cfg config, haveTLS, haveAuth bool) (listener, error) {
+	hostport := strings.TrimPrefix(addr, "tcp://")
+	if !haveTLS {
+		host, _, err := net.SplitHostPort(hostport)
+		if err != nil {
+			return listener{}, fmt.Errorf("%s %q: %w", flag, addr, err)
+		}
+		ip := net.ParseIP(host)
+		loopback := host == "localhost" || (ip != nil && ip.IsLoopback())
+		switch {
+		case !loopback:
+			return listener{}, fmt.Errorf("%s %q: TCP needs TLS (--tls-cert and --tls-key)", flag, addr)
+		case !haveAuth && !cfg.insecureTCP:
+			return listener{}, fmt.Errorf("%s %q: plaintext TCP on loopback is open to every local user; set --auth-file, TLS, or --insecure-tcp", flag, addr)
+		}
+	}
+	lis, err := listenTCP(hostport)
+	if err != nil {
+		return listener{}, fmt.Errorf("%s %q: %w", flag, addr, err)
+	}
+	return listener{addr: "tcp://" + lis.Addr().String(), lis: lis}, nil
 }
 
 func listenTCP(hostport string) (net.Listener, error) { return net.Listen("tcp", hostport) }

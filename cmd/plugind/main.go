@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/plugincontrol/plugincontrol/endpoint"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/plugincontrol/plugincontrol/metrics"
@@ -24,6 +25,7 @@ import (
 	"github.com/plugincontrol/plugincontrol/store"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
 func main() {
@@ -106,6 +108,25 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("removing stale plugin sockets: %w", err)
 	}
 
+	epOpts := []endpoint.Option{
+		endpoint.WithLogger(log),
+		endpoint.WithMaxMessageBytes(cfg.endpointMaxMsg),
+		endpoint.WithServerOptions(grpc.ChainStreamInterceptor(server.EndpointInterceptors(authCfg, log)...)),
+	}
+	if authCfg != nil {
+		// The daemon's bearer tokens are not the plugins' business.
+		epOpts = append(epOpts, endpoint.WithStrippedMetadata("authorization"))
+	}
+	eps, err := endpoint.New(cfg.endpointDir, epOpts...)
+	if err != nil {
+		return err
+	}
+	defer eps.Shutdown()
+	if longest := len(eps.Path(strings.Repeat("x", 63))); longest > 107 {
+		log.Warn("endpoint directory is long: plugins with long names get no endpoint (unix socket paths hold 107 bytes); set a shorter --endpoint-dir",
+			slog.String("endpoint_dir", eps.Dir()), slog.Int("longest_name", 63-(longest-107)))
+	}
+
 	met := metrics.New()
 	m, err := manager.New(manager.Config{
 		PluginDir:    cfg.pluginDir,
@@ -120,6 +141,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		MaxPlugins:   cfg.maxPlugins,
 		MaxWatchers:  cfg.maxWatchers,
 		OnCandidate:  met.ObserveCandidate,
+		Endpoints:    eps,
 	})
 	if err != nil {
 		return err
@@ -151,10 +173,28 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	srv := server.New(m, opts...)
 	met.GRPC.InitializeMetrics(srv.GRPCServer())
-	serveErr := make(chan error, len(listeners))
+	serveErr := make(chan error, len(listeners)+1)
 	for _, l := range listeners {
 		go func() { serveErr <- srv.Serve(l.wrap()) }()
 		log.Info("plugind serving", slog.String("listen", l.addr))
+	}
+	if cfg.endpointListen != "" {
+		l, err := openTCP("--endpoint-listen", cfg.endpointListen, cfg, tlsCfg != nil, authCfg != nil)
+		if err != nil {
+			srv.Shutdown(context.Background())
+			closeManager()
+			return err
+		}
+		var creds []grpc.ServerOption
+		if tlsCfg != nil {
+			creds = append(creds, grpc.Creds(credentials.NewTLS(tlsCfg)))
+		}
+		go func() {
+			if err := eps.ServeTCP(l.lis, creds...); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				serveErr <- fmt.Errorf("--endpoint-listen: %w", err)
+			}
+		}()
+		log.Info("plugin endpoints serving", slog.String("listen", l.addr), slog.String("select_with", endpoint.PluginKey))
 	}
 	var metricsSrv *http.Server
 	if cfg.metricsListen != "" {
@@ -199,6 +239,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		_ = metricsSrv.Shutdown(sctx)
 	}
 	closeManager() // plugins stop (desired state stays in the store)
+	eps.Shutdown()
 	for _, l := range listeners {
 		l.cleanup()
 	}

@@ -20,9 +20,34 @@ func Root() string {
 }
 
 // Plugins builds every example plugin into dir (one binary per directory of
-// examples/plugins, named after it).
+// examples/plugins, named after it) and, as "kv", go-plugin's own gRPC
+// example plugin (a real third-party plugin: its KV service, handshake
+// cookie BASIC_PLUGIN=hello, protocol 1).
 func Plugins(dir string) error {
-	return goBuild(dir, "", "./examples/plugins/...")
+	if err := goBuild(dir, "", "./examples/plugins/..."); err != nil {
+		return err
+	}
+	return goBuildAs(filepath.Join(dir, "kv"), KVPluginPackage)
+}
+
+// KVPluginPackage is go-plugin's examples/grpc plugin, built from the
+// go-plugin module.
+const KVPluginPackage = "github.com/hashicorp/go-plugin/examples/grpc/plugin-go-grpc"
+
+// KVHandshake is the handshake of go-plugin's examples/grpc plugin.
+var KVHandshake = struct {
+	ProtocolVersion                  uint
+	MagicCookieKey, MagicCookieValue string
+}{1, "BASIC_PLUGIN", "hello"}
+
+// goBuildAs builds pkg into the file out.
+func goBuildAs(out, pkg string) error {
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = Root()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build -o %s %s: %v\n%s", out, pkg, err, b)
+	}
+	return nil
 }
 
 // Commands builds plugind and pluginctl into dir.

@@ -171,6 +171,9 @@ type CandidateReport struct {
 	// drain_timed_out is true when the old generation was stopped with calls
 	// still in flight because drain_timeout ran out.
 	DrainTimedOut bool `protobuf:"varint,6,opt,name=drain_timed_out,json=drainTimedOut,proto3" json:"drain_timed_out,omitempty"`
+	// notes are remarks of stages that passed, such as a foreign plugin that
+	// serves no reflection (describe skipped).
+	Notes         []string `protobuf:"bytes,7,rep,name=notes,proto3" json:"notes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -245,6 +248,13 @@ func (x *CandidateReport) GetDrainTimedOut() bool {
 		return x.DrainTimedOut
 	}
 	return false
+}
+
+func (x *CandidateReport) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
 }
 
 // CandidateFailure is the status detail of a FailedPrecondition returned when
@@ -328,14 +338,15 @@ const file_plugincontrol_v1_candidate_proto_rawDesc = "" +
 	" plugincontrol/v1/candidate.proto\x12\x10plugincontrol.v1\x1a\x1egoogle/protobuf/duration.proto\"|\n" +
 	"\vStageTiming\x126\n" +
 	"\x05stage\x18\x01 \x01(\x0e2 .plugincontrol.v1.CandidateStageR\x05stage\x125\n" +
-	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\x85\x02\n" +
+	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\x9b\x02\n" +
 	"\x0fCandidateReport\x125\n" +
 	"\x06stages\x18\x01 \x03(\v2\x1d.plugincontrol.v1.StageTimingR\x06stages\x12/\n" +
 	"\x05total\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05total\x12#\n" +
 	"\rcandidate_pid\x18\x03 \x01(\x03R\fcandidatePid\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12#\n" +
 	"\rdrained_calls\x18\x05 \x01(\rR\fdrainedCalls\x12&\n" +
-	"\x0fdrain_timed_out\x18\x06 \x01(\bR\rdrainTimedOut\"\xb2\x01\n" +
+	"\x0fdrain_timed_out\x18\x06 \x01(\bR\rdrainTimedOut\x12\x14\n" +
+	"\x05notes\x18\a \x03(\tR\x05notes\"\xb2\x01\n" +
 	"\x10CandidateFailure\x126\n" +
 	"\x05stage\x18\x01 \x01(\x0e2 .plugincontrol.v1.CandidateStageR\x05stage\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1f\n" +

@@ -168,7 +168,17 @@ type PluginSpec struct {
 	// default (10s).
 	StartTimeout *durationpb.Duration `protobuf:"bytes,7,opt,name=start_timeout,json=startTimeout,proto3" json:"start_timeout,omitempty"`
 	// health_policy tunes panic tracking and restarts; unset fields take defaults.
-	HealthPolicy  *HealthPolicy `protobuf:"bytes,8,opt,name=health_policy,json=healthPolicy,proto3" json:"health_policy,omitempty"`
+	HealthPolicy *HealthPolicy `protobuf:"bytes,8,opt,name=health_policy,json=healthPolicy,proto3" json:"health_policy,omitempty"`
+	// handshake, when set, makes this a foreign plugin: any hashicorp/go-plugin
+	// gRPC plugin, in any language, started with this handshake. Its own gRPC
+	// API is served at PluginStatus.endpoint; Invoke does not apply to it, and
+	// it receives no config. Unset: the native contract
+	// (plugincontrol.plugin.v1.PluginService, as plugin.Serve serves it).
+	Handshake *Handshake `protobuf:"bytes,9,opt,name=handshake,proto3" json:"handshake,omitempty"`
+	// ready_service is the grpc.health.v1 service probed as the ready stage of a
+	// foreign plugin; empty means "plugin", which go-plugin registers in every
+	// Go plugin. Only with handshake.
+	ReadyService  string `protobuf:"bytes,10,opt,name=ready_service,json=readyService,proto3" json:"ready_service,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -259,6 +269,87 @@ func (x *PluginSpec) GetHealthPolicy() *HealthPolicy {
 	return nil
 }
 
+func (x *PluginSpec) GetHandshake() *Handshake {
+	if x != nil {
+		return x.Handshake
+	}
+	return nil
+}
+
+func (x *PluginSpec) GetReadyService() string {
+	if x != nil {
+		return x.ReadyService
+	}
+	return ""
+}
+
+// Handshake is a foreign plugin's go-plugin handshake (the plugin's
+// HandshakeConfig): a plugin started with the wrong one refuses to run, and
+// the candidate fails at stage handshake.
+type Handshake struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// protocol_version is the application protocol version the plugin speaks,
+	// at least 1.
+	ProtocolVersion uint32 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	// magic_cookie_key is the environment variable carrying the cookie.
+	MagicCookieKey string `protobuf:"bytes,2,opt,name=magic_cookie_key,json=magicCookieKey,proto3" json:"magic_cookie_key,omitempty"`
+	// magic_cookie_value is the cookie.
+	MagicCookieValue string `protobuf:"bytes,3,opt,name=magic_cookie_value,json=magicCookieValue,proto3" json:"magic_cookie_value,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Handshake) Reset() {
+	*x = Handshake{}
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Handshake) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Handshake) ProtoMessage() {}
+
+func (x *Handshake) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Handshake.ProtoReflect.Descriptor instead.
+func (*Handshake) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Handshake) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *Handshake) GetMagicCookieKey() string {
+	if x != nil {
+		return x.MagicCookieKey
+	}
+	return ""
+}
+
+func (x *Handshake) GetMagicCookieValue() string {
+	if x != nil {
+		return x.MagicCookieValue
+	}
+	return ""
+}
+
 // HealthPolicy says how panics and crashes of a plugin are judged and handled.
 type HealthPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -285,7 +376,7 @@ type HealthPolicy struct {
 
 func (x *HealthPolicy) Reset() {
 	*x = HealthPolicy{}
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[1]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +388,7 @@ func (x *HealthPolicy) String() string {
 func (*HealthPolicy) ProtoMessage() {}
 
 func (x *HealthPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[1]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +401,7 @@ func (x *HealthPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthPolicy.ProtoReflect.Descriptor instead.
 func (*HealthPolicy) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{1}
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *HealthPolicy) GetPanicThreshold() uint32 {
@@ -388,15 +479,30 @@ type PluginStatus struct {
 	LastError string `protobuf:"bytes,10,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// spec is the spec the active generation was launched with.
 	Spec *PluginSpec `protobuf:"bytes,11,opt,name=spec,proto3" json:"spec,omitempty"`
-	// plugin_name is what the plugin reported as its own name in Describe.
-	PluginName    string `protobuf:"bytes,12,opt,name=plugin_name,json=pluginName,proto3" json:"plugin_name,omitempty"`
+	// plugin_name is what the plugin reported as its own name in Describe
+	// (empty for foreign plugins, which do not describe one).
+	PluginName string `protobuf:"bytes,12,opt,name=plugin_name,json=pluginName,proto3" json:"plugin_name,omitempty"`
+	// endpoint is the stable address of the plugin's own gRPC API, the same for
+	// every generation: a unix socket owned by plugind, mode 0600, such as
+	// "unix:///var/lib/plugind/plugins/kv.sock". Every call on it, unary or
+	// streaming, is forwarded to the active generation. Empty when the daemon
+	// serves no endpoints.
+	Endpoint string `protobuf:"bytes,13,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// services are the gRPC services the active generation serves, where known:
+	// described through server reflection for foreign plugins (empty when the
+	// plugin serves no reflection), plugincontrol.plugin.v1.PluginService for
+	// native ones.
+	Services []string `protobuf:"bytes,14,rep,name=services,proto3" json:"services,omitempty"`
+	// protocol is how plugind speaks to the plugin: "native" or "grpc" (a
+	// foreign plugin, with a handshake).
+	Protocol      string `protobuf:"bytes,15,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PluginStatus) Reset() {
 	*x = PluginStatus{}
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[2]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +514,7 @@ func (x *PluginStatus) String() string {
 func (*PluginStatus) ProtoMessage() {}
 
 func (x *PluginStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[2]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +527,7 @@ func (x *PluginStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PluginStatus.ProtoReflect.Descriptor instead.
 func (*PluginStatus) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{2}
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PluginStatus) GetName() string {
@@ -508,11 +614,32 @@ func (x *PluginStatus) GetPluginName() string {
 	return ""
 }
 
+func (x *PluginStatus) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *PluginStatus) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *PluginStatus) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
 var File_plugincontrol_v1_spec_proto protoreflect.FileDescriptor
 
 const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	"\n" +
-	"\x1bplugincontrol/v1/spec.proto\x12\x10plugincontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x02\n" +
+	"\x1bplugincontrol/v1/spec.proto\x12\x10plugincontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x03\n" +
 	"\n" +
 	"PluginSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
@@ -522,10 +649,17 @@ const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	"\x06sha256\x18\x05 \x01(\tR\x06sha256\x12\x16\n" +
 	"\x06config\x18\x06 \x01(\fR\x06config\x12>\n" +
 	"\rstart_timeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\fstartTimeout\x12C\n" +
-	"\rhealth_policy\x18\b \x01(\v2\x1e.plugincontrol.v1.HealthPolicyR\fhealthPolicy\x1a6\n" +
+	"\rhealth_policy\x18\b \x01(\v2\x1e.plugincontrol.v1.HealthPolicyR\fhealthPolicy\x129\n" +
+	"\thandshake\x18\t \x01(\v2\x1b.plugincontrol.v1.HandshakeR\thandshake\x12#\n" +
+	"\rready_service\x18\n" +
+	" \x01(\tR\freadyService\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8e\x01\n" +
+	"\tHandshake\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12(\n" +
+	"\x10magic_cookie_key\x18\x02 \x01(\tR\x0emagicCookieKey\x12,\n" +
+	"\x12magic_cookie_value\x18\x03 \x01(\tR\x10magicCookieValue\"\xaa\x03\n" +
 	"\fHealthPolicy\x12'\n" +
 	"\x0fpanic_threshold\x18\x01 \x01(\rR\x0epanicThreshold\x12<\n" +
 	"\fpanic_window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vpanicWindow\x12#\n" +
@@ -534,7 +668,7 @@ const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	"\x0fbackoff_initial\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0ebackoffInitial\x12:\n" +
 	"\vbackoff_max\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"backoffMax\x12L\n" +
-	"\x10unhealthy_action\x18\a \x01(\x0e2!.plugincontrol.v1.UnhealthyActionR\x0funhealthyAction\"\x9c\x03\n" +
+	"\x10unhealthy_action\x18\a \x01(\x0e2!.plugincontrol.v1.UnhealthyActionR\x0funhealthyAction\"\xf0\x03\n" +
 	"\fPluginStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
@@ -553,7 +687,10 @@ const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	" \x01(\tR\tlastError\x120\n" +
 	"\x04spec\x18\v \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\x04spec\x12\x1f\n" +
 	"\vplugin_name\x18\f \x01(\tR\n" +
-	"pluginName*\x87\x01\n" +
+	"pluginName\x12\x1a\n" +
+	"\bendpoint\x18\r \x01(\tR\bendpoint\x12\x1a\n" +
+	"\bservices\x18\x0e \x03(\tR\bservices\x12\x1a\n" +
+	"\bprotocol\x18\x0f \x01(\tR\bprotocol*\x87\x01\n" +
 	"\x0fUnhealthyAction\x12 \n" +
 	"\x1cUNHEALTHY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15UNHEALTHY_ACTION_NONE\x10\x01\x12\x1c\n" +
@@ -580,34 +717,36 @@ func file_plugincontrol_v1_spec_proto_rawDescGZIP() []byte {
 }
 
 var file_plugincontrol_v1_spec_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_plugincontrol_v1_spec_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_plugincontrol_v1_spec_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_plugincontrol_v1_spec_proto_goTypes = []any{
 	(UnhealthyAction)(0),          // 0: plugincontrol.v1.UnhealthyAction
 	(PluginState)(0),              // 1: plugincontrol.v1.PluginState
 	(*PluginSpec)(nil),            // 2: plugincontrol.v1.PluginSpec
-	(*HealthPolicy)(nil),          // 3: plugincontrol.v1.HealthPolicy
-	(*PluginStatus)(nil),          // 4: plugincontrol.v1.PluginStatus
-	nil,                           // 5: plugincontrol.v1.PluginSpec.EnvEntry
-	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*Handshake)(nil),             // 3: plugincontrol.v1.Handshake
+	(*HealthPolicy)(nil),          // 4: plugincontrol.v1.HealthPolicy
+	(*PluginStatus)(nil),          // 5: plugincontrol.v1.PluginStatus
+	nil,                           // 6: plugincontrol.v1.PluginSpec.EnvEntry
+	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_plugincontrol_v1_spec_proto_depIdxs = []int32{
-	5,  // 0: plugincontrol.v1.PluginSpec.env:type_name -> plugincontrol.v1.PluginSpec.EnvEntry
-	6,  // 1: plugincontrol.v1.PluginSpec.start_timeout:type_name -> google.protobuf.Duration
-	3,  // 2: plugincontrol.v1.PluginSpec.health_policy:type_name -> plugincontrol.v1.HealthPolicy
-	6,  // 3: plugincontrol.v1.HealthPolicy.panic_window:type_name -> google.protobuf.Duration
-	6,  // 4: plugincontrol.v1.HealthPolicy.restart_period:type_name -> google.protobuf.Duration
-	6,  // 5: plugincontrol.v1.HealthPolicy.backoff_initial:type_name -> google.protobuf.Duration
-	6,  // 6: plugincontrol.v1.HealthPolicy.backoff_max:type_name -> google.protobuf.Duration
-	0,  // 7: plugincontrol.v1.HealthPolicy.unhealthy_action:type_name -> plugincontrol.v1.UnhealthyAction
-	1,  // 8: plugincontrol.v1.PluginStatus.state:type_name -> plugincontrol.v1.PluginState
-	7,  // 9: plugincontrol.v1.PluginStatus.started_at:type_name -> google.protobuf.Timestamp
-	2,  // 10: plugincontrol.v1.PluginStatus.spec:type_name -> plugincontrol.v1.PluginSpec
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	6,  // 0: plugincontrol.v1.PluginSpec.env:type_name -> plugincontrol.v1.PluginSpec.EnvEntry
+	7,  // 1: plugincontrol.v1.PluginSpec.start_timeout:type_name -> google.protobuf.Duration
+	4,  // 2: plugincontrol.v1.PluginSpec.health_policy:type_name -> plugincontrol.v1.HealthPolicy
+	3,  // 3: plugincontrol.v1.PluginSpec.handshake:type_name -> plugincontrol.v1.Handshake
+	7,  // 4: plugincontrol.v1.HealthPolicy.panic_window:type_name -> google.protobuf.Duration
+	7,  // 5: plugincontrol.v1.HealthPolicy.restart_period:type_name -> google.protobuf.Duration
+	7,  // 6: plugincontrol.v1.HealthPolicy.backoff_initial:type_name -> google.protobuf.Duration
+	7,  // 7: plugincontrol.v1.HealthPolicy.backoff_max:type_name -> google.protobuf.Duration
+	0,  // 8: plugincontrol.v1.HealthPolicy.unhealthy_action:type_name -> plugincontrol.v1.UnhealthyAction
+	1,  // 9: plugincontrol.v1.PluginStatus.state:type_name -> plugincontrol.v1.PluginState
+	8,  // 10: plugincontrol.v1.PluginStatus.started_at:type_name -> google.protobuf.Timestamp
+	2,  // 11: plugincontrol.v1.PluginStatus.spec:type_name -> plugincontrol.v1.PluginSpec
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_spec_proto_init() }
@@ -621,7 +760,7 @@ func file_plugincontrol_v1_spec_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugincontrol_v1_spec_proto_rawDesc), len(file_plugincontrol_v1_spec_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -8,7 +8,7 @@
 // The message types and service descriptors are generated from proto/ by
 // buf with protoc-gen-es (src/gen, re-exported here).
 import * as net from "node:net";
-import { createClient as createConnectClient, Code, ConnectError, type Client, type Interceptor } from "@connectrpc/connect";
+import { createClient as createConnectClient, Code, ConnectError, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { PluginControlService } from "./gen/plugincontrol/v1/control_pb.js";
 import { PluginGatewayService } from "./gen/plugincontrol/v1/gateway_pb.js";
@@ -66,13 +66,62 @@ export function parseAddr(addr: string): { baseUrl: string; socketPath?: string 
  * socket, or TCP on loopback). The connection is made by the first call.
  */
 export function createClient(addr: string, options: ClientOptions = {}): PlugindClient {
+  const { transport, close } = newTransport(addr, options, []);
+  return {
+    control: createConnectClient(PluginControlService, transport),
+    gateway: createConnectClient(PluginGatewayService, transport),
+    close,
+  };
+}
+
+/** Options of createPluginTransport. */
+export interface PluginTransportOptions extends ClientOptions {
+  /**
+   * The plugin every call is for, sent in the "plugincontrol-plugin" header:
+   * needed on the daemon's shared TCP endpoint (plugind --endpoint-listen),
+   * not on a plugin's own unix socket.
+   */
+  plugin?: string;
+}
+
+/** A transport to one plugin's own API. */
+export interface PluginTransport {
+  /** Hand it to createClient of @connectrpc/connect with the plugin's service. */
+  transport: Transport;
+  /** Closes the HTTP/2 connection; calls in flight fail. */
+  close(): void;
+}
+
+/**
+ * Creates a gRPC transport to a plugin's own API at its endpoint
+ * (PluginStatus.endpoint, stable across reloads), for a client generated from
+ * the plugin's protos:
+ *
+ *   const { plugins } = await pc.control.listPlugins({});
+ *   const kv = plugins.find((p) => p.name === "kv")!;
+ *   const pt = createPluginTransport(kv.endpoint);
+ *   const client = createClient(KV, pt.transport); // createClient of @connectrpc/connect
+ */
+export function createPluginTransport(endpoint: string, options: PluginTransportOptions = {}): PluginTransport {
+  const extra: Interceptor[] = [];
+  const plugin = options.plugin;
+  if (plugin !== undefined) {
+    extra.push((next) => (req) => {
+      req.header.set("plugincontrol-plugin", plugin);
+      return next(req);
+    });
+  }
+  return newTransport(endpoint, options, extra);
+}
+
+function newTransport(addr: string, options: ClientOptions, extra: Interceptor[]): PluginTransport {
   const { baseUrl, socketPath } = parseAddr(addr);
   const sessionManager = new Http2SessionManager(
     baseUrl,
     { pingIntervalMs: options.pingIntervalMs ?? 30_000, pingTimeoutMs: 10_000 },
     socketPath !== undefined ? { createConnection: () => net.connect(socketPath) } : {},
   );
-  const interceptors: Interceptor[] = [];
+  const interceptors: Interceptor[] = [...extra];
   const token = options.token;
   if (token !== undefined) {
     interceptors.push((next) => (req) => {
@@ -80,12 +129,7 @@ export function createClient(addr: string, options: ClientOptions = {}): Plugind
       return next(req);
     });
   }
-  const transport = createGrpcTransport({ baseUrl, sessionManager, interceptors });
-  return {
-    control: createConnectClient(PluginControlService, transport),
-    gateway: createConnectClient(PluginGatewayService, transport),
-    close: () => sessionManager.abort(),
-  };
+  return { transport: createGrpcTransport({ baseUrl, sessionManager, interceptors }), close: () => sessionManager.abort() };
 }
 
 /** Options of watchHealth. */

@@ -9,8 +9,11 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { createClient as createServiceClient } from "@connectrpc/connect";
+import { TickerService } from "../src/gen/plugincontrol/example/v1/ticker_pb.js";
 import {
   createClient,
+  createPluginTransport,
   watchHealth,
   Code,
   ConnectError,
@@ -222,5 +225,35 @@ test("unary calls over loopback TCP", async () => {
   await withDaemon("tcp", async (c) => {
     const res = await c.gateway.invoke({ plugin: "echo", method: "echo", payload: new TextEncoder().encode("tcp") });
     assert.equal(new TextDecoder().decode(res.payload), "tcp");
+  });
+});
+
+test("a foreign plugin: its handshake in the spec, its own API at its endpoint", async () => {
+  await withDaemon("unix", async (c, _d, state) => {
+    const loaded = await c.control.load({
+      spec: { name: "ticker", binary: "ticker", handshake: { protocolVersion: 1, magicCookieKey: "TICKER_PLUGIN", magicCookieValue: "tick" } },
+    });
+    const st = loaded.plugin!;
+    assert.equal(st.protocol, "grpc");
+    assert.equal(st.endpoint, "unix://" + path.join(state, "plugins", "ticker.sock"));
+    assert.deepEqual(st.services, ["plugincontrol.example.v1.TickerService"]);
+    assert.equal(st.spec?.handshake?.magicCookieKey, "TICKER_PLUGIN");
+
+    const pt = createPluginTransport(st.endpoint);
+    try {
+      const ticker = createServiceClient(TickerService, pt.transport);
+      const who = await ticker.whoami({});
+      assert.equal(who.pid, st.pid);
+      const reloaded = await c.control.reload({ name: "ticker" });
+      const again = await ticker.whoami({});
+      assert.equal(again.pid, reloaded.plugin!.pid, "the same endpoint reaches the new generation");
+      const seqs: number[] = [];
+      for await (const t of ticker.ticks({ count: 3 })) seqs.push(t.seq);
+      assert.deepEqual(seqs, [1, 2, 3]);
+    } finally {
+      pt.close();
+    }
+    // Invoke is the native contract's; a foreign plugin says where to go.
+    await assert.rejects(c.gateway.invoke({ plugin: "ticker", method: "x" }), (e: unknown) => ConnectError.from(e).code === Code.FailedPrecondition);
   });
 });

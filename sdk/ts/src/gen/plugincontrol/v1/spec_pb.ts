@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file plugincontrol/v1/spec.proto.
  */
 export const file_plugincontrol_v1_spec: GenFile = /*@__PURE__*/
-  fileDesc("ChtwbHVnaW5jb250cm9sL3YxL3NwZWMucHJvdG8SEHBsdWdpbmNvbnRyb2wudjEioQIKClBsdWdpblNwZWMSDAoEbmFtZRgBIAEoCRIOCgZiaW5hcnkYAiABKAkSDAoEYXJncxgDIAMoCRIyCgNlbnYYBCADKAsyJS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblNwZWMuRW52RW50cnkSDgoGc2hhMjU2GAUgASgJEg4KBmNvbmZpZxgGIAEoDBIwCg1zdGFydF90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjUKDWhlYWx0aF9wb2xpY3kYCCABKAsyHi5wbHVnaW5jb250cm9sLnYxLkhlYWx0aFBvbGljeRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsMCCgxIZWFsdGhQb2xpY3kSFwoPcGFuaWNfdGhyZXNob2xkGAEgASgNEi8KDHBhbmljX3dpbmRvdxgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg1yZXN0YXJ0X2xpbWl0GAMgASgNEjEKDnJlc3RhcnRfcGVyaW9kGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKD2JhY2tvZmZfaW5pdGlhbBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgtiYWNrb2ZmX21heBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI7ChB1bmhlYWx0aHlfYWN0aW9uGAcgASgOMiEucGx1Z2luY29udHJvbC52MS5VbmhlYWx0aHlBY3Rpb24iswIKDFBsdWdpblN0YXR1cxIMCgRuYW1lGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKAQSLAoFc3RhdGUYAyABKA4yHS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblN0YXRlEgsKA3BpZBgEIAEoAxIOCgZiaW5hcnkYBSABKAkSDgoGc2hhMjU2GAYgASgJEg8KB3ZlcnNpb24YByABKAkSLgoKc3RhcnRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmVzdGFydHMYCSABKA0SEgoKbGFzdF9lcnJvchgKIAEoCRIqCgRzcGVjGAsgASgLMhwucGx1Z2luY29udHJvbC52MS5QbHVnaW5TcGVjEhMKC3BsdWdpbl9uYW1lGAwgASgJKocBCg9VbmhlYWx0aHlBY3Rpb24SIAocVU5IRUFMVEhZX0FDVElPTl9VTlNQRUNJRklFRBAAEhkKFVVOSEVBTFRIWV9BQ1RJT05fTk9ORRABEhwKGFVOSEVBTFRIWV9BQ1RJT05fUkVTVEFSVBACEhkKFVVOSEVBTFRIWV9BQ1RJT05fU1RPUBADKrEBCgtQbHVnaW5TdGF0ZRIcChhQTFVHSU5fU1RBVEVfVU5TUEVDSUZJRUQQABIZChVQTFVHSU5fU1RBVEVfU1RBUlRJTkcQARIYChRQTFVHSU5fU1RBVEVfU0VSVklORxACEhkKFVBMVUdJTl9TVEFURV9ERUdSQURFRBADEhoKFlBMVUdJTl9TVEFURV9VTkhFQUxUSFkQBBIYChRQTFVHSU5fU1RBVEVfU1RPUFBFRBAFQk1aS2dpdGh1Yi5jb20vcGx1Z2luY29udHJvbC9wbHVnaW5jb250cm9sL2dlbi9wbHVnaW5jb250cm9sL3YxO3BsdWdpbmNvbnRyb2x2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChtwbHVnaW5jb250cm9sL3YxL3NwZWMucHJvdG8SEHBsdWdpbmNvbnRyb2wudjEi6AIKClBsdWdpblNwZWMSDAoEbmFtZRgBIAEoCRIOCgZiaW5hcnkYAiABKAkSDAoEYXJncxgDIAMoCRIyCgNlbnYYBCADKAsyJS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblNwZWMuRW52RW50cnkSDgoGc2hhMjU2GAUgASgJEg4KBmNvbmZpZxgGIAEoDBIwCg1zdGFydF90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjUKDWhlYWx0aF9wb2xpY3kYCCABKAsyHi5wbHVnaW5jb250cm9sLnYxLkhlYWx0aFBvbGljeRIuCgloYW5kc2hha2UYCSABKAsyGy5wbHVnaW5jb250cm9sLnYxLkhhbmRzaGFrZRIVCg1yZWFkeV9zZXJ2aWNlGAogASgJGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiWwoJSGFuZHNoYWtlEhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SGAoQbWFnaWNfY29va2llX2tleRgCIAEoCRIaChJtYWdpY19jb29raWVfdmFsdWUYAyABKAkiwwIKDEhlYWx0aFBvbGljeRIXCg9wYW5pY190aHJlc2hvbGQYASABKA0SLwoMcGFuaWNfd2luZG93GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXJlc3RhcnRfbGltaXQYAyABKA0SMQoOcmVzdGFydF9wZXJpb2QYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMgoPYmFja29mZl9pbml0aWFsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2JhY2tvZmZfbWF4GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjsKEHVuaGVhbHRoeV9hY3Rpb24YByABKA4yIS5wbHVnaW5jb250cm9sLnYxLlVuaGVhbHRoeUFjdGlvbiLpAgoMUGx1Z2luU3RhdHVzEgwKBG5hbWUYASABKAkSEgoKZ2VuZXJhdGlvbhgCIAEoBBIsCgVzdGF0ZRgDIAEoDjIdLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3RhdGUSCwoDcGlkGAQgASgDEg4KBmJpbmFyeRgFIAEoCRIOCgZzaGEyNTYYBiABKAkSDwoHdmVyc2lvbhgHIAEoCRIuCgpzdGFydGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghyZXN0YXJ0cxgJIAEoDRISCgpsYXN0X2Vycm9yGAogASgJEioKBHNwZWMYCyABKAsyHC5wbHVnaW5jb250cm9sLnYxLlBsdWdpblNwZWMSEwoLcGx1Z2luX25hbWUYDCABKAkSEAoIZW5kcG9pbnQYDSABKAkSEAoIc2VydmljZXMYDiADKAkSEAoIcHJvdG9jb2wYDyABKAkqhwEKD1VuaGVhbHRoeUFjdGlvbhIgChxVTkhFQUxUSFlfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGQoVVU5IRUFMVEhZX0FDVElPTl9OT05FEAESHAoYVU5IRUFMVEhZX0FDVElPTl9SRVNUQVJUEAISGQoVVU5IRUFMVEhZX0FDVElPTl9TVE9QEAMqsQEKC1BsdWdpblN0YXRlEhwKGFBMVUdJTl9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVBMVUdJTl9TVEFURV9TVEFSVElORxABEhgKFFBMVUdJTl9TVEFURV9TRVJWSU5HEAISGQoVUExVR0lOX1NUQVRFX0RFR1JBREVEEAMSGgoWUExVR0lOX1NUQVRFX1VOSEVBTFRIWRAEEhgKFFBMVUdJTl9TVEFURV9TVE9QUEVEEAVCTVpLZ2l0aHViLmNvbS9wbHVnaW5jb250cm9sL3BsdWdpbmNvbnRyb2wvZ2VuL3BsdWdpbmNvbnRyb2wvdjE7cGx1Z2luY29udHJvbHYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PluginSpec is the desired state of one plugin instance.
@@ -80,6 +80,26 @@ export type PluginSpec = Message<"plugincontrol.v1.PluginSpec"> & {
    * @generated from field: plugincontrol.v1.HealthPolicy health_policy = 8;
    */
   healthPolicy?: HealthPolicy | undefined;
+
+  /**
+   * handshake, when set, makes this a foreign plugin: any hashicorp/go-plugin
+   * gRPC plugin, in any language, started with this handshake. Its own gRPC
+   * API is served at PluginStatus.endpoint; Invoke does not apply to it, and
+   * it receives no config. Unset: the native contract
+   * (plugincontrol.plugin.v1.PluginService, as plugin.Serve serves it).
+   *
+   * @generated from field: plugincontrol.v1.Handshake handshake = 9;
+   */
+  handshake?: Handshake | undefined;
+
+  /**
+   * ready_service is the grpc.health.v1 service probed as the ready stage of a
+   * foreign plugin; empty means "plugin", which go-plugin registers in every
+   * Go plugin. Only with handshake.
+   *
+   * @generated from field: string ready_service = 10;
+   */
+  readyService: string;
 };
 
 /**
@@ -88,6 +108,44 @@ export type PluginSpec = Message<"plugincontrol.v1.PluginSpec"> & {
  */
 export const PluginSpecSchema: GenMessage<PluginSpec> = /*@__PURE__*/
   messageDesc(file_plugincontrol_v1_spec, 0);
+
+/**
+ * Handshake is a foreign plugin's go-plugin handshake (the plugin's
+ * HandshakeConfig): a plugin started with the wrong one refuses to run, and
+ * the candidate fails at stage handshake.
+ *
+ * @generated from message plugincontrol.v1.Handshake
+ */
+export type Handshake = Message<"plugincontrol.v1.Handshake"> & {
+  /**
+   * protocol_version is the application protocol version the plugin speaks,
+   * at least 1.
+   *
+   * @generated from field: uint32 protocol_version = 1;
+   */
+  protocolVersion: number;
+
+  /**
+   * magic_cookie_key is the environment variable carrying the cookie.
+   *
+   * @generated from field: string magic_cookie_key = 2;
+   */
+  magicCookieKey: string;
+
+  /**
+   * magic_cookie_value is the cookie.
+   *
+   * @generated from field: string magic_cookie_value = 3;
+   */
+  magicCookieValue: string;
+};
+
+/**
+ * Describes the message plugincontrol.v1.Handshake.
+ * Use `create(HandshakeSchema)` to create a new message.
+ */
+export const HandshakeSchema: GenMessage<Handshake> = /*@__PURE__*/
+  messageDesc(file_plugincontrol_v1_spec, 1);
 
 /**
  * HealthPolicy says how panics and crashes of a plugin are judged and handled.
@@ -153,7 +211,7 @@ export type HealthPolicy = Message<"plugincontrol.v1.HealthPolicy"> & {
  * Use `create(HealthPolicySchema)` to create a new message.
  */
 export const HealthPolicySchema: GenMessage<HealthPolicy> = /*@__PURE__*/
-  messageDesc(file_plugincontrol_v1_spec, 1);
+  messageDesc(file_plugincontrol_v1_spec, 2);
 
 /**
  * PluginStatus is the observed state of one plugin instance.
@@ -240,11 +298,41 @@ export type PluginStatus = Message<"plugincontrol.v1.PluginStatus"> & {
   spec?: PluginSpec | undefined;
 
   /**
-   * plugin_name is what the plugin reported as its own name in Describe.
+   * plugin_name is what the plugin reported as its own name in Describe
+   * (empty for foreign plugins, which do not describe one).
    *
    * @generated from field: string plugin_name = 12;
    */
   pluginName: string;
+
+  /**
+   * endpoint is the stable address of the plugin's own gRPC API, the same for
+   * every generation: a unix socket owned by plugind, mode 0600, such as
+   * "unix:///var/lib/plugind/plugins/kv.sock". Every call on it, unary or
+   * streaming, is forwarded to the active generation. Empty when the daemon
+   * serves no endpoints.
+   *
+   * @generated from field: string endpoint = 13;
+   */
+  endpoint: string;
+
+  /**
+   * services are the gRPC services the active generation serves, where known:
+   * described through server reflection for foreign plugins (empty when the
+   * plugin serves no reflection), plugincontrol.plugin.v1.PluginService for
+   * native ones.
+   *
+   * @generated from field: repeated string services = 14;
+   */
+  services: string[];
+
+  /**
+   * protocol is how plugind speaks to the plugin: "native" or "grpc" (a
+   * foreign plugin, with a handshake).
+   *
+   * @generated from field: string protocol = 15;
+   */
+  protocol: string;
 };
 
 /**
@@ -252,7 +340,7 @@ export type PluginStatus = Message<"plugincontrol.v1.PluginStatus"> & {
  * Use `create(PluginStatusSchema)` to create a new message.
  */
 export const PluginStatusSchema: GenMessage<PluginStatus> = /*@__PURE__*/
-  messageDesc(file_plugincontrol_v1_spec, 2);
+  messageDesc(file_plugincontrol_v1_spec, 3);
 
 /**
  * UnhealthyAction is what the daemon does when a plugin becomes UNHEALTHY.

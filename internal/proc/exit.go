@@ -1,4 +1,4 @@
-package manager
+package proc
 
 import (
 	"os"
@@ -11,36 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// waitGone returns once inst's process has exited and go-plugin has seen it
-// (its done context is cancelled). go-plugin reports an exit only after the
-// plugin's stdout and stderr reach EOF, which never happens while a child
-// the plugin started holds them (a shell-out with cmd.Stderr = os.Stderr):
-// a crash would go unnoticed and the plugin would stay SERVING with a dead
-// pid. So the process is also watched through a pidfd; once the plugin is
-// gone and go-plugin still waits, the plugin's process group is killed,
-// which closes the pipes; processes that left the group (setsid) but hold
-// the pipes are killed next.
-func waitGone(inst *instance) {
-	done := inst.conn.Done.Done()
-	exited, stop := watchProcess(inst.pid)
-	if exited == nil {
-		<-done // no pidfd support: go-plugin's word only
-		return
-	}
-	defer stop()
-	select {
-	case <-done:
-		return
-	case <-exited:
-	}
-	// The plugin is a zombie (go-plugin reaps it only after the pipes
-	// close), so its pid and group id cannot have been reused.
-	awaitOrKill(done, 100*time.Millisecond, inst.pid, inst.pipes)
-}
-
-// stdioPipes returns the identities ("pipe:[inode]") of the pipes on
+// StdioPipes returns the identities ("pipe:[inode]") of the pipes on
 // pid's stdout and stderr: go-plugin's, while the plugin runs.
-func stdioPipes(pid int) []string {
+func StdioPipes(pid int) []string {
 	var out []string
 	for _, fd := range []string{"1", "2"} {
 		l, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/" + fd)
@@ -51,11 +24,11 @@ func stdioPipes(pid int) []string {
 	return out
 }
 
-// killPipeHolders SIGKILLs every other process that holds one of pipes
+// KillPipeHolders SIGKILLs every other process that holds one of pipes
 // open. Once a plugin and its group are dead, those are descendants that
 // left the group (setsid) with the plugin's stdout or stderr, on which
 // go-plugin waits for EOF before it reports the exit or returns from Kill.
-func killPipeHolders(pipes []string) {
+func KillPipeHolders(pipes []string) {
 	if len(pipes) == 0 {
 		return
 	}
@@ -77,12 +50,49 @@ func killPipeHolders(pipes []string) {
 	}
 }
 
-// watchProcess returns a channel closed when the child process pid exits
-// (it is left a zombie for go-plugin's cmd.Wait to reap) and a func that
-// stops watching and waits for the watcher to end. The wait uses the
-// runtime's poller, not a thread per plugin. exited is nil when the kernel
-// has no pidfd support (Linux < 5.4).
-func watchProcess(pid int) (exited <-chan struct{}, stop func()) {
+// ExitDescription says how a process that was waited for ended: "exited
+// with status N" or "was killed by signal S"; "" when it has not been
+// waited for.
+func ExitDescription(ps *os.ProcessState) string {
+	if ps == nil {
+		return ""
+	}
+	ws, ok := ps.Sys().(syscall.WaitStatus)
+	switch {
+	case !ok:
+		return ps.String()
+	case ws.Signaled():
+		return "was killed by signal " + unix.SignalName(ws.Signal()) + " (" + ws.Signal().String() + ")"
+	case ws.Exited():
+		return "exited with status " + strconv.Itoa(ws.ExitStatus())
+	}
+	return ps.String()
+}
+
+// ExitedWithin reports whether the child process pid exits (or has exited)
+// within d, without reaping it.
+func ExitedWithin(pid int, d time.Duration) bool {
+	exited, stop := WatchExit(pid)
+	if exited == nil {
+		return false
+	}
+	defer stop()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-exited:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// WatchExit returns a channel closed when the child process pid exits (it
+// is left a zombie for go-plugin's cmd.Wait to reap) and a func that stops
+// watching and waits for the watcher to end. The wait uses the runtime's
+// poller, not a thread per plugin. exited is nil when the kernel has no
+// pidfd support (Linux < 5.4).
+func WatchExit(pid int) (exited <-chan struct{}, stop func()) {
 	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
 		return nil, nil

@@ -1,4 +1,4 @@
-package manager
+package proc
 
 import (
 	"fmt"
@@ -29,8 +29,8 @@ done
 for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
 `
 
-// reaper is the daemon's end of the reaper process.
-type reaper struct {
+// Reaper is the daemon's end of the reaper process.
+type Reaper struct {
 	log *slog.Logger
 
 	mu  sync.Mutex // guards w and cmd
@@ -38,11 +38,11 @@ type reaper struct {
 	cmd *exec.Cmd
 }
 
-// startReaper starts the reaper process. Without /bin/sh it logs a warning
+// StartReaper starts the reaper process. Without /bin/sh it logs a warning
 // and returns a reaper that does nothing: plugins still die with the daemon
 // (Pdeathsig), their children may not.
-func startReaper(log *slog.Logger) *reaper {
-	r := &reaper{log: log}
+func StartReaper(log *slog.Logger) *Reaper {
+	r := &Reaper{log: log}
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		log.Warn("no reaper for plugin process groups", slog.String("error", err.Error()))
@@ -64,7 +64,7 @@ func startReaper(log *slog.Logger) *reaper {
 	return r
 }
 
-func (r *reaper) send(op byte, pgid int) {
+func (r *Reaper) send(op byte, pgid int) {
 	if pgid <= 0 {
 		return
 	}
@@ -80,15 +80,15 @@ func (r *reaper) send(op byte, pgid int) {
 	}
 }
 
-// add registers a plugin's process group.
-func (r *reaper) add(pgid int) { r.send('+', pgid) }
+// Add registers a plugin's process group.
+func (r *Reaper) Add(pgid int) { r.send('+', pgid) }
 
-// remove unregisters a process group once it is killed.
-func (r *reaper) remove(pgid int) { r.send('-', pgid) }
+// Remove unregisters a process group once it is killed.
+func (r *Reaper) Remove(pgid int) { r.send('-', pgid) }
 
-// close ends the reaper (it kills any group still registered) and waits
+// Close ends the reaper (it kills any group still registered) and waits
 // for it.
-func (r *reaper) close() {
+func (r *Reaper) Close() {
 	r.mu.Lock()
 	w, cmd := r.w, r.cmd
 	r.w, r.cmd = nil, nil

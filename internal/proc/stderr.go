@@ -1,4 +1,4 @@
-package manager
+package proc
 
 import (
 	"bytes"
@@ -13,11 +13,11 @@ const (
 	maxLogLine     = 4096
 )
 
-// stderrSink receives a plugin's stderr from go-plugin: it keeps the last
+// StderrSink receives a plugin's stderr from go-plugin: it keeps the last
 // stderrTailSize bytes for error reports and forwards complete lines to the
 // logger with the plugin's name and generation, at a level derived from the
 // line (panics and fatal errors at Error).
-type stderrSink struct {
+type StderrSink struct {
 	log *slog.Logger
 
 	mu       sync.Mutex // guards tail, partial, skipping, inPanic
@@ -27,9 +27,10 @@ type stderrSink struct {
 	inPanic  bool
 }
 
-func newStderrSink(log *slog.Logger) *stderrSink { return &stderrSink{log: log} }
+// NewStderrSink returns a sink logging to log.
+func NewStderrSink(log *slog.Logger) *StderrSink { return &StderrSink{log: log} }
 
-func (s *stderrSink) Write(p []byte) (int, error) {
+func (s *StderrSink) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tail = append(s.tail, p...)
@@ -63,7 +64,7 @@ func (s *stderrSink) Write(p []byte) (int, error) {
 }
 
 // emit logs one line; s.mu is held.
-func (s *stderrSink) emit(line string) {
+func (s *StderrSink) emit(line string) {
 	if len(line) > maxLogLine {
 		line = line[:maxLogLine] + "…(truncated)"
 	}
@@ -91,8 +92,49 @@ func (s *stderrSink) emit(line string) {
 	s.log.Log(context.Background(), level, line, slog.String("stream", "stderr"))
 }
 
+// PluginTail is Tail without the JSON log lines at debug and trace level
+// that go-plugin writes from inside a Go plugin (such as its "plugin
+// address" line): what a candidate's failure report shows.
+func (s *StderrSink) PluginTail() string {
+	t := s.Tail()
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(t, "\n") {
+		if strings.HasPrefix(line, "{\"@level\":\"debug\"") || strings.HasPrefix(line, "{\"@level\":\"trace\"") {
+			continue
+		}
+		b.WriteString(line)
+	}
+	return b.String()
+}
+
+// LastWords is the line of a plugin's stderr that best says why it
+// stopped: its Go panic message when there is one, else its last line that
+// is not a go-plugin debug line (at most 300 bytes); "" when there is none.
+func (s *StderrSink) LastWords() string {
+	tail := s.PluginTail()
+	lines := strings.Split(strings.TrimRight(tail, "\n"), "\n")
+	for _, l := range lines {
+		if strings.HasPrefix(l, "panic: ") || strings.HasPrefix(l, "fatal error: ") {
+			return truncateLine(l)
+		}
+	}
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(lines[i]); l != "" {
+			return truncateLine(l)
+		}
+	}
+	return ""
+}
+
+func truncateLine(l string) string {
+	if len(l) > 300 {
+		return l[:300] + "…"
+	}
+	return l
+}
+
 // Tail returns the last bytes written, at most stderrTailSize.
-func (s *stderrSink) Tail() string {
+func (s *StderrSink) Tail() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.tail

@@ -1,0 +1,302 @@
+// Package endpoint serves each plugin's own gRPC API at a stable address
+// across reloads, the way plugind exposes foreign go-plugin plugins (and
+// native ones) to typed clients.
+//
+// A plugin's endpoint is a unix socket owned by plugind, mode 0600, named
+// after the plugin in one directory (<state-dir>/plugins/NAME.sock), the
+// same for every generation and removed when the plugin is unloaded. Every
+// call on it, unary and the three streaming kinds, is forwarded to the
+// plugin's active generation as raw frames (grpc-go's UnknownServiceHandler
+// with a codec that never decodes), so any service works, written in any
+// language; metadata, response headers, trailers and the plugin's own
+// status codes pass through untouched.
+//
+// Each call holds a lease on the generation it started on
+// (manager.Manager.Acquire): after a swap new calls go to the new
+// generation, and calls and streams in flight finish on the old one, which
+// the reload drains before it stops it. A call that outlives drain_timeout
+// ends with Unavailable. Failures of plugind itself (no active generation,
+// unknown plugin, the generation stopped under the call) carry a
+// google.rpc.ErrorInfo with domain "plugincontrol"; a plugin's own errors
+// carry none.
+//
+//	caller ──▶ endpoint (NAME.sock) ──lease──▶ active generation's connection ──▶ plugin process
+//
+// Server implements manager.Endpoints: the manager opens an endpoint when
+// it loads or restores a plugin and closes it when the plugin goes.
+// ServeTCP adds one TCP listener for every plugin, selected per call by the
+// "plugincontrol-plugin" metadata key.
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
+	"github.com/plugincontrol/plugincontrol/manager"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+)
+
+// PluginKey is the metadata key that selects the plugin of a call on the
+// shared TCP endpoint (ServeTCP). It is not forwarded to the plugin.
+const PluginKey = "plugincontrol-plugin"
+
+// maxSocketPath is the longest unix socket path Linux binds (sun_path is
+// 108 bytes with the terminating NUL).
+const maxSocketPath = 107
+
+// Option configures a Server.
+type Option func(*options)
+
+type options struct {
+	log        *slog.Logger
+	serverOpts []grpc.ServerOption
+	strip      []string
+	maxMessage int
+	callOpts   []grpc.CallOption // of every upstream call, made once
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithServerOptions adds grpc.ServerOptions to every endpoint's server
+// (interceptors such as authentication, which run with the forwarded
+// method's full name). TCP credentials go to ServeTCP.
+func WithServerOptions(opts ...grpc.ServerOption) Option {
+	return func(o *options) { o.serverOpts = append(o.serverOpts, opts...) }
+}
+
+// WithStrippedMetadata names request metadata keys that are not forwarded
+// to plugins, such as "authorization" when it carries the daemon's own
+// bearer tokens (lower case). PluginKey is never forwarded.
+func WithStrippedMetadata(keys ...string) Option {
+	return func(o *options) {
+		for _, k := range keys {
+			o.strip = append(o.strip, strings.ToLower(k))
+		}
+	}
+}
+
+// WithMaxMessageBytes sets the largest message forwarded either way
+// (default 16 MiB).
+func WithMaxMessageBytes(n int) Option { return func(o *options) { o.maxMessage = n } }
+
+func (o *options) stripped(key string) bool {
+	if key == PluginKey {
+		return true
+	}
+	for _, k := range o.strip {
+		if k == key {
+			return true
+		}
+	}
+	return false
+}
+
+// Server serves plugin endpoints. Create it with New, hand it to the
+// manager (manager.Config.Endpoints), and Shutdown it after the manager
+// closed.
+type Server struct {
+	dir  string
+	opts options
+
+	mu      sync.RWMutex // guards plugins and closed; never held across I/O
+	plugins map[string]*plugin
+	closed  bool
+
+	tcpMu sync.Mutex // guards tcp
+	tcp   []*grpc.Server
+}
+
+// plugin is one open endpoint.
+type plugin struct {
+	name    string
+	path    string
+	acquire AcquireFunc
+	srv     *grpc.Server
+	served  chan struct{} // closed when Serve returned
+}
+
+// New returns a Server with endpoints in dir, which it creates (mode 0700)
+// and cleans of sockets left by an earlier run.
+func New(dir string, opts ...Option) (*Server, error) {
+	o := options{log: slog.Default(), maxMessage: 16 << 20}
+	for _, f := range opts {
+		f(&o)
+	}
+	o.callOpts = []grpc.CallOption{grpc.ForceCodecV2(codec{}), grpc.MaxCallRecvMsgSize(o.maxMessage), grpc.MaxCallSendMsgSize(o.maxMessage)}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint directory: %w", err)
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return nil, fmt.Errorf("endpoint directory: %w", err)
+	}
+	if err := os.Chmod(abs, 0o700); err != nil {
+		return nil, fmt.Errorf("endpoint directory: %w", err)
+	}
+	// Sockets of a daemon that was killed: plugind owns this directory.
+	stale, _ := filepath.Glob(filepath.Join(abs, "*.sock"))
+	for _, p := range stale {
+		_ = os.Remove(p)
+	}
+	return &Server{dir: abs, opts: o, plugins: map[string]*plugin{}}, nil
+}
+
+// Dir is the directory holding the endpoints.
+func (s *Server) Dir() string { return s.dir }
+
+// Path returns the socket path of plugin name's endpoint.
+func (s *Server) Path(name string) string { return filepath.Join(s.dir, name+".sock") }
+
+// Open implements manager.Endpoints: it binds the plugin's socket (mode
+// 0600) and serves it until Close.
+func (s *Server) Open(name string, acquire func(context.Context) (*manager.Lease, error)) (string, error) {
+	path := s.Path(name)
+	if len(path) > maxSocketPath {
+		return "", fmt.Errorf("socket path %s is %d bytes, longer than the %d a unix socket allows (use a shorter --endpoint-dir)", path, len(path), maxSocketPath)
+	}
+	s.mu.RLock()
+	closed, dup := s.closed, s.plugins[name] != nil
+	s.mu.RUnlock()
+	switch {
+	case closed:
+		return "", manager.ErrClosed
+	case dup:
+		return "", fmt.Errorf("endpoint %s is already open", path)
+	}
+	_ = os.Remove(path) // left by an earlier generation of this daemon
+	old := syscall.Umask(0o077)
+	lis, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		lis.Close()
+		return "", err
+	}
+	p := &plugin{name: name, path: path, acquire: acquire, served: make(chan struct{})}
+	p.srv = s.newServer(func(_ any, ss grpc.ServerStream) error { return forward(ss, p.acquire, &s.opts) })
+	s.mu.Lock()
+	if s.closed || s.plugins[name] != nil {
+		s.mu.Unlock()
+		lis.Close()
+		_ = os.Remove(path)
+		return "", fmt.Errorf("endpoint %s: closed or opened concurrently", path)
+	}
+	s.plugins[name] = p
+	s.mu.Unlock()
+	go func() {
+		defer close(p.served)
+		if err := p.srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.opts.log.Error("endpoint stopped serving", slog.String("plugin", name), slog.String("error", err.Error()))
+		}
+	}()
+	return "unix://" + path, nil
+}
+
+// Close implements manager.Endpoints: calls still open on the endpoint end
+// (the manager has stopped the plugin's generations by then) and the
+// socket is removed.
+func (s *Server) Close(name string) {
+	s.mu.Lock()
+	p := s.plugins[name]
+	delete(s.plugins, name)
+	s.mu.Unlock()
+	if p != nil {
+		p.stop()
+	}
+}
+
+func (p *plugin) stop() {
+	p.srv.Stop()
+	<-p.served
+	_ = os.Remove(p.path)
+}
+
+// newServer is a grpc.Server that forwards every method with handler.
+func (s *Server) newServer(handler grpc.StreamHandler, extra ...grpc.ServerOption) *grpc.Server {
+	opts := []grpc.ServerOption{
+		grpc.UnknownServiceHandler(handler),
+		grpc.ForceServerCodecV2(codec{}),
+		grpc.MaxRecvMsgSize(s.opts.maxMessage),
+		grpc.MaxSendMsgSize(s.opts.maxMessage),
+		// Clients of plugin APIs ping like any gRPC client: allow every
+		// 5s, with or without streams (common settings of C-core, Java
+		// and Python clients ping every 10s).
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+	}
+	opts = append(opts, s.opts.serverOpts...)
+	return grpc.NewServer(append(opts, extra...)...)
+}
+
+// ServeTCP serves every plugin's endpoint on lis until Shutdown: a call
+// names its plugin in the PluginKey metadata key (grpcurl -H
+// 'plugincontrol-plugin: kv'). creds are the listener's server options,
+// such as grpc.Creds for TLS.
+func (s *Server) ServeTCP(lis net.Listener, creds ...grpc.ServerOption) error {
+	srv := s.newServer(s.route, creds...)
+	s.tcpMu.Lock()
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		s.tcpMu.Unlock()
+		lis.Close()
+		return grpc.ErrServerStopped
+	}
+	s.tcp = append(s.tcp, srv)
+	s.tcpMu.Unlock()
+	return srv.Serve(lis)
+}
+
+// route forwards a call on the shared TCP endpoint to the plugin it names.
+func (s *Server) route(_ any, ss grpc.ServerStream) error {
+	md, _ := metadata.FromIncomingContext(ss.Context())
+	names := md.Get(PluginKey)
+	if len(names) != 1 || names[0] == "" {
+		return rpcerr.New(codes.InvalidArgument, rpcerr.ReasonPluginNotSelected,
+			"name the plugin of this call in the "+PluginKey+" metadata key (one value)", nil)
+	}
+	s.mu.RLock()
+	p := s.plugins[names[0]]
+	s.mu.RUnlock()
+	if p == nil {
+		return rpcerr.Status(fmt.Errorf("plugin %q has no endpoint: %w", names[0], manager.ErrNotFound))
+	}
+	return forward(ss, p.acquire, &s.opts)
+}
+
+// Shutdown closes every endpoint and the TCP listeners. Call it after the
+// manager closed (which closes the endpoints of its plugins itself).
+func (s *Server) Shutdown() {
+	s.mu.Lock()
+	s.closed = true
+	ps := s.plugins
+	s.plugins = map[string]*plugin{}
+	s.mu.Unlock()
+	for _, p := range ps {
+		p.stop()
+	}
+	s.tcpMu.Lock()
+	tcp := s.tcp
+	s.tcp = nil
+	s.tcpMu.Unlock()
+	for _, srv := range tcp {
+		srv.Stop()
+	}
+}

@@ -1,0 +1,165 @@
+// Package rpcerr maps the manager's errors to gRPC statuses. It is the one
+// place where codes are chosen, used by every edge of the daemon (package
+// server's control API and gateway, package endpoint's forwarders):
+// everything below wraps errors with %w and typed values, and Status reads
+// them with errors.Is and errors.As.
+//
+// Every status made here carries a google.rpc.ErrorInfo with Domain
+// "plugincontrol" and a Reason (the constants below), so a caller can tell
+// a failure of plugind from one of the plugin it called: a plugin's own
+// status (a *manager.CallError) passes through untouched, without one.
+package rpcerr
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/manager"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+)
+
+// Domain is the ErrorInfo domain of every error plugind makes.
+const Domain = "plugincontrol"
+
+// ErrorInfo reasons.
+const (
+	ReasonInvalidField       = "INVALID_FIELD"
+	ReasonLimitReached       = "LIMIT_REACHED"
+	ReasonCandidateFailed    = "CANDIDATE_FAILED"
+	ReasonGenerationMismatch = "GENERATION_MISMATCH"
+	ReasonPluginNotFound     = "PLUGIN_NOT_FOUND"
+	ReasonPluginExists       = "PLUGIN_EXISTS"
+	ReasonPluginUnavailable  = "PLUGIN_UNAVAILABLE"
+	ReasonNotNative          = "NOT_NATIVE"
+	ReasonShuttingDown       = "SHUTTING_DOWN"
+	ReasonDeadlineExceeded   = "DEADLINE_EXCEEDED"
+	ReasonCanceled           = "CANCELED"
+	ReasonInternal           = "INTERNAL"
+	// ReasonGenerationStopped: the generation a forwarded call or stream
+	// ran on was stopped under it (the drain timed out, or the process
+	// exited).
+	ReasonGenerationStopped = "GENERATION_STOPPED"
+	// ReasonPluginNotSelected: a call on the shared TCP endpoint named no
+	// plugin.
+	ReasonPluginNotSelected = "PLUGIN_NOT_SELECTED"
+	// ReasonInternalService: a call on an endpoint to go-plugin's own
+	// services (controller, broker, stdio), which only plugind may use.
+	ReasonInternalService = "INTERNAL_SERVICE"
+)
+
+// Status maps err to a gRPC status error (nil for nil).
+func Status(err error) error {
+	if err == nil {
+		return nil
+	}
+	var (
+		invalid  *manager.InvalidError
+		cand     *manager.CandidateError
+		mismatch *manager.GenerationMismatchError
+		call     *manager.CallError
+		limit    *manager.LimitError
+	)
+	// One errors.As per type. The typed manager errors that may wrap a
+	// status are looked up first, in the order of the switch below, which
+	// reads the results; the first found wins there, so the lookups stop
+	// at it.
+	isInvalid := errors.As(err, &invalid)
+	isCand := !isInvalid && errors.As(err, &cand)
+	isCall := !isInvalid && !isCand && errors.As(err, &call)
+	if _, ok := status.FromError(err); ok && !isInvalid && !isCand && !isCall {
+		// Already a status (from a conversion at the edge).
+		return err
+	}
+	switch {
+	case errors.As(err, &limit):
+		return New(codes.ResourceExhausted, ReasonLimitReached, err.Error(), map[string]string{"limit": limit.Limit},
+			&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: limit.Limit, Description: err.Error()}}})
+	case isInvalid:
+		return New(codes.InvalidArgument, ReasonInvalidField, err.Error(), map[string]string{"field": invalid.Field},
+			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: invalid.Field, Description: invalid.Reason}}})
+	case isCand:
+		code := codes.FailedPrecondition
+		if cand.Stage == manager.StageResolve {
+			// The binary named by the request is missing, escapes the
+			// plugin directory or is not executable: bad input.
+			code = codes.InvalidArgument
+		}
+		return New(code, ReasonCandidateFailed, err.Error(),
+			map[string]string{"plugin": cand.Plugin, "stage": cand.Stage.String(), "active_generation": strconv.FormatUint(cand.ActiveGeneration, 10)},
+			&pb.CandidateFailure{
+				Stage:            Stage(cand.Stage),
+				Message:          cand.Err.Error(),
+				StderrTail:       cand.StderrTail,
+				ActiveGeneration: cand.ActiveGeneration,
+			})
+	case errors.As(err, &mismatch):
+		return New(codes.Aborted, ReasonGenerationMismatch, err.Error(),
+			map[string]string{"plugin": mismatch.Plugin, "active_generation": strconv.FormatUint(mismatch.Active, 10)})
+	case isCall:
+		// The plugin's own status passes through unchanged (with its
+		// details, such as a PanicDetail); a transport failure to the
+		// plugin surfaces as the code grpc-go gave it (Unavailable).
+		if st, ok := status.FromError(call.Err); ok {
+			return st.Err()
+		}
+		return status.Error(codes.Unknown, err.Error())
+	case errors.Is(err, manager.ErrNotFound):
+		return New(codes.NotFound, ReasonPluginNotFound, err.Error(), nil)
+	case errors.Is(err, manager.ErrAlreadyExists):
+		return New(codes.AlreadyExists, ReasonPluginExists, err.Error(), nil)
+	case errors.Is(err, manager.ErrNotNative):
+		return New(codes.FailedPrecondition, ReasonNotNative, err.Error(), nil)
+	case errors.Is(err, manager.ErrUnavailable):
+		return New(codes.Unavailable, ReasonPluginUnavailable, err.Error(), nil)
+	case errors.Is(err, manager.ErrClosed):
+		return New(codes.Unavailable, ReasonShuttingDown, err.Error(), nil)
+	case errors.Is(err, context.DeadlineExceeded):
+		return New(codes.DeadlineExceeded, ReasonDeadlineExceeded, err.Error(), nil)
+	case errors.Is(err, context.Canceled):
+		return New(codes.Canceled, ReasonCanceled, err.Error(), nil)
+	default:
+		return New(codes.Internal, ReasonInternal, err.Error(), nil)
+	}
+}
+
+// New makes a status error with details, then an ErrorInfo of Domain,
+// reason and meta. The ErrorInfo comes last so that clients written before
+// it existed, which read the first detail (a CandidateFailure, a
+// BadRequest), still find theirs there.
+func New(c codes.Code, reason, msg string, meta map[string]string, details ...protoadapt.MessageV1) error {
+	st := status.New(c, msg)
+	all := append(details, &errdetails.ErrorInfo{Domain: Domain, Reason: reason, Metadata: meta})
+	if d, err := st.WithDetails(all...); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// Invalid is an InvalidArgument for a request field that never reached the
+// manager (such as a malformed Duration).
+func Invalid(field, reason string) error {
+	return Status(&manager.InvalidError{Field: field, Reason: reason})
+}
+
+// Stage converts a pipeline stage (numbered like the proto enum).
+func Stage(s manager.Stage) pb.CandidateStage { return pb.CandidateStage(s) }
+
+// Info returns the ErrorInfo of a status error made by plugind, or nil (for
+// a plugin's own status, or an error that is no status).
+func Info(err error) *errdetails.ErrorInfo {
+	st, ok := status.FromError(err)
+	if !ok {
+		return nil
+	}
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetDomain() == Domain {
+			return ei
+		}
+	}
+	return nil
+}

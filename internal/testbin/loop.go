@@ -1,0 +1,55 @@
+package testbin
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// Loop is n callers calling call back to back until Stop: the load a test
+// keeps on a plugin while it reloads or restarts it.
+type Loop struct {
+	stop         chan struct{}
+	wg           sync.WaitGroup
+	calls, fails atomic.Int64
+	mu           sync.Mutex // guards first
+	first        error
+}
+
+// StartLoop starts n callers of call.
+func StartLoop(n int, call func() error) *Loop {
+	l := &Loop{stop: make(chan struct{})}
+	for range n {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				err := call()
+				l.calls.Add(1)
+				if err != nil {
+					l.fails.Add(1)
+					l.mu.Lock()
+					if l.first == nil {
+						l.first = err
+					}
+					l.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return l
+}
+
+// Stop stops the callers, waits for them, and returns how many calls they
+// made, how many failed, and the first failure.
+func (l *Loop) Stop() (calls, failed int64, first error) {
+	close(l.stop)
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.calls.Load(), l.fails.Load(), l.first
+}
