@@ -104,6 +104,7 @@ func scenarios() []scenario {
 		{"watch", "WatchHealth fan-out vs grpc-go health.Server Watch", runWatch},
 		{"recover", "Panic tracker Recover helper vs a bare deferred recover", runRecover},
 		{"load", "Load of N plugins in parallel vs N raw go-plugin launches", runLoad},
+		{"liveness", "Liveness probing of N plugins at 1s: CPU with probing vs without", runLiveness},
 		{"passthrough", "A unary 1 KiB call through a plugin's endpoint vs direct to the plugin's socket vs nginx grpc_pass", runPassthrough},
 	}
 }

@@ -87,10 +87,20 @@ func (o DrainTimeoutOption) applyReload(r *reloadOptions) {
 
 func (o DrainTimeoutOption) applyUnload(u *unloadOptions) { u.drain = durationpb.New(o.d) }
 
+// WithBake keeps the previous generation's process warm for d after the
+// swap: if the new generation becomes UNHEALTHY or crashes meanwhile,
+// plugind reverts to it by itself (see WaitBake). 0 asks for no bake even
+// when the daemon has a default (plugind --bake); without WithBake the
+// daemon's default applies.
+func WithBake(d time.Duration) ReloadOption {
+	return reloadOptionFunc(func(o *reloadOptions) { o.req.Bake = durationpb.New(d) })
+}
+
 // Reload runs the candidate pipeline on a new generation of the named plugin
 // and swaps to it only when it passes; otherwise the active generation keeps
 // serving and the error is a *CandidateError. See WithSpec,
-// WithExpectedGeneration, ValidateOnly, WithDrainTimeout and WaitHealthy.
+// WithExpectedGeneration, ValidateOnly, WithDrainTimeout, WithBake and
+// WaitHealthy.
 // Reload is never retried by the client (see Dial).
 func (c *Client) Reload(ctx context.Context, name string, opts ...ReloadOption) (*plugincontrolv1.ReloadResponse, error) {
 	var o reloadOptions
@@ -168,6 +178,56 @@ func (c *Client) Invoke(ctx context.Context, plugin, method string, payload []by
 // plugin is unloaded, or ctx ends first (give ctx a deadline). A generation
 // of 0 waits for any generation.
 func (c *Client) WaitServing(ctx context.Context, name string, generation uint64) (*plugincontrolv1.PluginHealth, error) {
+	var found *plugincontrolv1.PluginHealth
+	err := c.waitHealth(ctx, name, generation, func(h *plugincontrolv1.PluginHealth) (bool, string) {
+		if h.GetGeneration() < generation {
+			return false, ""
+		}
+		switch h.GetState() {
+		case plugincontrolv1.PluginState_PLUGIN_STATE_SERVING:
+			found = h
+			return true, ""
+		case plugincontrolv1.PluginState_PLUGIN_STATE_UNHEALTHY, plugincontrolv1.PluginState_PLUGIN_STATE_STOPPED:
+			return true, h.GetReason()
+		}
+		return false, ""
+	})
+	if err != nil {
+		return nil, err
+	}
+	return found, nil
+}
+
+// WaitBake watches the health of the named plugin until the bake of
+// generation (a Reload with WithBake) has ended, and returns it: Result
+// BAKE_RESULT_KEPT when the generation passed, BAKE_RESULT_REVERTED when
+// plugind went back to the previous generation's process (Reason says why,
+// RevertedTo as which generation), BAKE_RESULT_CANCELLED when another
+// reload, an unload or the daemon's shutdown ended it early. It fails with
+// an *UnhealthyError when the plugin is unloaded or ctx ends first.
+func (c *Client) WaitBake(ctx context.Context, name string, generation uint64) (*plugincontrolv1.Bake, error) {
+	var found *plugincontrolv1.Bake
+	err := c.waitHealth(ctx, name, generation, func(h *plugincontrolv1.PluginHealth) (bool, string) {
+		b := h.GetBake()
+		if b.GetGeneration() != generation || b.GetResult() == plugincontrolv1.BakeResult_BAKE_RESULT_BAKING {
+			return false, ""
+		}
+		found = b
+		return true, ""
+	})
+	if err != nil {
+		return nil, err
+	}
+	return found, nil
+}
+
+// waitHealth follows the health records of one plugin, reconnecting and
+// resuming when the stream breaks, until done says to stop: with an empty
+// reason, successfully; with a reason, with an *UnhealthyError about
+// generation and the last record seen. It also ends with one when the
+// plugin is unloaded or not loaded, or ctx ends, and with the stream's
+// error when reconnecting cannot help.
+func (c *Client) waitHealth(ctx context.Context, name string, generation uint64, done func(*plugincontrolv1.PluginHealth) (bool, string)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var last *plugincontrolv1.PluginHealth
@@ -192,12 +252,12 @@ func (c *Client) WaitServing(ctx context.Context, name string, generation uint64
 			switch ev.GetType() {
 			case plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_REMOVED:
 				last = h
-				return nil, fail("unloaded", nil)
+				return fail("unloaded", nil)
 			case plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SYNCED:
 				// A full snapshot (first stream, or a reset) without a
 				// record of the plugin: it is not loaded.
 				if (snapshot || ev.GetReset_()) && !seen {
-					return nil, fail("not loaded", nil)
+					return fail("not loaded", nil)
 				}
 				continue
 			case plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SNAPSHOT,
@@ -206,14 +266,11 @@ func (c *Client) WaitServing(ctx context.Context, name string, generation uint64
 				continue
 			}
 			last, seen = h, true
-			if h.GetGeneration() < generation {
-				continue
-			}
-			switch h.GetState() {
-			case plugincontrolv1.PluginState_PLUGIN_STATE_SERVING:
-				return h, nil
-			case plugincontrolv1.PluginState_PLUGIN_STATE_UNHEALTHY, plugincontrolv1.PluginState_PLUGIN_STATE_STOPPED:
-				return nil, fail(h.GetReason(), nil)
+			if stop, reason := done(h); stop {
+				if reason != "" {
+					return fail(reason, nil)
+				}
+				return nil
 			}
 		}
 		if ctx.Err() != nil {
@@ -221,13 +278,13 @@ func (c *Client) WaitServing(ctx context.Context, name string, generation uint64
 			if last != nil && last.GetReason() != "" {
 				reason += "; last reason: " + last.GetReason()
 			}
-			return nil, fail(reason, ctx.Err())
+			return fail(reason, ctx.Err())
 		}
 		if !watchRetryable(err) {
-			return nil, wrapError(err)
+			return wrapError(err)
 		}
 		if err := sleepCtx(ctx, backoff); err != nil {
-			return nil, fail("timed out", err)
+			return fail("timed out", err)
 		}
 		backoff = min(2*backoff, defaultBackoffMax)
 	}

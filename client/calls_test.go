@@ -251,3 +251,37 @@ func TestRetryWaitsForDaemon(t *testing.T) {
 		t.Fatalf("List across a restart: %v", err)
 	}
 }
+
+// WithBake keeps the previous generation warm; WaitBake says how the bake
+// ended: kept after a clean period, reverted when the new generation fails.
+func TestReloadWithBake(t *testing.T) {
+	d := newDaemon(t, daemonConfig{})
+	c := dial(t, d.addr())
+	ctx := context.Background()
+	load(t, c, "echo")
+	resp, err := c.Reload(ctx, "echo", WithBake(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	b, err := c.WaitBake(wctx, "echo", resp.GetPlugin().GetGeneration())
+	if err != nil || b.GetResult() != plugincontrolv1.BakeResult_BAKE_RESULT_KEPT || b.GetPreviousGeneration() != 1 {
+		t.Fatalf("clean bake: %v %v", b, err)
+	}
+	strict := &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo", HealthPolicy: &plugincontrolv1.HealthPolicy{PanicThreshold: 1}}
+	resp, err = c.Reload(ctx, "echo", WithSpec(strict), WithBake(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Invoke(ctx, "echo", "panic", []byte("boom")); !errors.Is(err, ErrPanic) {
+		t.Fatalf("panic: %v", err)
+	}
+	b, err = c.WaitBake(wctx, "echo", resp.GetPlugin().GetGeneration())
+	if err != nil || b.GetResult() != plugincontrolv1.BakeResult_BAKE_RESULT_REVERTED || b.GetRevertedTo() != 4 {
+		t.Fatalf("failed bake: %v %v", b, err)
+	}
+	if _, err := c.WaitBake(wctx, "nope", 1); !errors.Is(err, ErrUnhealthy) {
+		t.Fatalf("WaitBake of an unknown plugin: %v", err)
+	}
+}

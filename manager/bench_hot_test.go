@@ -57,25 +57,31 @@ func BenchmarkRecover(b *testing.B) {
 	})
 }
 
-// BenchmarkTracker is one fault recorded in a plugin's sliding window.
+// BenchmarkTracker is one fault recorded in a plugin's sliding windows and
+// the windows judged, and the counts of every class read (what a health
+// record costs).
 func BenchmarkTracker(b *testing.B) {
-	b.Run("add", func(b *testing.B) {
+	p := HealthPolicy{}.withDefaults()
+	b.Run("count+judge", func(b *testing.B) {
 		b.ReportAllocs()
 		var t tracker
 		now := time.Now()
 		for i := 0; b.Loop(); i++ {
-			t.add(now.Add(time.Duration(i)*time.Millisecond), time.Second)
+			at := now.Add(time.Duration(i) * time.Millisecond)
+			t.windows[FailurePanic] = appendBounded(t.windows[FailurePanic], at)
+			t.combined = appendBounded(t.combined, at)
+			_ = t.exceeded(at, &p)
 		}
 	})
-	b.Run("inWindow", func(b *testing.B) {
+	b.Run("counts", func(b *testing.B) {
 		b.ReportAllocs()
 		var t tracker
 		now := time.Now()
 		for i := range 3 {
-			t.add(now.Add(time.Duration(i)*time.Millisecond), time.Minute)
+			t.windows[FailurePanic] = appendBounded(t.windows[FailurePanic], now.Add(time.Duration(i)*time.Millisecond))
 		}
 		for b.Loop() {
-			t.inWindow(now, time.Minute)
+			_ = t.counts(now, &p)
 		}
 	})
 }

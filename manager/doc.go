@@ -37,10 +37,58 @@
 // API takes), and NativeProtocol is the plugincontrol.plugin.v1 contract of
 // plugins built with package plugin, which Invoke calls.
 //
+// # Lifecycle
+//
+// Each plugin has one state machine, in lifecycle.go: the table transitions
+// says which lifecycle event leads from which state to which, and
+// transitionLocked is the only code that changes a plugin's state, its
+// since and its reason, and the only code that publishes its health.
+//
+//	          launch (Load, restore)
+//	                    │
+//	                    ▼
+//	 exited ┌──────► STARTING ─────────────── gave-up ──────────────┐
+//	 (crash,│          │  ↺ exited (a restart's candidate failed)   │
+//	restart │ activated│                                             ▼
+//	pending)│          ▼                                         UNHEALTHY ↺ fault
+//	        ├────── SERVING ◄──── activated (reload, restart ───────┤
+//	        │        │  ▲         on unhealthy, revert)             │
+//	        │   fault│  │recovered, activated                      │
+//	        │        ▼  │                                           │
+//	        └────── DEGRADED ─────────── fault-limit ──────────────►┘
+//	                 ↺ fault          (also SERVING ─ fault-limit ─►)
+//
+//	STARTING, SERVING, DEGRADED, UNHEALTHY ── stopped ──► STOPPED ── activated ──► SERVING
+//	any state ── removed ──► gone (Unload, a failed first Load)
+//
+// The whole table (updated, allowed in every state, keeps the state):
+//
+//	from \ event  activated  fault      fault-limit  recovered  exited    gave-up    stopped
+//	STARTING      SERVING    -          -            -          STARTING  UNHEALTHY  STOPPED
+//	SERVING       SERVING    DEGRADED   UNHEALTHY    -          STARTING  UNHEALTHY  STOPPED
+//	DEGRADED      SERVING    DEGRADED   UNHEALTHY    SERVING    STARTING  UNHEALTHY  STOPPED
+//	UNHEALTHY     SERVING    UNHEALTHY  UNHEALTHY    -          STARTING  UNHEALTHY  STOPPED
+//	STOPPED       SERVING    -          -            -          -         -          STOPPED
+//
+// Failures are counted per class (recovered panics, crashes, hangs found
+// by liveness probing, calls timing out inside the plugin, failed
+// restarts), each against its own threshold in the HealthPolicy; panics,
+// hangs and timeouts make the active generation DEGRADED, then UNHEALTHY at
+// a threshold (once per generation). Crashes and failed restarts are
+// judged by the supervisor, which restarts with backoff until a limit,
+// then gives up. A Reload with a bake keeps the previous generation's
+// process warm: if the new generation becomes UNHEALTHY or crashes during
+// the bake, the manager reverts to that process by itself.
+//
 // # Concurrency
 //
 // Manager.mu guards the registry map. Each plugin entry has an operation
-// semaphore that serializes Load/Reload/Unload of that plugin (different
-// plugins proceed in parallel) and an atomic pointer to the active
-// generation, so reads (List, Invoke, Acquire) never wait behind a reload.
+// semaphore that serializes Load/Reload/Unload, restarts, reverts and the
+// end of a bake of that plugin (different plugins proceed in parallel), an
+// atomic pointer to the active generation, so reads (List, Invoke, Acquire)
+// never wait behind a reload, and a mutex (entry.mu) for its state, counts
+// and spec, held only for memory updates: the store is written under the
+// operation semaphore, never under entry.mu, so List and Health never wait
+// on an fsync. Lock order: Manager.mu, then entry.mu; events.mu is taken
+// under entry.mu (publishing never blocks).
 package manager

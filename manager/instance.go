@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goplugin "github.com/hashicorp/go-plugin"
@@ -15,15 +16,19 @@ import (
 
 // instance is one generation of a plugin: one process.
 type instance struct {
+	// gen is the generation number the process serves as: set at launch,
+	// raised only when a revert makes the process active again.
+	gen atomic.Uint64
+
 	// Immutable after launch.
 	name       string
-	gen        uint64
 	spec       Spec
 	proto      *Protocol
 	client     *goplugin.Client
 	cmd        *exec.Cmd
 	rpc        *grpc.ClientConn // go-plugin's connection to the plugin
 	dispensed  any              // what the protocol's plugin dispensed
+	hooks      Conn             // what the protocol's hooks get
 	native     pluginv1.PluginServiceClient
 	done       context.Context // go-plugin's: cancelled when the process exits
 	pid        int
@@ -51,6 +56,9 @@ type instance struct {
 
 	stopOnce sync.Once
 }
+
+// generation is the generation number the process serves as.
+func (i *instance) generation() uint64 { return i.gen.Load() }
 
 // acquire admits one call or lease, unless the instance is draining. A
 // caller that is refused reloads the plugin's active pointer: a swap always
@@ -98,6 +106,28 @@ func (i *instance) drain(timeout time.Duration) (pending int, timedOut bool) {
 	case <-t.C:
 		return pending, true
 	}
+}
+
+// hold stops admitting calls without waiting for the admitted ones: a
+// baking reload keeps the previous generation's process warm this way.
+func (i *instance) hold() {
+	i.mu.Lock()
+	i.draining = true
+	i.mu.Unlock()
+}
+
+// revive makes a held instance serve again as generation gen (a revert). It
+// reports false when the instance is already stopping.
+func (i *instance) revive(gen uint64) bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.stopping {
+		return false
+	}
+	i.draining = false
+	i.idle = nil
+	i.gen.Store(gen)
+	return true
 }
 
 // intended reports whether the process exit is one the manager asked for.

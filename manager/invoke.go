@@ -43,6 +43,7 @@ func (m *Manager) Invoke(ctx context.Context, name, method string, payload []byt
 		}
 		return nil, fmt.Errorf("plugin %q speaks protocol %q, not the native contract Invoke calls: call its own API at %s: %w", name, inst.proto.Name, where, ErrNotNative)
 	}
+	gen := inst.generation()
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
 	defer cancel()
 	resp, err := inst.native.Invoke(ctx, &pluginv1.InvokeRequest{Method: method, Payload: payload})
@@ -51,15 +52,26 @@ func (m *Manager) Invoke(ctx context.Context, name, method string, payload []byt
 			// The caller did not cancel: the generation's connection was
 			// closed under the call (the process crashed or was stopped).
 			// That is the plugin being unavailable, which callers retry.
-			err = status.Errorf(codes.Unavailable, "plugin %q generation %d went away during the call", name, inst.gen)
+			err = status.Errorf(codes.Unavailable, "plugin %q generation %d went away during the call", name, gen)
 		}
-		ce := &CallError{Plugin: name, Generation: inst.gen, Err: err, Panic: panicOf(err)}
-		if ce.Panic != nil {
-			m.recordFault(e, inst.gen, &PanicRecord{Message: ce.Panic.Message, Fingerprint: ce.Panic.Fingerprint})
-		}
+		ce := &CallError{Plugin: name, Generation: gen, Err: err, Panic: m.recordCallError(e, gen, err)}
 		return nil, ce
 	}
-	return &InvokeResult{Payload: resp.GetPayload(), Generation: inst.gen}, nil
+	return &InvokeResult{Payload: resp.GetPayload(), Generation: gen}, nil
+}
+
+// recordCallError counts a call's error that is a failure of the plugin (a
+// recovered panic, a timeout inside it) against generation gen, and returns
+// the panic, if it was one.
+func (m *Manager) recordCallError(e *entry, gen uint64, err error) *PanicInfo {
+	class, p := classOfCallError(err)
+	switch class {
+	case FailurePanic:
+		m.recordFault(e, gen, FailurePanic, &PanicRecord{Message: p.Message, Fingerprint: p.Fingerprint}, "")
+	case FailureTimeout:
+		m.recordFault(e, gen, FailureTimeout, nil, "")
+	}
+	return p
 }
 
 // admit returns the active generation with one call admitted on it. A

@@ -140,7 +140,8 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 		return fail(StageStart, fmt.Errorf("socket directory: %w", err), nil)
 	}
 	sink := proc.NewStderrSink(log)
-	inst := &instance{name: c.spec.Name, gen: c.gen, spec: c.spec, proto: p, sockDir: sockDir, stderr: sink}
+	inst := &instance{name: c.spec.Name, spec: c.spec, proto: p, sockDir: sockDir, stderr: sink}
+	inst.gen.Store(c.gen)
 	inst.gone, inst.cancelGone = context.WithCancel(context.Background())
 
 	cmd := exec.Command(path, c.spec.Args...)
@@ -234,6 +235,7 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	inst.dispensed = raw
 	inst.native = nativeClient(raw)
 	conn := Conn{Dispensed: raw, GRPC: gc.Conn, ProtocolVersion: client.NegotiatedVersion()}
+	inst.hooks = conn
 	clock.done(StageHandshake)
 
 	// 4. describe

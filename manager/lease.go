@@ -59,7 +59,7 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Lease{Plugin: name, Generation: inst.gen, Value: inst.dispensed, Conn: inst.rpc, m: m, e: e, inst: inst}, nil
+	return &Lease{Plugin: name, Generation: inst.generation(), Value: inst.dispensed, Conn: inst.rpc, m: m, e: e, inst: inst}, nil
 }
 
 // Release ends the lease. It is idempotent.
@@ -87,17 +87,15 @@ func (l *Lease) Done() <-chan struct{} { return l.inst.gone.Done() }
 func (l *Lease) Unary(fullMethod string) bool { return l.inst.unary[fullMethod] }
 
 // Report tells the manager how a call made under the lease ended, for the
-// panic tracker: an error whose gRPC status carries a
+// failure tracker: an error whose gRPC status carries a
 // plugincontrol.plugin.v1.PanicDetail (a handler panic the plugin SDK
-// recovered) counts as a recovered panic of the generation. Other errors,
-// and nil, change nothing.
+// recovered) counts as a panic of the generation, and DeadlineExceeded as a
+// call that timed out inside it. Other errors, and nil, change nothing.
 func (l *Lease) Report(err error) {
 	if err == nil {
 		return
 	}
-	if p := panicOf(err); p != nil {
-		l.m.recordFault(l.e, l.Generation, &PanicRecord{Message: p.Message, Fingerprint: p.Fingerprint})
-	}
+	l.m.recordCallError(l.e, l.Generation, err)
 }
 
 // panicOf returns the PanicDetail of err's status, or nil.

@@ -56,6 +56,9 @@ type Config struct {
 	// unhealthy-restart; failed is the failing stage, StageUnknown on
 	// success. It must not block.
 	OnCandidate func(plugin, action string, failed Stage, took time.Duration)
+	// DefaultBake is the bake period of a Reload that asks for none (0:
+	// no bake); see ReloadRequest.Bake.
+	DefaultBake time.Duration
 	// Endpoints, if set, serves every plugin's own gRPC API at a stable
 	// address (Status.Endpoint); see Endpoints.
 	Endpoints Endpoints
@@ -105,16 +108,18 @@ type entry struct {
 	spec        Spec
 	generation  uint64 // of the active (or last active) generation
 	pluginName  string // what the plugin described itself as
-	state       State
+	state       State  // changed only by transitionLocked, with since and reason
 	since       time.Time
-	lastError   string
+	reason      string // why the plugin is in state ("" when SERVING)
+	lastError   string // the last failure of any kind, for the status
 	endpoint    string // address of the plugin's own API ("" without Endpoints)
 	restarts    int
 	removed     bool // unloaded, or a failed first Load
 	revision    uint64
-	panics      tracker     // panic window and lifetime counts
+	faults      tracker     // failure windows and lifetime counts, per class
 	restartLog  []time.Time // supervisor restarts within the restart period
 	consecutive int         // restarts since the plugin last stayed up a period
+	bake        *bake       // the current or last bake (nil: none yet)
 }
 
 func (e *entry) lock(ctx context.Context) error {
@@ -158,6 +163,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 60 * time.Second
+	}
+	if cfg.DefaultBake < 0 || cfg.DefaultBake > maxBake {
+		return nil, fmt.Errorf("manager: Config.DefaultBake %v is outside 0..%v", cfg.DefaultBake, maxBake)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -282,11 +290,14 @@ func (m *Manager) Close(ctx context.Context) error {
 			// a Load/Reload in progress sees closed and stops it.
 			_ = e.lock(context.Background())
 			defer e.unlock()
+			m.cancelBake(e, "the daemon is shutting down")
 			inst := e.active.Swap(nil)
 			e.mu.Lock()
-			e.panics.reset(0)
+			e.faults.reset(0)
+			if e.state != StateUnknown {
+				_ = m.transitionLocked(e, evStopped, "daemon shutting down")
+			}
 			e.mu.Unlock()
-			e.setState(StateStopped, "daemon shutting down", m.events)
 			if inst != nil {
 				inst.drain(drain)
 				inst.stop()

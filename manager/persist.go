@@ -100,17 +100,22 @@ func (m *Manager) Restore(ctx context.Context) error {
 			continue
 		}
 		m.plugins[e.name] = e
+		_ = m.transition(e, evLaunch, "restoring after daemon start")
 		m.mu.Unlock()
 		if err := m.openEndpoint(e); err != nil {
 			// The plugin is restored without its endpoint; say why.
 			m.log.Error("endpoint not served", slog.String("plugin", e.name), slog.String("error", err.Error()))
-			e.setState(StateStarting, err.Error(), m.events)
+			e.mu.Lock()
+			e.lastError = err.Error()
+			e.mu.Unlock()
 		}
 		if r.HeldUnhealthy {
-			e.setState(StateUnhealthy, r.Reason, m.events)
+			e.mu.Lock()
+			e.lastError = r.Reason
+			_ = m.transitionLocked(e, evGaveUp, r.Reason)
+			e.mu.Unlock()
 			continue
 		}
-		e.setState(StateStarting, "restoring after daemon start", m.events)
 		e.op <- struct{}{}
 		wg.Add(1)
 		go func() {
@@ -121,7 +126,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 				e.mu.Lock()
 				rec := e.recordLocked()
 				e.mu.Unlock()
-				rec.Generation = inst.gen
+				rec.Generation = inst.generation()
 				if perr := m.store.PutPlugin(rec); perr != nil {
 					inst.stop()
 					err = fmt.Errorf("persisting desired state: %w", perr)
@@ -132,10 +137,14 @@ func (m *Manager) Restore(ctx context.Context) error {
 			}
 			m.audit(ctx, "restore", e.name, r.Generation, r.Generation+uint64(b2i(err == nil)), inst, e.spec, err)
 			if err != nil {
-				e.setState(StateUnhealthy, "restore failed: "+err.Error(), m.events)
+				why := "restore failed: " + err.Error()
+				e.mu.Lock()
+				e.lastError = why
+				_ = m.transitionLocked(e, evGaveUp, why)
+				e.mu.Unlock()
 				return
 			}
-			m.log.Info("plugin restored", slog.String("plugin", e.name), slog.Uint64("generation", inst.gen), slog.Int("pid", inst.pid))
+			m.log.Info("plugin restored", slog.String("plugin", e.name), slog.Uint64("generation", inst.generation()), slog.Int("pid", inst.pid))
 		}()
 	}
 	wg.Wait()

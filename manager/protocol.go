@@ -45,6 +45,9 @@ type Protocol struct {
 	// HealthReady("plugin"), the service go-plugin registers in every Go
 	// plugin. An error fails the candidate at stage ready.
 	Ready func(ctx context.Context, c Conn, config []byte) error
+	// Live is the liveness probe of a serving generation, when the spec's
+	// policy turns liveness on. Nil: Ready with the spec's Config.
+	Live func(ctx context.Context, c Conn, config []byte) error
 }
 
 // Conn is what the hooks of a Protocol get: one generation's connection.
@@ -188,6 +191,13 @@ func (p *Protocol) ready(ctx context.Context, c Conn, config []byte) error {
 		return p.Ready(ctx, c, config)
 	}
 	return HealthReady("")(ctx, c, config)
+}
+
+func (p *Protocol) live(ctx context.Context, c Conn, config []byte) error {
+	if p.Live != nil {
+		return p.Live(ctx, c, config)
+	}
+	return p.ready(ctx, c, config)
 }
 
 // protocolFor returns the protocol a spec is launched with: the embedder's

@@ -39,7 +39,7 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 		return nil, &LimitError{Limit: "max_plugins", Value: m.cfg.MaxPlugins}
 	}
 	m.plugins[spec.Name] = e
-	e.setState(StateStarting, "", m.events)
+	_ = m.transition(e, evLaunch, "loading")
 	m.mu.Unlock()
 
 	var (
@@ -79,9 +79,10 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 		m.mu.Unlock()
 		e.mu.Lock()
 		e.removed = true
+		e.lastError = err.Error()
+		_ = m.transitionLocked(e, evRemoved, err.Error())
 		e.mu.Unlock()
 		m.closeEndpoint(e)
-		m.events.publish(EventRemoved, Health{Name: spec.Name, State: StateStopped, Reason: err.Error(), Since: time.Now()})
 		return nil, err
 	}
 	m.log.Info("plugin loaded", slog.String("plugin", spec.Name), slog.Uint64("generation", 1),
@@ -89,34 +90,35 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 	return &LoadResult{Status: e.status(), Report: rep}, nil
 }
 
-// activate makes inst the active generation of e, with a fresh panic
-// window, and starts watching its process. operator is true for Load and
-// Reload: an operator's action also clears the supervisor's restart history,
-// so a plugin left UNHEALTHY at its restart limit is supervised again. It
+// activate makes inst the active generation of e, with fresh failure
+// windows, and starts watching its process (and probing it, when the
+// policy asks for liveness). operator is true for Load and Reload: an
+// operator's action also clears the supervisor's restart history, so a
+// plugin left UNHEALTHY at its restart limit is supervised again. It
 // returns false when the manager closed meanwhile (the caller stops inst).
 // The caller holds e's operation lock.
 func (m *Manager) activate(e *entry, inst *instance, operator bool) bool {
-	if !m.startBackground(func() { m.watchExit(e, inst) }, func() {
+	return m.startBackground(func() { m.watchExit(e, inst) }, func() {
 		e.mu.Lock()
-		e.generation = inst.gen
+		e.generation = inst.generation()
 		e.spec = inst.spec
 		e.pluginName = inst.pluginName
-		e.lastError = ""
-		e.state = StateServing
-		e.since = time.Now()
-		e.panics.reset(inst.gen)
+		e.faults.reset(inst.generation())
 		if operator {
 			e.restartLog = nil
 			e.consecutive = 0
+			e.faults.forgetRestarts()
 		}
 		e.active.Store(inst)
-		e.publishLocked(m.events)
+		_ = m.transitionLocked(e, evActivated, "")
 		e.mu.Unlock()
-	}) {
-		return false
-	}
-	return true
+		m.startLiveness(e, inst)
+	})
 }
+
+// NoBake in ReloadRequest.Bake asks for no bake even when the manager has a
+// default bake period.
+const NoBake time.Duration = -1
 
 // ReloadRequest asks for a new generation.
 type ReloadRequest struct {
@@ -129,6 +131,12 @@ type ReloadRequest struct {
 	ValidateOnly bool
 	// DrainTimeout bounds the drain of the old generation (0: default).
 	DrainTimeout time.Duration
+	// Bake, when positive, keeps the previous generation's process warm
+	// for that long after the swap: if the new generation becomes
+	// UNHEALTHY (any failure class) or crashes meanwhile, the manager
+	// reverts to it by itself. 0 means Config.DefaultBake; NoBake means
+	// none.
+	Bake time.Duration
 }
 
 // ReloadResult is the outcome of a successful Reload.
@@ -141,9 +149,10 @@ type ReloadResult struct {
 // Reload runs the candidate pipeline and swaps to the candidate only when it
 // passes: the active generation keeps serving until then, and untouched if
 // the candidate fails. The old generation is drained (calls in flight finish,
-// up to the drain timeout) and stopped after the swap. Reloads of one plugin
-// are serialized. Draining is not cut short by ctx: once swapped, the old
-// generation must be stopped either way.
+// up to the drain timeout) and stopped after the swap, or, with a bake, kept
+// warm until the bake ends. Reloads of one plugin are serialized. Draining
+// is not cut short by ctx: once swapped, the old generation must be stopped
+// either way.
 func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult, error) {
 	if req.Spec != nil {
 		if err := m.validate(req.Spec); err != nil {
@@ -155,6 +164,13 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 	}
 	if req.DrainTimeout < 0 || req.DrainTimeout > maxTimeout {
 		return nil, &InvalidError{Field: "drain_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", req.DrainTimeout, maxTimeout)}
+	}
+	if req.Bake < NoBake || req.Bake > maxBake {
+		return nil, &InvalidError{Field: "bake", Reason: fmt.Sprintf("%v is outside 0..%v", req.Bake, maxBake)}
+	}
+	bake := req.Bake
+	if bake == 0 {
+		bake = m.cfg.DefaultBake
 	}
 	e, err := m.lookup(req.Name)
 	if err != nil {
@@ -174,19 +190,22 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 	if req.ExpectedGeneration != 0 && req.ExpectedGeneration != activeGen {
 		return nil, &GenerationMismatchError{Plugin: req.Name, Expected: req.ExpectedGeneration, Active: activeGen}
 	}
+	prevSpec := spec
 	if req.Spec != nil {
 		spec = req.Spec.clone()
 	}
-	old := e.active.Load()
 	action := "reload"
 	if req.ValidateOnly {
 		action = "validate"
+	} else {
+		// A bake in progress ends: this reload moves on from it.
+		m.cancelBake(e, "superseded by a reload")
 	}
+	old := e.active.Load()
 	inst, rep, err := m.launch(ctx, candidate{action: action, spec: spec, gen: activeGen + 1, expectName: expect, activeGen: activeGen})
 	if err != nil {
 		e.mu.Lock()
 		e.lastError = err.Error()
-		e.publishLocked(m.events)
 		e.mu.Unlock()
 		m.audit(ctx, action, req.Name, activeGen, activeGen, nil, spec, err)
 		return nil, err
@@ -200,8 +219,9 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 	// restore relaunches what this call was about to acknowledge.
 	// The audit record of the swap goes in the same transaction when the
 	// store can do both at once (one fsync).
-	audited, perr := m.persist(PluginRecord{Spec: spec, Generation: inst.gen, PluginName: inst.pluginName},
-		auditRecord(ctx, action, req.Name, activeGen, inst.gen, inst, spec, nil))
+	gen := inst.generation()
+	audited, perr := m.persist(PluginRecord{Spec: spec, Generation: gen, PluginName: inst.pluginName},
+		auditRecord(ctx, action, req.Name, activeGen, gen, inst, spec, nil))
 	if perr != nil {
 		inst.stop()
 		err := fmt.Errorf("plugin %q: persisting desired state: %w", req.Name, perr)
@@ -219,12 +239,15 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 		return nil, ErrClosed
 	}
 	if !audited {
-		m.audit(ctx, action, req.Name, activeGen, inst.gen, inst, spec, nil)
+		m.audit(ctx, action, req.Name, activeGen, gen, inst, spec, nil)
 	}
 	rep.Stages = append(rep.Stages, StageTiming{Stage: StageSwap, Duration: time.Since(start)})
 
-	// 7. drain the old generation, then stop it.
-	if old != nil {
+	// 7. drain the old generation, then stop it; with a bake, keep its
+	// process warm until the bake ends.
+	if old != nil && bake > 0 {
+		m.startBake(e, inst, old, prevSpec, expect, bake)
+	} else if old != nil {
 		start = time.Now()
 		timeout := req.DrainTimeout
 		if timeout == 0 {
@@ -245,7 +268,7 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 		rep.Stages = append(rep.Stages, StageTiming{Stage: StageDrain, Duration: time.Since(start)})
 		if rep.DrainTimedOut {
 			m.log.Warn("drain timed out; old generation stopped with calls in flight",
-				slog.String("plugin", req.Name), slog.Uint64("generation", old.gen), slog.Duration("drain_timeout", timeout))
+				slog.String("plugin", req.Name), slog.Uint64("generation", old.generation()), slog.Duration("drain_timeout", timeout))
 		}
 	}
 	var total time.Duration
@@ -253,10 +276,13 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 		total += s.Duration
 	}
 	rep.Total = total
-	m.log.Info("plugin reloaded", slog.String("plugin", req.Name), slog.Uint64("generation", inst.gen),
+	m.log.Info("plugin reloaded", slog.String("plugin", req.Name), slog.Uint64("generation", gen),
 		slog.Uint64("previous_generation", activeGen), slog.Int("pid", inst.pid), slog.Duration("took", total))
 	return &ReloadResult{Status: e.status(), PreviousGeneration: activeGen, Report: rep}, nil
 }
+
+// maxBake bounds ReloadRequest.Bake and Config.DefaultBake.
+const maxBake = 24 * time.Hour
 
 // Unload drains and stops a plugin and forgets it. drain 0 means the default.
 func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) (Status, error) {
@@ -293,6 +319,7 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	m.mu.Unlock()
 
 	st := e.status()
+	m.cancelBake(e, "the plugin was unloaded")
 	inst := e.active.Swap(nil)
 	if inst != nil {
 		if drain == 0 {
@@ -303,11 +330,9 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	}
 	m.closeEndpoint(e)
 	e.mu.Lock()
-	e.state = StateStopped
-	e.panics.reset(0)
-	h := e.healthLocked()
+	e.faults.reset(0)
+	_ = m.transitionLocked(e, evRemoved, "unloaded")
 	e.mu.Unlock()
-	m.events.publish(EventRemoved, h)
 	st.State, st.PID = StateStopped, 0
 	m.audit(ctx, "unload", name, st.Generation, st.Generation, nil, st.Spec, nil)
 	m.log.Info("plugin unloaded", slog.String("plugin", name), slog.Uint64("generation", st.Generation))

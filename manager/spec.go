@@ -57,13 +57,31 @@ const (
 	ActionStop
 )
 
-// HealthPolicy tunes panic tracking and restarts; zero fields take defaults.
+// HealthPolicy tunes failure tracking, liveness probing and restarts; zero
+// fields take defaults.
 type HealthPolicy struct {
-	// PanicThreshold panics or crashes within PanicWindow make the plugin
-	// UNHEALTHY (default 3).
+	// PanicThreshold panics or crashes of a generation within PanicWindow
+	// make the plugin UNHEALTHY (default 3): the rule of every version so
+	// far, kept beside the per-class limits.
 	PanicThreshold int
-	// PanicWindow is the sliding window (default 1m).
+	// PanicWindow is its sliding window (default 1m), and the default
+	// window of every failure class.
 	PanicWindow time.Duration
+	// Panics, Crashes, Hangs, Timeouts and StartFailures judge each failure
+	// class on its own: Threshold failures within Window make the plugin
+	// UNHEALTHY (for crashes and failed restarts: the supervisor stops
+	// restarting it). A zero Threshold counts the class without judging
+	// it, except Hangs (default 1: a hang is already LivenessFailures
+	// failed probes in a row); a zero Window is PanicWindow.
+	Panics, Crashes, Hangs, Timeouts, StartFailures FailureLimit
+	// LivenessInterval, when set, probes the serving generation that often
+	// (native plugins: Ready; foreign ones: grpc.health.v1 Check of the
+	// ready service), each probe bounded by the interval (at most the
+	// manager's ReadyTimeout), never two at once (default 0: off).
+	LivenessInterval time.Duration
+	// LivenessFailures probes in a row that fail make a hang failure
+	// (default 3).
+	LivenessFailures int
 	// RestartLimit restarts within RestartPeriod are allowed (default 5).
 	RestartLimit int
 	// RestartPeriod (default 1m).
@@ -74,6 +92,35 @@ type HealthPolicy struct {
 	BackoffMax time.Duration
 	// OnUnhealthy runs once per transition to UNHEALTHY.
 	OnUnhealthy Action
+}
+
+// FailureLimit judges one failure class: Threshold failures within Window.
+type FailureLimit struct {
+	// Threshold failures make the plugin UNHEALTHY; 0: counted only.
+	Threshold int
+	// Window is the sliding window; 0: HealthPolicy.PanicWindow.
+	Window time.Duration
+}
+
+// limit returns the limit of class c, defaults applied (p has them).
+func (p *HealthPolicy) limit(c FailureClass) FailureLimit {
+	var l FailureLimit
+	switch c {
+	case FailurePanic:
+		l = p.Panics
+	case FailureCrash:
+		l = p.Crashes
+	case FailureHang:
+		l = p.Hangs
+	case FailureTimeout:
+		l = p.Timeouts
+	case FailureStart:
+		l = p.StartFailures
+	}
+	if l.Window == 0 {
+		l.Window = p.PanicWindow
+	}
+	return l
 }
 
 // Limits on spec fields, so a request cannot make the daemon hold or pass on
@@ -207,6 +254,21 @@ func (p *HealthPolicy) validate() error {
 		return &InvalidError{Field: "health_policy.restart_limit", Reason: fmt.Sprintf("%d is outside 0..%d", p.RestartLimit, maxPanicLimit)}
 	case p.OnUnhealthy < ActionNone || p.OnUnhealthy > ActionStop:
 		return &InvalidError{Field: "health_policy.unhealthy_action", Reason: fmt.Sprintf("unknown action %d", p.OnUnhealthy)}
+	case p.LivenessFailures < 0 || p.LivenessFailures > maxPanicLimit:
+		return &InvalidError{Field: "health_policy.liveness_failures", Reason: fmt.Sprintf("%d is outside 0..%d", p.LivenessFailures, maxPanicLimit)}
+	case p.LivenessInterval != 0 && (p.LivenessInterval < minLiveness || p.LivenessInterval > 24*time.Hour):
+		return &InvalidError{Field: "health_policy.liveness_interval", Reason: fmt.Sprintf("%v is outside %v..24h (0: off)", p.LivenessInterval, minLiveness)}
+	}
+	for _, l := range []struct {
+		field string
+		l     FailureLimit
+	}{{"panics", p.Panics}, {"crashes", p.Crashes}, {"hangs", p.Hangs}, {"timeouts", p.Timeouts}, {"start_failures", p.StartFailures}} {
+		if l.l.Threshold < 0 || l.l.Threshold > maxPanicLimit {
+			return &InvalidError{Field: "health_policy." + l.field + ".threshold", Reason: fmt.Sprintf("%d is outside 0..%d", l.l.Threshold, maxPanicLimit)}
+		}
+		if l.l.Window < 0 || l.l.Window > 24*time.Hour {
+			return &InvalidError{Field: "health_policy." + l.field + ".window", Reason: fmt.Sprintf("%v is outside 0..24h", l.l.Window)}
+		}
 	}
 	for _, d := range []struct {
 		field string
@@ -242,8 +304,17 @@ func (p HealthPolicy) withDefaults() HealthPolicy {
 	if p.BackoffMax == 0 {
 		p.BackoffMax = 10 * time.Second
 	}
+	if p.Hangs.Threshold == 0 {
+		p.Hangs.Threshold = 1
+	}
+	if p.LivenessFailures == 0 {
+		p.LivenessFailures = 3
+	}
 	return p
 }
+
+// minLiveness is the shortest liveness interval.
+const minLiveness = 10 * time.Millisecond
 
 // validateBinary checks the syntax of a binary name: a relative path that
 // stays inside the plugin directory lexically. Symlinks are checked when the

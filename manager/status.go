@@ -56,16 +56,23 @@ type Health struct {
 	Name       string
 	State      State
 	Generation uint64
-	// PanicsInWindow, LifetimePanics, Crashes and LastPanic are filled by
-	// the panic tracker.
+	// PanicsInWindow counts the panics and crashes of the current
+	// generation within the policy's panic window (the panic_threshold
+	// rule); LifetimePanics and Crashes count recovered panics and crashes
+	// over all generations; LastPanic is the last panic (or crash with a
+	// panic message). Failures has every class's counts.
 	PanicsInWindow int
 	LifetimePanics uint64
 	Crashes        uint64
 	Restarts       int
 	LastPanic      *PanicRecord
-	Reason         string
-	Since          time.Time
-	Revision       uint64
+	Failures       []FailureCount
+	// Reason says why the plugin is in State; empty when SERVING.
+	Reason   string
+	Since    time.Time
+	Revision uint64
+	// Bake is the current or last bake of a reload with a bake period.
+	Bake *BakeStatus
 }
 
 // PanicRecord is the last panic of a plugin.
@@ -106,43 +113,28 @@ func (e *entry) status() Status {
 
 // healthLocked builds the health record; e.mu is held.
 func (e *entry) healthLocked() Health {
+	now := time.Now()
+	p := e.spec.Policy.withDefaults()
 	h := Health{
 		Name:           e.name,
 		State:          e.state,
 		Generation:     e.generation,
 		Restarts:       e.restarts,
-		Reason:         e.lastError,
+		Reason:         e.reason,
 		Since:          e.since,
 		Revision:       e.revision,
-		PanicsInWindow: e.panics.inWindow(time.Now(), e.spec.Policy.withDefaults().PanicWindow),
-		LifetimePanics: e.panics.panics,
-		Crashes:        e.panics.crashes,
+		PanicsInWindow: e.faults.combinedInWindow(now, &p),
+		LifetimePanics: e.faults.lifetime[FailurePanic],
+		Crashes:        e.faults.lifetime[FailureCrash],
+		Failures:       e.faults.counts(now, &p),
 	}
-	if e.panics.last != nil {
-		r := *e.panics.last
+	if e.faults.last != nil {
+		r := *e.faults.last
 		h.LastPanic = &r
 	}
+	if e.bake != nil {
+		b := e.bake.status()
+		h.Bake = &b
+	}
 	return h
-}
-
-// setState records a state change and publishes it. reason becomes
-// last_error when not empty.
-func (e *entry) setState(s State, reason string, ev *events) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if s != e.state {
-		e.since = time.Now()
-	}
-	e.state = s
-	if reason != "" {
-		e.lastError = reason
-	}
-	// Publishing under e.mu keeps this plugin's events in the order its
-	// state changed; events.publish never blocks.
-	e.publishLocked(ev)
-}
-
-// publishLocked publishes the current record; e.mu is held.
-func (e *entry) publishLocked(ev *events) {
-	e.revision = ev.publish(EventChanged, e.healthLocked())
 }

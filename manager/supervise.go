@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/plugincontrol/plugincontrol/internal/proc"
 )
 
 // startBackground runs f in a goroutine tracked by Close, after running
@@ -29,44 +31,60 @@ func (m *Manager) startBackground(f func(), before ...func()) bool {
 }
 
 // watchExit waits for inst's process to exit (see waitGone: go-plugin's done
-// context, and a pidfd; nothing is polled). An exit the
-// manager did not ask for is a crash: it is counted with its exit status and,
-// when stderr shows a Go panic, the panic message and fingerprint; then the
-// supervisor restarts the plugin.
+// context, and a pidfd; nothing is polled). An exit the manager did not ask
+// for is a crash: it is counted with its exit status and, when stderr shows
+// a Go panic, the panic message and fingerprint. Then, for the active
+// generation: a generation on trial in a bake is reverted; any other is
+// restarted by the supervisor. The process kept warm by a bake ends the
+// bake when it dies.
 func (m *Manager) watchExit(e *entry, inst *instance) {
 	waitGone(inst)
 	if inst.intended() {
 		return
 	}
+	gen := inst.generation()
 	exit := "exited"
 	if inst.cmd != nil && inst.cmd.ProcessState != nil {
 		// Written by go-plugin's cmd.Wait before it cancels the done context.
-		exit = inst.cmd.ProcessState.String()
+		exit = proc.ExitDescription(inst.cmd.ProcessState)
 	}
 	rec := panicFromStderr(inst.stderr.Tail())
-	reason := fmt.Sprintf("generation %d (pid %d) crashed: %s", inst.gen, inst.pid, exit)
+	reason := fmt.Sprintf("generation %d (pid %d) crashed: %s", gen, inst.pid, exit)
 	if rec != nil {
 		reason += ": panic: " + rec.Message
 	}
-	m.log.Error("plugin crashed", slog.String("plugin", e.name), slog.Uint64("generation", inst.gen),
+	m.log.Error("plugin crashed", slog.String("plugin", e.name), slog.Uint64("generation", gen),
 		slog.Int("pid", inst.pid), slog.String("reason", reason))
-	replaced := !e.active.CompareAndSwap(inst, nil)
+	active := e.active.CompareAndSwap(inst, nil)
 	inst.stop()
-	m.recordFaultReason(e, inst.gen, true, rec, reason)
-	if replaced {
-		return
+	e.mu.Lock()
+	m.countLocked(e, gen, FailureCrash, rec, reason)
+	switch {
+	case !active:
+		// Not the active generation: the process a bake kept warm, or
+		// one already replaced.
+		_ = m.transitionLocked(e, evUpdated, "")
+		e.mu.Unlock()
+		m.bakePrevExited(e, inst, reason)
+	case e.bake != nil && e.bake.Result == BakeBaking && e.bake.Generation == gen:
+		_ = m.transitionLocked(e, evExited, reason+"; reverting to the previous generation")
+		e.mu.Unlock()
+		m.revert(e, gen, reason)
+	default:
+		m.scheduleRestartLocked(e, gen, reason)
+		e.mu.Unlock()
 	}
-	m.scheduleRestart(e, inst.gen, reason)
 }
 
 // scheduleRestart decides whether the supervisor restarts e after generation
 // gen died: OTP-style intensity (at most RestartLimit restarts within
-// RestartPeriod), exponential backoff between attempts. Past the limit the
-// plugin stays UNHEALTHY until an operator reloads it.
-func (m *Manager) scheduleRestart(e *entry, gen uint64, reason string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.removed || e.generation != gen || e.active.Load() != nil {
+// RestartPeriod, and the crash and start-failure limits of the policy when
+// set), exponential backoff between attempts. Past a limit the plugin stays
+// UNHEALTHY until an operator reloads it, also across daemon restarts.
+//
+// e.mu is held; nothing here blocks or touches the disk.
+func (m *Manager) scheduleRestartLocked(e *entry, gen uint64, reason string) {
+	if e.removed || e.generation != gen || e.active.Load() != nil || e.state == StateStopped {
 		return
 	}
 	p := e.spec.Policy.withDefaults()
@@ -83,18 +101,21 @@ func (m *Manager) scheduleRestart(e *entry, gen uint64, reason string) {
 		// never restarted), so backoff starts over.
 		e.consecutive = 0
 	}
-	if len(e.restartLog) >= p.RestartLimit {
-		e.state, e.since = StateUnhealthy, now
-		e.lastError = fmt.Sprintf("%s; restart limit reached (%d restarts within %v): not restarting until an operator reloads it",
-			reason, p.RestartLimit, p.RestartPeriod)
-		m.log.Error("plugin unhealthy", slog.String("plugin", e.name), slog.Uint64("generation", gen), slog.String("reason", e.lastError))
-		e.publishLocked(m.events)
-		// Held across daemon restarts until an operator reloads it.
-		rec := e.recordLocked()
-		rec.HeldUnhealthy, rec.Reason = true, e.lastError
-		if err := m.store.PutPlugin(rec); err != nil {
-			m.log.Error("persisting the unhealthy hold failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
-		}
+	limit := ""
+	switch {
+	case len(e.restartLog) >= p.RestartLimit:
+		limit = fmt.Sprintf("restart limit reached (%d restarts within %v)", p.RestartLimit, p.RestartPeriod)
+	default:
+		limit = e.faults.restartsExceeded(now, &p)
+	}
+	if limit != "" {
+		why := fmt.Sprintf("%s; %s: not restarting until an operator reloads it", reason, limit)
+		e.lastError = why
+		_ = m.transitionLocked(e, evGaveUp, why)
+		m.log.Error("plugin unhealthy", slog.String("plugin", e.name), slog.Uint64("generation", gen), slog.String("reason", why))
+		// Held across daemon restarts until an operator reloads it; the
+		// store is written under the operation lock, never under e.mu.
+		m.startBackground(func() { m.persistHold(e, gen, why) })
 		return
 	}
 	delay := p.BackoffInitial << min(e.consecutive, 30)
@@ -103,10 +124,30 @@ func (m *Manager) scheduleRestart(e *entry, gen uint64, reason string) {
 	}
 	e.consecutive++
 	e.restartLog = append(e.restartLog, now)
-	e.state, e.since = StateStarting, now
-	e.lastError = fmt.Sprintf("%s; restarting in %v (restart %d of %d within %v)", reason, delay, len(e.restartLog), p.RestartLimit, p.RestartPeriod)
-	e.publishLocked(m.events)
+	why := fmt.Sprintf("%s; restarting in %v (restart %d of %d within %v)", reason, delay, len(e.restartLog), p.RestartLimit, p.RestartPeriod)
+	e.lastError = why
+	_ = m.transitionLocked(e, evExited, why)
 	m.startBackground(func() { m.restartAfter(e, gen, delay) })
+}
+
+// persistHold records that the supervisor gave up on generation gen of e,
+// unless an operator acted meanwhile.
+func (m *Manager) persistHold(e *entry, gen uint64, why string) {
+	if err := e.lock(m.ctx); err != nil {
+		return
+	}
+	defer e.unlock()
+	e.mu.Lock()
+	stale := e.removed || e.generation != gen || e.state != StateUnhealthy || e.active.Load() != nil
+	rec := e.recordLocked()
+	e.mu.Unlock()
+	if stale {
+		return
+	}
+	rec.HeldUnhealthy, rec.Reason = true, why
+	if err := m.store.PutPlugin(rec); err != nil {
+		m.log.Error("persisting the unhealthy hold failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
+	}
 }
 
 // restartAfter waits delay, then relaunches e through the candidate
@@ -125,7 +166,7 @@ func (m *Manager) restartAfter(e *entry, gen uint64, delay time.Duration) {
 	}
 	defer e.unlock()
 	e.mu.Lock()
-	stale := e.removed || e.generation != gen || e.active.Load() != nil
+	stale := e.removed || e.generation != gen || e.active.Load() != nil || e.state != StateStarting
 	spec, expect := e.spec, e.pluginName
 	e.mu.Unlock()
 	if stale {
@@ -137,32 +178,37 @@ func (m *Manager) restartAfter(e *entry, gen uint64, delay time.Duration) {
 			return
 		}
 		m.audit(m.ctx, "restart", e.name, gen, gen, nil, spec, err)
-		m.scheduleRestart(e, gen, "restart failed: "+err.Error())
+		why := "restart failed: " + err.Error()
+		e.mu.Lock()
+		m.countLocked(e, gen, FailureStart, nil, why)
+		m.scheduleRestartLocked(e, gen, why)
+		e.mu.Unlock()
 		return
 	}
 	m.persistRestart(e, inst)
 	if !m.activateRestart(e, inst) {
 		return
 	}
-	m.audit(m.ctx, "restart", e.name, gen, inst.gen, inst, spec, nil)
-	m.log.Info("plugin restarted", slog.String("plugin", e.name), slog.Uint64("generation", inst.gen), slog.Int("pid", inst.pid))
+	m.audit(m.ctx, "restart", e.name, gen, inst.generation(), inst, spec, nil)
+	m.log.Info("plugin restarted", slog.String("plugin", e.name), slog.Uint64("generation", inst.generation()), slog.Int("pid", inst.pid))
 }
 
 // onUnhealthy runs the policy's action once generation gen became
-// UNHEALTHY: restart relaunches through the candidate pipeline (the unhealthy
-// generation serves until the candidate passes), stop stops the plugin and
-// leaves it STOPPED in the registry.
+// UNHEALTHY: restart relaunches through the candidate pipeline (the
+// unhealthy generation serves until the candidate passes, then is drained
+// and stopped), stop stops the plugin and leaves it STOPPED in the
+// registry.
 func (m *Manager) onUnhealthy(e *entry, gen uint64, action Action) {
 	if err := e.lock(m.ctx); err != nil {
 		return
 	}
 	defer e.unlock()
 	e.mu.Lock()
-	stale := e.removed || e.generation != gen
+	stale := e.removed || e.generation != gen || e.state != StateUnhealthy
 	spec, expect := e.spec, e.pluginName
 	e.mu.Unlock()
 	old := e.active.Load()
-	if stale || old == nil || old.gen != gen {
+	if stale || old == nil || old.generation() != gen {
 		return
 	}
 	switch action {
@@ -170,27 +216,24 @@ func (m *Manager) onUnhealthy(e *entry, gen uint64, action Action) {
 		e.active.CompareAndSwap(old, nil)
 		old.drain(m.cfg.DrainTimeout)
 		old.stop()
-		e.setState(StateStopped, fmt.Sprintf("stopped by health policy after generation %d became unhealthy", gen), m.events)
+		_ = m.transition(e, evStopped, fmt.Sprintf("stopped by health policy after generation %d became unhealthy", gen))
 		m.audit(m.ctx, "unhealthy-stop", e.name, gen, gen, nil, spec, nil)
 		m.log.Warn("plugin stopped by health policy", slog.String("plugin", e.name), slog.Uint64("generation", gen))
 	case ActionRestart:
 		inst, _, err := m.launch(m.ctx, candidate{action: "unhealthy-restart", spec: spec, gen: gen + 1, expectName: expect, activeGen: gen})
 		if err != nil {
 			m.audit(m.ctx, "unhealthy-restart", e.name, gen, gen, nil, spec, err)
-			e.mu.Lock()
-			e.lastError = "restart on unhealthy failed: " + err.Error()
-			e.publishLocked(m.events)
-			e.mu.Unlock()
-			return
-		}
-		if !m.activateRestart(e, inst) {
+			m.recordFault(e, gen, FailureStart, nil, "restart on unhealthy failed: "+err.Error())
 			return
 		}
 		m.persistRestart(e, inst)
-		m.audit(m.ctx, "unhealthy-restart", e.name, gen, inst.gen, inst, spec, nil)
+		if !m.activateRestart(e, inst) {
+			return
+		}
+		m.audit(m.ctx, "unhealthy-restart", e.name, gen, inst.generation(), inst, spec, nil)
 		old.drain(m.cfg.DrainTimeout)
 		old.stop()
-		m.log.Info("plugin restarted by health policy", slog.String("plugin", e.name), slog.Uint64("generation", inst.gen))
+		m.log.Info("plugin restarted by health policy", slog.String("plugin", e.name), slog.Uint64("generation", inst.generation()))
 	}
 }
 
@@ -211,7 +254,7 @@ func (m *Manager) activateRestart(e *entry, inst *instance) bool {
 // persistRestart records inst, a restarted generation of e, as the desired
 // state; a failure is logged (the restart stands).
 func (m *Manager) persistRestart(e *entry, inst *instance) {
-	if err := m.store.PutPlugin(PluginRecord{Spec: inst.spec, Generation: inst.gen, PluginName: inst.pluginName}); err != nil {
+	if err := m.store.PutPlugin(PluginRecord{Spec: inst.spec, Generation: inst.generation(), PluginName: inst.pluginName}); err != nil {
 		m.log.Error("persisting the restarted generation failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
 	}
 }

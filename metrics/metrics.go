@@ -1,6 +1,6 @@
 // Package metrics exposes plugind's Prometheus metrics: RPC metrics from
 // go-grpc-middleware's prometheus provider, and plugin metrics read from the
-// manager at scrape time (state, panics, crashes, restarts, watchers,
+// manager at scrape time (state, failures by class, restarts, bakes, watchers,
 // coalesced events) or counted as they happen (candidate pipeline runs).
 package metrics
 
@@ -75,6 +75,10 @@ var (
 		"Unexpected exits of the plugin's processes since it was loaded.", []string{"plugin"}, nil)
 	descRestarts = prometheus.NewDesc("plugincontrol_plugin_restarts_total",
 		"Supervisor restarts of the plugin since it was loaded.", []string{"plugin"}, nil)
+	descFailures = prometheus.NewDesc("plugincontrol_plugin_failures_total",
+		"Failures of the plugin since it was loaded, by class: panic (recovered), crash, hang (liveness), timeout (a call timed out inside the plugin), start (a supervisor restart failed).", []string{"plugin", "class"}, nil)
+	descBaking = prometheus.NewDesc("plugincontrol_plugin_baking",
+		"1 while a reload of the plugin bakes (the previous generation's process kept warm), else 0.", []string{"plugin"}, nil)
 	descWatchers = prometheus.NewDesc("plugincontrol_health_watchers",
 		"Open WatchHealth streams (the limit --max-watchers applies to).", nil, nil)
 	descCoalesced = prometheus.NewDesc("plugincontrol_health_events_coalesced_total",
@@ -90,7 +94,7 @@ var states = []manager.State{manager.StateStarting, manager.StateServing, manage
 type pluginCollector struct{ m *manager.Manager }
 
 func (c *pluginCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descState, descGeneration, descPanics, descCrashes, descRestarts, descWatchers, descCoalesced, descRevision} {
+	for _, d := range []*prometheus.Desc{descState, descGeneration, descPanics, descCrashes, descRestarts, descFailures, descBaking, descWatchers, descCoalesced, descRevision} {
 		ch <- d
 	}
 }
@@ -109,6 +113,14 @@ func (c *pluginCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descPanics, prometheus.CounterValue, float64(h.LifetimePanics), h.Name)
 		ch <- prometheus.MustNewConstMetric(descCrashes, prometheus.CounterValue, float64(h.Crashes), h.Name)
 		ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(h.Restarts), h.Name)
+		for _, f := range h.Failures {
+			ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(f.Lifetime), h.Name, f.Class.String())
+		}
+		baking := 0.0
+		if h.Bake != nil && h.Bake.Result == manager.BakeBaking {
+			baking = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descBaking, prometheus.GaugeValue, baking, h.Name)
 	}
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.m.Watchers()))
 	ch <- prometheus.MustNewConstMetric(descCoalesced, prometheus.CounterValue, float64(c.m.CoalescedEvents()))

@@ -39,6 +39,15 @@ func (c *control) Reload(ctx context.Context, req *pb.ReloadRequest) (*pb.Reload
 		ValidateOnly:       req.GetValidateOnly(),
 		DrainTimeout:       drain,
 	}
+	if b := req.GetBake(); b != nil {
+		// Set: 0s means no bake, even when the daemon has a default.
+		if mr.Bake, err = duration("bake", b); err != nil {
+			return nil, err
+		}
+		if mr.Bake == 0 {
+			mr.Bake = manager.NoBake
+		}
+	}
 	if req.GetSpec() != nil {
 		spec, err := specFromProto(req.GetSpec())
 		if err != nil {

@@ -48,25 +48,46 @@ func specFromProto(s *pb.PluginSpec) (manager.Spec, error) {
 		spec.Handshake = &manager.Handshake{ProtocolVersion: uint(h.GetProtocolVersion()), MagicCookieKey: h.GetMagicCookieKey(), MagicCookieValue: h.GetMagicCookieValue()}
 	}
 	if p := s.GetHealthPolicy(); p != nil {
-		var ds [4]time.Duration
+		var ds [5]time.Duration
 		for i, f := range []struct {
 			name string
 			d    *durationpb.Duration
 		}{
 			{"panic_window", p.GetPanicWindow()}, {"restart_period", p.GetRestartPeriod()},
 			{"backoff_initial", p.GetBackoffInitial()}, {"backoff_max", p.GetBackoffMax()},
+			{"liveness_interval", p.GetLivenessInterval()},
 		} {
 			if ds[i], err = duration("spec.health_policy."+f.name, f.d); err != nil {
 				return manager.Spec{}, err
 			}
 		}
 		spec.Policy = manager.HealthPolicy{
-			PanicThreshold: int(min(p.GetPanicThreshold(), 1<<20)),
-			PanicWindow:    ds[0],
-			RestartLimit:   int(min(p.GetRestartLimit(), 1<<20)),
-			RestartPeriod:  ds[1],
-			BackoffInitial: ds[2],
-			BackoffMax:     ds[3],
+			PanicThreshold:   int(min(p.GetPanicThreshold(), 1<<20)),
+			PanicWindow:      ds[0],
+			RestartLimit:     int(min(p.GetRestartLimit(), 1<<20)),
+			RestartPeriod:    ds[1],
+			BackoffInitial:   ds[2],
+			BackoffMax:       ds[3],
+			LivenessInterval: ds[4],
+			LivenessFailures: int(min(p.GetLivenessFailures(), 1<<20)),
+		}
+		for _, l := range []struct {
+			name string
+			in   *pb.FailureLimit
+			out  *manager.FailureLimit
+		}{
+			{"panics", p.GetPanics(), &spec.Policy.Panics}, {"crashes", p.GetCrashes(), &spec.Policy.Crashes},
+			{"hangs", p.GetHangs(), &spec.Policy.Hangs}, {"timeouts", p.GetTimeouts(), &spec.Policy.Timeouts},
+			{"start_failures", p.GetStartFailures(), &spec.Policy.StartFailures},
+		} {
+			if l.in == nil {
+				continue
+			}
+			w, err := duration("spec.health_policy."+l.name+".window", l.in.GetWindow())
+			if err != nil {
+				return manager.Spec{}, err
+			}
+			*l.out = manager.FailureLimit{Threshold: int(min(l.in.GetThreshold(), 1<<20)), Window: w}
 		}
 		switch p.GetUnhealthyAction() {
 		case pb.UnhealthyAction_UNHEALTHY_ACTION_UNSPECIFIED, pb.UnhealthyAction_UNHEALTHY_ACTION_NONE:
@@ -112,9 +133,25 @@ func specToProto(s manager.Spec) *pb.PluginSpec {
 		}{
 			{p.PanicWindow, &out.HealthPolicy.PanicWindow}, {p.RestartPeriod, &out.HealthPolicy.RestartPeriod},
 			{p.BackoffInitial, &out.HealthPolicy.BackoffInitial}, {p.BackoffMax, &out.HealthPolicy.BackoffMax},
+			{p.LivenessInterval, &out.HealthPolicy.LivenessInterval},
 		} {
 			if f.d > 0 {
 				*f.dst = durationpb.New(f.d)
+			}
+		}
+		out.HealthPolicy.LivenessFailures = uint32(p.LivenessFailures)
+		for _, l := range []struct {
+			in  manager.FailureLimit
+			out **pb.FailureLimit
+		}{
+			{p.Panics, &out.HealthPolicy.Panics}, {p.Crashes, &out.HealthPolicy.Crashes}, {p.Hangs, &out.HealthPolicy.Hangs},
+			{p.Timeouts, &out.HealthPolicy.Timeouts}, {p.StartFailures, &out.HealthPolicy.StartFailures},
+		} {
+			if l.in != (manager.FailureLimit{}) {
+				*l.out = &pb.FailureLimit{Threshold: uint32(l.in.Threshold)}
+				if l.in.Window > 0 {
+					(*l.out).Window = durationpb.New(l.in.Window)
+				}
 			}
 		}
 	}
@@ -183,6 +220,13 @@ func healthToProto(h manager.Health) *pb.PluginHealth {
 	}
 	if p := h.LastPanic; p != nil {
 		out.LastPanic = &pb.PanicRecord{Message: p.Message, Fingerprint: p.Fingerprint, Time: timestamp(p.Time), Generation: p.Generation}
+	}
+	for _, f := range h.Failures {
+		out.Failures = append(out.Failures, &pb.FailureCount{Class: pb.FailureClass(f.Class), InWindow: uint32(f.InWindow), Lifetime: f.Lifetime})
+	}
+	if b := h.Bake; b != nil {
+		out.Bake = &pb.Bake{Generation: b.Generation, PreviousGeneration: b.PreviousGeneration, Until: timestamp(b.Until),
+			Result: pb.BakeResult(b.Result), Reason: b.Reason, RevertedTo: b.RevertedTo}
 	}
 	return out
 }

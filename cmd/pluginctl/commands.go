@@ -83,6 +83,8 @@ func (c *cli) reload(ctx context.Context, args []string) error {
 	validateOnly := fs.Bool("validate-only", false, "dry run")
 	expected := fs.Uint64("expected-generation", 0, "required active generation")
 	drain := drainFlag(fs)
+	bake := fs.Duration("bake", 0, "keep the previous generation warm for D and revert to it if the new one fails")
+	waitBake := fs.Bool("wait", false, "with --bake: wait until the bake ends")
 	var wf waitFlags
 	wf.register(fs)
 	pos, err := parseArgs(fs, args)
@@ -91,6 +93,15 @@ func (c *cli) reload(ctx context.Context, args []string) error {
 	}
 	if err := wantArgs("reload", pos, 1, 1, "NAME"); err != nil {
 		return err
+	}
+	if *bake < 0 {
+		return usagef("--bake must not be negative")
+	}
+	if *waitBake && (!isSet(fs, "bake") || *bake == 0) {
+		return usagef("--wait waits for the end of a bake: give --bake D too")
+	}
+	if *waitBake && *validateOnly {
+		return usagef("--wait and --validate-only exclude each other: a dry run swaps nothing")
 	}
 	if err := sf.validate(); err != nil {
 		return err
@@ -109,6 +120,9 @@ func (c *cli) reload(ctx context.Context, args []string) error {
 		ValidateOnly:       *validateOnly,
 		DrainTimeout:       dt,
 	}
+	if isSet(fs, "bake") {
+		req.Bake = durationpb.New(*bake)
+	}
 
 	return c.call(ctx, func(rctx context.Context, cl *client.Client) error {
 		if sf.anySet() {
@@ -125,11 +139,45 @@ func (c *cli) reload(ctx context.Context, args []string) error {
 			return err
 		}
 		err = c.show(resp, func() error { return renderReload(c.stdout, c.pal, resp, *validateOnly) })
-		if err != nil || !wf.enabled {
+		if err != nil {
 			return err
 		}
-		return c.waitHealthy(ctx, cl.Control(), &wf, name, resp.GetPlugin().GetGeneration())
+		if wf.enabled {
+			if err := c.waitHealthy(ctx, cl.Control(), &wf, name, resp.GetPlugin().GetGeneration()); err != nil {
+				return err
+			}
+		}
+		if *waitBake {
+			return c.waitForBake(ctx, cl, name, resp.GetPlugin().GetGeneration())
+		}
+		return nil
 	})
+}
+
+// waitForBake is reload --bake D --wait: it blocks until the bake of
+// generation ends and says how; a bake that did not keep the generation is
+// a *bakeError (exit 8). The context is the command's (--timeout bounds
+// the Reload call only).
+func (c *cli) waitForBake(ctx context.Context, cl *client.Client, name string, generation uint64) error {
+	if !c.structured() {
+		fmt.Fprintf(c.stderr, "waiting for the bake of %s generation %d to end...\n", name, generation)
+	}
+	b, err := cl.WaitBake(ctx, name, generation)
+	if err != nil {
+		return err
+	}
+	switch b.GetResult() {
+	case plugincontrolv1.BakeResult_BAKE_RESULT_KEPT:
+		if !c.structured() {
+			fmt.Fprintf(c.stdout, "bake passed: %s generation %d kept, generation %d stopped\n", name, generation, b.GetPreviousGeneration())
+		}
+		return nil
+	case plugincontrolv1.BakeResult_BAKE_RESULT_REVERTED:
+		return &bakeError{msg: fmt.Sprintf("%s generation %d was reverted: %s; the previous process serves again as generation %d",
+			name, generation, b.GetReason(), b.GetRevertedTo())}
+	default:
+		return &bakeError{msg: fmt.Sprintf("the bake of %s generation %d was cancelled: %s", name, generation, b.GetReason())}
+	}
 }
 
 // waitHealthy is --wait-healthy: it waits for generation of name to be

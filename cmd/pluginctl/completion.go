@@ -76,6 +76,8 @@ var (
 	}
 	drainFlagSpec   = flagSpec{"drain-timeout", "D", "wait at most D for calls in flight"}
 	reloadFlagSpecs = []flagSpec{
+		{"bake", "D", "keep the previous generation warm for D, revert if the new one fails"},
+		{"wait", "", "with --bake: wait until the bake ends"},
 		{"validate-only", "", "run the pipeline and discard the candidate (dry run)"},
 		{"expected-generation", "N", "fail unless generation N is the active one"},
 		drainFlagSpec,

@@ -24,9 +24,15 @@ const (
 	exitCandidate   = 5 // codes.FailedPrecondition: the candidate failed
 	exitAborted     = 6 // codes.Aborted: generation mismatch
 	exitNotHealthy  = 7 // --wait-healthy: the new generation did not become (or stay) SERVING
+	exitReverted    = 8 // reload --bake --wait: the bake did not keep the new generation
 )
 
 // usageError is a problem with the command line.
+// bakeError is reload --bake --wait when the bake reverted or was cancelled.
+type bakeError struct{ msg string }
+
+func (e *bakeError) Error() string { return e.msg }
+
 type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
@@ -47,6 +53,10 @@ func exitCode(err error) int {
 	var nh *notHealthyError
 	if errors.As(err, &nh) {
 		return exitNotHealthy
+	}
+	var be *bakeError
+	if errors.As(err, &be) {
+		return exitReverted
 	}
 	st, ok := status.FromError(err)
 	if !ok {

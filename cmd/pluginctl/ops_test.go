@@ -719,7 +719,7 @@ _pluginctl; printf '%s\n' "${COMPREPLY[@]}"`, "bash", filepath.Join(dir, "plugin
 		{stub + " reload e", "echo echo-2"},
 		{stub + " reload echo ", ""},
 		{stub + " reload --binary x --wait-healthy o", "other"},
-		{stub + " reload --wait", "--wait-healthy --wait-timeout"},
+		{stub + " reload --wait", "--wait --wait-healthy --wait-timeout"},
 		{stub + " watch echo ", "echo echo-2 other"},
 		{stub + " audit --limit 5 ", "echo echo-2 other"},
 		{stub + " audit --limit ", ""},

@@ -46,7 +46,7 @@ status and the duration of each stage. The binary defaults to NAME.
 ` + specFlagsUsage + `
 ` + waitFlagsUsage
 
-const reloadUsage = `usage: pluginctl [global flags] reload NAME [spec flags] [--validate-only] [--expected-generation N] [--drain-timeout D] [--wait-healthy [--wait-timeout D] [--settle D]]
+const reloadUsage = `usage: pluginctl [global flags] reload NAME [spec flags] [--validate-only] [--expected-generation N] [--drain-timeout D] [--bake D [--wait]] [--wait-healthy [--wait-timeout D] [--settle D]]
 
 Start a new generation of NAME and swap to it only when it passes validation;
 otherwise the active generation keeps serving. Without spec flags the current
@@ -58,6 +58,13 @@ arguments and the whole environment, --sha256 "" removes the pin.
 Flags:
   --validate-only          run the pipeline and discard the candidate (dry run)
   --expected-generation N  fail (exit 6) unless generation N is the active one
+  --bake D                 keep the previous generation's process warm for D
+                           after the swap; if the new generation becomes
+                           UNHEALTHY or crashes meanwhile, plugind reverts to it
+                           by itself (default: the daemon's --bake; 0: none)
+  --wait                   with --bake: block until the bake ends; exit 0 when
+                           the new generation was kept, 8 when it was reverted
+                           (or the bake cancelled)
   --drain-timeout D        wait at most D for calls in flight on the old
                            generation (default: the daemon's, 30s)
 
@@ -220,6 +227,9 @@ Exit codes:
   7  not healthy: with --wait-healthy, the new generation did not become (or
      stay, with --settle) SERVING within --wait-timeout; the load or swap
      itself happened, and the reason is printed
+  8  reverted: with reload --bake --wait, the new generation failed during
+     its bake and plugind went back to the previous one (or the bake was
+     cancelled); the reason is printed
 `
 
 // usage is the full help text.

@@ -29,6 +29,7 @@ type config struct {
 	loads           []string
 	startTimeout    time.Duration
 	drainTimeout    time.Duration
+	bake            time.Duration
 	callTimeout     time.Duration
 	shutdownTimeout time.Duration
 	authFile        string
@@ -101,6 +102,7 @@ Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration.
 	fs.Var(listFlag{&cfg.loads}, "load", "load a plugin at start unless restored: NAME or NAME=BINARY (repeatable)")
 	fs.DurationVar(&cfg.startTimeout, "start-timeout", 10*time.Second, "default launch+handshake timeout of a plugin")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "default time in-flight calls get to finish before a generation is stopped")
+	fs.DurationVar(&cfg.bake, "bake", 0, "default bake period of a Reload that sets none: the previous generation's process is kept warm that long and plugind reverts to it if the new one becomes UNHEALTHY or crashes (0: no bake)")
 	fs.DurationVar(&cfg.callTimeout, "call-timeout", 60*time.Second, "deadline of every call sent to a plugin when the caller set none shorter")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for streams and calls before stopping hard, then as long again for plugins to stop")
 	fs.StringVar(&cfg.authFile, "auth-file", "", "YAML file of bearer tokens and client-certificate identities with roles (mode 0600); unset: no authentication")
@@ -246,6 +248,9 @@ func (c *config) check() error {
 	}
 	if c.maxPlugins <= 0 || c.maxWatchers <= 0 || c.maxMessageBytes < 1024 || c.maxStreams < 16 {
 		errs = append(errs, errors.New("--max-plugins and --max-watchers must be positive, --max-message-bytes at least 1024, --max-streams-per-conn at least 16"))
+	}
+	if c.bake < 0 || c.bake > 24*time.Hour {
+		errs = append(errs, errors.New("--bake must be within 0..24h"))
 	}
 	if c.endpointMaxMsg < 1024 {
 		errs = append(errs, errors.New("--endpoint-max-message-bytes must be at least 1024"))

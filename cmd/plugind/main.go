@@ -134,6 +134,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		Logger:       log,
 		StartTimeout: cfg.startTimeout,
 		DrainTimeout: cfg.drainTimeout,
+		DefaultBake:  cfg.bake,
 		CallTimeout:  cfg.callTimeout,
 		AutoMTLS:     cfg.autoMTLS,
 		RequirePin:   cfg.requirePin,

@@ -122,8 +122,8 @@ func TestSigstopPluginUnderLoad(t *testing.T) {
 			t.Errorf("call to a stopped plugin failed with %v (%v), want DeadlineExceeded", c, err)
 		}
 	}
-	// Nothing probes liveness between calls: the stopped generation still
-	// counts as SERVING.
+	// Liveness probing is off by default and timeouts are counted, not
+	// judged: the stopped generation still counts as SERVING.
 	if now, _ := m.Get("echo"); now.State != manager.StateServing || now.PID != st.PID {
 		t.Fatalf("stopped plugin: %+v", now)
 	}

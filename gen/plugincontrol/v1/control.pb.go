@@ -140,7 +140,14 @@ type ReloadRequest struct {
 	ValidateOnly bool `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
 	// drain_timeout bounds the wait for in-flight calls on the old generation
 	// before it is stopped; unset means the daemon's default (30s).
-	DrainTimeout  *durationpb.Duration `protobuf:"bytes,5,opt,name=drain_timeout,json=drainTimeout,proto3" json:"drain_timeout,omitempty"`
+	DrainTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=drain_timeout,json=drainTimeout,proto3" json:"drain_timeout,omitempty"`
+	// bake keeps the previous generation's process warm for this long after the
+	// swap (it gets no new calls): if the new generation becomes UNHEALTHY (any
+	// failure class, liveness included) or crashes meanwhile, plugind reverts
+	// to it by itself (PluginHealth.bake, a revert audit record). Unset means
+	// the daemon's default (plugind --bake, 0: none); 0s means no bake. At most
+	// 24h.
+	Bake          *durationpb.Duration `protobuf:"bytes,6,opt,name=bake,proto3" json:"bake,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -206,6 +213,13 @@ func (x *ReloadRequest) GetValidateOnly() bool {
 func (x *ReloadRequest) GetDrainTimeout() *durationpb.Duration {
 	if x != nil {
 		return x.DrainTimeout
+	}
+	return nil
+}
+
+func (x *ReloadRequest) GetBake() *durationpb.Duration {
+	if x != nil {
+		return x.Bake
 	}
 	return nil
 }
@@ -794,7 +808,8 @@ type AuditRecord struct {
 	// policy actions, restore at start).
 	Caller string `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"`
 	// action is load, reload, validate, unload, restart, restore,
-	// unhealthy-restart or unhealthy-stop.
+	// unhealthy-restart, unhealthy-stop or revert (plugind went back to the
+	// previous generation's process after a failed bake).
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
 	// plugin is the instance name.
 	Plugin string `protobuf:"bytes,5,opt,name=plugin,proto3" json:"plugin,omitempty"`
@@ -931,13 +946,14 @@ const file_plugincontrol_v1_control_proto_rawDesc = "" +
 	"\x04spec\x18\x01 \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\x04spec\"\x81\x01\n" +
 	"\fLoadResponse\x126\n" +
 	"\x06plugin\x18\x01 \x01(\v2\x1e.plugincontrol.v1.PluginStatusR\x06plugin\x129\n" +
-	"\x06report\x18\x02 \x01(\v2!.plugincontrol.v1.CandidateReportR\x06report\"\xeb\x01\n" +
+	"\x06report\x18\x02 \x01(\v2!.plugincontrol.v1.CandidateReportR\x06report\"\x9a\x02\n" +
 	"\rReloadRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\x04spec\x12/\n" +
 	"\x13expected_generation\x18\x03 \x01(\x04R\x12expectedGeneration\x12#\n" +
 	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\x12>\n" +
-	"\rdrain_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\fdrainTimeout\"\xb4\x01\n" +
+	"\rdrain_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\fdrainTimeout\x12-\n" +
+	"\x04bake\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x04bake\"\xb4\x01\n" +
 	"\x0eReloadResponse\x126\n" +
 	"\x06plugin\x18\x01 \x01(\v2\x1e.plugincontrol.v1.PluginStatusR\x06plugin\x12/\n" +
 	"\x13previous_generation\x18\x02 \x01(\x04R\x12previousGeneration\x129\n" +
@@ -1033,35 +1049,36 @@ var file_plugincontrol_v1_control_proto_depIdxs = []int32{
 	17, // 2: plugincontrol.v1.LoadResponse.report:type_name -> plugincontrol.v1.CandidateReport
 	15, // 3: plugincontrol.v1.ReloadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
 	18, // 4: plugincontrol.v1.ReloadRequest.drain_timeout:type_name -> google.protobuf.Duration
-	16, // 5: plugincontrol.v1.ReloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	17, // 6: plugincontrol.v1.ReloadResponse.report:type_name -> plugincontrol.v1.CandidateReport
-	18, // 7: plugincontrol.v1.UnloadRequest.drain_timeout:type_name -> google.protobuf.Duration
-	16, // 8: plugincontrol.v1.UnloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	16, // 9: plugincontrol.v1.ListPluginsResponse.plugins:type_name -> plugincontrol.v1.PluginStatus
-	19, // 10: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
-	20, // 11: plugincontrol.v1.WatchHealthRequest.view:type_name -> plugincontrol.v1.HealthView
-	21, // 12: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
-	14, // 13: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
-	22, // 14: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	0,  // 15: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
-	2,  // 16: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
-	4,  // 17: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
-	6,  // 18: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
-	8,  // 19: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
-	10, // 20: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
-	12, // 21: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
-	1,  // 22: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
-	3,  // 23: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
-	5,  // 24: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
-	7,  // 25: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
-	9,  // 26: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
-	11, // 27: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
-	13, // 28: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	18, // 5: plugincontrol.v1.ReloadRequest.bake:type_name -> google.protobuf.Duration
+	16, // 6: plugincontrol.v1.ReloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	17, // 7: plugincontrol.v1.ReloadResponse.report:type_name -> plugincontrol.v1.CandidateReport
+	18, // 8: plugincontrol.v1.UnloadRequest.drain_timeout:type_name -> google.protobuf.Duration
+	16, // 9: plugincontrol.v1.UnloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	16, // 10: plugincontrol.v1.ListPluginsResponse.plugins:type_name -> plugincontrol.v1.PluginStatus
+	19, // 11: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
+	20, // 12: plugincontrol.v1.WatchHealthRequest.view:type_name -> plugincontrol.v1.HealthView
+	21, // 13: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
+	14, // 14: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
+	22, // 15: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	0,  // 16: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
+	2,  // 17: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
+	4,  // 18: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
+	6,  // 19: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
+	8,  // 20: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
+	10, // 21: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
+	12, // 22: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
+	1,  // 23: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
+	3,  // 24: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
+	5,  // 25: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
+	7,  // 26: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
+	9,  // 27: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
+	11, // 28: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
+	13, // 29: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_control_proto_init() }

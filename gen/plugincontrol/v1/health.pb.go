@@ -22,6 +22,70 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// BakeResult says how a bake went.
+type BakeResult int32
+
+const (
+	// BAKE_RESULT_UNSPECIFIED is never reported.
+	BakeResult_BAKE_RESULT_UNSPECIFIED BakeResult = 0
+	// BAKE_RESULT_BAKING: the new generation serves on trial.
+	BakeResult_BAKE_RESULT_BAKING BakeResult = 1
+	// BAKE_RESULT_KEPT: the bake passed; the previous process was stopped.
+	BakeResult_BAKE_RESULT_KEPT BakeResult = 2
+	// BAKE_RESULT_REVERTED: the new generation became UNHEALTHY or crashed during
+	// the bake; the previous process serves again (as reverted_to), and a revert
+	// audit record was written.
+	BakeResult_BAKE_RESULT_REVERTED BakeResult = 3
+	// BAKE_RESULT_CANCELLED: the bake ended early (another reload, an unload, the
+	// daemon's shutdown, or the warm process exited).
+	BakeResult_BAKE_RESULT_CANCELLED BakeResult = 4
+)
+
+// Enum value maps for BakeResult.
+var (
+	BakeResult_name = map[int32]string{
+		0: "BAKE_RESULT_UNSPECIFIED",
+		1: "BAKE_RESULT_BAKING",
+		2: "BAKE_RESULT_KEPT",
+		3: "BAKE_RESULT_REVERTED",
+		4: "BAKE_RESULT_CANCELLED",
+	}
+	BakeResult_value = map[string]int32{
+		"BAKE_RESULT_UNSPECIFIED": 0,
+		"BAKE_RESULT_BAKING":      1,
+		"BAKE_RESULT_KEPT":        2,
+		"BAKE_RESULT_REVERTED":    3,
+		"BAKE_RESULT_CANCELLED":   4,
+	}
+)
+
+func (x BakeResult) Enum() *BakeResult {
+	p := new(BakeResult)
+	*p = x
+	return p
+}
+
+func (x BakeResult) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BakeResult) Descriptor() protoreflect.EnumDescriptor {
+	return file_plugincontrol_v1_health_proto_enumTypes[0].Descriptor()
+}
+
+func (BakeResult) Type() protoreflect.EnumType {
+	return &file_plugincontrol_v1_health_proto_enumTypes[0]
+}
+
+func (x BakeResult) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BakeResult.Descriptor instead.
+func (BakeResult) EnumDescriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{0}
+}
+
 // HealthView selects the fields of PluginHealth a WatchHealth stream sends.
 type HealthView int32
 
@@ -63,11 +127,11 @@ func (x HealthView) String() string {
 }
 
 func (HealthView) Descriptor() protoreflect.EnumDescriptor {
-	return file_plugincontrol_v1_health_proto_enumTypes[0].Descriptor()
+	return file_plugincontrol_v1_health_proto_enumTypes[1].Descriptor()
 }
 
 func (HealthView) Type() protoreflect.EnumType {
-	return &file_plugincontrol_v1_health_proto_enumTypes[0]
+	return &file_plugincontrol_v1_health_proto_enumTypes[1]
 }
 
 func (x HealthView) Number() protoreflect.EnumNumber {
@@ -76,7 +140,7 @@ func (x HealthView) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HealthView.Descriptor instead.
 func (HealthView) EnumDescriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{0}
+	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{1}
 }
 
 // HealthEventType says what a HealthEvent is.
@@ -131,11 +195,11 @@ func (x HealthEventType) String() string {
 }
 
 func (HealthEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_plugincontrol_v1_health_proto_enumTypes[1].Descriptor()
+	return file_plugincontrol_v1_health_proto_enumTypes[2].Descriptor()
 }
 
 func (HealthEventType) Type() protoreflect.EnumType {
-	return &file_plugincontrol_v1_health_proto_enumTypes[1]
+	return &file_plugincontrol_v1_health_proto_enumTypes[2]
 }
 
 func (x HealthEventType) Number() protoreflect.EnumNumber {
@@ -144,7 +208,7 @@ func (x HealthEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HealthEventType.Descriptor instead.
 func (HealthEventType) EnumDescriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{1}
+	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{2}
 }
 
 // PluginHealth is the health of one plugin instance.
@@ -157,7 +221,7 @@ type PluginHealth struct {
 	// generation is the active (or last) generation.
 	Generation uint64 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
 	// panics_in_window counts panics and crashes of this generation inside the
-	// policy's window.
+	// policy's panic_window (the panic_threshold rule).
 	PanicsInWindow uint32 `protobuf:"varint,4,opt,name=panics_in_window,json=panicsInWindow,proto3" json:"panics_in_window,omitempty"`
 	// lifetime_panics counts recovered panics over all generations.
 	LifetimePanics uint64 `protobuf:"varint,5,opt,name=lifetime_panics,json=lifetimePanics,proto3" json:"lifetime_panics,omitempty"`
@@ -172,7 +236,12 @@ type PluginHealth struct {
 	// since is when the plugin entered state.
 	Since *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=since,proto3" json:"since,omitempty"`
 	// revision is the daemon-wide revision of the last change to this record.
-	Revision      uint64 `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
+	// failures counts every failure class, in its window and over the plugin's
+	// lifetime, in the order of FailureClass.
+	Failures []*FailureCount `protobuf:"bytes,12,rep,name=failures,proto3" json:"failures,omitempty"`
+	// bake is the current or last bake of a reload with a bake period.
+	Bake          *Bake `protobuf:"bytes,13,opt,name=bake,proto3" json:"bake,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -284,6 +353,179 @@ func (x *PluginHealth) GetRevision() uint64 {
 	return 0
 }
 
+func (x *PluginHealth) GetFailures() []*FailureCount {
+	if x != nil {
+		return x.Failures
+	}
+	return nil
+}
+
+func (x *PluginHealth) GetBake() *Bake {
+	if x != nil {
+		return x.Bake
+	}
+	return nil
+}
+
+// FailureCount is one failure class's counts.
+type FailureCount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// class is the failure class.
+	Class FailureClass `protobuf:"varint,1,opt,name=class,proto3,enum=plugincontrol.v1.FailureClass" json:"class,omitempty"`
+	// in_window counts it within its window (panics, hangs, timeouts: of the
+	// current generation).
+	InWindow uint32 `protobuf:"varint,2,opt,name=in_window,json=inWindow,proto3" json:"in_window,omitempty"`
+	// lifetime counts it over every generation.
+	Lifetime      uint64 `protobuf:"varint,3,opt,name=lifetime,proto3" json:"lifetime,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailureCount) Reset() {
+	*x = FailureCount{}
+	mi := &file_plugincontrol_v1_health_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailureCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailureCount) ProtoMessage() {}
+
+func (x *FailureCount) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_health_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailureCount.ProtoReflect.Descriptor instead.
+func (*FailureCount) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *FailureCount) GetClass() FailureClass {
+	if x != nil {
+		return x.Class
+	}
+	return FailureClass_FAILURE_CLASS_UNSPECIFIED
+}
+
+func (x *FailureCount) GetInWindow() uint32 {
+	if x != nil {
+		return x.InWindow
+	}
+	return 0
+}
+
+func (x *FailureCount) GetLifetime() uint64 {
+	if x != nil {
+		return x.Lifetime
+	}
+	return 0
+}
+
+// Bake is a reload's trial period: the previous generation's process is kept
+// warm, and plugind reverts to it by itself if the new generation becomes
+// UNHEALTHY or crashes before until.
+type Bake struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// generation is the generation on trial.
+	Generation uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// previous_generation is the generation whose process is kept warm.
+	PreviousGeneration uint64 `protobuf:"varint,2,opt,name=previous_generation,json=previousGeneration,proto3" json:"previous_generation,omitempty"`
+	// until is when the bake ends if nothing goes wrong.
+	Until *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=until,proto3" json:"until,omitempty"`
+	// result says how it went.
+	Result BakeResult `protobuf:"varint,4,opt,name=result,proto3,enum=plugincontrol.v1.BakeResult" json:"result,omitempty"`
+	// reason says why it was reverted or cancelled.
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// reverted_to is the generation the previous process serves as after a
+	// revert (generations only rise).
+	RevertedTo    uint64 `protobuf:"varint,6,opt,name=reverted_to,json=revertedTo,proto3" json:"reverted_to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Bake) Reset() {
+	*x = Bake{}
+	mi := &file_plugincontrol_v1_health_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Bake) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Bake) ProtoMessage() {}
+
+func (x *Bake) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_health_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Bake.ProtoReflect.Descriptor instead.
+func (*Bake) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Bake) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Bake) GetPreviousGeneration() uint64 {
+	if x != nil {
+		return x.PreviousGeneration
+	}
+	return 0
+}
+
+func (x *Bake) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *Bake) GetResult() BakeResult {
+	if x != nil {
+		return x.Result
+	}
+	return BakeResult_BAKE_RESULT_UNSPECIFIED
+}
+
+func (x *Bake) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Bake) GetRevertedTo() uint64 {
+	if x != nil {
+		return x.RevertedTo
+	}
+	return 0
+}
+
 // PanicRecord describes one panic.
 type PanicRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -301,7 +543,7 @@ type PanicRecord struct {
 
 func (x *PanicRecord) Reset() {
 	*x = PanicRecord{}
-	mi := &file_plugincontrol_v1_health_proto_msgTypes[1]
+	mi := &file_plugincontrol_v1_health_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -313,7 +555,7 @@ func (x *PanicRecord) String() string {
 func (*PanicRecord) ProtoMessage() {}
 
 func (x *PanicRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_health_proto_msgTypes[1]
+	mi := &file_plugincontrol_v1_health_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -326,7 +568,7 @@ func (x *PanicRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PanicRecord.ProtoReflect.Descriptor instead.
 func (*PanicRecord) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{1}
+	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PanicRecord) GetMessage() string {
@@ -378,7 +620,7 @@ type HealthEvent struct {
 
 func (x *HealthEvent) Reset() {
 	*x = HealthEvent{}
-	mi := &file_plugincontrol_v1_health_proto_msgTypes[2]
+	mi := &file_plugincontrol_v1_health_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -390,7 +632,7 @@ func (x *HealthEvent) String() string {
 func (*HealthEvent) ProtoMessage() {}
 
 func (x *HealthEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_health_proto_msgTypes[2]
+	mi := &file_plugincontrol_v1_health_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -403,7 +645,7 @@ func (x *HealthEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthEvent.ProtoReflect.Descriptor instead.
 func (*HealthEvent) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{2}
+	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HealthEvent) GetType() HealthEventType {
@@ -438,7 +680,7 @@ var File_plugincontrol_v1_health_proto protoreflect.FileDescriptor
 
 const file_plugincontrol_v1_health_proto_rawDesc = "" +
 	"\n" +
-	"\x1dplugincontrol/v1/health.proto\x12\x10plugincontrol.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bplugincontrol/v1/spec.proto\"\xa4\x03\n" +
+	"\x1dplugincontrol/v1/health.proto\x12\x10plugincontrol.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bplugincontrol/v1/spec.proto\"\x8c\x04\n" +
 	"\fPluginHealth\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1d.plugincontrol.v1.PluginStateR\x05state\x12\x1e\n" +
@@ -454,7 +696,23 @@ const file_plugincontrol_v1_health_proto_rawDesc = "" +
 	"\x06reason\x18\t \x01(\tR\x06reason\x120\n" +
 	"\x05since\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1a\n" +
-	"\brevision\x18\v \x01(\x04R\brevision\"\x99\x01\n" +
+	"\brevision\x18\v \x01(\x04R\brevision\x12:\n" +
+	"\bfailures\x18\f \x03(\v2\x1e.plugincontrol.v1.FailureCountR\bfailures\x12*\n" +
+	"\x04bake\x18\r \x01(\v2\x16.plugincontrol.v1.BakeR\x04bake\"}\n" +
+	"\fFailureCount\x124\n" +
+	"\x05class\x18\x01 \x01(\x0e2\x1e.plugincontrol.v1.FailureClassR\x05class\x12\x1b\n" +
+	"\tin_window\x18\x02 \x01(\rR\binWindow\x12\x1a\n" +
+	"\blifetime\x18\x03 \x01(\x04R\blifetime\"\xf8\x01\n" +
+	"\x04Bake\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12/\n" +
+	"\x13previous_generation\x18\x02 \x01(\x04R\x12previousGeneration\x120\n" +
+	"\x05until\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x124\n" +
+	"\x06result\x18\x04 \x01(\x0e2\x1c.plugincontrol.v1.BakeResultR\x06result\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1f\n" +
+	"\vreverted_to\x18\x06 \x01(\x04R\n" +
+	"revertedTo\"\x99\x01\n" +
 	"\vPanicRecord\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12.\n" +
@@ -466,7 +724,14 @@ const file_plugincontrol_v1_health_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2!.plugincontrol.v1.HealthEventTypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x126\n" +
 	"\x06health\x18\x03 \x01(\v2\x1e.plugincontrol.v1.PluginHealthR\x06health\x12\x14\n" +
-	"\x05reset\x18\x04 \x01(\bR\x05reset*X\n" +
+	"\x05reset\x18\x04 \x01(\bR\x05reset*\x8c\x01\n" +
+	"\n" +
+	"BakeResult\x12\x1b\n" +
+	"\x17BAKE_RESULT_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12BAKE_RESULT_BAKING\x10\x01\x12\x14\n" +
+	"\x10BAKE_RESULT_KEPT\x10\x02\x12\x18\n" +
+	"\x14BAKE_RESULT_REVERTED\x10\x03\x12\x19\n" +
+	"\x15BAKE_RESULT_CANCELLED\x10\x04*X\n" +
 	"\n" +
 	"HealthView\x12\x1b\n" +
 	"\x17HEALTH_VIEW_UNSPECIFIED\x10\x00\x12\x14\n" +
@@ -492,29 +757,38 @@ func file_plugincontrol_v1_health_proto_rawDescGZIP() []byte {
 	return file_plugincontrol_v1_health_proto_rawDescData
 }
 
-var file_plugincontrol_v1_health_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_plugincontrol_v1_health_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_plugincontrol_v1_health_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_plugincontrol_v1_health_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_plugincontrol_v1_health_proto_goTypes = []any{
-	(HealthView)(0),               // 0: plugincontrol.v1.HealthView
-	(HealthEventType)(0),          // 1: plugincontrol.v1.HealthEventType
-	(*PluginHealth)(nil),          // 2: plugincontrol.v1.PluginHealth
-	(*PanicRecord)(nil),           // 3: plugincontrol.v1.PanicRecord
-	(*HealthEvent)(nil),           // 4: plugincontrol.v1.HealthEvent
-	(PluginState)(0),              // 5: plugincontrol.v1.PluginState
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(BakeResult)(0),               // 0: plugincontrol.v1.BakeResult
+	(HealthView)(0),               // 1: plugincontrol.v1.HealthView
+	(HealthEventType)(0),          // 2: plugincontrol.v1.HealthEventType
+	(*PluginHealth)(nil),          // 3: plugincontrol.v1.PluginHealth
+	(*FailureCount)(nil),          // 4: plugincontrol.v1.FailureCount
+	(*Bake)(nil),                  // 5: plugincontrol.v1.Bake
+	(*PanicRecord)(nil),           // 6: plugincontrol.v1.PanicRecord
+	(*HealthEvent)(nil),           // 7: plugincontrol.v1.HealthEvent
+	(PluginState)(0),              // 8: plugincontrol.v1.PluginState
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(FailureClass)(0),             // 10: plugincontrol.v1.FailureClass
 }
 var file_plugincontrol_v1_health_proto_depIdxs = []int32{
-	5, // 0: plugincontrol.v1.PluginHealth.state:type_name -> plugincontrol.v1.PluginState
-	3, // 1: plugincontrol.v1.PluginHealth.last_panic:type_name -> plugincontrol.v1.PanicRecord
-	6, // 2: plugincontrol.v1.PluginHealth.since:type_name -> google.protobuf.Timestamp
-	6, // 3: plugincontrol.v1.PanicRecord.time:type_name -> google.protobuf.Timestamp
-	1, // 4: plugincontrol.v1.HealthEvent.type:type_name -> plugincontrol.v1.HealthEventType
-	2, // 5: plugincontrol.v1.HealthEvent.health:type_name -> plugincontrol.v1.PluginHealth
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	8,  // 0: plugincontrol.v1.PluginHealth.state:type_name -> plugincontrol.v1.PluginState
+	6,  // 1: plugincontrol.v1.PluginHealth.last_panic:type_name -> plugincontrol.v1.PanicRecord
+	9,  // 2: plugincontrol.v1.PluginHealth.since:type_name -> google.protobuf.Timestamp
+	4,  // 3: plugincontrol.v1.PluginHealth.failures:type_name -> plugincontrol.v1.FailureCount
+	5,  // 4: plugincontrol.v1.PluginHealth.bake:type_name -> plugincontrol.v1.Bake
+	10, // 5: plugincontrol.v1.FailureCount.class:type_name -> plugincontrol.v1.FailureClass
+	9,  // 6: plugincontrol.v1.Bake.until:type_name -> google.protobuf.Timestamp
+	0,  // 7: plugincontrol.v1.Bake.result:type_name -> plugincontrol.v1.BakeResult
+	9,  // 8: plugincontrol.v1.PanicRecord.time:type_name -> google.protobuf.Timestamp
+	2,  // 9: plugincontrol.v1.HealthEvent.type:type_name -> plugincontrol.v1.HealthEventType
+	3,  // 10: plugincontrol.v1.HealthEvent.health:type_name -> plugincontrol.v1.PluginHealth
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_health_proto_init() }
@@ -528,8 +802,8 @@ func file_plugincontrol_v1_health_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugincontrol_v1_health_proto_rawDesc), len(file_plugincontrol_v1_health_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   3,
+			NumEnums:      3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

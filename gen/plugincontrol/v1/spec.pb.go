@@ -23,6 +23,72 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// FailureClass is a kind of plugin failure, counted on its own.
+type FailureClass int32
+
+const (
+	// FAILURE_CLASS_UNSPECIFIED is never reported.
+	FailureClass_FAILURE_CLASS_UNSPECIFIED FailureClass = 0
+	// FAILURE_CLASS_PANIC: a handler panic the plugin SDK recovered.
+	FailureClass_FAILURE_CLASS_PANIC FailureClass = 1
+	// FAILURE_CLASS_CRASH: an exit of the process plugind did not ask for (exit
+	// status, signal, OOM kill).
+	FailureClass_FAILURE_CLASS_CRASH FailureClass = 2
+	// FAILURE_CLASS_HANG: liveness_failures liveness probes in a row failed.
+	FailureClass_FAILURE_CLASS_HANG FailureClass = 3
+	// FAILURE_CLASS_TIMEOUT: a call to the plugin timed out inside it.
+	FailureClass_FAILURE_CLASS_TIMEOUT FailureClass = 4
+	// FAILURE_CLASS_START: a supervisor restart whose candidate failed.
+	FailureClass_FAILURE_CLASS_START FailureClass = 5
+)
+
+// Enum value maps for FailureClass.
+var (
+	FailureClass_name = map[int32]string{
+		0: "FAILURE_CLASS_UNSPECIFIED",
+		1: "FAILURE_CLASS_PANIC",
+		2: "FAILURE_CLASS_CRASH",
+		3: "FAILURE_CLASS_HANG",
+		4: "FAILURE_CLASS_TIMEOUT",
+		5: "FAILURE_CLASS_START",
+	}
+	FailureClass_value = map[string]int32{
+		"FAILURE_CLASS_UNSPECIFIED": 0,
+		"FAILURE_CLASS_PANIC":       1,
+		"FAILURE_CLASS_CRASH":       2,
+		"FAILURE_CLASS_HANG":        3,
+		"FAILURE_CLASS_TIMEOUT":     4,
+		"FAILURE_CLASS_START":       5,
+	}
+)
+
+func (x FailureClass) Enum() *FailureClass {
+	p := new(FailureClass)
+	*p = x
+	return p
+}
+
+func (x FailureClass) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FailureClass) Descriptor() protoreflect.EnumDescriptor {
+	return file_plugincontrol_v1_spec_proto_enumTypes[0].Descriptor()
+}
+
+func (FailureClass) Type() protoreflect.EnumType {
+	return &file_plugincontrol_v1_spec_proto_enumTypes[0]
+}
+
+func (x FailureClass) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FailureClass.Descriptor instead.
+func (FailureClass) EnumDescriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{0}
+}
+
 // UnhealthyAction is what the daemon does when a plugin becomes UNHEALTHY.
 type UnhealthyAction int32
 
@@ -64,11 +130,11 @@ func (x UnhealthyAction) String() string {
 }
 
 func (UnhealthyAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_plugincontrol_v1_spec_proto_enumTypes[0].Descriptor()
+	return file_plugincontrol_v1_spec_proto_enumTypes[1].Descriptor()
 }
 
 func (UnhealthyAction) Type() protoreflect.EnumType {
-	return &file_plugincontrol_v1_spec_proto_enumTypes[0]
+	return &file_plugincontrol_v1_spec_proto_enumTypes[1]
 }
 
 func (x UnhealthyAction) Number() protoreflect.EnumNumber {
@@ -77,7 +143,7 @@ func (x UnhealthyAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UnhealthyAction.Descriptor instead.
 func (UnhealthyAction) EnumDescriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{0}
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{1}
 }
 
 // PluginState is the health state of a plugin instance.
@@ -90,9 +156,10 @@ const (
 	PluginState_PLUGIN_STATE_STARTING PluginState = 1
 	// PLUGIN_STATE_SERVING: the active generation serves normally.
 	PluginState_PLUGIN_STATE_SERVING PluginState = 2
-	// PLUGIN_STATE_DEGRADED: serving, with a panic or crash in the window.
+	// PLUGIN_STATE_DEGRADED: serving, with a failure (panic, hang, timeout) in
+	// the window.
 	PluginState_PLUGIN_STATE_DEGRADED PluginState = 3
-	// PLUGIN_STATE_UNHEALTHY: the panic threshold or restart limit was reached.
+	// PLUGIN_STATE_UNHEALTHY: a failure threshold or a restart limit was reached.
 	PluginState_PLUGIN_STATE_UNHEALTHY PluginState = 4
 	// PLUGIN_STATE_STOPPED: no process runs for this instance.
 	PluginState_PLUGIN_STATE_STOPPED PluginState = 5
@@ -129,11 +196,11 @@ func (x PluginState) String() string {
 }
 
 func (PluginState) Descriptor() protoreflect.EnumDescriptor {
-	return file_plugincontrol_v1_spec_proto_enumTypes[1].Descriptor()
+	return file_plugincontrol_v1_spec_proto_enumTypes[2].Descriptor()
 }
 
 func (PluginState) Type() protoreflect.EnumType {
-	return &file_plugincontrol_v1_spec_proto_enumTypes[1]
+	return &file_plugincontrol_v1_spec_proto_enumTypes[2]
 }
 
 func (x PluginState) Number() protoreflect.EnumNumber {
@@ -142,7 +209,7 @@ func (x PluginState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PluginState.Descriptor instead.
 func (PluginState) EnumDescriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{1}
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{2}
 }
 
 // PluginSpec is the desired state of one plugin instance.
@@ -370,8 +437,32 @@ type HealthPolicy struct {
 	BackoffMax *durationpb.Duration `protobuf:"bytes,6,opt,name=backoff_max,json=backoffMax,proto3" json:"backoff_max,omitempty"`
 	// unhealthy_action runs once when the plugin becomes UNHEALTHY.
 	UnhealthyAction UnhealthyAction `protobuf:"varint,7,opt,name=unhealthy_action,json=unhealthyAction,proto3,enum=plugincontrol.v1.UnhealthyAction" json:"unhealthy_action,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// liveness_interval, when set, probes the serving generation that often
+	// between calls (native plugins: Ready; foreign ones: a grpc.health.v1 Check
+	// of ready_service), each probe bounded by the interval, never two at once.
+	// Unset or 0: off. At least 10ms.
+	LivenessInterval *durationpb.Duration `protobuf:"bytes,8,opt,name=liveness_interval,json=livenessInterval,proto3" json:"liveness_interval,omitempty"`
+	// liveness_failures probes in a row that fail make one hang failure (class
+	// FAILURE_CLASS_HANG). 0 means the default, 3.
+	LivenessFailures uint32 `protobuf:"varint,9,opt,name=liveness_failures,json=livenessFailures,proto3" json:"liveness_failures,omitempty"`
+	// panics judges recovered panics on their own (per generation). Unset: counted,
+	// judged only by panic_threshold.
+	Panics *FailureLimit `protobuf:"bytes,10,opt,name=panics,proto3" json:"panics,omitempty"`
+	// crashes judges unexpected exits (across generations): at the threshold the
+	// supervisor stops restarting. Unset: counted; restart_limit judges restarts.
+	Crashes *FailureLimit `protobuf:"bytes,11,opt,name=crashes,proto3" json:"crashes,omitempty"`
+	// hangs judges hang failures (per generation). Unset or threshold 0: 1, one
+	// hang makes the plugin UNHEALTHY.
+	Hangs *FailureLimit `protobuf:"bytes,12,opt,name=hangs,proto3" json:"hangs,omitempty"`
+	// timeouts judges calls that timed out inside the plugin (per generation).
+	// Unset: counted only.
+	Timeouts *FailureLimit `protobuf:"bytes,13,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
+	// start_failures judges supervisor restarts whose candidate failed (across
+	// generations): at the threshold the supervisor stops restarting. Unset:
+	// counted only.
+	StartFailures *FailureLimit `protobuf:"bytes,14,opt,name=start_failures,json=startFailures,proto3" json:"start_failures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HealthPolicy) Reset() {
@@ -453,6 +544,112 @@ func (x *HealthPolicy) GetUnhealthyAction() UnhealthyAction {
 	return UnhealthyAction_UNHEALTHY_ACTION_UNSPECIFIED
 }
 
+func (x *HealthPolicy) GetLivenessInterval() *durationpb.Duration {
+	if x != nil {
+		return x.LivenessInterval
+	}
+	return nil
+}
+
+func (x *HealthPolicy) GetLivenessFailures() uint32 {
+	if x != nil {
+		return x.LivenessFailures
+	}
+	return 0
+}
+
+func (x *HealthPolicy) GetPanics() *FailureLimit {
+	if x != nil {
+		return x.Panics
+	}
+	return nil
+}
+
+func (x *HealthPolicy) GetCrashes() *FailureLimit {
+	if x != nil {
+		return x.Crashes
+	}
+	return nil
+}
+
+func (x *HealthPolicy) GetHangs() *FailureLimit {
+	if x != nil {
+		return x.Hangs
+	}
+	return nil
+}
+
+func (x *HealthPolicy) GetTimeouts() *FailureLimit {
+	if x != nil {
+		return x.Timeouts
+	}
+	return nil
+}
+
+func (x *HealthPolicy) GetStartFailures() *FailureLimit {
+	if x != nil {
+		return x.StartFailures
+	}
+	return nil
+}
+
+// FailureLimit judges one failure class: threshold failures within window make
+// the plugin UNHEALTHY.
+type FailureLimit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// threshold failures within window make the plugin UNHEALTHY; 0: the class is
+	// counted, not judged (for hangs: the default, 1).
+	Threshold uint32 `protobuf:"varint,1,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	// window is the sliding window. Unset means panic_window.
+	Window        *durationpb.Duration `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailureLimit) Reset() {
+	*x = FailureLimit{}
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailureLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailureLimit) ProtoMessage() {}
+
+func (x *FailureLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailureLimit.ProtoReflect.Descriptor instead.
+func (*FailureLimit) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FailureLimit) GetThreshold() uint32 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *FailureLimit) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
 // PluginStatus is the observed state of one plugin instance.
 type PluginStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -502,7 +699,7 @@ type PluginStatus struct {
 
 func (x *PluginStatus) Reset() {
 	*x = PluginStatus{}
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[3]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +711,7 @@ func (x *PluginStatus) String() string {
 func (*PluginStatus) ProtoMessage() {}
 
 func (x *PluginStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[3]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +724,7 @@ func (x *PluginStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PluginStatus.ProtoReflect.Descriptor instead.
 func (*PluginStatus) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{3}
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PluginStatus) GetName() string {
@@ -659,7 +856,7 @@ const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	"\tHandshake\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12(\n" +
 	"\x10magic_cookie_key\x18\x02 \x01(\tR\x0emagicCookieKey\x12,\n" +
-	"\x12magic_cookie_value\x18\x03 \x01(\tR\x10magicCookieValue\"\xaa\x03\n" +
+	"\x12magic_cookie_value\x18\x03 \x01(\tR\x10magicCookieValue\"\xca\x06\n" +
 	"\fHealthPolicy\x12'\n" +
 	"\x0fpanic_threshold\x18\x01 \x01(\rR\x0epanicThreshold\x12<\n" +
 	"\fpanic_window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vpanicWindow\x12#\n" +
@@ -668,7 +865,18 @@ const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	"\x0fbackoff_initial\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0ebackoffInitial\x12:\n" +
 	"\vbackoff_max\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"backoffMax\x12L\n" +
-	"\x10unhealthy_action\x18\a \x01(\x0e2!.plugincontrol.v1.UnhealthyActionR\x0funhealthyAction\"\xf0\x03\n" +
+	"\x10unhealthy_action\x18\a \x01(\x0e2!.plugincontrol.v1.UnhealthyActionR\x0funhealthyAction\x12F\n" +
+	"\x11liveness_interval\x18\b \x01(\v2\x19.google.protobuf.DurationR\x10livenessInterval\x12+\n" +
+	"\x11liveness_failures\x18\t \x01(\rR\x10livenessFailures\x126\n" +
+	"\x06panics\x18\n" +
+	" \x01(\v2\x1e.plugincontrol.v1.FailureLimitR\x06panics\x128\n" +
+	"\acrashes\x18\v \x01(\v2\x1e.plugincontrol.v1.FailureLimitR\acrashes\x124\n" +
+	"\x05hangs\x18\f \x01(\v2\x1e.plugincontrol.v1.FailureLimitR\x05hangs\x12:\n" +
+	"\btimeouts\x18\r \x01(\v2\x1e.plugincontrol.v1.FailureLimitR\btimeouts\x12E\n" +
+	"\x0estart_failures\x18\x0e \x01(\v2\x1e.plugincontrol.v1.FailureLimitR\rstartFailures\"_\n" +
+	"\fFailureLimit\x12\x1c\n" +
+	"\tthreshold\x18\x01 \x01(\rR\tthreshold\x121\n" +
+	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\"\xf0\x03\n" +
 	"\fPluginStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
@@ -690,7 +898,14 @@ const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	"pluginName\x12\x1a\n" +
 	"\bendpoint\x18\r \x01(\tR\bendpoint\x12\x1a\n" +
 	"\bservices\x18\x0e \x03(\tR\bservices\x12\x1a\n" +
-	"\bprotocol\x18\x0f \x01(\tR\bprotocol*\x87\x01\n" +
+	"\bprotocol\x18\x0f \x01(\tR\bprotocol*\xab\x01\n" +
+	"\fFailureClass\x12\x1d\n" +
+	"\x19FAILURE_CLASS_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13FAILURE_CLASS_PANIC\x10\x01\x12\x17\n" +
+	"\x13FAILURE_CLASS_CRASH\x10\x02\x12\x16\n" +
+	"\x12FAILURE_CLASS_HANG\x10\x03\x12\x19\n" +
+	"\x15FAILURE_CLASS_TIMEOUT\x10\x04\x12\x17\n" +
+	"\x13FAILURE_CLASS_START\x10\x05*\x87\x01\n" +
 	"\x0fUnhealthyAction\x12 \n" +
 	"\x1cUNHEALTHY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15UNHEALTHY_ACTION_NONE\x10\x01\x12\x1c\n" +
@@ -716,37 +931,46 @@ func file_plugincontrol_v1_spec_proto_rawDescGZIP() []byte {
 	return file_plugincontrol_v1_spec_proto_rawDescData
 }
 
-var file_plugincontrol_v1_spec_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_plugincontrol_v1_spec_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_plugincontrol_v1_spec_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_plugincontrol_v1_spec_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_plugincontrol_v1_spec_proto_goTypes = []any{
-	(UnhealthyAction)(0),          // 0: plugincontrol.v1.UnhealthyAction
-	(PluginState)(0),              // 1: plugincontrol.v1.PluginState
-	(*PluginSpec)(nil),            // 2: plugincontrol.v1.PluginSpec
-	(*Handshake)(nil),             // 3: plugincontrol.v1.Handshake
-	(*HealthPolicy)(nil),          // 4: plugincontrol.v1.HealthPolicy
-	(*PluginStatus)(nil),          // 5: plugincontrol.v1.PluginStatus
-	nil,                           // 6: plugincontrol.v1.PluginSpec.EnvEntry
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(FailureClass)(0),             // 0: plugincontrol.v1.FailureClass
+	(UnhealthyAction)(0),          // 1: plugincontrol.v1.UnhealthyAction
+	(PluginState)(0),              // 2: plugincontrol.v1.PluginState
+	(*PluginSpec)(nil),            // 3: plugincontrol.v1.PluginSpec
+	(*Handshake)(nil),             // 4: plugincontrol.v1.Handshake
+	(*HealthPolicy)(nil),          // 5: plugincontrol.v1.HealthPolicy
+	(*FailureLimit)(nil),          // 6: plugincontrol.v1.FailureLimit
+	(*PluginStatus)(nil),          // 7: plugincontrol.v1.PluginStatus
+	nil,                           // 8: plugincontrol.v1.PluginSpec.EnvEntry
+	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_plugincontrol_v1_spec_proto_depIdxs = []int32{
-	6,  // 0: plugincontrol.v1.PluginSpec.env:type_name -> plugincontrol.v1.PluginSpec.EnvEntry
-	7,  // 1: plugincontrol.v1.PluginSpec.start_timeout:type_name -> google.protobuf.Duration
-	4,  // 2: plugincontrol.v1.PluginSpec.health_policy:type_name -> plugincontrol.v1.HealthPolicy
-	3,  // 3: plugincontrol.v1.PluginSpec.handshake:type_name -> plugincontrol.v1.Handshake
-	7,  // 4: plugincontrol.v1.HealthPolicy.panic_window:type_name -> google.protobuf.Duration
-	7,  // 5: plugincontrol.v1.HealthPolicy.restart_period:type_name -> google.protobuf.Duration
-	7,  // 6: plugincontrol.v1.HealthPolicy.backoff_initial:type_name -> google.protobuf.Duration
-	7,  // 7: plugincontrol.v1.HealthPolicy.backoff_max:type_name -> google.protobuf.Duration
-	0,  // 8: plugincontrol.v1.HealthPolicy.unhealthy_action:type_name -> plugincontrol.v1.UnhealthyAction
-	1,  // 9: plugincontrol.v1.PluginStatus.state:type_name -> plugincontrol.v1.PluginState
-	8,  // 10: plugincontrol.v1.PluginStatus.started_at:type_name -> google.protobuf.Timestamp
-	2,  // 11: plugincontrol.v1.PluginStatus.spec:type_name -> plugincontrol.v1.PluginSpec
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	8,  // 0: plugincontrol.v1.PluginSpec.env:type_name -> plugincontrol.v1.PluginSpec.EnvEntry
+	9,  // 1: plugincontrol.v1.PluginSpec.start_timeout:type_name -> google.protobuf.Duration
+	5,  // 2: plugincontrol.v1.PluginSpec.health_policy:type_name -> plugincontrol.v1.HealthPolicy
+	4,  // 3: plugincontrol.v1.PluginSpec.handshake:type_name -> plugincontrol.v1.Handshake
+	9,  // 4: plugincontrol.v1.HealthPolicy.panic_window:type_name -> google.protobuf.Duration
+	9,  // 5: plugincontrol.v1.HealthPolicy.restart_period:type_name -> google.protobuf.Duration
+	9,  // 6: plugincontrol.v1.HealthPolicy.backoff_initial:type_name -> google.protobuf.Duration
+	9,  // 7: plugincontrol.v1.HealthPolicy.backoff_max:type_name -> google.protobuf.Duration
+	1,  // 8: plugincontrol.v1.HealthPolicy.unhealthy_action:type_name -> plugincontrol.v1.UnhealthyAction
+	9,  // 9: plugincontrol.v1.HealthPolicy.liveness_interval:type_name -> google.protobuf.Duration
+	6,  // 10: plugincontrol.v1.HealthPolicy.panics:type_name -> plugincontrol.v1.FailureLimit
+	6,  // 11: plugincontrol.v1.HealthPolicy.crashes:type_name -> plugincontrol.v1.FailureLimit
+	6,  // 12: plugincontrol.v1.HealthPolicy.hangs:type_name -> plugincontrol.v1.FailureLimit
+	6,  // 13: plugincontrol.v1.HealthPolicy.timeouts:type_name -> plugincontrol.v1.FailureLimit
+	6,  // 14: plugincontrol.v1.HealthPolicy.start_failures:type_name -> plugincontrol.v1.FailureLimit
+	9,  // 15: plugincontrol.v1.FailureLimit.window:type_name -> google.protobuf.Duration
+	2,  // 16: plugincontrol.v1.PluginStatus.state:type_name -> plugincontrol.v1.PluginState
+	10, // 17: plugincontrol.v1.PluginStatus.started_at:type_name -> google.protobuf.Timestamp
+	3,  // 18: plugincontrol.v1.PluginStatus.spec:type_name -> plugincontrol.v1.PluginSpec
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_spec_proto_init() }
@@ -759,8 +983,8 @@ func file_plugincontrol_v1_spec_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugincontrol_v1_spec_proto_rawDesc), len(file_plugincontrol_v1_spec_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   5,
+			NumEnums:      3,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

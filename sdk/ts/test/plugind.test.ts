@@ -22,6 +22,7 @@ import {
   HealthEventType,
   HealthView,
   PluginState,
+  BakeResult,
   type HealthEvent,
   type PlugindClient,
 } from "../src/index.js";
@@ -255,5 +256,26 @@ test("a foreign plugin: its handshake in the spec, its own API at its endpoint",
     }
     // Invoke is the native contract's; a foreign plugin says where to go.
     await assert.rejects(c.gateway.invoke({ plugin: "ticker", method: "x" }), (e: unknown) => ConnectError.from(e).code === Code.FailedPrecondition);
+  });
+});
+
+test("a reload with a bake: the previous generation kept warm, then stopped", async () => {
+  await withDaemon("unix", async (c) => {
+    const reloaded = await c.control.reload({ name: "echo", bake: { seconds: 0n, nanos: 300_000_000 } });
+    const gen = reloaded.plugin!.generation;
+    const ac = new AbortController();
+    const seen: BakeResult[] = [];
+    try {
+      for await (const ev of watchHealth(c.control, { names: ["echo"], signal: ac.signal })) {
+        const b = ev.health?.bake;
+        if (b === undefined || b.generation !== gen) continue;
+        seen.push(b.result);
+        if (b.result !== BakeResult.BAKING) break;
+      }
+    } finally {
+      ac.abort();
+    }
+    assert.equal(seen[0], BakeResult.BAKING, `results seen: ${seen}`);
+    assert.equal(seen[seen.length - 1], BakeResult.KEPT, `results seen: ${seen}`);
   });
 });

@@ -5,6 +5,8 @@ package echo
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/plugincontrol/plugincontrol/plugin"
@@ -21,6 +23,8 @@ type Plugin struct {
 	Name string
 	// NotReady, when set, is the reason Ready refuses.
 	NotReady string
+
+	crash sync.Once
 }
 
 // Info implements plugin.Plugin.
@@ -32,10 +36,24 @@ func (p *Plugin) Info() plugin.Info {
 	return plugin.Info{Name: name, Version: Version, Methods: []string{"echo", "sleep", "panic"}}
 }
 
-// Ready implements plugin.Plugin.
-func (p *Plugin) Ready(context.Context, []byte) error {
+// Ready implements plugin.Plugin. A config "crash_after=DURATION" makes the
+// process crash (a Go panic in a background goroutine) that long after its
+// first Ready: the tests use it for a generation that dies after the swap.
+func (p *Plugin) Ready(_ context.Context, config []byte) error {
 	if p.NotReady != "" {
 		return fmt.Errorf("%s", p.NotReady)
+	}
+	if v, ok := strings.CutPrefix(string(config), "crash_after="); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("config %q: %v", config, err)
+		}
+		p.crash.Do(func() {
+			go func() {
+				time.Sleep(d)
+				panic("echo: crash_after " + v)
+			}()
+		})
 	}
 	return nil
 }

@@ -6,7 +6,7 @@ import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2"
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { PluginState } from "./spec_pb.js";
+import type { FailureClass, PluginState } from "./spec_pb.js";
 import { file_plugincontrol_v1_spec } from "./spec_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file plugincontrol/v1/health.proto.
  */
 export const file_plugincontrol_v1_health: GenFile = /*@__PURE__*/
-  fileDesc("Ch1wbHVnaW5jb250cm9sL3YxL2hlYWx0aC5wcm90bxIQcGx1Z2luY29udHJvbC52MSK0AgoMUGx1Z2luSGVhbHRoEgwKBG5hbWUYASABKAkSLAoFc3RhdGUYAiABKA4yHS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblN0YXRlEhIKCmdlbmVyYXRpb24YAyABKAQSGAoQcGFuaWNzX2luX3dpbmRvdxgEIAEoDRIXCg9saWZldGltZV9wYW5pY3MYBSABKAQSDwoHY3Jhc2hlcxgGIAEoBBIQCghyZXN0YXJ0cxgHIAEoDRIxCgpsYXN0X3BhbmljGAggASgLMh0ucGx1Z2luY29udHJvbC52MS5QYW5pY1JlY29yZBIOCgZyZWFzb24YCSABKAkSKQoFc2luY2UYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHJldmlzaW9uGAsgASgEInEKC1BhbmljUmVjb3JkEg8KB21lc3NhZ2UYASABKAkSEwoLZmluZ2VycHJpbnQYAiABKAkSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZ2VuZXJhdGlvbhgEIAEoBCKPAQoLSGVhbHRoRXZlbnQSLwoEdHlwZRgBIAEoDjIhLnBsdWdpbmNvbnRyb2wudjEuSGVhbHRoRXZlbnRUeXBlEhAKCHJldmlzaW9uGAIgASgEEi4KBmhlYWx0aBgDIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luSGVhbHRoEg0KBXJlc2V0GAQgASgIKlgKCkhlYWx0aFZpZXcSGwoXSEVBTFRIX1ZJRVdfVU5TUEVDSUZJRUQQABIUChBIRUFMVEhfVklFV19GVUxMEAESFwoTSEVBTFRIX1ZJRVdfQ09NUEFDVBACKtABCg9IZWFsdGhFdmVudFR5cGUSIQodSEVBTFRIX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIeChpIRUFMVEhfRVZFTlRfVFlQRV9TTkFQU0hPVBABEhwKGEhFQUxUSF9FVkVOVF9UWVBFX1NZTkNFRBACEh0KGUhFQUxUSF9FVkVOVF9UWVBFX0NIQU5HRUQQAxIdChlIRUFMVEhfRVZFTlRfVFlQRV9SRU1PVkVEEAQSHgoaSEVBTFRIX0VWRU5UX1RZUEVfQk9PS01BUksQBUJNWktnaXRodWIuY29tL3BsdWdpbmNvbnRyb2wvcGx1Z2luY29udHJvbC9nZW4vcGx1Z2luY29udHJvbC92MTtwbHVnaW5jb250cm9sdjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_plugincontrol_v1_spec]);
+  fileDesc("Ch1wbHVnaW5jb250cm9sL3YxL2hlYWx0aC5wcm90bxIQcGx1Z2luY29udHJvbC52MSKMAwoMUGx1Z2luSGVhbHRoEgwKBG5hbWUYASABKAkSLAoFc3RhdGUYAiABKA4yHS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblN0YXRlEhIKCmdlbmVyYXRpb24YAyABKAQSGAoQcGFuaWNzX2luX3dpbmRvdxgEIAEoDRIXCg9saWZldGltZV9wYW5pY3MYBSABKAQSDwoHY3Jhc2hlcxgGIAEoBBIQCghyZXN0YXJ0cxgHIAEoDRIxCgpsYXN0X3BhbmljGAggASgLMh0ucGx1Z2luY29udHJvbC52MS5QYW5pY1JlY29yZBIOCgZyZWFzb24YCSABKAkSKQoFc2luY2UYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHJldmlzaW9uGAsgASgEEjAKCGZhaWx1cmVzGAwgAygLMh4ucGx1Z2luY29udHJvbC52MS5GYWlsdXJlQ291bnQSJAoEYmFrZRgNIAEoCzIWLnBsdWdpbmNvbnRyb2wudjEuQmFrZSJiCgxGYWlsdXJlQ291bnQSLQoFY2xhc3MYASABKA4yHi5wbHVnaW5jb250cm9sLnYxLkZhaWx1cmVDbGFzcxIRCglpbl93aW5kb3cYAiABKA0SEAoIbGlmZXRpbWUYAyABKAQitQEKBEJha2USEgoKZ2VuZXJhdGlvbhgBIAEoBBIbChNwcmV2aW91c19nZW5lcmF0aW9uGAIgASgEEikKBXVudGlsGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgZyZXN1bHQYBCABKA4yHC5wbHVnaW5jb250cm9sLnYxLkJha2VSZXN1bHQSDgoGcmVhc29uGAUgASgJEhMKC3JldmVydGVkX3RvGAYgASgEInEKC1BhbmljUmVjb3JkEg8KB21lc3NhZ2UYASABKAkSEwoLZmluZ2VycHJpbnQYAiABKAkSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZ2VuZXJhdGlvbhgEIAEoBCKPAQoLSGVhbHRoRXZlbnQSLwoEdHlwZRgBIAEoDjIhLnBsdWdpbmNvbnRyb2wudjEuSGVhbHRoRXZlbnRUeXBlEhAKCHJldmlzaW9uGAIgASgEEi4KBmhlYWx0aBgDIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luSGVhbHRoEg0KBXJlc2V0GAQgASgIKowBCgpCYWtlUmVzdWx0EhsKF0JBS0VfUkVTVUxUX1VOU1BFQ0lGSUVEEAASFgoSQkFLRV9SRVNVTFRfQkFLSU5HEAESFAoQQkFLRV9SRVNVTFRfS0VQVBACEhgKFEJBS0VfUkVTVUxUX1JFVkVSVEVEEAMSGQoVQkFLRV9SRVNVTFRfQ0FOQ0VMTEVEEAQqWAoKSGVhbHRoVmlldxIbChdIRUFMVEhfVklFV19VTlNQRUNJRklFRBAAEhQKEEhFQUxUSF9WSUVXX0ZVTEwQARIXChNIRUFMVEhfVklFV19DT01QQUNUEAIq0AEKD0hlYWx0aEV2ZW50VHlwZRIhCh1IRUFMVEhfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh4KGkhFQUxUSF9FVkVOVF9UWVBFX1NOQVBTSE9UEAESHAoYSEVBTFRIX0VWRU5UX1RZUEVfU1lOQ0VEEAISHQoZSEVBTFRIX0VWRU5UX1RZUEVfQ0hBTkdFRBADEh0KGUhFQUxUSF9FVkVOVF9UWVBFX1JFTU9WRUQQBBIeChpIRUFMVEhfRVZFTlRfVFlQRV9CT09LTUFSSxAFQk1aS2dpdGh1Yi5jb20vcGx1Z2luY29udHJvbC9wbHVnaW5jb250cm9sL2dlbi9wbHVnaW5jb250cm9sL3YxO3BsdWdpbmNvbnRyb2x2MWIGcHJvdG8z", [file_google_protobuf_timestamp, file_plugincontrol_v1_spec]);
 
 /**
  * PluginHealth is the health of one plugin instance.
@@ -45,7 +45,7 @@ export type PluginHealth = Message<"plugincontrol.v1.PluginHealth"> & {
 
   /**
    * panics_in_window counts panics and crashes of this generation inside the
-   * policy's window.
+   * policy's panic_window (the panic_threshold rule).
    *
    * @generated from field: uint32 panics_in_window = 4;
    */
@@ -99,6 +99,21 @@ export type PluginHealth = Message<"plugincontrol.v1.PluginHealth"> & {
    * @generated from field: uint64 revision = 11;
    */
   revision: bigint;
+
+  /**
+   * failures counts every failure class, in its window and over the plugin's
+   * lifetime, in the order of FailureClass.
+   *
+   * @generated from field: repeated plugincontrol.v1.FailureCount failures = 12;
+   */
+  failures: FailureCount[];
+
+  /**
+   * bake is the current or last bake of a reload with a bake period.
+   *
+   * @generated from field: plugincontrol.v1.Bake bake = 13;
+   */
+  bake?: Bake | undefined;
 };
 
 /**
@@ -107,6 +122,101 @@ export type PluginHealth = Message<"plugincontrol.v1.PluginHealth"> & {
  */
 export const PluginHealthSchema: GenMessage<PluginHealth> = /*@__PURE__*/
   messageDesc(file_plugincontrol_v1_health, 0);
+
+/**
+ * FailureCount is one failure class's counts.
+ *
+ * @generated from message plugincontrol.v1.FailureCount
+ */
+export type FailureCount = Message<"plugincontrol.v1.FailureCount"> & {
+  /**
+   * class is the failure class.
+   *
+   * @generated from field: plugincontrol.v1.FailureClass class = 1;
+   */
+  class: FailureClass;
+
+  /**
+   * in_window counts it within its window (panics, hangs, timeouts: of the
+   * current generation).
+   *
+   * @generated from field: uint32 in_window = 2;
+   */
+  inWindow: number;
+
+  /**
+   * lifetime counts it over every generation.
+   *
+   * @generated from field: uint64 lifetime = 3;
+   */
+  lifetime: bigint;
+};
+
+/**
+ * Describes the message plugincontrol.v1.FailureCount.
+ * Use `create(FailureCountSchema)` to create a new message.
+ */
+export const FailureCountSchema: GenMessage<FailureCount> = /*@__PURE__*/
+  messageDesc(file_plugincontrol_v1_health, 1);
+
+/**
+ * Bake is a reload's trial period: the previous generation's process is kept
+ * warm, and plugind reverts to it by itself if the new generation becomes
+ * UNHEALTHY or crashes before until.
+ *
+ * @generated from message plugincontrol.v1.Bake
+ */
+export type Bake = Message<"plugincontrol.v1.Bake"> & {
+  /**
+   * generation is the generation on trial.
+   *
+   * @generated from field: uint64 generation = 1;
+   */
+  generation: bigint;
+
+  /**
+   * previous_generation is the generation whose process is kept warm.
+   *
+   * @generated from field: uint64 previous_generation = 2;
+   */
+  previousGeneration: bigint;
+
+  /**
+   * until is when the bake ends if nothing goes wrong.
+   *
+   * @generated from field: google.protobuf.Timestamp until = 3;
+   */
+  until?: Timestamp | undefined;
+
+  /**
+   * result says how it went.
+   *
+   * @generated from field: plugincontrol.v1.BakeResult result = 4;
+   */
+  result: BakeResult;
+
+  /**
+   * reason says why it was reverted or cancelled.
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+
+  /**
+   * reverted_to is the generation the previous process serves as after a
+   * revert (generations only rise).
+   *
+   * @generated from field: uint64 reverted_to = 6;
+   */
+  revertedTo: bigint;
+};
+
+/**
+ * Describes the message plugincontrol.v1.Bake.
+ * Use `create(BakeSchema)` to create a new message.
+ */
+export const BakeSchema: GenMessage<Bake> = /*@__PURE__*/
+  messageDesc(file_plugincontrol_v1_health, 2);
 
 /**
  * PanicRecord describes one panic.
@@ -148,7 +258,7 @@ export type PanicRecord = Message<"plugincontrol.v1.PanicRecord"> & {
  * Use `create(PanicRecordSchema)` to create a new message.
  */
 export const PanicRecordSchema: GenMessage<PanicRecord> = /*@__PURE__*/
-  messageDesc(file_plugincontrol_v1_health, 1);
+  messageDesc(file_plugincontrol_v1_health, 3);
 
 /**
  * HealthEvent is one item of the WatchHealth stream.
@@ -194,7 +304,58 @@ export type HealthEvent = Message<"plugincontrol.v1.HealthEvent"> & {
  * Use `create(HealthEventSchema)` to create a new message.
  */
 export const HealthEventSchema: GenMessage<HealthEvent> = /*@__PURE__*/
-  messageDesc(file_plugincontrol_v1_health, 2);
+  messageDesc(file_plugincontrol_v1_health, 4);
+
+/**
+ * BakeResult says how a bake went.
+ *
+ * @generated from enum plugincontrol.v1.BakeResult
+ */
+export enum BakeResult {
+  /**
+   * BAKE_RESULT_UNSPECIFIED is never reported.
+   *
+   * @generated from enum value: BAKE_RESULT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * BAKE_RESULT_BAKING: the new generation serves on trial.
+   *
+   * @generated from enum value: BAKE_RESULT_BAKING = 1;
+   */
+  BAKING = 1,
+
+  /**
+   * BAKE_RESULT_KEPT: the bake passed; the previous process was stopped.
+   *
+   * @generated from enum value: BAKE_RESULT_KEPT = 2;
+   */
+  KEPT = 2,
+
+  /**
+   * BAKE_RESULT_REVERTED: the new generation became UNHEALTHY or crashed during
+   * the bake; the previous process serves again (as reverted_to), and a revert
+   * audit record was written.
+   *
+   * @generated from enum value: BAKE_RESULT_REVERTED = 3;
+   */
+  REVERTED = 3,
+
+  /**
+   * BAKE_RESULT_CANCELLED: the bake ended early (another reload, an unload, the
+   * daemon's shutdown, or the warm process exited).
+   *
+   * @generated from enum value: BAKE_RESULT_CANCELLED = 4;
+   */
+  CANCELLED = 4,
+}
+
+/**
+ * Describes the enum plugincontrol.v1.BakeResult.
+ */
+export const BakeResultSchema: GenEnum<BakeResult> = /*@__PURE__*/
+  enumDesc(file_plugincontrol_v1_health, 0);
 
 /**
  * HealthView selects the fields of PluginHealth a WatchHealth stream sends.
@@ -232,7 +393,7 @@ export enum HealthView {
  * Describes the enum plugincontrol.v1.HealthView.
  */
 export const HealthViewSchema: GenEnum<HealthView> = /*@__PURE__*/
-  enumDesc(file_plugincontrol_v1_health, 0);
+  enumDesc(file_plugincontrol_v1_health, 1);
 
 /**
  * HealthEventType says what a HealthEvent is.
@@ -290,5 +451,5 @@ export enum HealthEventType {
  * Describes the enum plugincontrol.v1.HealthEventType.
  */
 export const HealthEventTypeSchema: GenEnum<HealthEventType> = /*@__PURE__*/
-  enumDesc(file_plugincontrol_v1_health, 1);
+  enumDesc(file_plugincontrol_v1_health, 2);
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file plugincontrol/v1/spec.proto.
  */
 export const file_plugincontrol_v1_spec: GenFile = /*@__PURE__*/
-  fileDesc("ChtwbHVnaW5jb250cm9sL3YxL3NwZWMucHJvdG8SEHBsdWdpbmNvbnRyb2wudjEi6AIKClBsdWdpblNwZWMSDAoEbmFtZRgBIAEoCRIOCgZiaW5hcnkYAiABKAkSDAoEYXJncxgDIAMoCRIyCgNlbnYYBCADKAsyJS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblNwZWMuRW52RW50cnkSDgoGc2hhMjU2GAUgASgJEg4KBmNvbmZpZxgGIAEoDBIwCg1zdGFydF90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjUKDWhlYWx0aF9wb2xpY3kYCCABKAsyHi5wbHVnaW5jb250cm9sLnYxLkhlYWx0aFBvbGljeRIuCgloYW5kc2hha2UYCSABKAsyGy5wbHVnaW5jb250cm9sLnYxLkhhbmRzaGFrZRIVCg1yZWFkeV9zZXJ2aWNlGAogASgJGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiWwoJSGFuZHNoYWtlEhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SGAoQbWFnaWNfY29va2llX2tleRgCIAEoCRIaChJtYWdpY19jb29raWVfdmFsdWUYAyABKAkiwwIKDEhlYWx0aFBvbGljeRIXCg9wYW5pY190aHJlc2hvbGQYASABKA0SLwoMcGFuaWNfd2luZG93GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXJlc3RhcnRfbGltaXQYAyABKA0SMQoOcmVzdGFydF9wZXJpb2QYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMgoPYmFja29mZl9pbml0aWFsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2JhY2tvZmZfbWF4GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjsKEHVuaGVhbHRoeV9hY3Rpb24YByABKA4yIS5wbHVnaW5jb250cm9sLnYxLlVuaGVhbHRoeUFjdGlvbiLpAgoMUGx1Z2luU3RhdHVzEgwKBG5hbWUYASABKAkSEgoKZ2VuZXJhdGlvbhgCIAEoBBIsCgVzdGF0ZRgDIAEoDjIdLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3RhdGUSCwoDcGlkGAQgASgDEg4KBmJpbmFyeRgFIAEoCRIOCgZzaGEyNTYYBiABKAkSDwoHdmVyc2lvbhgHIAEoCRIuCgpzdGFydGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghyZXN0YXJ0cxgJIAEoDRISCgpsYXN0X2Vycm9yGAogASgJEioKBHNwZWMYCyABKAsyHC5wbHVnaW5jb250cm9sLnYxLlBsdWdpblNwZWMSEwoLcGx1Z2luX25hbWUYDCABKAkSEAoIZW5kcG9pbnQYDSABKAkSEAoIc2VydmljZXMYDiADKAkSEAoIcHJvdG9jb2wYDyABKAkqhwEKD1VuaGVhbHRoeUFjdGlvbhIgChxVTkhFQUxUSFlfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGQoVVU5IRUFMVEhZX0FDVElPTl9OT05FEAESHAoYVU5IRUFMVEhZX0FDVElPTl9SRVNUQVJUEAISGQoVVU5IRUFMVEhZX0FDVElPTl9TVE9QEAMqsQEKC1BsdWdpblN0YXRlEhwKGFBMVUdJTl9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVBMVUdJTl9TVEFURV9TVEFSVElORxABEhgKFFBMVUdJTl9TVEFURV9TRVJWSU5HEAISGQoVUExVR0lOX1NUQVRFX0RFR1JBREVEEAMSGgoWUExVR0lOX1NUQVRFX1VOSEVBTFRIWRAEEhgKFFBMVUdJTl9TVEFURV9TVE9QUEVEEAVCTVpLZ2l0aHViLmNvbS9wbHVnaW5jb250cm9sL3BsdWdpbmNvbnRyb2wvZ2VuL3BsdWdpbmNvbnRyb2wvdjE7cGx1Z2luY29udHJvbHYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChtwbHVnaW5jb250cm9sL3YxL3NwZWMucHJvdG8SEHBsdWdpbmNvbnRyb2wudjEi6AIKClBsdWdpblNwZWMSDAoEbmFtZRgBIAEoCRIOCgZiaW5hcnkYAiABKAkSDAoEYXJncxgDIAMoCRIyCgNlbnYYBCADKAsyJS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblNwZWMuRW52RW50cnkSDgoGc2hhMjU2GAUgASgJEg4KBmNvbmZpZxgGIAEoDBIwCg1zdGFydF90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjUKDWhlYWx0aF9wb2xpY3kYCCABKAsyHi5wbHVnaW5jb250cm9sLnYxLkhlYWx0aFBvbGljeRIuCgloYW5kc2hha2UYCSABKAsyGy5wbHVnaW5jb250cm9sLnYxLkhhbmRzaGFrZRIVCg1yZWFkeV9zZXJ2aWNlGAogASgJGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiWwoJSGFuZHNoYWtlEhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SGAoQbWFnaWNfY29va2llX2tleRgCIAEoCRIaChJtYWdpY19jb29raWVfdmFsdWUYAyABKAkijgUKDEhlYWx0aFBvbGljeRIXCg9wYW5pY190aHJlc2hvbGQYASABKA0SLwoMcGFuaWNfd2luZG93GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXJlc3RhcnRfbGltaXQYAyABKA0SMQoOcmVzdGFydF9wZXJpb2QYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMgoPYmFja29mZl9pbml0aWFsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2JhY2tvZmZfbWF4GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjsKEHVuaGVhbHRoeV9hY3Rpb24YByABKA4yIS5wbHVnaW5jb250cm9sLnYxLlVuaGVhbHRoeUFjdGlvbhI0ChFsaXZlbmVzc19pbnRlcnZhbBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIZChFsaXZlbmVzc19mYWlsdXJlcxgJIAEoDRIuCgZwYW5pY3MYCiABKAsyHi5wbHVnaW5jb250cm9sLnYxLkZhaWx1cmVMaW1pdBIvCgdjcmFzaGVzGAsgASgLMh4ucGx1Z2luY29udHJvbC52MS5GYWlsdXJlTGltaXQSLQoFaGFuZ3MYDCABKAsyHi5wbHVnaW5jb250cm9sLnYxLkZhaWx1cmVMaW1pdBIwCgh0aW1lb3V0cxgNIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuRmFpbHVyZUxpbWl0EjYKDnN0YXJ0X2ZhaWx1cmVzGA4gASgLMh4ucGx1Z2luY29udHJvbC52MS5GYWlsdXJlTGltaXQiTAoMRmFpbHVyZUxpbWl0EhEKCXRocmVzaG9sZBgBIAEoDRIpCgZ3aW5kb3cYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6QIKDFBsdWdpblN0YXR1cxIMCgRuYW1lGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKAQSLAoFc3RhdGUYAyABKA4yHS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblN0YXRlEgsKA3BpZBgEIAEoAxIOCgZiaW5hcnkYBSABKAkSDgoGc2hhMjU2GAYgASgJEg8KB3ZlcnNpb24YByABKAkSLgoKc3RhcnRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmVzdGFydHMYCSABKA0SEgoKbGFzdF9lcnJvchgKIAEoCRIqCgRzcGVjGAsgASgLMhwucGx1Z2luY29udHJvbC52MS5QbHVnaW5TcGVjEhMKC3BsdWdpbl9uYW1lGAwgASgJEhAKCGVuZHBvaW50GA0gASgJEhAKCHNlcnZpY2VzGA4gAygJEhAKCHByb3RvY29sGA8gASgJKqsBCgxGYWlsdXJlQ2xhc3MSHQoZRkFJTFVSRV9DTEFTU19VTlNQRUNJRklFRBAAEhcKE0ZBSUxVUkVfQ0xBU1NfUEFOSUMQARIXChNGQUlMVVJFX0NMQVNTX0NSQVNIEAISFgoSRkFJTFVSRV9DTEFTU19IQU5HEAMSGQoVRkFJTFVSRV9DTEFTU19USU1FT1VUEAQSFwoTRkFJTFVSRV9DTEFTU19TVEFSVBAFKocBCg9VbmhlYWx0aHlBY3Rpb24SIAocVU5IRUFMVEhZX0FDVElPTl9VTlNQRUNJRklFRBAAEhkKFVVOSEVBTFRIWV9BQ1RJT05fTk9ORRABEhwKGFVOSEVBTFRIWV9BQ1RJT05fUkVTVEFSVBACEhkKFVVOSEVBTFRIWV9BQ1RJT05fU1RPUBADKrEBCgtQbHVnaW5TdGF0ZRIcChhQTFVHSU5fU1RBVEVfVU5TUEVDSUZJRUQQABIZChVQTFVHSU5fU1RBVEVfU1RBUlRJTkcQARIYChRQTFVHSU5fU1RBVEVfU0VSVklORxACEhkKFVBMVUdJTl9TVEFURV9ERUdSQURFRBADEhoKFlBMVUdJTl9TVEFURV9VTkhFQUxUSFkQBBIYChRQTFVHSU5fU1RBVEVfU1RPUFBFRBAFQk1aS2dpdGh1Yi5jb20vcGx1Z2luY29udHJvbC9wbHVnaW5jb250cm9sL2dlbi9wbHVnaW5jb250cm9sL3YxO3BsdWdpbmNvbnRyb2x2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PluginSpec is the desired state of one plugin instance.
@@ -204,6 +204,65 @@ export type HealthPolicy = Message<"plugincontrol.v1.HealthPolicy"> & {
    * @generated from field: plugincontrol.v1.UnhealthyAction unhealthy_action = 7;
    */
   unhealthyAction: UnhealthyAction;
+
+  /**
+   * liveness_interval, when set, probes the serving generation that often
+   * between calls (native plugins: Ready; foreign ones: a grpc.health.v1 Check
+   * of ready_service), each probe bounded by the interval, never two at once.
+   * Unset or 0: off. At least 10ms.
+   *
+   * @generated from field: google.protobuf.Duration liveness_interval = 8;
+   */
+  livenessInterval?: Duration | undefined;
+
+  /**
+   * liveness_failures probes in a row that fail make one hang failure (class
+   * FAILURE_CLASS_HANG). 0 means the default, 3.
+   *
+   * @generated from field: uint32 liveness_failures = 9;
+   */
+  livenessFailures: number;
+
+  /**
+   * panics judges recovered panics on their own (per generation). Unset: counted,
+   * judged only by panic_threshold.
+   *
+   * @generated from field: plugincontrol.v1.FailureLimit panics = 10;
+   */
+  panics?: FailureLimit | undefined;
+
+  /**
+   * crashes judges unexpected exits (across generations): at the threshold the
+   * supervisor stops restarting. Unset: counted; restart_limit judges restarts.
+   *
+   * @generated from field: plugincontrol.v1.FailureLimit crashes = 11;
+   */
+  crashes?: FailureLimit | undefined;
+
+  /**
+   * hangs judges hang failures (per generation). Unset or threshold 0: 1, one
+   * hang makes the plugin UNHEALTHY.
+   *
+   * @generated from field: plugincontrol.v1.FailureLimit hangs = 12;
+   */
+  hangs?: FailureLimit | undefined;
+
+  /**
+   * timeouts judges calls that timed out inside the plugin (per generation).
+   * Unset: counted only.
+   *
+   * @generated from field: plugincontrol.v1.FailureLimit timeouts = 13;
+   */
+  timeouts?: FailureLimit | undefined;
+
+  /**
+   * start_failures judges supervisor restarts whose candidate failed (across
+   * generations): at the threshold the supervisor stops restarting. Unset:
+   * counted only.
+   *
+   * @generated from field: plugincontrol.v1.FailureLimit start_failures = 14;
+   */
+  startFailures?: FailureLimit | undefined;
 };
 
 /**
@@ -212,6 +271,36 @@ export type HealthPolicy = Message<"plugincontrol.v1.HealthPolicy"> & {
  */
 export const HealthPolicySchema: GenMessage<HealthPolicy> = /*@__PURE__*/
   messageDesc(file_plugincontrol_v1_spec, 2);
+
+/**
+ * FailureLimit judges one failure class: threshold failures within window make
+ * the plugin UNHEALTHY.
+ *
+ * @generated from message plugincontrol.v1.FailureLimit
+ */
+export type FailureLimit = Message<"plugincontrol.v1.FailureLimit"> & {
+  /**
+   * threshold failures within window make the plugin UNHEALTHY; 0: the class is
+   * counted, not judged (for hangs: the default, 1).
+   *
+   * @generated from field: uint32 threshold = 1;
+   */
+  threshold: number;
+
+  /**
+   * window is the sliding window. Unset means panic_window.
+   *
+   * @generated from field: google.protobuf.Duration window = 2;
+   */
+  window?: Duration | undefined;
+};
+
+/**
+ * Describes the message plugincontrol.v1.FailureLimit.
+ * Use `create(FailureLimitSchema)` to create a new message.
+ */
+export const FailureLimitSchema: GenMessage<FailureLimit> = /*@__PURE__*/
+  messageDesc(file_plugincontrol_v1_spec, 3);
 
 /**
  * PluginStatus is the observed state of one plugin instance.
@@ -340,7 +429,63 @@ export type PluginStatus = Message<"plugincontrol.v1.PluginStatus"> & {
  * Use `create(PluginStatusSchema)` to create a new message.
  */
 export const PluginStatusSchema: GenMessage<PluginStatus> = /*@__PURE__*/
-  messageDesc(file_plugincontrol_v1_spec, 3);
+  messageDesc(file_plugincontrol_v1_spec, 4);
+
+/**
+ * FailureClass is a kind of plugin failure, counted on its own.
+ *
+ * @generated from enum plugincontrol.v1.FailureClass
+ */
+export enum FailureClass {
+  /**
+   * FAILURE_CLASS_UNSPECIFIED is never reported.
+   *
+   * @generated from enum value: FAILURE_CLASS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * FAILURE_CLASS_PANIC: a handler panic the plugin SDK recovered.
+   *
+   * @generated from enum value: FAILURE_CLASS_PANIC = 1;
+   */
+  PANIC = 1,
+
+  /**
+   * FAILURE_CLASS_CRASH: an exit of the process plugind did not ask for (exit
+   * status, signal, OOM kill).
+   *
+   * @generated from enum value: FAILURE_CLASS_CRASH = 2;
+   */
+  CRASH = 2,
+
+  /**
+   * FAILURE_CLASS_HANG: liveness_failures liveness probes in a row failed.
+   *
+   * @generated from enum value: FAILURE_CLASS_HANG = 3;
+   */
+  HANG = 3,
+
+  /**
+   * FAILURE_CLASS_TIMEOUT: a call to the plugin timed out inside it.
+   *
+   * @generated from enum value: FAILURE_CLASS_TIMEOUT = 4;
+   */
+  TIMEOUT = 4,
+
+  /**
+   * FAILURE_CLASS_START: a supervisor restart whose candidate failed.
+   *
+   * @generated from enum value: FAILURE_CLASS_START = 5;
+   */
+  START = 5,
+}
+
+/**
+ * Describes the enum plugincontrol.v1.FailureClass.
+ */
+export const FailureClassSchema: GenEnum<FailureClass> = /*@__PURE__*/
+  enumDesc(file_plugincontrol_v1_spec, 0);
 
 /**
  * UnhealthyAction is what the daemon does when a plugin becomes UNHEALTHY.
@@ -381,7 +526,7 @@ export enum UnhealthyAction {
  * Describes the enum plugincontrol.v1.UnhealthyAction.
  */
 export const UnhealthyActionSchema: GenEnum<UnhealthyAction> = /*@__PURE__*/
-  enumDesc(file_plugincontrol_v1_spec, 0);
+  enumDesc(file_plugincontrol_v1_spec, 1);
 
 /**
  * PluginState is the health state of a plugin instance.
@@ -411,14 +556,15 @@ export enum PluginState {
   SERVING = 2,
 
   /**
-   * PLUGIN_STATE_DEGRADED: serving, with a panic or crash in the window.
+   * PLUGIN_STATE_DEGRADED: serving, with a failure (panic, hang, timeout) in
+   * the window.
    *
    * @generated from enum value: PLUGIN_STATE_DEGRADED = 3;
    */
   DEGRADED = 3,
 
   /**
-   * PLUGIN_STATE_UNHEALTHY: the panic threshold or restart limit was reached.
+   * PLUGIN_STATE_UNHEALTHY: a failure threshold or a restart limit was reached.
    *
    * @generated from enum value: PLUGIN_STATE_UNHEALTHY = 4;
    */
@@ -436,5 +582,5 @@ export enum PluginState {
  * Describes the enum plugincontrol.v1.PluginState.
  */
 export const PluginStateSchema: GenEnum<PluginState> = /*@__PURE__*/
-  enumDesc(file_plugincontrol_v1_spec, 1);
+  enumDesc(file_plugincontrol_v1_spec, 2);
 

@@ -1,0 +1,214 @@
+package manager
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// BakeResult says how a bake went.
+type BakeResult int
+
+// Bake results, numbered as plugincontrol.v1.BakeResult.
+const (
+	BakeUnknown BakeResult = iota
+	// BakeBaking: the new generation serves on trial; the previous
+	// generation's process is kept warm.
+	BakeBaking
+	// BakeKept: the bake period passed; the previous process was stopped.
+	BakeKept
+	// BakeReverted: the new generation became UNHEALTHY (or crashed)
+	// during the bake; the previous process serves again, as a new
+	// generation.
+	BakeReverted
+	// BakeCancelled: the bake ended early (another Reload, an Unload, the
+	// daemon's shutdown, or the warm process exited).
+	BakeCancelled
+)
+
+var bakeResultNames = [...]string{"UNKNOWN", "BAKING", "KEPT", "REVERTED", "CANCELLED"}
+
+func (r BakeResult) String() string {
+	if r < 0 || int(r) >= len(bakeResultNames) {
+		return "UNKNOWN"
+	}
+	return bakeResultNames[r]
+}
+
+// BakeStatus describes the current or last bake of a plugin.
+type BakeStatus struct {
+	// Generation is the generation on trial.
+	Generation uint64
+	// PreviousGeneration is the generation whose process is kept warm.
+	PreviousGeneration uint64
+	// Until is when the bake ends if nothing goes wrong.
+	Until time.Time
+	// Result says how it went.
+	Result BakeResult
+	// Reason says why it was reverted or cancelled.
+	Reason string
+	// RevertedTo is the generation the previous process serves as after a
+	// revert (generations only rise).
+	RevertedTo uint64
+}
+
+// bake is a reload's trial period (entry.bake, guarded by the entry's mu).
+type bake struct {
+	BakeStatus
+	prev           *instance // the previous generation's process; nil once stopped or revived
+	prevSpec       Spec
+	prevPluginName string
+	timer          *time.Timer
+}
+
+func (b *bake) status() BakeStatus { return b.BakeStatus }
+
+// startBake begins the bake of generation inst after a swap from old: old
+// admits no new calls (those in flight finish on it) but its process stays
+// up until the bake ends. The caller holds e's operation lock.
+func (m *Manager) startBake(e *entry, inst, old *instance, prevSpec Spec, prevName string, d time.Duration) {
+	old.hold()
+	gen := inst.generation()
+	b := &bake{
+		BakeStatus: BakeStatus{Generation: gen, PreviousGeneration: old.generation(), Until: time.Now().Add(d), Result: BakeBaking},
+		prev:       old, prevSpec: prevSpec, prevPluginName: prevName,
+	}
+	e.mu.Lock()
+	e.bake = b
+	b.timer = time.AfterFunc(d, func() { m.startBackground(func() { m.endBake(e, gen) }) })
+	_ = m.transitionLocked(e, evUpdated, "")
+	e.mu.Unlock()
+	m.log.Info("bake started", slog.String("plugin", e.name), slog.Uint64("generation", gen),
+		slog.Uint64("previous_generation", old.generation()), slog.Duration("bake", d))
+}
+
+// endBake ends a clean bake of generation gen: the previous process is
+// stopped (after the calls it still had finish, up to the drain timeout).
+func (m *Manager) endBake(e *entry, gen uint64) {
+	if err := e.lock(m.ctx); err != nil {
+		return
+	}
+	defer e.unlock()
+	e.mu.Lock()
+	b := e.bake
+	if b == nil || b.Result != BakeBaking || b.Generation != gen {
+		e.mu.Unlock()
+		return
+	}
+	prev := b.prev
+	b.prev, b.Result = nil, BakeKept
+	_ = m.transitionLocked(e, evUpdated, "")
+	e.mu.Unlock()
+	m.log.Info("bake passed: previous generation stopped", slog.String("plugin", e.name), slog.Uint64("generation", gen))
+	if prev != nil {
+		prev.drain(m.cfg.DrainTimeout)
+		prev.stop()
+	}
+}
+
+// cancelBake ends e's bake, if one runs, stopping the warm process: another
+// Reload, an Unload or the shutdown moves on from it. The caller holds e's
+// operation lock; the process is stopped before cancelBake returns.
+func (m *Manager) cancelBake(e *entry, why string) {
+	e.mu.Lock()
+	b := e.bake
+	if b == nil || b.Result != BakeBaking {
+		e.mu.Unlock()
+		return
+	}
+	prev := b.prev
+	b.prev, b.Result, b.Reason = nil, BakeCancelled, why
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	if !e.removed {
+		_ = m.transitionLocked(e, evUpdated, "")
+	}
+	e.mu.Unlock()
+	if prev != nil {
+		prev.drain(m.cfg.DrainTimeout)
+		prev.stop()
+	}
+}
+
+// bakePrevExited ends the bake when inst, the process it keeps warm, died:
+// there is nothing to revert to any more. It reports whether inst was that
+// process.
+func (m *Manager) bakePrevExited(e *entry, inst *instance, reason string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	b := e.bake
+	if b == nil || b.Result != BakeBaking || b.prev != inst {
+		return false
+	}
+	b.prev, b.Result, b.Reason = nil, BakeCancelled, "the previous generation's process exited during the bake ("+reason+"): there is nothing to revert to"
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	_ = m.transitionLocked(e, evUpdated, "")
+	return true
+}
+
+// revert makes the process the bake kept warm the active generation again
+// (as a new generation: generations only rise) because generation gen, on
+// trial, became UNHEALTHY or crashed. The previous spec is persisted, with
+// a "revert" audit record in the same transaction, before the swap; then
+// the failed generation is drained and stopped. Calls never fail for it:
+// new calls go to the revived process from the swap on, and calls in flight
+// on the failed generation finish there (or fail with it, as it fails).
+func (m *Manager) revert(e *entry, gen uint64, why string) {
+	if err := e.lock(m.ctx); err != nil {
+		return
+	}
+	defer e.unlock()
+	e.mu.Lock()
+	b := e.bake
+	if b == nil || b.Result != BakeBaking || b.Generation != gen || b.prev == nil || e.generation != gen {
+		e.mu.Unlock()
+		return
+	}
+	prev, newGen := b.prev, gen+1
+	rec := PluginRecord{Spec: b.prevSpec.clone(), Generation: newGen, PluginName: b.prevPluginName}
+	e.mu.Unlock()
+
+	reason := fmt.Sprintf("generation %d failed during its bake (%s): reverted to the previous generation's process (pid %d), now generation %d",
+		gen, why, prev.pid, newGen)
+	audited, err := m.persist(rec, auditRecord(m.ctx, "revert", e.name, gen, newGen, prev, rec.Spec, nil))
+	if err != nil {
+		err = fmt.Errorf("plugin %q: persisting the revert: %w", e.name, err)
+		m.log.Error("revert not possible: the desired state cannot be written; the bake is cancelled", slog.String("plugin", e.name), slog.String("error", err.Error()))
+		m.audit(m.ctx, "revert", e.name, gen, gen, prev, rec.Spec, err)
+		e.mu.Lock()
+		e.lastError = err.Error()
+		e.mu.Unlock()
+		m.cancelBake(e, err.Error())
+		return
+	}
+	if !audited {
+		m.audit(m.ctx, "revert", e.name, gen, newGen, prev, rec.Spec, nil)
+	}
+	if !prev.revive(newGen) {
+		m.log.Error("revert not possible: the previous process is stopping", slog.String("plugin", e.name))
+		return
+	}
+	failed := e.active.Load()
+	e.mu.Lock()
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	b.prev, b.Result, b.Reason, b.RevertedTo = nil, BakeReverted, why, newGen
+	e.generation = newGen
+	e.spec = rec.Spec
+	e.pluginName = rec.PluginName
+	e.lastError = reason
+	e.faults.reset(newGen)
+	e.active.Store(prev)
+	_ = m.transitionLocked(e, evActivated, "")
+	e.mu.Unlock()
+	m.log.Warn("plugin reverted", slog.String("plugin", e.name), slog.Uint64("failed_generation", gen),
+		slog.Uint64("generation", newGen), slog.Int("pid", prev.pid), slog.String("reason", why))
+	if failed != nil && failed != prev {
+		failed.drain(m.cfg.DrainTimeout)
+		failed.stop()
+	}
+}
