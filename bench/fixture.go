@@ -39,18 +39,19 @@ import (
 // Measured calls use a plain gRPC connection configured like package
 // client's (the same as the references use); sdk is package client itself.
 type daemon struct {
-	env  *env
-	eps  *endpoint.Server
-	m    *manager.Manager
-	srv  *server.Server
-	st   *store.DB
-	dir  string
-	sock string
-	done chan struct{}
-	conn *grpc.ClientConn
-	ctl  pb.PluginControlServiceClient
-	gw   pb.PluginGatewayServiceClient
-	sdk  *client.Client
+	env     *env
+	keepDir bool // close leaves dir (restoreFrom reuses it)
+	eps     *endpoint.Server
+	m       *manager.Manager
+	srv     *server.Server
+	st      *store.DB
+	dir     string
+	sock    string
+	done    chan struct{}
+	conn    *grpc.ClientConn
+	ctl     pb.PluginControlServiceClient
+	gw      pb.PluginGatewayServiceClient
+	sdk     *client.Client
 }
 
 func startDaemon(e *env, tweaks ...func(*manager.Config)) (*daemon, error) {
@@ -59,7 +60,7 @@ func startDaemon(e *env, tweaks ...func(*manager.Config)) (*daemon, error) {
 		return nil, err
 	}
 	d := &daemon{env: e, dir: dir, sock: filepath.Join(dir, "plugind.sock"), done: make(chan struct{})}
-	d.st, err = store.Open(dir, 2*time.Second)
+	d.st, err = store.Open(dir, store.Options{})
 	if err != nil {
 		return nil, err
 	}
@@ -147,8 +148,11 @@ func (d *daemon) close() {
 	}
 	if d.st != nil {
 		_ = d.st.Close()
+		d.st = nil
 	}
-	_ = os.RemoveAll(d.dir)
+	if !d.keepDir {
+		_ = os.RemoveAll(d.dir)
+	}
 }
 
 // rawPlugin is the reference: the echo binary launched by go-plugin from

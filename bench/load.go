@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/store"
 )
 
 // runLoad loads N echo instances in parallel through the API of a fresh
@@ -18,13 +23,14 @@ func runLoad(e *env) ([]row, error) {
 	if e.short {
 		rounds, healthCalls = 2, 50
 	}
-	var dl, rl []float64
+	var dl, rl, restores []float64
 	var hl dist
 	daemonRound := func() error {
 		d, err := startDaemon(e)
 		if err != nil {
 			return err
 		}
+		defer func() { _ = os.RemoveAll(d.dir) }()
 		defer d.close()
 		took, err := loadMany(d, n)
 		if err != nil {
@@ -49,6 +55,12 @@ func runLoad(e *env) ([]row, error) {
 			}
 			hl = append(hl, el)
 		}
+		// Restore: the same N from the store, as plugind does at start.
+		took, err = restoreFrom(e, d)
+		if err != nil {
+			return err
+		}
+		restores = append(restores, float64(took))
 		return nil
 	}
 	rawRound := func() error {
@@ -107,9 +119,42 @@ func runLoad(e *env) ([]row, error) {
 			ratio: r, target: "≤ 1.3", ok: okIf(r <= 1.3),
 		},
 		{
+			scenario: fmt.Sprintf("restore %d plugins from the store", n), measure: fmt.Sprintf("time until all serve, median of %d", rounds),
+			plugind: fmtDur(time.Duration(medianF(restores))), ref: "the load of the same " + fmtDur(time.Duration(medianF(dl))),
+			ratio: ratio(medianF(restores), medianF(dl)),
+		},
+		{
 			scenario: fmt.Sprintf("Health of all %d, 1 caller", n), measure: fmt.Sprintf("latency p50 / p99, n=%d", len(hl)),
 			plugind: fmtDur(hl.p50()) + " / " + fmtDur(hl.p99()), ref: "—",
 			target: "p50 ≤ 250 µs", ok: okIf(hl.p50() <= 250*time.Microsecond),
 		},
 	}, nil
+}
+
+// restoreFrom stops d, keeping its state directory, then times a new
+// manager on the same store restoring every plugin.
+func restoreFrom(e *env, d *daemon) (time.Duration, error) {
+	d.keepDir = true
+	d.close()
+	st, err := store.Open(d.dir, store.Options{})
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	m, err := manager.New(manager.Config{PluginDir: e.pluginDir, SocketDir: filepath.Join(d.dir, "sockets"), Logger: e.log, Store: st})
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = m.Close(context.Background()) }()
+	t0 := time.Now()
+	if err := m.Restore(context.Background()); err != nil {
+		return 0, err
+	}
+	took := time.Since(t0)
+	for _, s := range m.List() {
+		if s.State != manager.StateServing {
+			return 0, fmt.Errorf("restored %s: %s (%s)", s.Name, s.State, s.LastError)
+		}
+	}
+	return took, nil
 }

@@ -186,7 +186,7 @@ func passthroughChurn(e *env, d *daemon, conn *grpc.ClientConn) ([]row, error) {
 	r := row{
 		scenario: fmt.Sprintf("passthrough during %d reloads", len(reloads)), measure: "failed calls (4 unary callers + 1 bidi stream at a time)",
 		plugind: fmt.Sprintf("%d of %d calls, %d of %d streams (%d messages)", during.failed, during.failed+during.calls, b2i(chatErr != nil), streams, chats),
-		ref: "—", target: "0", ok: okIf(failed == 0),
+		ref:     "—", target: "0", ok: okIf(failed == 0),
 		note: "reload p50 " + fmtDur(reloads.p50()),
 	}
 	if failed > 0 {

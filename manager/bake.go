@@ -168,24 +168,19 @@ func (m *Manager) revert(e *entry, gen uint64, why string) {
 		return
 	}
 	prev, newGen := b.prev, gen+1
-	rec := PluginRecord{Spec: b.prevSpec.clone(), Generation: newGen, PluginName: b.prevPluginName}
+	rec := PluginRecord{Name: e.name, Spec: b.prevSpec.clone(), Generation: newGen, PluginName: b.prevPluginName}
 	e.mu.Unlock()
 
 	reason := fmt.Sprintf("generation %d failed during its bake (%s): reverted to the previous generation's process (pid %d), now generation %d",
 		gen, why, prev.pid, newGen)
-	audited, err := m.persist(rec, auditRecord(m.ctx, "revert", e.name, gen, newGen, prev, rec.Spec, nil))
-	if err != nil {
-		err = fmt.Errorf("plugin %q: persisting the revert: %w", e.name, err)
-		m.log.Error("revert not possible: the desired state cannot be written; the bake is cancelled", slog.String("plugin", e.name), slog.String("error", err.Error()))
-		m.audit(m.ctx, "revert", e.name, gen, gen, prev, rec.Spec, err)
+	if err := m.commit("the revert of "+e.name, Change{Put: &rec, Audit: auditRecord(m.ctx, "revert", e.name, gen, newGen, prev, rec.Spec, nil)}); err != nil {
+		m.log.Error("revert not possible: it cannot be recorded; the bake is cancelled", slog.String("plugin", e.name), slog.String("error", err.Error()))
+		m.auditFailure(m.ctx, "revert", e.name, gen, prev, rec.Spec, err)
 		e.mu.Lock()
 		e.lastError = err.Error()
 		e.mu.Unlock()
 		m.cancelBake(e, err.Error())
 		return
-	}
-	if !audited {
-		m.audit(m.ctx, "revert", e.name, gen, newGen, prev, rec.Spec, nil)
 	}
 	if !prev.revive(newGen) {
 		m.log.Error("revert not possible: the previous process is stopping", slog.String("plugin", e.name))

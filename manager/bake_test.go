@@ -32,11 +32,11 @@ func waitBake(t *testing.T, m *manager.Manager, name string, gen uint64, d time.
 // lastAudit returns the newest audit record of name.
 func lastAudit(t *testing.T, m *manager.Manager, name string) manager.AuditRecord {
 	t.Helper()
-	recs, err := m.Audit(name, 0, 1)
-	if err != nil || len(recs) != 1 {
-		t.Fatalf("audit: %v %v", recs, err)
+	page, err := m.Audit(name, 0, 1)
+	if err != nil || len(page.Records) != 1 {
+		t.Fatalf("audit: %v %v", page, err)
 	}
-	return recs[0]
+	return page.Records[0]
 }
 
 // A new generation that panics on 2 calls during its bake is reverted to

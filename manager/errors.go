@@ -16,6 +16,9 @@ var (
 	ErrUnavailable = errors.New("plugin unavailable")
 	// ErrClosed: the manager is shut down.
 	ErrClosed = errors.New("manager closed")
+	// ErrUnreadable: a Reload of a plugin whose stored record could not be
+	// read (Load a spec over it, or Unload it).
+	ErrUnreadable = errors.New("stored record unreadable")
 	// ErrNotNative: Invoke on a plugin that does not speak the native
 	// contract (a foreign gRPC plugin or an embedder's protocol); call
 	// its own API through a Lease or its endpoint instead.

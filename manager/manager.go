@@ -115,6 +115,7 @@ type entry struct {
 	endpoint    string // address of the plugin's own API ("" without Endpoints)
 	restarts    int
 	removed     bool // unloaded, or a failed first Load
+	unreadable  bool // restored from a stored record that could not be read: no spec
 	revision    uint64
 	faults      tracker     // failure windows and lifetime counts, per class
 	restartLog  []time.Time // supervisor restarts within the restart period

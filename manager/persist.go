@@ -10,15 +10,26 @@ import (
 
 // recordLocked builds the durable record of e; e.mu is held.
 func (e *entry) recordLocked() PluginRecord {
-	return PluginRecord{Spec: e.spec.clone(), Generation: e.generation, PluginName: e.pluginName}
+	return PluginRecord{Name: e.name, Spec: e.spec.clone(), Generation: e.generation, PluginName: e.pluginName}
 }
 
-// audit appends one audit record; a failure is logged (the mutation it
-// describes has already happened or failed on its own).
-func (m *Manager) audit(ctx context.Context, action, plugin string, oldGen, newGen uint64, inst *instance, spec Spec, err error) {
-	r := auditRecord(ctx, action, plugin, oldGen, newGen, inst, spec, err)
-	if aerr := m.store.AppendAudit(r); aerr != nil {
-		m.log.Error("audit record lost", slog.String("plugin", plugin), slog.String("action", action), slog.String("error", aerr.Error()))
+// commit makes c durable: the one way the manager changes the store. A
+// failure is a *StoreError naming op; nothing was changed.
+func (m *Manager) commit(op string, c Change) error {
+	if err := m.store.Commit(c); err != nil {
+		return &StoreError{Op: op, Err: err}
+	}
+	return nil
+}
+
+// auditFailure records an attempt that changed nothing (a candidate that
+// failed, an operation refused). The attempt has already failed on its own:
+// when the record cannot be written either, that is logged, loudly.
+func (m *Manager) auditFailure(ctx context.Context, action, plugin string, gen uint64, inst *instance, spec Spec, err error) {
+	r := auditRecord(ctx, action, plugin, gen, gen, inst, spec, err)
+	if cerr := m.commit(action+" (failed) of "+plugin, Change{Audit: r}); cerr != nil {
+		m.log.Error("audit record lost", slog.String("plugin", plugin), slog.String("action", action),
+			slog.String("outcome", "failed"), slog.String("error", cerr.Error()))
 	}
 }
 
@@ -44,37 +55,34 @@ func auditRecord(ctx context.Context, action, plugin string, oldGen, newGen uint
 	return r
 }
 
-// persist records rec durably before a mutation is acknowledged, with the
-// audit record of its success in the same transaction when the store can
-// (audited reports that it did; otherwise the caller audits on its own).
-func (m *Manager) persist(rec PluginRecord, ok *AuditRecord) (audited bool, err error) {
-	if as, yes := m.store.(AuditedStore); yes {
-		return true, as.PutPluginAudited(rec, ok)
-	}
-	return false, m.store.PutPlugin(rec)
-}
-
-// Audit returns audit records newest first: of plugin name (all when
-// empty), older than sequence before (0: from the newest), at most limit
-// (0: 100; capped at 10000).
-func (m *Manager) Audit(name string, before uint64, limit int) ([]AuditRecord, error) {
+// Audit returns a page of the audit log, newest first: records of plugin
+// name (all when empty), older than sequence before (0: from the newest),
+// at most limit (0: 100; capped at 10000).
+func (m *Manager) Audit(name string, before uint64, limit int) (AuditPage, error) {
 	if name != "" {
 		if err := ValidateName(name); err != nil {
-			return nil, err
+			return AuditPage{}, err
 		}
 	}
 	if limit <= 0 {
 		limit = 100
 	}
 	limit = min(limit, 10000)
-	return m.store.Audit(name, before, limit)
+	p, err := m.store.Audit(AuditQuery{Plugin: name, Before: before, Limit: limit})
+	if err != nil {
+		return AuditPage{}, fmt.Errorf("reading the audit log: %w", err)
+	}
+	return p, nil
 }
 
 // Restore relaunches every plugin of the store through the candidate
 // pipeline, in parallel, continuing their generations upward. A plugin that
 // fails to come back stays registered as UNHEALTHY with the reason (an
 // operator Reload retries it); one the supervisor had given up on stays
-// UNHEALTHY without a launch. Restore returns when every launch is decided.
+// UNHEALTHY without a launch; one whose stored record cannot be read (or
+// holds a spec this daemon refuses) is listed UNHEALTHY with the reason,
+// kept on disk, until an operator unloads it or loads a spec over it.
+// Restore returns when every launch is decided.
 func (m *Manager) Restore(ctx context.Context) error {
 	recs, err := m.store.Plugins()
 	if err != nil {
@@ -82,14 +90,23 @@ func (m *Manager) Restore(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	for _, r := range recs {
-		if err := r.Spec.Validate(); err != nil {
-			m.log.Error("stored spec is invalid; skipped", slog.String("plugin", r.Spec.Name), slog.String("error", err.Error()))
-			continue
+		if r.Unreadable == "" {
+			if verr := r.Spec.Validate(); verr != nil {
+				r.Unreadable = "stored spec is invalid: " + verr.Error()
+			}
 		}
-		if f := m.cfg.RestoreProtocol; f != nil {
+		name := r.Name
+		if name == "" {
+			name = r.Spec.Name
+		}
+		if f := m.cfg.RestoreProtocol; f != nil && r.Unreadable == "" {
 			r.Spec.Protocol = f(r.Spec)
 		}
-		e := &entry{name: r.Spec.Name, op: make(chan struct{}, 1), spec: r.Spec.clone(), generation: r.Generation, pluginName: r.PluginName}
+		e := &entry{name: name, op: make(chan struct{}, 1), spec: r.Spec.clone(), generation: r.Generation, pluginName: r.PluginName}
+		if r.Unreadable != "" {
+			e.spec = Spec{Name: name}
+			e.unreadable = true
+		}
 		m.mu.Lock()
 		if m.closed {
 			m.mu.Unlock()
@@ -102,6 +119,16 @@ func (m *Manager) Restore(ctx context.Context) error {
 		m.plugins[e.name] = e
 		_ = m.transition(e, evLaunch, "restoring after daemon start")
 		m.mu.Unlock()
+		if r.Unreadable != "" {
+			why := "stored record unreadable: " + r.Unreadable
+			m.log.Error("plugin not restored", slog.String("plugin", name), slog.String("reason", why))
+			m.auditFailure(ctx, "restore", name, r.Generation, nil, e.spec, fmt.Errorf("%s", why))
+			e.mu.Lock()
+			e.lastError = why
+			_ = m.transitionLocked(e, evGaveUp, why)
+			e.mu.Unlock()
+			continue
+		}
 		if err := m.openEndpoint(e); err != nil {
 			// The plugin is restored without its endpoint; say why.
 			m.log.Error("endpoint not served", slog.String("plugin", e.name), slog.String("error", err.Error()))
@@ -121,34 +148,39 @@ func (m *Manager) Restore(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			defer e.unlock()
-			inst, _, err := m.launch(ctx, candidate{action: "restore", spec: e.spec, gen: r.Generation + 1, expectName: r.PluginName})
-			if err == nil {
-				e.mu.Lock()
-				rec := e.recordLocked()
-				e.mu.Unlock()
-				rec.Generation = inst.generation()
-				if perr := m.store.PutPlugin(rec); perr != nil {
-					inst.stop()
-					err = fmt.Errorf("persisting desired state: %w", perr)
-				} else if !m.activate(e, inst, true) {
-					inst.stop()
-					err = ErrClosed
-				}
-			}
-			m.audit(ctx, "restore", e.name, r.Generation, r.Generation+uint64(b2i(err == nil)), inst, e.spec, err)
-			if err != nil {
-				why := "restore failed: " + err.Error()
-				e.mu.Lock()
-				e.lastError = why
-				_ = m.transitionLocked(e, evGaveUp, why)
-				e.mu.Unlock()
-				return
-			}
-			m.log.Info("plugin restored", slog.String("plugin", e.name), slog.Uint64("generation", inst.generation()), slog.Int("pid", inst.pid))
+			m.restoreOne(ctx, e, r)
 		}()
 	}
 	wg.Wait()
 	return nil
+}
+
+// restoreOne relaunches one stored plugin; the caller holds e's operation
+// lock.
+func (m *Manager) restoreOne(ctx context.Context, e *entry, r PluginRecord) {
+	inst, _, err := m.launch(ctx, candidate{action: "restore", spec: e.spec, gen: r.Generation + 1, expectName: r.PluginName})
+	if err != nil {
+		m.auditFailure(ctx, "restore", e.name, r.Generation, nil, e.spec, err)
+	} else {
+		rec := PluginRecord{Name: e.name, Spec: e.spec.clone(), Generation: inst.generation(), PluginName: inst.pluginName}
+		err = m.commit("the restore of "+e.name, Change{Put: &rec, Audit: auditRecord(ctx, "restore", e.name, r.Generation, inst.generation(), inst, e.spec, nil)})
+		switch {
+		case err != nil:
+			inst.stop()
+		case !m.activate(e, inst, true):
+			inst.stop()
+			err = ErrClosed
+		}
+	}
+	if err != nil {
+		why := "restore failed: " + err.Error()
+		e.mu.Lock()
+		e.lastError = why
+		_ = m.transitionLocked(e, evGaveUp, why)
+		e.mu.Unlock()
+		return
+	}
+	m.log.Info("plugin restored", slog.String("plugin", e.name), slog.Uint64("generation", inst.generation()), slog.Int("pid", inst.pid))
 }
 
 func b2i(b bool) int {

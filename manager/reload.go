@@ -25,56 +25,50 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 	e.op <- struct{}{} // held until the launch is decided
 	defer e.unlock()
 
-	m.mu.Lock()
-	if m.closed {
-		m.mu.Unlock()
-		return nil, ErrClosed
+	replaced, err := m.register(ctx, e)
+	if err != nil {
+		return nil, err
 	}
-	if _, ok := m.plugins[spec.Name]; ok {
-		m.mu.Unlock()
-		return nil, fmt.Errorf("plugin %q: %w", spec.Name, ErrAlreadyExists)
-	}
-	if len(m.plugins) >= m.cfg.MaxPlugins {
-		m.mu.Unlock()
-		return nil, &LimitError{Limit: "max_plugins", Value: m.cfg.MaxPlugins}
-	}
-	m.plugins[spec.Name] = e
-	_ = m.transition(e, evLaunch, "loading")
-	m.mu.Unlock()
 
 	var (
 		inst *instance
 		rep  *Report
 	)
-	err := m.openEndpoint(e)
+	err = m.openEndpoint(e)
 	if err == nil {
 		inst, rep, err = m.launch(ctx, candidate{action: "load", spec: spec, gen: 1})
 	}
-	audited := false
+	committed := false
 	if err == nil {
-		// Persisted before it is acknowledged (and before it serves),
-		// with its audit record when the store can do both at once.
-		var perr error
-		audited, perr = m.persist(PluginRecord{Spec: spec, Generation: 1, PluginName: inst.pluginName},
-			auditRecord(ctx, "load", spec.Name, 0, 1, inst, spec, nil))
-		if perr != nil {
-			audited = false
+		// Recorded, with its audit record, before it is acknowledged (and
+		// before it serves).
+		rec := PluginRecord{Name: spec.Name, Spec: spec, Generation: 1, PluginName: inst.pluginName}
+		err = m.commit("the load of "+spec.Name, Change{Put: &rec, Audit: auditRecord(ctx, "load", spec.Name, 0, 1, inst, spec, nil)})
+		committed = err == nil
+		switch {
+		case err != nil:
 			inst.stop()
-			err = fmt.Errorf("plugin %q: persisting desired state: %w", spec.Name, perr)
-		} else if !m.activate(e, inst, true) {
-			audited = false // the record said ok: say what happened after it
+		case !m.activate(e, inst, true):
+			// The daemon shuts down under the load: take the record back
+			// (the caller is told it failed).
 			inst.stop()
-			_ = m.store.DeletePlugin(spec.Name)
 			err = ErrClosed
+			if cerr := m.commit("the undone load of "+spec.Name, Change{Delete: spec.Name, Audit: auditRecord(ctx, "load", spec.Name, 1, 0, inst, spec, err)}); cerr != nil {
+				m.log.Error("a load undone by the shutdown stays recorded", slog.String("plugin", spec.Name), slog.String("error", cerr.Error()))
+			}
 		}
 	}
-	if !audited {
-		m.audit(ctx, "load", spec.Name, 0, uint64(b2i(err == nil)), inst, spec, err)
+	if err != nil && !committed {
+		m.auditFailure(ctx, "load", spec.Name, 0, inst, spec, err)
 	}
 	if err != nil {
 		m.mu.Lock()
 		if m.plugins[spec.Name] == e {
 			delete(m.plugins, spec.Name)
+			if replaced != nil {
+				// The unreadable record it was to replace is still there.
+				m.plugins[spec.Name] = replaced
+			}
 		}
 		m.mu.Unlock()
 		e.mu.Lock()
@@ -88,6 +82,48 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 	m.log.Info("plugin loaded", slog.String("plugin", spec.Name), slog.Uint64("generation", 1),
 		slog.Int("pid", inst.pid), slog.Duration("took", rep.Total))
 	return &LoadResult{Status: e.status(), Report: rep}, nil
+}
+
+// register puts e, a plugin being loaded, in the registry, in STARTING. A
+// plugin of that name is ErrAlreadyExists, unless it is one restored from
+// an unreadable record: Load may replace that one, which register returns
+// (to be put back if the load fails).
+func (m *Manager) register(ctx context.Context, e *entry) (replaced *entry, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for {
+		if m.closed {
+			return nil, ErrClosed
+		}
+		old, ok := m.plugins[e.name]
+		if !ok {
+			break
+		}
+		old.mu.Lock()
+		unreadable, removed := old.unreadable, old.removed
+		old.mu.Unlock()
+		if !unreadable || removed {
+			return nil, fmt.Errorf("plugin %q: %w", e.name, ErrAlreadyExists)
+		}
+		// Wait for an operation on it (an Unload) without holding m.mu.
+		m.mu.Unlock()
+		err := old.lock(ctx)
+		m.mu.Lock()
+		if err != nil {
+			return nil, err
+		}
+		if m.plugins[e.name] == old {
+			delete(m.plugins, e.name)
+			replaced = old
+		}
+		old.unlock()
+	}
+	if len(m.plugins) >= m.cfg.MaxPlugins {
+		return nil, &LimitError{Limit: "max_plugins", Value: m.cfg.MaxPlugins}
+	}
+	m.plugins[e.name] = e
+	_ = m.transition(e, evLaunch, "loading")
+	return replaced, nil
 }
 
 // activate makes inst the active generation of e, with fresh failure
@@ -182,10 +218,13 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 	defer e.unlock()
 
 	e.mu.Lock()
-	removed, activeGen, spec, expect := e.removed, e.generation, e.spec, e.pluginName
+	removed, unreadable, activeGen, spec, expect := e.removed, e.unreadable, e.generation, e.spec, e.pluginName
 	e.mu.Unlock()
 	if removed {
 		return nil, fmt.Errorf("plugin %q: %w", req.Name, ErrNotFound)
+	}
+	if unreadable {
+		return nil, fmt.Errorf("plugin %q: its stored record could not be read, so there is no spec to reload: Load a spec over it, or Unload it: %w", req.Name, ErrUnreadable)
 	}
 	if req.ExpectedGeneration != 0 && req.ExpectedGeneration != activeGen {
 		return nil, &GenerationMismatchError{Plugin: req.Name, Expected: req.ExpectedGeneration, Active: activeGen}
@@ -207,39 +246,37 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 		e.mu.Lock()
 		e.lastError = err.Error()
 		e.mu.Unlock()
-		m.audit(ctx, action, req.Name, activeGen, activeGen, nil, spec, err)
+		m.auditFailure(ctx, action, req.Name, activeGen, nil, spec, err)
 		return nil, err
 	}
 	if req.ValidateOnly {
 		inst.stop()
-		m.audit(ctx, action, req.Name, activeGen, activeGen, inst, spec, nil)
+		// A dry run changes nothing, but it ran a binary: it is audited,
+		// and refused when it cannot be.
+		if err := m.commit("the dry run of "+req.Name, Change{Audit: auditRecord(ctx, action, req.Name, activeGen, activeGen, inst, spec, nil)}); err != nil {
+			return nil, err
+		}
 		return &ReloadResult{Status: e.status(), PreviousGeneration: activeGen, Report: rep}, nil
 	}
-	// Persisted before the swap: if the daemon dies right after, the
-	// restore relaunches what this call was about to acknowledge.
-	// The audit record of the swap goes in the same transaction when the
-	// store can do both at once (one fsync).
+	// Recorded, with its audit record, before the swap: if the daemon dies
+	// right after, the restore relaunches what this call was about to
+	// acknowledge.
 	gen := inst.generation()
-	audited, perr := m.persist(PluginRecord{Spec: spec, Generation: gen, PluginName: inst.pluginName},
-		auditRecord(ctx, action, req.Name, activeGen, gen, inst, spec, nil))
-	if perr != nil {
+	rec := PluginRecord{Name: req.Name, Spec: spec, Generation: gen, PluginName: inst.pluginName}
+	if err := m.commit("the reload of "+req.Name, Change{Put: &rec, Audit: auditRecord(ctx, action, req.Name, activeGen, gen, inst, spec, nil)}); err != nil {
 		inst.stop()
-		err := fmt.Errorf("plugin %q: persisting desired state: %w", req.Name, perr)
-		m.audit(ctx, action, req.Name, activeGen, activeGen, inst, spec, err)
+		m.auditFailure(ctx, action, req.Name, activeGen, inst, spec, err)
 		return nil, err
 	}
 
 	// 6. swap
 	start := time.Now()
 	if !m.activate(e, inst, true) {
+		// The daemon shuts down under the reload: the record stays (a
+		// restart restores the new spec, which was about to be
+		// acknowledged); the caller is told it failed.
 		inst.stop()
-		if audited {
-			m.audit(ctx, action, req.Name, activeGen, activeGen, inst, spec, ErrClosed)
-		}
 		return nil, ErrClosed
-	}
-	if !audited {
-		m.audit(ctx, action, req.Name, activeGen, gen, inst, spec, nil)
 	}
 	rep.Stages = append(rep.Stages, StageTiming{Stage: StageSwap, Duration: time.Since(start)})
 
@@ -303,10 +340,10 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	if removed {
 		return Status{}, fmt.Errorf("plugin %q: %w", name, ErrNotFound)
 	}
-	if err := m.store.DeletePlugin(name); err != nil {
-		err = fmt.Errorf("plugin %q: persisting desired state: %w", name, err)
-		st := e.status()
-		m.audit(ctx, "unload", name, st.Generation, st.Generation, nil, st.Spec, err)
+	st := e.status()
+	if err := m.commit("the unload of "+name, Change{Delete: name, Audit: auditRecord(ctx, "unload", name, st.Generation, st.Generation, nil, st.Spec, nil)}); err != nil {
+		// Nothing is done: the plugin keeps running, as recorded.
+		m.auditFailure(ctx, "unload", name, st.Generation, nil, st.Spec, err)
 		return Status{}, err
 	}
 	e.mu.Lock()
@@ -318,7 +355,6 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	}
 	m.mu.Unlock()
 
-	st := e.status()
 	m.cancelBake(e, "the plugin was unloaded")
 	inst := e.active.Swap(nil)
 	if inst != nil {
@@ -334,7 +370,6 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	_ = m.transitionLocked(e, evRemoved, "unloaded")
 	e.mu.Unlock()
 	st.State, st.PID = StateStopped, 0
-	m.audit(ctx, "unload", name, st.Generation, st.Generation, nil, st.Spec, nil)
 	m.log.Info("plugin unloaded", slog.String("plugin", name), slog.Uint64("generation", st.Generation))
 	return st, nil
 }

@@ -2,41 +2,54 @@ package manager
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
-// Store keeps the daemon's desired state and audit record durably. Every
+// Store keeps the daemon's desired state and its audit log durably. Every
 // method must be durable when it returns (the manager acknowledges a
 // mutation only after it). Package store provides one on bbolt; a nil Store
 // in Config keeps everything in memory.
 type Store interface {
-	// PutPlugin records a loaded plugin (insert or replace by name).
-	PutPlugin(PluginRecord) error
-	// DeletePlugin forgets a plugin.
-	DeletePlugin(name string) error
-	// Plugins returns every recorded plugin.
+	// Commit makes one change of the desired state durable together with
+	// its audit record, in one transaction: both or neither. Put records a
+	// plugin (insert or replace by name), Delete forgets one; with
+	// neither, only the audit record is written (an attempt that changed
+	// nothing). Commit assigns the audit record's Sequence, PrevHash and
+	// Hash.
+	Commit(Change) error
+	// Plugins returns every recorded plugin, sorted by name. A record that
+	// cannot be read is returned with Name and Unreadable set, never
+	// dropped.
 	Plugins() ([]PluginRecord, error)
 	// ReserveRevisions durably raises the revision high-water mark to at
 	// least upTo and returns the mark it had before: revisions below the
 	// old mark may have been handed out by an earlier run.
 	ReserveRevisions(upTo uint64) (previous uint64, err error)
-	// AppendAudit appends a record, assigning its Sequence.
-	AppendAudit(*AuditRecord) error
-	// Audit returns records newest first, filtered by plugin name (empty:
-	// all), older than before (0: from the newest), at most limit.
-	Audit(name string, before uint64, limit int) ([]AuditRecord, error)
+	// Audit returns a page of the audit log, newest first.
+	Audit(AuditQuery) (AuditPage, error)
 }
 
-// AuditedStore is a Store that can write a plugin record and the audit
-// record of the mutation in one durable transaction. Load and Reload use it
-// when the Store has it: one fsync instead of two on their critical path.
-type AuditedStore interface {
-	PutPluginAudited(PluginRecord, *AuditRecord) error
+// Change is one change of the desired state and its audit record.
+type Change struct {
+	// Put, when set, records a plugin.
+	Put *PluginRecord
+	// Delete, when set, forgets a plugin.
+	Delete string
+	// Audit is the record of the change; required.
+	Audit *AuditRecord
 }
 
 // PluginRecord is the durable desired state of one plugin.
 type PluginRecord struct {
+	// Name is the plugin's name, the record's key (Spec.Name when the
+	// record could be read).
+	Name string
 	Spec Spec
 	// Generation is the last good (serving) generation.
 	Generation uint64
@@ -47,6 +60,9 @@ type PluginRecord struct {
 	Reason        string
 	// PluginName is what the plugin described itself as.
 	PluginName string
+	// Unreadable, when set, says why the stored record could not be read;
+	// only Name is then known. Restore lists such a plugin UNHEALTHY.
+	Unreadable string
 }
 
 // AuditRecord is one mutation.
@@ -62,6 +78,76 @@ type AuditRecord struct {
 	BinarySHA256  string
 	Outcome       string
 	Error         string
+	// PrevHash is the Hash of the record before (or of the checkpoint),
+	// "" for the first record of a log; Hash chains this one to it (see
+	// ChainHash).
+	PrevHash string
+	Hash     string
+}
+
+// ChainHash is the record's hash in the audit log's chain: the lowercase hex
+// SHA-256 of PrevHash and the fields, each followed by a NUL byte, in the
+// order of the API's AuditRecord.hash documentation. Stores set Hash to it.
+func (r *AuditRecord) ChainHash() string {
+	h := sha256.New()
+	for _, f := range []string{
+		r.PrevHash,
+		strconv.FormatUint(r.Sequence, 10),
+		r.Time.UTC().Format(time.RFC3339Nano),
+		r.Caller, r.Action, r.Plugin,
+		strconv.FormatUint(r.OldGeneration, 10), strconv.FormatUint(r.NewGeneration, 10),
+		r.Binary, r.BinarySHA256, r.Outcome, r.Error,
+	} {
+		h.Write([]byte(f))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// AuditQuery selects a page of the audit log.
+type AuditQuery struct {
+	// Plugin filters by plugin name ("": all).
+	Plugin string
+	// Before returns records older than this sequence (0: from the
+	// newest).
+	Before uint64
+	// Limit caps the records returned.
+	Limit int
+}
+
+// AuditPage is a page of the audit log, newest first.
+type AuditPage struct {
+	Records []AuditRecord
+	// More is set when older records match: continue with Before set to
+	// the last record's Sequence.
+	More bool
+	// Checkpoint, when retention removed records, is the last one removed:
+	// the oldest record kept chains to it.
+	Checkpoint *AuditCheckpoint
+}
+
+// AuditCheckpoint is the last record retention removed from the log.
+type AuditCheckpoint struct {
+	Sequence uint64
+	Hash     string
+}
+
+// StoreError is a change of the desired state the store could not make
+// durable: nothing was changed. ResourceExhausted reports whether the
+// store's disk is full (or over quota).
+type StoreError struct {
+	// Op says what was being recorded.
+	Op  string
+	Err error
+}
+
+func (e *StoreError) Error() string { return "recording " + e.Op + ": " + e.Err.Error() }
+
+func (e *StoreError) Unwrap() error { return e.Err }
+
+// ResourceExhausted reports whether the store failed for lack of space.
+func (e *StoreError) ResourceExhausted() bool {
+	return errors.Is(e.Err, syscall.ENOSPC) || errors.Is(e.Err, syscall.EDQUOT)
 }
 
 // callerKey carries the caller's identity in a context.
@@ -87,6 +173,7 @@ type memStore struct {
 	mu      sync.Mutex // guards the fields below
 	plugins map[string]PluginRecord
 	audit   []AuditRecord
+	cp      *AuditCheckpoint
 	rev     uint64
 }
 
@@ -94,20 +181,43 @@ func newMemStore() *memStore {
 	return &memStore{plugins: map[string]PluginRecord{}}
 }
 
-func (s *memStore) PutPlugin(r PluginRecord) error {
+func (s *memStore) Commit(c Change) error {
+	if c.Audit == nil {
+		return errNoAudit
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r.Spec = r.Spec.clone()
-	s.plugins[r.Spec.Name] = r
+	if c.Put != nil {
+		r := *c.Put
+		r.Spec = r.Spec.clone()
+		r.Name = r.Spec.Name
+		s.plugins[r.Name] = r
+	}
+	if c.Delete != "" {
+		delete(s.plugins, c.Delete)
+	}
+	r := c.Audit
+	switch n := len(s.audit); {
+	case n > 0:
+		r.Sequence, r.PrevHash = s.audit[n-1].Sequence+1, s.audit[n-1].Hash
+	case s.cp != nil:
+		r.Sequence, r.PrevHash = s.cp.Sequence+1, s.cp.Hash
+	default:
+		r.Sequence, r.PrevHash = 1, ""
+	}
+	r.Hash = r.ChainHash()
+	s.audit = append(s.audit, *r)
+	if len(s.audit) > 2*maxMemAudit {
+		drop := len(s.audit) - maxMemAudit
+		last := s.audit[drop-1]
+		s.cp = &AuditCheckpoint{Sequence: last.Sequence, Hash: last.Hash}
+		s.audit = append(s.audit[:0], s.audit[drop:]...)
+	}
 	return nil
 }
 
-func (s *memStore) DeletePlugin(name string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.plugins, name)
-	return nil
-}
+// maxMemAudit bounds the in-memory audit log.
+const maxMemAudit = 10000
 
 func (s *memStore) Plugins() ([]PluginRecord, error) {
 	s.mu.Lock()
@@ -127,33 +237,27 @@ func (s *memStore) ReserveRevisions(upTo uint64) (uint64, error) {
 	return prev, nil
 }
 
-// maxMemAudit bounds the in-memory audit log.
-const maxMemAudit = 10000
-
-func (s *memStore) AppendAudit(r *AuditRecord) error {
+func (s *memStore) Audit(q AuditQuery) (AuditPage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n := len(s.audit); n > 0 {
-		r.Sequence = s.audit[n-1].Sequence + 1
-	} else {
-		r.Sequence = 1
-	}
-	s.audit = append(s.audit, *r)
-	if len(s.audit) > 2*maxMemAudit {
-		s.audit = append(s.audit[:0], s.audit[len(s.audit)-maxMemAudit:]...)
-	}
-	return nil
-}
-
-func (s *memStore) Audit(name string, before uint64, limit int) ([]AuditRecord, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []AuditRecord
-	for i := len(s.audit) - 1; i >= 0 && len(out) < limit; i-- {
+	var p AuditPage
+	for i := len(s.audit) - 1; i >= 0; i-- {
 		r := s.audit[i]
-		if (before == 0 || r.Sequence < before) && (name == "" || r.Plugin == name) {
-			out = append(out, r)
+		if (q.Before != 0 && r.Sequence >= q.Before) || (q.Plugin != "" && r.Plugin != q.Plugin) {
+			continue
 		}
+		if len(p.Records) == q.Limit {
+			p.More = true
+			break
+		}
+		p.Records = append(p.Records, r)
 	}
-	return out, nil
+	if s.cp != nil {
+		cp := *s.cp
+		p.Checkpoint = &cp
+	}
+	return p, nil
 }
+
+// errNoAudit is returned by a Store given a Change without an audit record.
+var errNoAudit = errors.New("a change of the desired state needs its audit record")

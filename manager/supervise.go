@@ -145,8 +145,13 @@ func (m *Manager) persistHold(e *entry, gen uint64, why string) {
 		return
 	}
 	rec.HeldUnhealthy, rec.Reason = true, why
-	if err := m.store.PutPlugin(rec); err != nil {
-		m.log.Error("persisting the unhealthy hold failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
+	a := auditRecord(m.ctx, "hold", e.name, gen, gen, nil, rec.Spec, nil)
+	a.Error = why // what the supervisor gave up on
+	if err := m.commit("the hold of "+e.name, Change{Put: &rec, Audit: a}); err != nil {
+		// The plugin is held in memory all the same; only a daemon
+		// restart would relaunch it.
+		m.log.Error("the unhealthy hold is not recorded: a daemon restart would relaunch the plugin",
+			slog.String("plugin", e.name), slog.String("error", err.Error()))
 	}
 }
 
@@ -177,7 +182,7 @@ func (m *Manager) restartAfter(e *entry, gen uint64, delay time.Duration) {
 		if m.ctx.Err() != nil {
 			return
 		}
-		m.audit(m.ctx, "restart", e.name, gen, gen, nil, spec, err)
+		m.auditFailure(m.ctx, "restart", e.name, gen, nil, spec, err)
 		why := "restart failed: " + err.Error()
 		e.mu.Lock()
 		m.countLocked(e, gen, FailureStart, nil, why)
@@ -185,11 +190,20 @@ func (m *Manager) restartAfter(e *entry, gen uint64, delay time.Duration) {
 		e.mu.Unlock()
 		return
 	}
-	m.persistRestart(e, inst)
+	if err := m.recordRestart(e, "restart", gen, inst); err != nil {
+		// Never a restart that is not recorded: the candidate goes, and
+		// the supervisor tries again (its limit holds the plugin in the
+		// end).
+		inst.stop()
+		why := "restart not recorded: " + err.Error()
+		e.mu.Lock()
+		m.scheduleRestartLocked(e, gen, why)
+		e.mu.Unlock()
+		return
+	}
 	if !m.activateRestart(e, inst) {
 		return
 	}
-	m.audit(m.ctx, "restart", e.name, gen, inst.generation(), inst, spec, nil)
 	m.log.Info("plugin restarted", slog.String("plugin", e.name), slog.Uint64("generation", inst.generation()), slog.Int("pid", inst.pid))
 }
 
@@ -213,24 +227,36 @@ func (m *Manager) onUnhealthy(e *entry, gen uint64, action Action) {
 	}
 	switch action {
 	case ActionStop:
+		if err := m.commit("the stop of "+e.name, Change{Audit: auditRecord(m.ctx, "unhealthy-stop", e.name, gen, gen, nil, spec, nil)}); err != nil {
+			// Not stopped unless recorded: it stays UNHEALTHY, serving.
+			m.log.Error("health policy stop not done: it cannot be recorded", slog.String("plugin", e.name), slog.String("error", err.Error()))
+			e.mu.Lock()
+			e.lastError = "the health policy's stop is not done: " + err.Error()
+			e.mu.Unlock()
+			return
+		}
 		e.active.CompareAndSwap(old, nil)
 		old.drain(m.cfg.DrainTimeout)
 		old.stop()
 		_ = m.transition(e, evStopped, fmt.Sprintf("stopped by health policy after generation %d became unhealthy", gen))
-		m.audit(m.ctx, "unhealthy-stop", e.name, gen, gen, nil, spec, nil)
 		m.log.Warn("plugin stopped by health policy", slog.String("plugin", e.name), slog.Uint64("generation", gen))
 	case ActionRestart:
 		inst, _, err := m.launch(m.ctx, candidate{action: "unhealthy-restart", spec: spec, gen: gen + 1, expectName: expect, activeGen: gen})
 		if err != nil {
-			m.audit(m.ctx, "unhealthy-restart", e.name, gen, gen, nil, spec, err)
+			m.auditFailure(m.ctx, "unhealthy-restart", e.name, gen, nil, spec, err)
 			m.recordFault(e, gen, FailureStart, nil, "restart on unhealthy failed: "+err.Error())
 			return
 		}
-		m.persistRestart(e, inst)
+		if err := m.recordRestart(e, "unhealthy-restart", gen, inst); err != nil {
+			inst.stop()
+			e.mu.Lock()
+			e.lastError = "restart on unhealthy not done: " + err.Error()
+			e.mu.Unlock()
+			return
+		}
 		if !m.activateRestart(e, inst) {
 			return
 		}
-		m.audit(m.ctx, "unhealthy-restart", e.name, gen, inst.generation(), inst, spec, nil)
 		old.drain(m.cfg.DrainTimeout)
 		old.stop()
 		m.log.Info("plugin restarted by health policy", slog.String("plugin", e.name), slog.Uint64("generation", inst.generation()))
@@ -251,10 +277,13 @@ func (m *Manager) activateRestart(e *entry, inst *instance) bool {
 	return true
 }
 
-// persistRestart records inst, a restarted generation of e, as the desired
-// state; a failure is logged (the restart stands).
-func (m *Manager) persistRestart(e *entry, inst *instance) {
-	if err := m.store.PutPlugin(PluginRecord{Spec: inst.spec, Generation: inst.generation(), PluginName: inst.pluginName}); err != nil {
-		m.log.Error("persisting the restarted generation failed", slog.String("plugin", e.name), slog.String("error", err.Error()))
+// recordRestart records inst, a restarted generation of e replacing
+// generation gen, as the desired state, with its audit record.
+func (m *Manager) recordRestart(e *entry, action string, gen uint64, inst *instance) error {
+	rec := PluginRecord{Name: e.name, Spec: inst.spec, Generation: inst.generation(), PluginName: inst.pluginName}
+	err := m.commit("the "+action+" of "+e.name, Change{Put: &rec, Audit: auditRecord(m.ctx, action, e.name, gen, inst.generation(), inst, inst.spec, nil)})
+	if err != nil {
+		m.log.Error(action+" not done: it cannot be recorded", slog.String("plugin", e.name), slog.String("error", err.Error()))
 	}
+	return err
 }

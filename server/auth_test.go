@@ -218,7 +218,8 @@ func TestMutualTLSMapsCertificatesToRoles(t *testing.T) {
 	if _, err := pb.NewPluginControlServiceClient(conn).ListPlugins(ctx, &pb.ListPluginsRequest{}); err == nil {
 		t.Fatalf("plaintext accepted on the TLS listener")
 	}
-	audit, _ := m.Audit("", 0, 10)
+	page, _ := m.Audit("", 0, 10)
+	audit := page.Records
 	if len(audit) != 1 || audit[0].Caller != "cert:deployer" {
 		t.Fatalf("audit caller: %+v", audit)
 	}
@@ -229,7 +230,8 @@ func TestUnixCallerIsNamedByUID(t *testing.T) {
 	if _, err := f.ctl.Load(context.Background(), &pb.LoadRequest{Spec: &pb.PluginSpec{Name: "echo", Binary: "echo"}}); err != nil {
 		t.Fatal(err)
 	}
-	audit, _ := f.m.Audit("", 0, 10)
+	page, _ := f.m.Audit("", 0, 10)
+	audit := page.Records
 	if len(audit) != 1 || audit[0].Caller != "uid:"+strconv.Itoa(os.Getuid()) {
 		t.Fatalf("audit caller: %+v", audit)
 	}

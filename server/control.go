@@ -2,7 +2,10 @@ package server
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
+	"strconv"
+	"strings"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
@@ -124,28 +127,80 @@ func (c *control) Health(_ context.Context, req *pb.HealthRequest) (*pb.HealthRe
 }
 
 func (c *control) ListAudit(_ context.Context, req *pb.ListAuditRequest) (*pb.ListAuditResponse, error) {
-	if req.GetLimit() > 10000 {
-		return nil, invalid("limit", fmt.Sprintf("%d is more than 10000", req.GetLimit()))
+	size := req.GetPageSize()
+	if size == 0 {
+		size = req.GetLimit()
 	}
-	recs, err := c.s.m.Audit(req.GetName(), req.GetBeforeSequence(), int(req.GetLimit()))
+	if size > 10000 {
+		return nil, invalid("page_size", fmt.Sprintf("%d is more than 10000", size))
+	}
+	before := req.GetBeforeSequence()
+	if t := req.GetPageToken(); t != "" {
+		var err error
+		if before, err = parsePageToken(t, req.GetName()); err != nil {
+			return nil, err
+		}
+	}
+	page, err := c.s.m.Audit(req.GetName(), before, int(size))
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	out := &pb.ListAuditResponse{Records: make([]*pb.AuditRecord, 0, len(recs))}
-	for _, r := range recs {
-		out.Records = append(out.Records, &pb.AuditRecord{
-			Sequence:      r.Sequence,
-			Time:          timestamp(r.Time),
-			Caller:        r.Caller,
-			Action:        r.Action,
-			Plugin:        r.Plugin,
-			OldGeneration: r.OldGeneration,
-			NewGeneration: r.NewGeneration,
-			BinarySha256:  r.BinarySHA256,
-			Binary:        r.Binary,
-			Outcome:       r.Outcome,
-			Error:         r.Error,
-		})
+	out := &pb.ListAuditResponse{Records: make([]*pb.AuditRecord, 0, len(page.Records))}
+	for _, r := range page.Records {
+		out.Records = append(out.Records, auditToProto(r))
+	}
+	if page.More && len(page.Records) > 0 {
+		out.NextPageToken = pageToken(req.GetName(), page.Records[len(page.Records)-1].Sequence)
+	}
+	if cp := page.Checkpoint; cp != nil {
+		out.Checkpoint = &pb.AuditCheckpoint{Sequence: cp.Sequence, Hash: cp.Hash}
 	}
 	return out, nil
+}
+
+func auditToProto(r manager.AuditRecord) *pb.AuditRecord {
+	return &pb.AuditRecord{
+		Sequence:      r.Sequence,
+		Time:          timestamp(r.Time),
+		Caller:        r.Caller,
+		Action:        r.Action,
+		Plugin:        r.Plugin,
+		OldGeneration: r.OldGeneration,
+		NewGeneration: r.NewGeneration,
+		BinarySha256:  r.BinarySHA256,
+		Binary:        r.Binary,
+		Outcome:       r.Outcome,
+		Error:         r.Error,
+		PrevHash:      r.PrevHash,
+		Hash:          r.Hash,
+	}
+}
+
+// pageToken is the opaque token of the audit page after sequence before
+// for plugin name: "a1:<name>:<before>" in base64url.
+func pageToken(name string, before uint64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("a1:" + name + ":" + strconv.FormatUint(before, 10)))
+}
+
+func parsePageToken(t, name string) (uint64, error) {
+	bad := func(why string) (uint64, error) {
+		return 0, invalid("page_token", why+": pass the next_page_token of the previous page, with the same name")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(t)
+	if err != nil {
+		return bad("not a page token")
+	}
+	rest, ok := strings.CutPrefix(string(b), "a1:")
+	i := strings.LastIndexByte(rest, ':')
+	if !ok || i < 0 {
+		return bad("not a page token")
+	}
+	if rest[:i] != name {
+		return bad(fmt.Sprintf("the token continues the listing of %q, not of %q", rest[:i], name))
+	}
+	before, err := strconv.ParseUint(rest[i+1:], 10, 64)
+	if err != nil || before == 0 {
+		return bad("not a page token")
+	}
+	return before, nil
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/plugincontrol/plugincontrol/store"
@@ -15,7 +14,7 @@ import (
 func Example() {
 	dir, _ := os.MkdirTemp("", "plugind-state-")
 	defer os.RemoveAll(dir)
-	db, err := store.Open(dir, time.Second)
+	db, err := store.Open(dir, store.Options{})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"fmt"
 	"sync"
 
 	bolt "go.etcd.io/bbolt"
@@ -61,11 +62,13 @@ func (s *DB) update(fn func(*bolt.Tx) error) error {
 }
 
 // commit runs batch in one transaction; when one function fails, the others
-// are not failed with it: each runs again in a transaction of its own.
+// are not failed with it: each runs again in a transaction of its own. A
+// function that panics fails (its caller gets the panic as an error), as
+// does a panic of bbolt itself: a writer never hangs the queue behind it.
 func (s *DB) commit(batch []*groupOp) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.updateGuarded(func(tx *bolt.Tx) error {
 		for _, op := range batch {
-			if err := op.fn(tx); err != nil {
+			if err := runOp(op.fn, tx); err != nil {
 				return err
 			}
 		}
@@ -78,6 +81,22 @@ func (s *DB) commit(batch []*groupOp) {
 		return
 	}
 	for _, op := range batch {
-		op.res <- s.db.Update(op.fn)
+		op.res <- s.updateGuarded(func(tx *bolt.Tx) error { return runOp(op.fn, tx) })
 	}
+}
+
+// updateGuarded is db.Update under guard: bbolt's panics and memory faults
+// are errors.
+func (s *DB) updateGuarded(fn func(*bolt.Tx) error) error {
+	return guard(func() error { return s.db.Update(fn) })
+}
+
+// runOp runs one writer's function, its panic made an error.
+func runOp(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("store: update function panicked: %v", r)
+		}
+	}()
+	return fn(tx)
 }

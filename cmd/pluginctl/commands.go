@@ -368,12 +368,34 @@ func (c *cli) audit(ctx context.Context, args []string) error {
 	fs := newFlagSet("audit")
 	limit := fs.Uint("limit", 0, "at most this many records (default: the daemon's, 100)")
 	before := fs.Uint64("before", 0, "records older than this sequence number")
+	verify := fs.Bool("verify", false, "read the whole log and check its hash chain")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
 	}
 	if err := wantArgs("audit", pos, 0, 1, "[NAME]"); err != nil {
 		return err
+	}
+	if *verify {
+		if len(pos) > 0 || isSet(fs, "limit") || isSet(fs, "before") {
+			return usagef("--verify checks the whole log, every plugin's: give no NAME, --limit or --before")
+		}
+		return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+			recs, cp, err := cl.Audit(ctx, "")
+			if err != nil {
+				return err
+			}
+			head, err := client.VerifyAudit(recs, cp)
+			if err != nil {
+				return &auditBrokenError{msg: err.Error()}
+			}
+			from := "the start of the log"
+			if cp != nil {
+				from = fmt.Sprintf("the checkpoint after record %d (older records were removed by retention)", cp.GetSequence())
+			}
+			_, err = fmt.Fprintf(c.stdout, "audit chain verified: %d records from %s; head hash %s\n", len(recs), from, head)
+			return err
+		})
 	}
 	if *limit > maxAuditLimit {
 		return usagef("--limit %d: at most %d", *limit, maxAuditLimit)

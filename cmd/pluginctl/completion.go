@@ -90,6 +90,7 @@ var (
 	auditFlagSpecs = []flagSpec{
 		{"limit", "N", "at most N records (default 100)"},
 		{"before", "SEQ", "records older than sequence SEQ"},
+		{"verify", "", "read the whole log and check its hash chain"},
 	}
 )
 

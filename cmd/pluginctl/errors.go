@@ -25,9 +25,15 @@ const (
 	exitAborted     = 6 // codes.Aborted: generation mismatch
 	exitNotHealthy  = 7 // --wait-healthy: the new generation did not become (or stay) SERVING
 	exitReverted    = 8 // reload --bake --wait: the bake did not keep the new generation
+	exitAuditBroken = 9 // audit --verify: the audit log's chain does not verify
 )
 
 // usageError is a problem with the command line.
+// auditBrokenError is audit --verify on a chain that does not verify.
+type auditBrokenError struct{ msg string }
+
+func (e *auditBrokenError) Error() string { return "audit chain broken: " + e.msg }
+
 // bakeError is reload --bake --wait when the bake reverted or was cancelled.
 type bakeError struct{ msg string }
 
@@ -57,6 +63,10 @@ func exitCode(err error) int {
 	var be *bakeError
 	if errors.As(err, &be) {
 		return exitReverted
+	}
+	var ab *auditBrokenError
+	if errors.As(err, &ab) {
+		return exitAuditBroken
 	}
 	st, ok := status.FromError(err)
 	if !ok {

@@ -125,7 +125,7 @@ Flags:
   --plain     one line per event even when standard output is a terminal
 `
 
-const auditUsage = `usage: pluginctl [global flags] audit [NAME] [--limit N] [--before SEQ]
+const auditUsage = `usage: pluginctl [global flags] audit [NAME] [--limit N] [--before SEQ] | audit --verify
 
 Show the daemon's audit record of mutations (load, reload, validate, unload,
 and its own restarts, restores and health actions), newest first, of plugin
@@ -133,9 +133,15 @@ NAME or of all plugins: SEQ TIME CALLER ACTION PLUGIN GEN(old→new) OUTCOME
 ERROR. Times are local. When a full page was shown, the last line says how to
 get the next one.
 
+Each record carries the hash of the one before it, so the log is
+tamper-evident: --verify reads the whole log (every plugin's, page by page),
+checks every record's hash and the chain from the start of the log (or the
+checkpoint retention left), and prints the head hash; a break exits 9.
+
 Flags:
   --limit N     at most N records (default: the daemon's, 100; at most 10000)
   --before SEQ  only records older than sequence number SEQ (paging)
+  --verify      check the whole log's hash chain
 `
 
 const completionUsage = `usage: pluginctl completion bash|zsh|fish
@@ -194,7 +200,7 @@ Commands:
   watch [NAME...] [--since N] [--plain]
         stream health events until interrupted, reconnecting when needed;
         a live view on a terminal
-  audit [NAME] [--limit N] [--before SEQ]
+  audit [NAME] [--limit N] [--before SEQ] | audit --verify
         show the audit record of mutations, newest first
   completion bash|zsh|fish
         print a shell completion script
@@ -214,6 +220,7 @@ Command flags:
   --plain                  watch: a line per event even on a terminal
   --limit N                audit: at most N records (default 100)
   --before SEQ             audit: records older than sequence SEQ
+  --verify                 audit: read the whole log and check its hash chain
 
 Exit codes:
   0  success
@@ -230,6 +237,8 @@ Exit codes:
   8  reverted: with reload --bake --wait, the new generation failed during
      its bake and plugind went back to the previous one (or the bake was
      cancelled); the reason is printed
+  9  audit --verify: the audit log's hash chain does not verify (a record was
+     changed, removed or inserted); the first break is printed
 `
 
 // usage is the full help text.

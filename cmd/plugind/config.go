@@ -45,6 +45,8 @@ type config struct {
 	maxMessageBytes int
 	maxStreams      uint
 	endpointDir     string
+	auditRetention  int
+	auditMaxAge     time.Duration
 	endpointListen  string
 	endpointMaxMsg  int
 }
@@ -90,7 +92,18 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 Signals: SIGTERM or SIGINT: health goes NOT_SERVING, WatchHealth streams end
 with Unavailable, calls in flight finish (up to --shutdown-timeout), plugins
 stop, then plugind exits 0.
-Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration.
+Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration,
+3 the store file is damaged (see plugind store).
+
+Store commands (stop plugind first):
+  plugind store check [--state-dir D]     check <state-dir>/plugind.db: bbolt's
+                                          consistency check, every record, the
+                                          audit chain; exit 0 ok, 3 damaged
+  plugind store recover [--state-dir D] [--force]
+                                          put the newest good snapshot of
+                                          <state-dir>/snapshots in place of a
+                                          damaged store (kept beside it as
+                                          plugind.db.damaged-TIME)
 `)
 	}
 	fs.StringVar(&cfg.configFile, "config", "", "YAML file with flag values (keys are flag names)")
@@ -117,6 +130,8 @@ Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration.
 	fs.IntVar(&cfg.maxWatchers, "max-watchers", 10000, "most WatchHealth streams at once")
 	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 4<<20, "largest message received or sent (requests and responses)")
 	fs.UintVar(&cfg.maxStreams, "max-streams-per-conn", 1024, "concurrent streams per client connection")
+	fs.IntVar(&cfg.auditRetention, "audit-retention", 100000, "audit records kept; older ones are removed, a checkpoint keeping the chain verifiable")
+	fs.DurationVar(&cfg.auditMaxAge, "audit-max-age", 0, "also remove audit records older than this (0: keep by count only)")
 	fs.StringVar(&cfg.endpointDir, "endpoint-dir", "", "directory of the plugin endpoints: each plugin's own gRPC API is served at DIR/NAME.sock (mode 0600), forwarded to its active generation (default <state-dir>/plugins)")
 	fs.StringVar(&cfg.endpointListen, "endpoint-listen", "", "also serve every plugin endpoint on tcp://HOST:PORT, the plugin named per call in the plugincontrol-plugin metadata key (same TLS and auth rules as --listen; unset: off)")
 	fs.IntVar(&cfg.endpointMaxMsg, "endpoint-max-message-bytes", 16<<20, "largest message forwarded through a plugin endpoint, either way")
@@ -248,6 +263,9 @@ func (c *config) check() error {
 	}
 	if c.maxPlugins <= 0 || c.maxWatchers <= 0 || c.maxMessageBytes < 1024 || c.maxStreams < 16 {
 		errs = append(errs, errors.New("--max-plugins and --max-watchers must be positive, --max-message-bytes at least 1024, --max-streams-per-conn at least 16"))
+	}
+	if c.auditRetention < 1 || c.auditMaxAge < 0 {
+		errs = append(errs, errors.New("--audit-retention must be positive and --audit-max-age not negative"))
 	}
 	if c.bake < 0 || c.bake > 24*time.Hour {
 		errs = append(errs, errors.New("--bake must be within 0..24h"))

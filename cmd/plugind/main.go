@@ -32,27 +32,43 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailed  = 1 // a runtime failure
+	exitUsage   = 2 // bad flags or configuration
+	exitDamaged = 3 // the store file is damaged: plugind store recover
+)
+
 func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "store" {
+		return runStore(args[1:], os.Stdout, stderr)
+	}
 	cfg, err := parseFlags(args, stderr, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "plugind: %v\n", err)
-		return 2
+		return exitUsage
 	}
 	log, err := newLogger(cfg.logLevel, cfg.logFormat, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "plugind: %v\n", err)
-		return 2
+		return exitUsage
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := serve(ctx, cfg, log); err != nil {
+		var de *store.DamagedError
+		if errors.As(err, &de) {
+			fmt.Fprintf(stderr, "plugind: %v\n%s", err, recoverHint(cfg.stateDir))
+			return exitDamaged
+		}
 		log.Error("plugind failed", slog.String("error", err.Error()))
-		return 1
+		return exitFailed
 	}
-	return 0
+	return exitOK
 }
 
 func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
@@ -92,7 +108,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(cfg.stateDir, 2*time.Second)
+	st, err := store.Open(cfg.stateDir, store.Options{AuditRetention: cfg.auditRetention, AuditMaxAge: cfg.auditMaxAge})
 	if err != nil {
 		return err
 	}

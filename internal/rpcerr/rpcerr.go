@@ -47,6 +47,14 @@ const (
 	// ReasonPluginNotSelected: a call on the shared TCP endpoint named no
 	// plugin.
 	ReasonPluginNotSelected = "PLUGIN_NOT_SELECTED"
+	// ReasonStoreFull: the change could not be recorded: the store's disk is
+	// full (or over quota). Nothing was changed.
+	ReasonStoreFull = "STORE_FULL"
+	// ReasonStoreUnavailable: the change could not be recorded for another
+	// reason (an I/O error). Nothing was changed.
+	ReasonStoreUnavailable = "STORE_UNAVAILABLE"
+	// ReasonUnreadable: the plugin's stored record could not be read.
+	ReasonUnreadable = "RECORD_UNREADABLE"
 	// ReasonInternalService: a call on an endpoint to go-plugin's own
 	// services (controller, broker, stdio), which only plugind may use.
 	ReasonInternalService = "INTERNAL_SERVICE"
@@ -75,7 +83,14 @@ func Status(err error) error {
 		// Already a status (from a conversion at the edge).
 		return err
 	}
+	var storeErr *manager.StoreError
 	switch {
+	case errors.As(err, &storeErr):
+		if storeErr.ResourceExhausted() {
+			return New(codes.ResourceExhausted, ReasonStoreFull, err.Error(), map[string]string{"resource": "disk"},
+				&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: "disk", Description: err.Error()}}})
+		}
+		return New(codes.Unavailable, ReasonStoreUnavailable, err.Error(), nil)
 	case errors.As(err, &limit):
 		return New(codes.ResourceExhausted, ReasonLimitReached, err.Error(), map[string]string{"limit": limit.Limit},
 			&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: limit.Limit, Description: err.Error()}}})
@@ -112,6 +127,8 @@ func Status(err error) error {
 		return New(codes.NotFound, ReasonPluginNotFound, err.Error(), nil)
 	case errors.Is(err, manager.ErrAlreadyExists):
 		return New(codes.AlreadyExists, ReasonPluginExists, err.Error(), nil)
+	case errors.Is(err, manager.ErrUnreadable):
+		return New(codes.FailedPrecondition, ReasonUnreadable, err.Error(), nil)
 	case errors.Is(err, manager.ErrNotNative):
 		return New(codes.FailedPrecondition, ReasonNotNative, err.Error(), nil)
 	case errors.Is(err, manager.ErrUnavailable):

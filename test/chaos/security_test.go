@@ -115,15 +115,15 @@ func TestTamperedBinary(t *testing.T) {
 	if _, err := m.Invoke(ctx, "tp", "echo", nil); !errors.Is(err, manager.ErrUnavailable) {
 		t.Fatalf("Invoke of an UNHEALTHY plugin without a generation: %v", err)
 	}
-	audit, _ := m.Audit("tp", 0, 100)
+	page, _ := m.Audit("tp", 0, 100)
 	restarts := 0
-	for _, r := range audit {
+	for _, r := range page.Records {
 		if r.Action == "restart" && r.Outcome == "failed" && strings.Contains(r.Error, "checksum") {
 			restarts++
 		}
 	}
 	if restarts != 2 {
-		t.Fatalf("audit has %d failed restarts at the checksum stage, want 2: %+v", restarts, audit)
+		t.Fatalf("audit has %d failed restarts at the checksum stage, want 2: %+v", restarts, page.Records)
 	}
 	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the tampered binary was executed")
@@ -358,7 +358,8 @@ func TestUnpinnedSwapIsReported(t *testing.T) {
 	if rr.Status.SHA256 != floodSum {
 		t.Fatalf("after the swap, status sha256 %s, want the new file's %s (old %s)", rr.Status.SHA256, floodSum, echoSum)
 	}
-	audit, _ := m.Audit("up", 0, 1)
+	page, _ := m.Audit("up", 0, 1)
+	audit := page.Records
 	if len(audit) != 1 || audit[0].Action != "reload" || audit[0].BinarySHA256 != floodSum {
 		t.Fatalf("audit of the reload: %+v, want the new sha256", audit)
 	}

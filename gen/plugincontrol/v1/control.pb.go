@@ -684,19 +684,24 @@ func (x *WatchHealthResponse) GetEvent() *HealthEvent {
 	return nil
 }
 
-// ListAuditRequest selects audit records.
+// ListAuditRequest selects a page of audit records, newest first.
 type ListAuditRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name filters by plugin; empty means all.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// limit caps the number of records returned (newest first); 0 means 100,
-	// at most 10000.
+	// limit is the older spelling of page_size; page_size wins when both are
+	// set.
 	Limit uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
-	// before_sequence returns records older than this sequence number (for
-	// paging); 0 means from the newest.
+	// before_sequence returns records older than this sequence number; 0
+	// means from the newest. page_token wins when both are set.
 	BeforeSequence uint64 `protobuf:"varint,3,opt,name=before_sequence,json=beforeSequence,proto3" json:"before_sequence,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// page_size caps the records returned; 0 means 100, at most 10000.
+	PageSize uint32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token continues a listing: the next_page_token of the previous
+	// page, with the same name. Empty starts from the newest record.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListAuditRequest) Reset() {
@@ -750,11 +755,31 @@ func (x *ListAuditRequest) GetBeforeSequence() uint64 {
 	return 0
 }
 
+func (x *ListAuditRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 // ListAuditResponse is a page of audit records, newest first.
 type ListAuditResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// records are the audit records.
-	Records       []*AuditRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	Records []*AuditRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// next_page_token fetches the next (older) page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// checkpoint is where the log starts after retention removed older
+	// records: the oldest record kept chains to it. Unset when nothing was
+	// removed.
+	Checkpoint    *AuditCheckpoint `protobuf:"bytes,3,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -796,6 +821,75 @@ func (x *ListAuditResponse) GetRecords() []*AuditRecord {
 	return nil
 }
 
+func (x *ListAuditResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListAuditResponse) GetCheckpoint() *AuditCheckpoint {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+// AuditCheckpoint is the last record retention removed from the audit log.
+type AuditCheckpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sequence is the removed record's.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// hash is the removed record's hash.
+	Hash          string `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditCheckpoint) Reset() {
+	*x = AuditCheckpoint{}
+	mi := &file_plugincontrol_v1_control_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditCheckpoint) ProtoMessage() {}
+
+func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_control_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditCheckpoint.ProtoReflect.Descriptor instead.
+func (*AuditCheckpoint) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_control_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AuditCheckpoint) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
 // AuditRecord is one mutation of the daemon's plugins.
 type AuditRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -825,14 +919,25 @@ type AuditRecord struct {
 	// error is the failure, empty when outcome is ok.
 	Error string `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
 	// binary is the spec's binary name.
-	Binary        string `protobuf:"bytes,11,opt,name=binary,proto3" json:"binary,omitempty"`
+	Binary string `protobuf:"bytes,11,opt,name=binary,proto3" json:"binary,omitempty"`
+	// prev_hash is the hash of the record before this one (or of the
+	// checkpoint); empty for the first record of a log.
+	PrevHash string `protobuf:"bytes,12,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	// hash makes the log tamper-evident: the lowercase hex SHA-256 of
+	// prev_hash and the fields above, each followed by a NUL byte, in this
+	// order: sequence (decimal), time (RFC 3339 with nanoseconds, UTC),
+	// caller, action, plugin, old_generation, new_generation (decimal),
+	// binary, binary_sha256, outcome, error. Editing, removing or reordering a
+	// record breaks the chain of every record after it (pluginctl audit
+	// --verify checks it).
+	Hash          string `protobuf:"bytes,13,opt,name=hash,proto3" json:"hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_plugincontrol_v1_control_proto_msgTypes[14]
+	mi := &file_plugincontrol_v1_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +949,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_control_proto_msgTypes[14]
+	mi := &file_plugincontrol_v1_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,7 +962,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_control_proto_rawDescGZIP(), []int{14}
+	return file_plugincontrol_v1_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AuditRecord) GetSequence() uint64 {
@@ -937,6 +1042,20 @@ func (x *AuditRecord) GetBinary() string {
 	return ""
 }
 
+func (x *AuditRecord) GetPrevHash() string {
+	if x != nil {
+		return x.PrevHash
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
 var File_plugincontrol_v1_control_proto protoreflect.FileDescriptor
 
 const file_plugincontrol_v1_control_proto_rawDesc = "" +
@@ -976,13 +1095,23 @@ const file_plugincontrol_v1_control_proto_rawDesc = "" +
 	"\x0esince_revision\x18\x02 \x01(\x04R\rsinceRevision\x120\n" +
 	"\x04view\x18\x03 \x01(\x0e2\x1c.plugincontrol.v1.HealthViewR\x04view\"J\n" +
 	"\x13WatchHealthResponse\x123\n" +
-	"\x05event\x18\x01 \x01(\v2\x1d.plugincontrol.v1.HealthEventR\x05event\"e\n" +
+	"\x05event\x18\x01 \x01(\v2\x1d.plugincontrol.v1.HealthEventR\x05event\"\xa1\x01\n" +
 	"\x10ListAuditRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12'\n" +
-	"\x0fbefore_sequence\x18\x03 \x01(\x04R\x0ebeforeSequence\"L\n" +
+	"\x0fbefore_sequence\x18\x03 \x01(\x04R\x0ebeforeSequence\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"\xb7\x01\n" +
 	"\x11ListAuditResponse\x127\n" +
-	"\arecords\x18\x01 \x03(\v2\x1d.plugincontrol.v1.AuditRecordR\arecords\"\xdc\x02\n" +
+	"\arecords\x18\x01 \x03(\v2\x1d.plugincontrol.v1.AuditRecordR\arecords\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12A\n" +
+	"\n" +
+	"checkpoint\x18\x03 \x01(\v2!.plugincontrol.v1.AuditCheckpointR\n" +
+	"checkpoint\"A\n" +
+	"\x0fAuditCheckpoint\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x12\n" +
+	"\x04hash\x18\x02 \x01(\tR\x04hash\"\x8d\x03\n" +
 	"\vAuditRecord\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
@@ -995,7 +1124,9 @@ const file_plugincontrol_v1_control_proto_rawDesc = "" +
 	"\aoutcome\x18\t \x01(\tR\aoutcome\x12\x14\n" +
 	"\x05error\x18\n" +
 	" \x01(\tR\x05error\x12\x16\n" +
-	"\x06binary\x18\v \x01(\tR\x06binary2\xd4\x04\n" +
+	"\x06binary\x18\v \x01(\tR\x06binary\x12\x1b\n" +
+	"\tprev_hash\x18\f \x01(\tR\bprevHash\x12\x12\n" +
+	"\x04hash\x18\r \x01(\tR\x04hash2\xd4\x04\n" +
 	"\x14PluginControlService\x12E\n" +
 	"\x04Load\x12\x1d.plugincontrol.v1.LoadRequest\x1a\x1e.plugincontrol.v1.LoadResponse\x12K\n" +
 	"\x06Reload\x12\x1f.plugincontrol.v1.ReloadRequest\x1a .plugincontrol.v1.ReloadResponse\x12K\n" +
@@ -1017,7 +1148,7 @@ func file_plugincontrol_v1_control_proto_rawDescGZIP() []byte {
 	return file_plugincontrol_v1_control_proto_rawDescData
 }
 
-var file_plugincontrol_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_plugincontrol_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_plugincontrol_v1_control_proto_goTypes = []any{
 	(*LoadRequest)(nil),           // 0: plugincontrol.v1.LoadRequest
 	(*LoadResponse)(nil),          // 1: plugincontrol.v1.LoadResponse
@@ -1033,52 +1164,54 @@ var file_plugincontrol_v1_control_proto_goTypes = []any{
 	(*WatchHealthResponse)(nil),   // 11: plugincontrol.v1.WatchHealthResponse
 	(*ListAuditRequest)(nil),      // 12: plugincontrol.v1.ListAuditRequest
 	(*ListAuditResponse)(nil),     // 13: plugincontrol.v1.ListAuditResponse
-	(*AuditRecord)(nil),           // 14: plugincontrol.v1.AuditRecord
-	(*PluginSpec)(nil),            // 15: plugincontrol.v1.PluginSpec
-	(*PluginStatus)(nil),          // 16: plugincontrol.v1.PluginStatus
-	(*CandidateReport)(nil),       // 17: plugincontrol.v1.CandidateReport
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(*PluginHealth)(nil),          // 19: plugincontrol.v1.PluginHealth
-	(HealthView)(0),               // 20: plugincontrol.v1.HealthView
-	(*HealthEvent)(nil),           // 21: plugincontrol.v1.HealthEvent
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*AuditCheckpoint)(nil),       // 14: plugincontrol.v1.AuditCheckpoint
+	(*AuditRecord)(nil),           // 15: plugincontrol.v1.AuditRecord
+	(*PluginSpec)(nil),            // 16: plugincontrol.v1.PluginSpec
+	(*PluginStatus)(nil),          // 17: plugincontrol.v1.PluginStatus
+	(*CandidateReport)(nil),       // 18: plugincontrol.v1.CandidateReport
+	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
+	(*PluginHealth)(nil),          // 20: plugincontrol.v1.PluginHealth
+	(HealthView)(0),               // 21: plugincontrol.v1.HealthView
+	(*HealthEvent)(nil),           // 22: plugincontrol.v1.HealthEvent
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
 }
 var file_plugincontrol_v1_control_proto_depIdxs = []int32{
-	15, // 0: plugincontrol.v1.LoadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
-	16, // 1: plugincontrol.v1.LoadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	17, // 2: plugincontrol.v1.LoadResponse.report:type_name -> plugincontrol.v1.CandidateReport
-	15, // 3: plugincontrol.v1.ReloadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
-	18, // 4: plugincontrol.v1.ReloadRequest.drain_timeout:type_name -> google.protobuf.Duration
-	18, // 5: plugincontrol.v1.ReloadRequest.bake:type_name -> google.protobuf.Duration
-	16, // 6: plugincontrol.v1.ReloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	17, // 7: plugincontrol.v1.ReloadResponse.report:type_name -> plugincontrol.v1.CandidateReport
-	18, // 8: plugincontrol.v1.UnloadRequest.drain_timeout:type_name -> google.protobuf.Duration
-	16, // 9: plugincontrol.v1.UnloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	16, // 10: plugincontrol.v1.ListPluginsResponse.plugins:type_name -> plugincontrol.v1.PluginStatus
-	19, // 11: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
-	20, // 12: plugincontrol.v1.WatchHealthRequest.view:type_name -> plugincontrol.v1.HealthView
-	21, // 13: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
-	14, // 14: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
-	22, // 15: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	0,  // 16: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
-	2,  // 17: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
-	4,  // 18: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
-	6,  // 19: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
-	8,  // 20: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
-	10, // 21: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
-	12, // 22: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
-	1,  // 23: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
-	3,  // 24: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
-	5,  // 25: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
-	7,  // 26: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
-	9,  // 27: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
-	11, // 28: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
-	13, // 29: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
-	23, // [23:30] is the sub-list for method output_type
-	16, // [16:23] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	16, // 0: plugincontrol.v1.LoadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
+	17, // 1: plugincontrol.v1.LoadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	18, // 2: plugincontrol.v1.LoadResponse.report:type_name -> plugincontrol.v1.CandidateReport
+	16, // 3: plugincontrol.v1.ReloadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
+	19, // 4: plugincontrol.v1.ReloadRequest.drain_timeout:type_name -> google.protobuf.Duration
+	19, // 5: plugincontrol.v1.ReloadRequest.bake:type_name -> google.protobuf.Duration
+	17, // 6: plugincontrol.v1.ReloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	18, // 7: plugincontrol.v1.ReloadResponse.report:type_name -> plugincontrol.v1.CandidateReport
+	19, // 8: plugincontrol.v1.UnloadRequest.drain_timeout:type_name -> google.protobuf.Duration
+	17, // 9: plugincontrol.v1.UnloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	17, // 10: plugincontrol.v1.ListPluginsResponse.plugins:type_name -> plugincontrol.v1.PluginStatus
+	20, // 11: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
+	21, // 12: plugincontrol.v1.WatchHealthRequest.view:type_name -> plugincontrol.v1.HealthView
+	22, // 13: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
+	15, // 14: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
+	14, // 15: plugincontrol.v1.ListAuditResponse.checkpoint:type_name -> plugincontrol.v1.AuditCheckpoint
+	23, // 16: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	0,  // 17: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
+	2,  // 18: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
+	4,  // 19: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
+	6,  // 20: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
+	8,  // 21: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
+	10, // 22: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
+	12, // 23: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
+	1,  // 24: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
+	3,  // 25: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
+	5,  // 26: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
+	7,  // 27: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
+	9,  // 28: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
+	11, // 29: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
+	13, // 30: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
+	24, // [24:31] is the sub-list for method output_type
+	17, // [17:24] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_control_proto_init() }
@@ -1095,7 +1228,7 @@ func file_plugincontrol_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugincontrol_v1_control_proto_rawDesc), len(file_plugincontrol_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

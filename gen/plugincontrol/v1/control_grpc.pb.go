@@ -50,7 +50,8 @@ type PluginControlServiceClient interface {
 	// WatchHealth streams health events: a snapshot (or a replay from
 	// since_revision), a SYNCED marker, then live changes and bookmarks.
 	WatchHealth(ctx context.Context, in *WatchHealthRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchHealthResponse], error)
-	// ListAudit returns the audit record of mutations, newest first.
+	// ListAudit returns the audit record of mutations, newest first, a page at a
+	// time.
 	ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error)
 }
 
@@ -163,7 +164,8 @@ type PluginControlServiceServer interface {
 	// WatchHealth streams health events: a snapshot (or a replay from
 	// since_revision), a SYNCED marker, then live changes and bookmarks.
 	WatchHealth(*WatchHealthRequest, grpc.ServerStreamingServer[WatchHealthResponse]) error
-	// ListAudit returns the audit record of mutations, newest first.
+	// ListAudit returns the audit record of mutations, newest first, a page at a
+	// time.
 	ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error)
 	mustEmbedUnimplementedPluginControlServiceServer()
 }

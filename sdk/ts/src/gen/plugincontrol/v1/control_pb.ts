@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file plugincontrol/v1/control.proto.
  */
 export const file_plugincontrol_v1_control: GenFile = /*@__PURE__*/
-  fileDesc("Ch5wbHVnaW5jb250cm9sL3YxL2NvbnRyb2wucHJvdG8SEHBsdWdpbmNvbnRyb2wudjEiOQoLTG9hZFJlcXVlc3QSKgoEc3BlYxgBIAEoCzIcLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3BlYyJxCgxMb2FkUmVzcG9uc2USLgoGcGx1Z2luGAEgASgLMh4ucGx1Z2luY29udHJvbC52MS5QbHVnaW5TdGF0dXMSMQoGcmVwb3J0GAIgASgLMiEucGx1Z2luY29udHJvbC52MS5DYW5kaWRhdGVSZXBvcnQi2AEKDVJlbG9hZFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgRzcGVjGAIgASgLMhwucGx1Z2luY29udHJvbC52MS5QbHVnaW5TcGVjEhsKE2V4cGVjdGVkX2dlbmVyYXRpb24YAyABKAQSFQoNdmFsaWRhdGVfb25seRgEIAEoCBIwCg1kcmFpbl90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEicKBGJha2UYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ikAEKDlJlbG9hZFJlc3BvbnNlEi4KBnBsdWdpbhgBIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3RhdHVzEhsKE3ByZXZpb3VzX2dlbmVyYXRpb24YAiABKAQSMQoGcmVwb3J0GAMgASgLMiEucGx1Z2luY29udHJvbC52MS5DYW5kaWRhdGVSZXBvcnQiTwoNVW5sb2FkUmVxdWVzdBIMCgRuYW1lGAEgASgJEjAKDWRyYWluX3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQAoOVW5sb2FkUmVzcG9uc2USLgoGcGx1Z2luGAEgASgLMh4ucGx1Z2luY29udHJvbC52MS5QbHVnaW5TdGF0dXMiFAoSTGlzdFBsdWdpbnNSZXF1ZXN0IkYKE0xpc3RQbHVnaW5zUmVzcG9uc2USLwoHcGx1Z2lucxgBIAMoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3RhdHVzIh4KDUhlYWx0aFJlcXVlc3QSDQoFbmFtZXMYASADKAkiUwoOSGVhbHRoUmVzcG9uc2USLwoHcGx1Z2lucxgBIAMoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luSGVhbHRoEhAKCHJldmlzaW9uGAIgASgEImcKEldhdGNoSGVhbHRoUmVxdWVzdBINCgVuYW1lcxgBIAMoCRIWCg5zaW5jZV9yZXZpc2lvbhgCIAEoBBIqCgR2aWV3GAMgASgOMhwucGx1Z2luY29udHJvbC52MS5IZWFsdGhWaWV3IkMKE1dhdGNoSGVhbHRoUmVzcG9uc2USLAoFZXZlbnQYASABKAsyHS5wbHVnaW5jb250cm9sLnYxLkhlYWx0aEV2ZW50IkgKEExpc3RBdWRpdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgVsaW1pdBgCIAEoDRIXCg9iZWZvcmVfc2VxdWVuY2UYAyABKAQiQwoRTGlzdEF1ZGl0UmVzcG9uc2USLgoHcmVjb3JkcxgBIAMoCzIdLnBsdWdpbmNvbnRyb2wudjEuQXVkaXRSZWNvcmQi8AEKC0F1ZGl0UmVjb3JkEhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmNhbGxlchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSDgoGcGx1Z2luGAUgASgJEhYKDm9sZF9nZW5lcmF0aW9uGAYgASgEEhYKDm5ld19nZW5lcmF0aW9uGAcgASgEEhUKDWJpbmFyeV9zaGEyNTYYCCABKAkSDwoHb3V0Y29tZRgJIAEoCRINCgVlcnJvchgKIAEoCRIOCgZiaW5hcnkYCyABKAky1AQKFFBsdWdpbkNvbnRyb2xTZXJ2aWNlEkUKBExvYWQSHS5wbHVnaW5jb250cm9sLnYxLkxvYWRSZXF1ZXN0Gh4ucGx1Z2luY29udHJvbC52MS5Mb2FkUmVzcG9uc2USSwoGUmVsb2FkEh8ucGx1Z2luY29udHJvbC52MS5SZWxvYWRSZXF1ZXN0GiAucGx1Z2luY29udHJvbC52MS5SZWxvYWRSZXNwb25zZRJLCgZVbmxvYWQSHy5wbHVnaW5jb250cm9sLnYxLlVubG9hZFJlcXVlc3QaIC5wbHVnaW5jb250cm9sLnYxLlVubG9hZFJlc3BvbnNlEloKC0xpc3RQbHVnaW5zEiQucGx1Z2luY29udHJvbC52MS5MaXN0UGx1Z2luc1JlcXVlc3QaJS5wbHVnaW5jb250cm9sLnYxLkxpc3RQbHVnaW5zUmVzcG9uc2USSwoGSGVhbHRoEh8ucGx1Z2luY29udHJvbC52MS5IZWFsdGhSZXF1ZXN0GiAucGx1Z2luY29udHJvbC52MS5IZWFsdGhSZXNwb25zZRJcCgtXYXRjaEhlYWx0aBIkLnBsdWdpbmNvbnRyb2wudjEuV2F0Y2hIZWFsdGhSZXF1ZXN0GiUucGx1Z2luY29udHJvbC52MS5XYXRjaEhlYWx0aFJlc3BvbnNlMAESVAoJTGlzdEF1ZGl0EiIucGx1Z2luY29udHJvbC52MS5MaXN0QXVkaXRSZXF1ZXN0GiMucGx1Z2luY29udHJvbC52MS5MaXN0QXVkaXRSZXNwb25zZUJNWktnaXRodWIuY29tL3BsdWdpbmNvbnRyb2wvcGx1Z2luY29udHJvbC9nZW4vcGx1Z2luY29udHJvbC92MTtwbHVnaW5jb250cm9sdjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_plugincontrol_v1_candidate, file_plugincontrol_v1_health, file_plugincontrol_v1_spec]);
+  fileDesc("Ch5wbHVnaW5jb250cm9sL3YxL2NvbnRyb2wucHJvdG8SEHBsdWdpbmNvbnRyb2wudjEiOQoLTG9hZFJlcXVlc3QSKgoEc3BlYxgBIAEoCzIcLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3BlYyJxCgxMb2FkUmVzcG9uc2USLgoGcGx1Z2luGAEgASgLMh4ucGx1Z2luY29udHJvbC52MS5QbHVnaW5TdGF0dXMSMQoGcmVwb3J0GAIgASgLMiEucGx1Z2luY29udHJvbC52MS5DYW5kaWRhdGVSZXBvcnQi2AEKDVJlbG9hZFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgRzcGVjGAIgASgLMhwucGx1Z2luY29udHJvbC52MS5QbHVnaW5TcGVjEhsKE2V4cGVjdGVkX2dlbmVyYXRpb24YAyABKAQSFQoNdmFsaWRhdGVfb25seRgEIAEoCBIwCg1kcmFpbl90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEicKBGJha2UYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ikAEKDlJlbG9hZFJlc3BvbnNlEi4KBnBsdWdpbhgBIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3RhdHVzEhsKE3ByZXZpb3VzX2dlbmVyYXRpb24YAiABKAQSMQoGcmVwb3J0GAMgASgLMiEucGx1Z2luY29udHJvbC52MS5DYW5kaWRhdGVSZXBvcnQiTwoNVW5sb2FkUmVxdWVzdBIMCgRuYW1lGAEgASgJEjAKDWRyYWluX3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQAoOVW5sb2FkUmVzcG9uc2USLgoGcGx1Z2luGAEgASgLMh4ucGx1Z2luY29udHJvbC52MS5QbHVnaW5TdGF0dXMiFAoSTGlzdFBsdWdpbnNSZXF1ZXN0IkYKE0xpc3RQbHVnaW5zUmVzcG9uc2USLwoHcGx1Z2lucxgBIAMoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3RhdHVzIh4KDUhlYWx0aFJlcXVlc3QSDQoFbmFtZXMYASADKAkiUwoOSGVhbHRoUmVzcG9uc2USLwoHcGx1Z2lucxgBIAMoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luSGVhbHRoEhAKCHJldmlzaW9uGAIgASgEImcKEldhdGNoSGVhbHRoUmVxdWVzdBINCgVuYW1lcxgBIAMoCRIWCg5zaW5jZV9yZXZpc2lvbhgCIAEoBBIqCgR2aWV3GAMgASgOMhwucGx1Z2luY29udHJvbC52MS5IZWFsdGhWaWV3IkMKE1dhdGNoSGVhbHRoUmVzcG9uc2USLAoFZXZlbnQYASABKAsyHS5wbHVnaW5jb250cm9sLnYxLkhlYWx0aEV2ZW50Im8KEExpc3RBdWRpdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgVsaW1pdBgCIAEoDRIXCg9iZWZvcmVfc2VxdWVuY2UYAyABKAQSEQoJcGFnZV9zaXplGAQgASgNEhIKCnBhZ2VfdG9rZW4YBSABKAkikwEKEUxpc3RBdWRpdFJlc3BvbnNlEi4KB3JlY29yZHMYASADKAsyHS5wbHVnaW5jb250cm9sLnYxLkF1ZGl0UmVjb3JkEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRI1CgpjaGVja3BvaW50GAMgASgLMiEucGx1Z2luY29udHJvbC52MS5BdWRpdENoZWNrcG9pbnQiMQoPQXVkaXRDaGVja3BvaW50EhAKCHNlcXVlbmNlGAEgASgEEgwKBGhhc2gYAiABKAkikQIKC0F1ZGl0UmVjb3JkEhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmNhbGxlchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSDgoGcGx1Z2luGAUgASgJEhYKDm9sZF9nZW5lcmF0aW9uGAYgASgEEhYKDm5ld19nZW5lcmF0aW9uGAcgASgEEhUKDWJpbmFyeV9zaGEyNTYYCCABKAkSDwoHb3V0Y29tZRgJIAEoCRINCgVlcnJvchgKIAEoCRIOCgZiaW5hcnkYCyABKAkSEQoJcHJldl9oYXNoGAwgASgJEgwKBGhhc2gYDSABKAky1AQKFFBsdWdpbkNvbnRyb2xTZXJ2aWNlEkUKBExvYWQSHS5wbHVnaW5jb250cm9sLnYxLkxvYWRSZXF1ZXN0Gh4ucGx1Z2luY29udHJvbC52MS5Mb2FkUmVzcG9uc2USSwoGUmVsb2FkEh8ucGx1Z2luY29udHJvbC52MS5SZWxvYWRSZXF1ZXN0GiAucGx1Z2luY29udHJvbC52MS5SZWxvYWRSZXNwb25zZRJLCgZVbmxvYWQSHy5wbHVnaW5jb250cm9sLnYxLlVubG9hZFJlcXVlc3QaIC5wbHVnaW5jb250cm9sLnYxLlVubG9hZFJlc3BvbnNlEloKC0xpc3RQbHVnaW5zEiQucGx1Z2luY29udHJvbC52MS5MaXN0UGx1Z2luc1JlcXVlc3QaJS5wbHVnaW5jb250cm9sLnYxLkxpc3RQbHVnaW5zUmVzcG9uc2USSwoGSGVhbHRoEh8ucGx1Z2luY29udHJvbC52MS5IZWFsdGhSZXF1ZXN0GiAucGx1Z2luY29udHJvbC52MS5IZWFsdGhSZXNwb25zZRJcCgtXYXRjaEhlYWx0aBIkLnBsdWdpbmNvbnRyb2wudjEuV2F0Y2hIZWFsdGhSZXF1ZXN0GiUucGx1Z2luY29udHJvbC52MS5XYXRjaEhlYWx0aFJlc3BvbnNlMAESVAoJTGlzdEF1ZGl0EiIucGx1Z2luY29udHJvbC52MS5MaXN0QXVkaXRSZXF1ZXN0GiMucGx1Z2luY29udHJvbC52MS5MaXN0QXVkaXRSZXNwb25zZUJNWktnaXRodWIuY29tL3BsdWdpbmNvbnRyb2wvcGx1Z2luY29udHJvbC9nZW4vcGx1Z2luY29udHJvbC92MTtwbHVnaW5jb250cm9sdjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_plugincontrol_v1_candidate, file_plugincontrol_v1_health, file_plugincontrol_v1_spec]);
 
 /**
  * LoadRequest asks for a new plugin.
@@ -361,7 +361,7 @@ export const WatchHealthResponseSchema: GenMessage<WatchHealthResponse> = /*@__P
   messageDesc(file_plugincontrol_v1_control, 11);
 
 /**
- * ListAuditRequest selects audit records.
+ * ListAuditRequest selects a page of audit records, newest first.
  *
  * @generated from message plugincontrol.v1.ListAuditRequest
  */
@@ -374,20 +374,35 @@ export type ListAuditRequest = Message<"plugincontrol.v1.ListAuditRequest"> & {
   name: string;
 
   /**
-   * limit caps the number of records returned (newest first); 0 means 100,
-   * at most 10000.
+   * limit is the older spelling of page_size; page_size wins when both are
+   * set.
    *
    * @generated from field: uint32 limit = 2;
    */
   limit: number;
 
   /**
-   * before_sequence returns records older than this sequence number (for
-   * paging); 0 means from the newest.
+   * before_sequence returns records older than this sequence number; 0
+   * means from the newest. page_token wins when both are set.
    *
    * @generated from field: uint64 before_sequence = 3;
    */
   beforeSequence: bigint;
+
+  /**
+   * page_size caps the records returned; 0 means 100, at most 10000.
+   *
+   * @generated from field: uint32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * page_token continues a listing: the next_page_token of the previous
+   * page, with the same name. Empty starts from the newest record.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
 };
 
 /**
@@ -409,6 +424,22 @@ export type ListAuditResponse = Message<"plugincontrol.v1.ListAuditResponse"> & 
    * @generated from field: repeated plugincontrol.v1.AuditRecord records = 1;
    */
   records: AuditRecord[];
+
+  /**
+   * next_page_token fetches the next (older) page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * checkpoint is where the log starts after retention removed older
+   * records: the oldest record kept chains to it. Unset when nothing was
+   * removed.
+   *
+   * @generated from field: plugincontrol.v1.AuditCheckpoint checkpoint = 3;
+   */
+  checkpoint?: AuditCheckpoint | undefined;
 };
 
 /**
@@ -417,6 +448,34 @@ export type ListAuditResponse = Message<"plugincontrol.v1.ListAuditResponse"> & 
  */
 export const ListAuditResponseSchema: GenMessage<ListAuditResponse> = /*@__PURE__*/
   messageDesc(file_plugincontrol_v1_control, 13);
+
+/**
+ * AuditCheckpoint is the last record retention removed from the audit log.
+ *
+ * @generated from message plugincontrol.v1.AuditCheckpoint
+ */
+export type AuditCheckpoint = Message<"plugincontrol.v1.AuditCheckpoint"> & {
+  /**
+   * sequence is the removed record's.
+   *
+   * @generated from field: uint64 sequence = 1;
+   */
+  sequence: bigint;
+
+  /**
+   * hash is the removed record's hash.
+   *
+   * @generated from field: string hash = 2;
+   */
+  hash: string;
+};
+
+/**
+ * Describes the message plugincontrol.v1.AuditCheckpoint.
+ * Use `create(AuditCheckpointSchema)` to create a new message.
+ */
+export const AuditCheckpointSchema: GenMessage<AuditCheckpoint> = /*@__PURE__*/
+  messageDesc(file_plugincontrol_v1_control, 14);
 
 /**
  * AuditRecord is one mutation of the daemon's plugins.
@@ -505,6 +564,27 @@ export type AuditRecord = Message<"plugincontrol.v1.AuditRecord"> & {
    * @generated from field: string binary = 11;
    */
   binary: string;
+
+  /**
+   * prev_hash is the hash of the record before this one (or of the
+   * checkpoint); empty for the first record of a log.
+   *
+   * @generated from field: string prev_hash = 12;
+   */
+  prevHash: string;
+
+  /**
+   * hash makes the log tamper-evident: the lowercase hex SHA-256 of
+   * prev_hash and the fields above, each followed by a NUL byte, in this
+   * order: sequence (decimal), time (RFC 3339 with nanoseconds, UTC),
+   * caller, action, plugin, old_generation, new_generation (decimal),
+   * binary, binary_sha256, outcome, error. Editing, removing or reordering a
+   * record breaks the chain of every record after it (pluginctl audit
+   * --verify checks it).
+   *
+   * @generated from field: string hash = 13;
+   */
+  hash: string;
 };
 
 /**
@@ -512,7 +592,7 @@ export type AuditRecord = Message<"plugincontrol.v1.AuditRecord"> & {
  * Use `create(AuditRecordSchema)` to create a new message.
  */
 export const AuditRecordSchema: GenMessage<AuditRecord> = /*@__PURE__*/
-  messageDesc(file_plugincontrol_v1_control, 14);
+  messageDesc(file_plugincontrol_v1_control, 15);
 
 /**
  * PluginControlService manages the plugins of one plugind.
@@ -585,7 +665,8 @@ export const PluginControlService: GenService<{
     output: typeof WatchHealthResponseSchema;
   },
   /**
-   * ListAudit returns the audit record of mutations, newest first.
+   * ListAudit returns the audit record of mutations, newest first, a page at a
+   * time.
    *
    * @generated from rpc plugincontrol.v1.PluginControlService.ListAudit
    */

@@ -1,0 +1,166 @@
+// Package wire converts between the manager's types and their protobuf
+// messages, for the two places they cross a boundary: the API (package
+// server) and the store's records (package store).
+package wire
+
+import (
+	"fmt"
+	"time"
+
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/manager"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Duration converts an optional Duration field; unset is 0. A malformed or
+// negative one is an *manager.InvalidError naming field.
+func Duration(field string, d *durationpb.Duration) (time.Duration, error) {
+	if d == nil {
+		return 0, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, &manager.InvalidError{Field: field, Reason: err.Error()}
+	}
+	v := d.AsDuration()
+	if v < 0 {
+		return 0, &manager.InvalidError{Field: field, Reason: fmt.Sprintf("%v is negative", v)}
+	}
+	return v, nil
+}
+
+// Spec converts a PluginSpec of the API (or of a stored record) to the
+// manager's Spec; a malformed field is an *manager.InvalidError. The spec's
+// own rules are checked later, by the manager (Spec.Validate).
+func Spec(s *pb.PluginSpec) (manager.Spec, error) {
+	if s == nil {
+		return manager.Spec{}, &manager.InvalidError{Field: "spec", Reason: "required"}
+	}
+	st, err := Duration("spec.start_timeout", s.GetStartTimeout())
+	if err != nil {
+		return manager.Spec{}, err
+	}
+	spec := manager.Spec{
+		Name:         s.GetName(),
+		Binary:       s.GetBinary(),
+		Args:         s.GetArgs(),
+		Env:          s.GetEnv(),
+		SHA256:       s.GetSha256(),
+		Config:       s.GetConfig(),
+		StartTimeout: st,
+		ReadyService: s.GetReadyService(),
+	}
+	if h := s.GetHandshake(); h != nil {
+		spec.Handshake = &manager.Handshake{ProtocolVersion: uint(h.GetProtocolVersion()), MagicCookieKey: h.GetMagicCookieKey(), MagicCookieValue: h.GetMagicCookieValue()}
+	}
+	if p := s.GetHealthPolicy(); p != nil {
+		var ds [5]time.Duration
+		for i, f := range []struct {
+			name string
+			d    *durationpb.Duration
+		}{
+			{"panic_window", p.GetPanicWindow()}, {"restart_period", p.GetRestartPeriod()},
+			{"backoff_initial", p.GetBackoffInitial()}, {"backoff_max", p.GetBackoffMax()},
+			{"liveness_interval", p.GetLivenessInterval()},
+		} {
+			if ds[i], err = Duration("spec.health_policy."+f.name, f.d); err != nil {
+				return manager.Spec{}, err
+			}
+		}
+		spec.Policy = manager.HealthPolicy{
+			PanicThreshold:   int(min(p.GetPanicThreshold(), 1<<20)),
+			PanicWindow:      ds[0],
+			RestartLimit:     int(min(p.GetRestartLimit(), 1<<20)),
+			RestartPeriod:    ds[1],
+			BackoffInitial:   ds[2],
+			BackoffMax:       ds[3],
+			LivenessInterval: ds[4],
+			LivenessFailures: int(min(p.GetLivenessFailures(), 1<<20)),
+		}
+		for _, l := range []struct {
+			name string
+			in   *pb.FailureLimit
+			out  *manager.FailureLimit
+		}{
+			{"panics", p.GetPanics(), &spec.Policy.Panics}, {"crashes", p.GetCrashes(), &spec.Policy.Crashes},
+			{"hangs", p.GetHangs(), &spec.Policy.Hangs}, {"timeouts", p.GetTimeouts(), &spec.Policy.Timeouts},
+			{"start_failures", p.GetStartFailures(), &spec.Policy.StartFailures},
+		} {
+			if l.in == nil {
+				continue
+			}
+			w, err := Duration("spec.health_policy."+l.name+".window", l.in.GetWindow())
+			if err != nil {
+				return manager.Spec{}, err
+			}
+			*l.out = manager.FailureLimit{Threshold: int(min(l.in.GetThreshold(), 1<<20)), Window: w}
+		}
+		switch p.GetUnhealthyAction() {
+		case pb.UnhealthyAction_UNHEALTHY_ACTION_UNSPECIFIED, pb.UnhealthyAction_UNHEALTHY_ACTION_NONE:
+			spec.Policy.OnUnhealthy = manager.ActionNone
+		case pb.UnhealthyAction_UNHEALTHY_ACTION_RESTART:
+			spec.Policy.OnUnhealthy = manager.ActionRestart
+		case pb.UnhealthyAction_UNHEALTHY_ACTION_STOP:
+			spec.Policy.OnUnhealthy = manager.ActionStop
+		default:
+			return manager.Spec{}, &manager.InvalidError{Field: "spec.health_policy.unhealthy_action", Reason: fmt.Sprintf("unknown value %d", p.GetUnhealthyAction())}
+		}
+	}
+	return spec, nil
+}
+
+// SpecProto converts a manager Spec to its PluginSpec (Spec.Protocol, a Go
+// value, has no wire form and is left out).
+func SpecProto(s manager.Spec) *pb.PluginSpec {
+	out := &pb.PluginSpec{
+		Name:   s.Name,
+		Binary: s.Binary,
+		Args:   s.Args,
+		Env:    s.Env,
+		Sha256: s.SHA256,
+		Config: s.Config,
+
+		ReadyService: s.ReadyService,
+	}
+	if h := s.Handshake; h != nil {
+		out.Handshake = &pb.Handshake{ProtocolVersion: uint32(h.ProtocolVersion), MagicCookieKey: h.MagicCookieKey, MagicCookieValue: h.MagicCookieValue}
+	}
+	if s.StartTimeout > 0 {
+		out.StartTimeout = durationpb.New(s.StartTimeout)
+	}
+	p := s.Policy
+	if p != (manager.HealthPolicy{}) {
+		out.HealthPolicy = &pb.HealthPolicy{
+			PanicThreshold:  uint32(p.PanicThreshold),
+			RestartLimit:    uint32(p.RestartLimit),
+			UnhealthyAction: pb.UnhealthyAction(int32(p.OnUnhealthy) + 1),
+		}
+		for _, f := range []struct {
+			d   time.Duration
+			dst **durationpb.Duration
+		}{
+			{p.PanicWindow, &out.HealthPolicy.PanicWindow}, {p.RestartPeriod, &out.HealthPolicy.RestartPeriod},
+			{p.BackoffInitial, &out.HealthPolicy.BackoffInitial}, {p.BackoffMax, &out.HealthPolicy.BackoffMax},
+			{p.LivenessInterval, &out.HealthPolicy.LivenessInterval},
+		} {
+			if f.d > 0 {
+				*f.dst = durationpb.New(f.d)
+			}
+		}
+		out.HealthPolicy.LivenessFailures = uint32(p.LivenessFailures)
+		for _, l := range []struct {
+			in  manager.FailureLimit
+			out **pb.FailureLimit
+		}{
+			{p.Panics, &out.HealthPolicy.Panics}, {p.Crashes, &out.HealthPolicy.Crashes}, {p.Hangs, &out.HealthPolicy.Hangs},
+			{p.Timeouts, &out.HealthPolicy.Timeouts}, {p.StartFailures, &out.HealthPolicy.StartFailures},
+		} {
+			if l.in != (manager.FailureLimit{}) {
+				*l.out = &pb.FailureLimit{Threshold: uint32(l.in.Threshold)}
+				if l.in.Window > 0 {
+					(*l.out).Window = durationpb.New(l.in.Window)
+				}
+			}
+		}
+	}
+	return out
+}
