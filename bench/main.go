@@ -102,6 +102,7 @@ func scenarios() []scenario {
 		{"churn", "Invoke during continuous reloads vs without reloads", runChurn},
 		{"health", "Health (unary, all plugins) vs grpc-go health.Server Check", runHealth},
 		{"watch", "WatchHealth fan-out vs grpc-go health.Server Watch", runWatch},
+		{"stalled", "Stalled WatchHealth watchers: daemon memory and the slow-watcher policy (eviction past the watch lag limit)", runStalled},
 		{"recover", "Panic tracker Recover helper vs a bare deferred recover", runRecover},
 		{"load", "Load of N plugins in parallel vs N raw go-plugin launches", runLoad},
 		{"liveness", "Liveness probing of N plugins at 1s: CPU with probing vs without", runLiveness},
@@ -121,6 +122,9 @@ func main() {
 	testing.Init() // testing.Benchmark (recover scenario) reads the test flags
 	flag.Parse()
 	if *flagWatchClient != "" {
+		if *flagWatchClient == "stall" {
+			os.Exit(stallClient(*flagWatchAddr, *flagWatchN, *flagWatchConns))
+		}
 		os.Exit(watchClient(*flagWatchClient, *flagWatchAddr, *flagWatchN, *flagWatchConns))
 	}
 	os.Exit(run())

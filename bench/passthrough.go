@@ -64,7 +64,8 @@ func runPassthrough(e *env) ([]row, error) {
 		return nil, err
 	}
 	defer epConn.Close()
-	socks, _ := filepath.Glob(filepath.Join(d.dir, "sockets", "ticker-*", "plugin*"))
+	// ticker is the only plugin of this daemon.
+	socks, _ := filepath.Glob(filepath.Join(d.dir, "sockets", "*", "plugin*"))
 	if len(socks) != 1 {
 		return nil, fmt.Errorf("the ticker plugin's socket: found %v", socks)
 	}

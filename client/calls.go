@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -137,14 +138,64 @@ func (c *Client) Unload(ctx context.Context, name string, opts ...UnloadOption) 
 	return resp.GetPlugin(), nil
 }
 
-// List returns the status of every plugin, sorted by name. It is retried on
-// codes.Unavailable (see Dial).
-func (c *Client) List(ctx context.Context) ([]*plugincontrolv1.PluginStatus, error) {
-	resp, err := c.control.ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
-	if err != nil {
-		return nil, wrapError(err)
+// List returns the status of the named plugins (all when none are named),
+// sorted by name, following ListPlugins' pages to the last. An unknown
+// name is ErrNotFound. Each page is retried on codes.Unavailable (see
+// Dial).
+func (c *Client) List(ctx context.Context, opts ...ListOption) ([]*plugincontrolv1.PluginStatus, error) {
+	var o listOptions
+	for _, opt := range opts {
+		opt.applyList(&o)
 	}
-	return resp.GetPlugins(), nil
+	req := &plugincontrolv1.ListPluginsRequest{View: o.view, Names: o.names}
+	var out []*plugincontrolv1.PluginStatus
+	for {
+		resp, err := c.control.ListPlugins(ctx, req)
+		if err != nil {
+			return nil, wrapError(err)
+		}
+		out = append(out, resp.GetPlugins()...)
+		if resp.GetNextPageToken() == "" {
+			return out, nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
+// Get returns the whole status of one plugin, spec included. An unknown
+// name is ErrNotFound.
+func (c *Client) Get(ctx context.Context, name string) (*plugincontrolv1.PluginStatus, error) {
+	list, err := c.List(ctx, WithNames(name))
+	if err != nil {
+		return nil, err
+	}
+	if len(list) != 1 || list[0].GetName() != name {
+		return nil, fmt.Errorf("plugincontrol: ListPlugins of %q returned %d other plugins", name, len(list))
+	}
+	return list[0], nil
+}
+
+// ListOption configures List.
+type ListOption interface{ applyList(*listOptions) }
+
+type listOptions struct {
+	view  plugincontrolv1.PluginView
+	names []string
+}
+
+type listOptionFunc func(*listOptions)
+
+func (f listOptionFunc) applyList(o *listOptions) { f(o) }
+
+// WithBasicView lists the plugins without their specs
+// (PLUGIN_VIEW_BASIC): what a table needs, a fraction of the bytes.
+func WithBasicView() ListOption {
+	return listOptionFunc(func(o *listOptions) { o.view = plugincontrolv1.PluginView_PLUGIN_VIEW_BASIC })
+}
+
+// WithNames lists only the named plugins.
+func WithNames(names ...string) ListOption {
+	return listOptionFunc(func(o *listOptions) { o.names = append(o.names, names...) })
 }
 
 // Health returns the current health of the named plugins (all when none are

@@ -26,20 +26,14 @@ const PluginKey = "plugincontrol-plugin"
 // requires one). It fails with ErrNotFound for an unknown plugin and when
 // the daemon serves no endpoint for it.
 func (c *Client) DialPlugin(ctx context.Context, name string) (*grpc.ClientConn, error) {
-	list, err := c.List(ctx)
+	list, err := c.List(ctx, WithNames(name), WithBasicView())
 	if err != nil {
 		return nil, err
 	}
-	for _, st := range list {
-		if st.GetName() != name {
-			continue
-		}
-		if st.GetEndpoint() == "" {
-			return nil, fmt.Errorf("client: plugin %q has no endpoint: %w", name, ErrNotFound)
-		}
-		return DialEndpoint(ctx, st.GetEndpoint(), "", c.opts...)
+	if len(list) != 1 || list[0].GetEndpoint() == "" {
+		return nil, fmt.Errorf("client: plugin %q has no endpoint: %w", name, ErrNotFound)
 	}
-	return nil, fmt.Errorf("client: plugin %q is not loaded: %w", name, ErrNotFound)
+	return DialEndpoint(ctx, list[0].GetEndpoint(), "", c.opts...)
 }
 
 // DialEndpoint returns a connection to a plugin endpoint at addr: a

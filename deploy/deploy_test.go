@@ -444,6 +444,8 @@ func TestSystemdUnit(t *testing.T) {
 		"ProtectSystem":         "strict",
 		"PrivateTmp":            "yes",
 		"KillMode":              "control-group",
+		"Delegate":              "yes", // cgroup containment (--containment auto)
+		"ProtectControlGroups":  "no",  // else /sys/fs/cgroup is read-only
 		"User":                  "plugind",
 		"Restart":               "on-failure",
 		"ProtectHome":           "yes",

@@ -3,7 +3,8 @@
 // native ones) to typed clients.
 //
 // A plugin's endpoint is a unix socket owned by plugind, mode 0600, named
-// after the plugin in one directory (<state-dir>/plugins/NAME.sock), the
+// after the plugin in one directory (<state-dir>/plugins/NAME.sock; a
+// hashed name where that path would not fit, see WithShortDir), the
 // same for every generation and removed when the plugin is unloaded. Every
 // call on it, unary and the three streaming kinds, is forwarded to the
 // plugin's active generation as raw frames (grpc-go's UnknownServiceHandler
@@ -30,6 +31,8 @@ package endpoint
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,6 +68,7 @@ type options struct {
 	serverOpts []grpc.ServerOption
 	strip      []string
 	maxMessage int
+	shortDir   string
 	callOpts   []grpc.CallOption // of every upstream call, made once
 }
 
@@ -92,6 +96,15 @@ func WithStrippedMetadata(keys ...string) Option {
 // WithMaxMessageBytes sets the largest message forwarded either way
 // (default 16 MiB).
 func WithMaxMessageBytes(n int) Option { return func(o *options) { o.maxMessage = n } }
+
+// WithShortDir names a directory with a short path for the endpoints whose
+// NAME.sock path does not fit the 107 bytes of a unix socket path (long
+// names under a long endpoint directory). Such an endpoint is
+// <dir>/_HASH.sock when that fits, else <short>/_HASH.sock, where HASH is
+// 12 hex digits of the name's SHA-256; '_' is not allowed in plugin names,
+// so it never meets another plugin's NAME.sock. The directory is created
+// when first needed and cleaned of stale sockets by New.
+func WithShortDir(short string) Option { return func(o *options) { o.shortDir = short } }
 
 func (o *options) stripped(key string) bool {
 	if key == PluginKey {
@@ -147,10 +160,15 @@ func New(dir string, opts ...Option) (*Server, error) {
 	if err := os.Chmod(abs, 0o700); err != nil {
 		return nil, fmt.Errorf("endpoint directory: %w", err)
 	}
-	// Sockets of a daemon that was killed: plugind owns this directory.
-	stale, _ := filepath.Glob(filepath.Join(abs, "*.sock"))
-	for _, p := range stale {
-		_ = os.Remove(p)
+	// Sockets of a daemon that was killed: plugind owns these directories.
+	for _, d := range []string{abs, o.shortDir} {
+		if d == "" {
+			continue
+		}
+		stale, _ := filepath.Glob(filepath.Join(d, "*.sock"))
+		for _, p := range stale {
+			_ = os.Remove(p)
+		}
 	}
 	return &Server{dir: abs, opts: o, plugins: map[string]*plugin{}}, nil
 }
@@ -158,8 +176,22 @@ func New(dir string, opts ...Option) (*Server, error) {
 // Dir is the directory holding the endpoints.
 func (s *Server) Dir() string { return s.dir }
 
-// Path returns the socket path of plugin name's endpoint.
-func (s *Server) Path(name string) string { return filepath.Join(s.dir, name+".sock") }
+// Path returns the socket path of plugin name's endpoint: NAME.sock in
+// the endpoint directory when it fits a unix socket path, else the
+// hashed name (see WithShortDir). It depends only on the name, so it is
+// the same for every generation and every run.
+func (s *Server) Path(name string) string {
+	path := filepath.Join(s.dir, name+".sock")
+	if len(path) <= maxSocketPath {
+		return path
+	}
+	sum := sha256.Sum256([]byte(name))
+	hashed := "_" + hex.EncodeToString(sum[:6]) + ".sock"
+	if p := filepath.Join(s.dir, hashed); len(p) <= maxSocketPath || s.opts.shortDir == "" {
+		return p
+	}
+	return filepath.Join(s.opts.shortDir, hashed)
+}
 
 // Open implements manager.Endpoints: it binds the plugin's socket (mode
 // 0600) and serves it until Close.
@@ -176,6 +208,9 @@ func (s *Server) Open(name string, acquire func(context.Context) (*manager.Lease
 		return "", manager.ErrClosed
 	case dup:
 		return "", fmt.Errorf("endpoint %s is already open", path)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", fmt.Errorf("endpoint directory: %w", err)
 	}
 	_ = os.Remove(path) // left by an earlier generation of this daemon
 	old := syscall.Umask(0o077)

@@ -80,6 +80,17 @@
 // process warm: if the new generation becomes UNHEALTHY or crashes during
 // the bake, the manager reverts to that process by itself.
 //
+// # Containment
+//
+// Config.Containment says how a plugin's descendants are kept from
+// outliving it (contain.go): ContainProcessGroup (the default: nothing of
+// the embedding process changes), ContainAuto (a cgroup v2 per generation,
+// stopped with cgroup.kill; else ContainSubreaper) or ContainSubreaper (the
+// process is a child subreaper; what a stopped generation left, known by
+// the proc.MarkEnv variable every plugin process inherits, is killed, and
+// orphans are reaped). Config.Reaper adds a process that kills it all if
+// this one is SIGKILLed.
+//
 // # Concurrency
 //
 // Manager.mu guards the registry map. Each plugin entry has an operation

@@ -3,6 +3,8 @@ package manager
 import (
 	"errors"
 	"fmt"
+	"strings"
+	"syscall"
 )
 
 // Sentinel errors; test with errors.Is.
@@ -133,4 +135,53 @@ type LimitError struct {
 
 func (e *LimitError) Error() string {
 	return fmt.Sprintf("limit %s (%d) reached", e.Limit, e.Value)
+}
+
+// ResourceError is a failure of the manager's own process for lack of a
+// resource (file descriptors, disk space, memory, processes), not of the
+// plugin: the request may succeed once the resource is back.
+type ResourceError struct {
+	// Resource names it: "file descriptors", "disk", "memory",
+	// "processes".
+	Resource string
+	// Op says what needed it.
+	Op  string
+	Err error
+}
+
+func (e *ResourceError) Error() string {
+	return fmt.Sprintf("%s: out of %s: %v", e.Op, e.Resource, e.Err)
+}
+
+func (e *ResourceError) Unwrap() error { return e.Err }
+
+// resourceErr wraps err in a *ResourceError when it says the process ran
+// out of something; other errors are returned as they are.
+func resourceErr(op string, err error) error {
+	var re *ResourceError
+	if err == nil || errors.As(err, &re) {
+		return err
+	}
+	res := ""
+	switch {
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+		res = "file descriptors"
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		res = "disk"
+	case errors.Is(err, syscall.ENOMEM):
+		res = "memory"
+	case errors.Is(err, syscall.EAGAIN) && strings.Contains(err.Error(), "fork"):
+		res = "processes"
+	default:
+		// go-plugin reports some failures as text only.
+		switch msg := err.Error(); {
+		case strings.Contains(msg, "too many open files"):
+			res = "file descriptors"
+		case strings.Contains(msg, "no space left on device"):
+			res = "disk"
+		default:
+			return err
+		}
+	}
+	return &ResourceError{Resource: res, Op: op, Err: err}
 }

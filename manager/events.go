@@ -3,10 +3,12 @@ package manager
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // EventType says what an Event is.
@@ -66,6 +68,10 @@ type events struct {
 	// coalesced counts events replaced in a watcher's pending set before
 	// it read them (a slow watcher's skipped intermediate states).
 	coalesced atomic.Uint64
+	// lagLimit is how long a watcher may leave events pending before it is
+	// evicted (Config.WatchLagLimit; 0: never); evicted counts evictions.
+	lagLimit time.Duration
+	evicted  atomic.Uint64
 }
 
 // revisionBlock is how many revisions one durable reservation covers.
@@ -106,8 +112,9 @@ func (ev *events) publish(t EventType, h Health) uint64 {
 	}
 	ev.history = append(ev.history, *e)
 	// Every watcher keeps a pointer to the one read-only copy.
+	now := time.Now().UnixNano()
 	for w := range ev.subs {
-		w.offer(e)
+		w.offer(e, now)
 	}
 	return ev.rev
 }
@@ -148,6 +155,18 @@ func (ev *events) close() {
 // Watch is a subscription to health events. Read it with Next; Close it when
 // done.
 //
+// Slow watchers. A watch keeps at most one pending event per plugin (the
+// latest: a slow reader skips intermediate states, never the last), so
+// what it holds is bounded by the plugins it watches. A watch whose oldest
+// pending event has waited longer than Config.WatchLagLimit when another
+// event arrives is evicted: its pending events are dropped, it takes no
+// more, and Next returns an *EvictedError once the reader has taken what
+// it had (the server ends the stream with ResourceExhausted, telling the
+// client to resume from its last revision, which replays what it missed).
+// A reader stuck in a blocking send (a stalled gRPC client) learns of the
+// eviction when the send returns; until then the bytes grpc-go queued for
+// it are bounded by its per-stream write quota (64 KiB).
+//
 // Memory matters here (a daemon may hold 10,000 watches): a watch of one
 // plugin keeps its name rather than a map, and the pending set is a short
 // slice of pointers to the published events (shared by every watcher) until
@@ -158,14 +177,33 @@ type Watch struct {
 	only     string          // the one plugin watched, or ""
 	filter   map[string]bool // the plugins watched when more than one; nil: all
 
-	mu      sync.Mutex // guards initial, pending, pendingMap, ended
+	mu      sync.Mutex // guards initial, pending, pendingMap, pendingSince, taken, evicted, ended
 	initial []Event    // snapshot or replay, then SYNCED
 	pending []*Event   // latest per plugin, at most smallPending
 	// pendingMap replaces pending when a slow watcher of many plugins has
 	// more than smallPending of them pending.
 	pendingMap map[string]*Event
-	ended      bool
-	notify     chan struct{} // 1 slot: something is pending or ended
+	// pendingSince is when the oldest pending event arrived (unix ns; 0:
+	// none pending); taken the revision of the last event Poll returned.
+	pendingSince int64
+	taken        uint64
+	evicted      bool
+	ended        bool
+	notify       chan struct{} // 1 slot: something is pending or ended
+}
+
+// EvictedError is what Next returns for a watch evicted for falling
+// behind (see Watch).
+type EvictedError struct {
+	// LagLimit is the limit it passed.
+	LagLimit time.Duration
+	// LastRevision is the revision of the last event the watch returned:
+	// a watcher that received it resumes from it.
+	LastRevision uint64
+}
+
+func (e *EvictedError) Error() string {
+	return fmt.Sprintf("health watch evicted: its oldest undelivered event waited longer than the watch lag limit (%v); resume with since_revision set to the last revision received (the last event sent was revision %d)", e.LagLimit, e.LastRevision)
 }
 
 const smallPending = 8
@@ -181,13 +219,30 @@ func (w *Watch) wants(name string) bool {
 	return true
 }
 
-// offer queues e, replacing an older pending event of the same plugin;
-// called with ev.mu held, never blocks.
-func (w *Watch) offer(e *Event) {
+// offer queues e, replacing an older pending event of the same plugin, or
+// evicts the watch when its oldest pending event is older than the lag
+// limit (now is the publish time, unix ns); called with ev.mu held, never
+// blocks.
+func (w *Watch) offer(e *Event, now int64) {
 	if !w.wants(e.Health.Name) {
 		return
 	}
 	w.mu.Lock()
+	switch lag := w.ev.lagLimit; {
+	case w.evicted:
+		w.mu.Unlock()
+		return
+	case w.pendingSince == 0:
+		w.pendingSince = now
+	case lag > 0 && !w.internal && now-w.pendingSince > int64(lag):
+		w.evicted = true
+		clear(w.pending)
+		w.pending, w.pendingMap = nil, nil
+		w.ev.evicted.Add(1)
+		w.mu.Unlock()
+		w.Wake()
+		return
+	}
 	if w.put(e) {
 		w.ev.coalesced.Add(1)
 	}
@@ -303,7 +358,8 @@ func (m *Manager) Watch(names []string, since uint64, opts ...WatchOption) (*Wat
 }
 
 // Next returns the next events in revision order, waiting for at least one.
-// It returns ErrClosed when the manager shuts down, or ctx's error.
+// It returns ErrClosed when the manager shuts down, an *EvictedError when
+// the watch fell behind, or ctx's error.
 func (w *Watch) Next(ctx context.Context) ([]Event, error) {
 	for {
 		evs, ended := w.Poll()
@@ -311,7 +367,7 @@ func (w *Watch) Next(ctx context.Context) ([]Event, error) {
 			return evs, nil
 		}
 		if ended {
-			return nil, ErrClosed
+			return nil, w.Err()
 		}
 		select {
 		case <-w.notify:
@@ -322,7 +378,8 @@ func (w *Watch) Next(ctx context.Context) ([]Event, error) {
 }
 
 // Poll returns the events ready now, in revision order, without waiting,
-// and whether the watch has ended (the manager shut down).
+// and whether the watch has ended (the manager shut down, or the watch was
+// evicted: see Err).
 func (w *Watch) Poll() (evs []Event, ended bool) { return w.PollInto(nil) }
 
 // PollInto is Poll appending to buf[:0], so that a reader looping on a
@@ -332,7 +389,13 @@ func (w *Watch) PollInto(buf []Event) (evs []Event, ended bool) {
 	defer w.mu.Unlock()
 	if w.initial != nil {
 		evs, w.initial = w.initial, nil
+		if n := len(evs); n > 0 {
+			w.taken = max(w.taken, evs[n-1].Revision)
+		}
 		return evs, false
+	}
+	if w.evicted {
+		return nil, true
 	}
 	if w.hasPending() {
 		evs = buf[:0]
@@ -348,9 +411,25 @@ func (w *Watch) PollInto(buf []Event) (evs []Event, ended bool) {
 		// plugins and will need it again.
 		clear(w.pendingMap)
 		slices.SortFunc(evs, func(a, b Event) int { return cmp.Compare(a.Revision, b.Revision) })
+		w.pendingSince = 0
+		w.taken = evs[len(evs)-1].Revision
 		return evs, false
 	}
 	return nil, w.ended
+}
+
+// Err says why a watch ended: an *EvictedError when it fell behind, else
+// ErrClosed (nil while it runs).
+func (w *Watch) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.evicted:
+		return &EvictedError{LagLimit: w.ev.lagLimit, LastRevision: w.taken}
+	case w.ended:
+		return ErrClosed
+	}
+	return nil
 }
 
 // Ready is signalled when Poll may have something new, or Wake was called.
@@ -375,7 +454,7 @@ func (w *Watch) Bookmark() (uint64, bool) {
 	defer w.ev.mu.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.initial != nil || w.hasPending() {
+	if w.initial != nil || w.hasPending() || w.evicted {
 		return 0, false
 	}
 	return w.ev.rev, true
@@ -401,6 +480,10 @@ func Internal() WatchOption { return func(w *Watch) { w.internal = true } }
 // CoalescedEvents returns how many events slow watchers skipped because a
 // newer state of the same plugin replaced them before they were read.
 func (m *Manager) CoalescedEvents() uint64 { return m.events.coalesced.Load() }
+
+// EvictedWatches returns how many watches were evicted for falling behind
+// (Config.WatchLagLimit).
+func (m *Manager) EvictedWatches() uint64 { return m.events.evicted.Load() }
 
 // Revision is the hub's current revision (for bookmarks).
 func (w *Watch) Revision() uint64 { return w.ev.revision() }

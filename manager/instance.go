@@ -40,7 +40,9 @@ type instance struct {
 	startedAt  time.Time
 	sockDir    string
 	stderr     *proc.StderrSink
-	reap       *proc.Reaper // nil until the process runs
+	reap       *proc.Reaper // nil until the process runs (or with cgroups)
+	cgroup     *proc.Cgroup // the generation's cgroup (ContainAuto); nil: none
+	stopped    func(error)  // the manager's bookkeeping once the process is gone (with the cgroup's kill error)
 	pipes      []string     // the plugin's stdout and stderr pipes, "pipe:[inode]"
 
 	// gone is cancelled once the generation is being stopped: leases
@@ -155,10 +157,19 @@ func (i *instance) stop() {
 		if i.client != nil {
 			killClient(i.client, i.pid, i.pipes)
 		}
+		var cgErr error
+		if i.cgroup != nil {
+			// Every process the plugin started, in or out of its
+			// process group, double-forked or not.
+			cgErr = i.cgroup.Kill()
+		}
 		if i.reap != nil {
 			i.reap.Remove(i.pid)
 		}
 		removeSockDir(i.sockDir)
+		if i.stopped != nil {
+			i.stopped(cgErr)
+		}
 	})
 }
 

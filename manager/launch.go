@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -92,6 +93,7 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	clock := newStageClock()
 	log := m.log.With(slog.String("plugin", c.spec.Name), slog.Uint64("generation", c.gen))
 	fail := func(stage Stage, err error, inst *instance) (*instance, *Report, error) {
+		err = resourceErr("starting the candidate", err)
 		ce := &CandidateError{Plugin: c.spec.Name, Stage: stage, Err: err, ActiveGeneration: c.activeGen, Report: clock.r}
 		if inst != nil {
 			if inst.pid == 0 && inst.cmd != nil && inst.cmd.Process != nil {
@@ -104,7 +106,7 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 			died := stage > StageStart && inst.pid > 0 && proc.ExitedWithin(inst.pid, 100*time.Millisecond)
 			inst.stop()
 			if died {
-				ce.Err = fmt.Errorf("%w (the plugin process %s%s)", err, proc.ExitDescription(inst.cmd.ProcessState), lastWords(inst.stderr))
+				ce.Err = fmt.Errorf("the plugin process %s%s (%w)", proc.ExitDescription(inst.cmd.ProcessState), lastWords(inst.stderr), err)
 			}
 			ce.StderrTail = inst.stderr.PluginTail()
 		}
@@ -134,20 +136,45 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 		}()
 	}
 
-	// 2. start (and checksum, inside go-plugin's Start)
-	sockDir, err := os.MkdirTemp(m.sockRoot, c.spec.Name+"-")
+	// 2. start (and checksum, inside go-plugin's Start). The socket
+	// directory's name is a short random id, not the plugin's: every name
+	// the validator accepts fits in a unix socket path.
+	sockDir, err := os.MkdirTemp(m.sockRoot, "")
 	if err != nil {
-		return fail(StageStart, fmt.Errorf("socket directory: %w", err), nil)
+		return fail(StageStart, resourceErr("the plugin's socket directory", err), nil)
 	}
 	sink := proc.NewStderrSink(log)
 	inst := &instance{name: c.spec.Name, spec: c.spec, proto: p, sockDir: sockDir, stderr: sink}
 	inst.gen.Store(c.gen)
 	inst.gone, inst.cancelGone = context.WithCancel(context.Background())
+	genID := fmt.Sprintf("%s.g%d.%s", c.spec.Name, c.gen, filepath.Base(sockDir))
+	inst.stopped = func(cgErr error) {
+		if cgErr != nil {
+			log.Error("the generation's cgroup could not be emptied and removed: processes of it may be left", slog.String("error", cgErr.Error()))
+		}
+		m.pids.remove(inst.pid)
+		m.sweeper.stopped(m.mark(genID))
+	}
 
 	cmd := exec.Command(path, c.spec.Args...)
-	cmd.Env = pluginEnv(c.spec.Env, sockDir)
+	cmd.Env = pluginEnv(c.spec.Env, sockDir, m.mark(genID))
 	cmd.Dir = m.pluginDir
 	cmd.SysProcAttr = proc.SysProcAttr()
+	switch {
+	case m.cgroups != nil:
+		// Its own cgroup, which it starts in: a stop kills everything it
+		// started, wherever it went.
+		g, err := m.cgroups.New(genID, c.spec.Resources.limits())
+		if err != nil {
+			removeSockDir(sockDir)
+			return fail(StageStart, err, nil)
+		}
+		g.Into(cmd.SysProcAttr)
+		inst.cgroup = g
+	case c.spec.Resources.set():
+		removeSockDir(sockDir)
+		return fail(StageStart, fmt.Errorf("resource limits need cgroup containment, and this manager contains plugins with %s", m.containmentName()), nil)
+	}
 
 	startTimeout := c.spec.StartTimeout
 	if startTimeout == 0 {
@@ -179,13 +206,22 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	client := goplugin.NewClient(cfg)
 	inst.client = client
 	inst.cmd = cmd
-	if _, err := client.Start(); err != nil {
+	// Started and registered under the read lock of the subreaper's
+	// sweep: it never takes a plugin just started for an orphan.
+	m.pids.start.RLock()
+	_, err = client.Start()
+	if cmd.Process != nil {
+		inst.pid = cmd.Process.Pid
+		m.pids.add(inst.pid)
+	}
+	m.pids.start.RUnlock()
+	if inst.cgroup != nil {
+		inst.cgroup.Started()
+	}
+	if err != nil {
 		// go-plugin may report the failure on stdout's EOF before it has
 		// read the plugin's stderr, which classifyStart judges by: stopping
 		// the candidate first waits for both pipes, so the tail is whole.
-		if cmd.Process != nil {
-			inst.pid = cmd.Process.Pid
-		}
 		inst.stop()
 		stage, msg := classifyStart(err, sink, cmd.ProcessState)
 		switch {
@@ -199,9 +235,12 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	if rc := client.ReattachConfig(); rc != nil {
 		inst.pid = rc.Pid
 	}
-	// From here on, a SIGKILLed daemon's reaper kills the plugin's group.
-	m.reaper.Add(inst.pid)
-	inst.reap = m.reaper
+	// From here on, a SIGKILLed daemon's reaper kills the plugin's group
+	// (with cgroups, the reaper kills the whole subtree anyway).
+	if m.cgroups == nil {
+		m.reaper.Add(inst.pid)
+		inst.reap = m.reaper
+	}
 	inst.pipes = proc.StdioPipes(inst.pid)
 	clock.r.CandidatePID = inst.pid
 	if c.spec.SHA256 != "" {
@@ -265,7 +304,11 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	clock.done(StageDescribe)
 
 	// 5. ready
-	rctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
+	readyTimeout := c.spec.ReadyTimeout
+	if readyTimeout == 0 {
+		readyTimeout = m.cfg.ReadyTimeout
+	}
+	rctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	err = p.ready(rctx, conn, c.spec.Config)
 	cancel()
 	if err != nil {
@@ -282,16 +325,17 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	return inst, clock.r, nil
 }
 
-// pluginEnv is the plugin's whole environment: the spec's variables and the
-// socket directory. go-plugin adds its handshake variables; SkipHostEnv keeps
+// pluginEnv is the plugin's whole environment: the spec's variables, the
+// socket directory and the mark of the generation's processes
+// (proc.MarkEnv). go-plugin adds its handshake variables; SkipHostEnv keeps
 // the daemon's own environment (and its secrets) out.
-func pluginEnv(env map[string]string, sockDir string) []string {
-	out := make([]string, 0, len(env)+1)
+func pluginEnv(env map[string]string, sockDir, mark string) []string {
+	out := make([]string, 0, len(env)+2)
 	for k, v := range env {
 		out = append(out, k+"="+v)
 	}
 	sort.Strings(out)
-	return append(out, goplugin.EnvUnixSocketDir+"="+sockDir)
+	return append(out, goplugin.EnvUnixSocketDir+"="+sockDir, proc.MarkEnv+"="+mark)
 }
 
 // classifyStart maps an error of go-plugin's Start to the stage that failed

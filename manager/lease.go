@@ -135,7 +135,7 @@ func (m *Manager) openEndpoint(e *entry) error {
 	name := e.name
 	addr, err := m.cfg.Endpoints.Open(name, func(ctx context.Context) (*Lease, error) { return m.Acquire(ctx, name) })
 	if err != nil {
-		return fmt.Errorf("plugin %q: endpoint: %w", name, err)
+		return fmt.Errorf("plugin %q: %w", name, resourceErr("opening its endpoint", err))
 	}
 	e.mu.Lock()
 	e.endpoint = addr

@@ -51,6 +51,9 @@ type Config struct {
 	// MaxWatchers caps concurrent health watches (0: 10000); Internal
 	// watches are not counted.
 	MaxWatchers int
+	// WatchLagLimit evicts a health watch whose oldest undelivered event
+	// has waited longer than this (0: 30s; negative: never); see Watch.
+	WatchLagLimit time.Duration
 	// OnCandidate, if set, is called after every candidate pipeline run
 	// (for metrics): action is load, reload, validate, restart, restore or
 	// unhealthy-restart; failed is the failing stage, StageUnknown on
@@ -62,6 +65,18 @@ type Config struct {
 	// Endpoints, if set, serves every plugin's own gRPC API at a stable
 	// address (Status.Endpoint); see Endpoints.
 	Endpoints Endpoints
+	// Containment says how plugin processes and their descendants are
+	// contained (default ContainProcessGroup). ContainID names the
+	// cgroup subtree of ContainAuto (plugind derives it from its state
+	// directory): a manager of the same ID kills what a killed one left
+	// there. Empty: a random one.
+	Containment Containment
+	ContainID   string
+	// Reaper starts a reaper process that kills the plugins' processes
+	// (process groups, and the cgroup subtree) when this process dies,
+	// even by SIGKILL. It is the process's own binary run again: main
+	// must call ReaperMain first thing. Off by default.
+	Reaper bool
 	// RestoreProtocol, if set, gives Restore the protocol of a stored spec
 	// (Spec.Protocol is a Go value and is not stored). Nil, or a nil
 	// result: the spec's Handshake or the native contract.
@@ -78,8 +93,16 @@ type Manager struct {
 	digests   digestCache
 	events    *events
 	store     Store
-	reaper    *proc.Reaper // kills plugin process groups if the daemon is killed
-	native    *Protocol    // the protocol of specs with neither Protocol nor Handshake
+	reaper    *proc.Reaper  // kills plugin processes if the process is killed; nil: none
+	cgroups   *proc.Cgroups // the plugins' cgroup subtree (ContainAuto); nil: none
+	subreaper bool          // the process is a child subreaper (ContainSubreaper, or Auto's fallback)
+	// unsetSubreaper: New made the process a subreaper; Close undoes it.
+	unsetSubreaper bool
+	pid1           bool      // the process is PID 1: it reaps every orphan
+	containID      string    // Config.ContainID, or a random one
+	sweeper        *sweeper  // kills and reaps re-parented processes; nil: not needed
+	pids           pidSet    // plugin processes started and not stopped
+	native         *Protocol // the protocol of specs with neither Protocol nor Handshake
 
 	mu      sync.RWMutex // guards plugins and closed
 	plugins map[string]*entry
@@ -177,6 +200,12 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.MaxPlugins <= 0 {
 		m.cfg.MaxPlugins = 1000
 	}
+	switch {
+	case cfg.WatchLagLimit == 0:
+		m.events.lagLimit = 30 * time.Second
+	case cfg.WatchLagLimit > 0:
+		m.events.lagLimit = cfg.WatchLagLimit
+	}
 	if cfg.MaxWatchers <= 0 {
 		m.cfg.MaxWatchers = 10000
 	}
@@ -209,7 +238,10 @@ func New(cfg Config) (*Manager, error) {
 		}
 		m.sockRoot = d
 	}
-	m.reaper = proc.StartReaper(log)
+	if cfg.Reaper {
+		m.reaper = proc.StartReaper(log)
+	}
+	m.setupContainment()
 	m.native = NativeProtocol()
 	return m, nil
 }
@@ -309,6 +341,7 @@ func (m *Manager) Close(ctx context.Context) error {
 	wg.Wait()
 	m.bg.Wait()
 	m.events.close()
+	m.closeContainment()
 	m.reaper.Close()
 	if m.ownSock {
 		_ = os.RemoveAll(m.sockRoot)

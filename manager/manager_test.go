@@ -114,7 +114,7 @@ func TestReloadToMisbehavingCandidate(t *testing.T) {
 		timeout time.Duration
 		want    string
 	}{
-		{"exitstart", manager.StageStart, 0, ""},
+		{"exitstart", manager.StageStart, 0, "exited with status 3 before completing the handshake: exitstart: missing required configuration"},
 		{"hang", manager.StageStart, 500 * time.Millisecond, "timeout"},
 		{"badcookie", manager.StageHandshake, 0, ""},
 		{"badversion", manager.StageHandshake, 0, "incompatible API version"},
@@ -300,6 +300,14 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{manager.Spec{Name: "x", Binary: "echo", SHA256: "zz"}, "sha256", "64 hex digits"},
 		{manager.Spec{Name: "x", Binary: "echo", Env: map[string]string{"PLUGIN_X": "1"}}, "env", "reserved"},
 		{manager.Spec{Name: "x", Binary: "echo", StartTimeout: -time.Second}, "start_timeout", "outside"},
+		{manager.Spec{Name: "x", Binary: "echo", ReadyTimeout: 11 * time.Minute}, "ready_timeout", "outside 0..10m0s"},
+		{manager.Spec{Name: "x", Binary: "echo", Env: map[string]string{"PLUGINCONTROL_CONTAIN": "x"}}, "env", "set by plugind"},
+		{manager.Spec{Name: "x", Binary: "echo", Env: map[string]string{"K" + strings.Repeat("k", 256): "1"}}, "env", "at most 256 bytes"},
+		{manager.Spec{Name: "x", Binary: "echo", Resources: manager.Resources{MemoryMax: 4096}}, "resources.memory_max_bytes", "at least 1 MiB"},
+		{manager.Spec{Name: "x", Binary: "echo", Resources: manager.Resources{PidsMax: -1}}, "resources.pids_max", "negative"},
+		{manager.Spec{Name: "x", Binary: "echo", Resources: manager.Resources{CPUMax: "50000 100000 x"}}, "resources.cpu_max", "QUOTA PERIOD"},
+		{manager.Spec{Name: "x", Binary: "echo", Resources: manager.Resources{CPUMax: "max 100000"}}, "resources.cpu_max", "QUOTA PERIOD"},
+		{manager.Spec{Name: "x", Binary: "echo", Resources: manager.Resources{CPUMax: "500 100000"}}, "resources.cpu_max", "quota at least 1000"},
 	}
 	for _, b := range bad {
 		_, err := m.Load(ctx, b.spec)
@@ -355,5 +363,22 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 	}
 	if err := os.WriteFile(to, b, mode); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSpecReadyTimeout: a spec's ready_timeout bounds its ready stage, not
+// the manager's default (5s here): slowready, whose probe never answers,
+// fails at stage ready once the spec's 200ms are up.
+func TestSpecReadyTimeout(t *testing.T) {
+	m, _ := newManager(t, "")
+	start := time.Now()
+	_, err := m.Load(context.Background(), manager.Spec{Name: "slow", Binary: "slowready", ReadyTimeout: 200 * time.Millisecond})
+	took := time.Since(start)
+	var ce *manager.CandidateError
+	if !errors.As(err, &ce) || ce.Stage != manager.StageReady {
+		t.Fatalf("Load: %v, want a failure at stage ready", err)
+	}
+	if took >= 5*time.Second {
+		t.Fatalf("the ready stage ran %v: the manager's 5s default applied, not the spec's 200ms", took)
 	}
 }

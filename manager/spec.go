@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/plugincontrol/plugincontrol/internal/proc"
 )
 
 // Spec is the desired state of one plugin instance. The zero values of the
@@ -40,6 +42,13 @@ type Spec struct {
 	// of a foreign plugin ("" means DefaultReadyService, "plugin"). Only
 	// with Handshake.
 	ReadyService string
+	// Resources limit the plugin's processes through its cgroup; they
+	// need Config.Containment ContainAuto on a host that gives plugind the
+	// controllers (a candidate fails at stage start otherwise).
+	Resources Resources
+	// ReadyTimeout bounds the ready stage of a candidate (its readiness
+	// probe); 0 means Config.ReadyTimeout.
+	ReadyTimeout time.Duration
 	// Protocol, when set, is the embedder's own protocol and overrides
 	// Handshake. It is a Go value, not data: it is not stored, so a
 	// restored spec falls back to Handshake or the native contract unless
@@ -130,6 +139,7 @@ const (
 	maxArgLen     = 4096
 	maxEnv        = 128
 	maxEnvLen     = 8192
+	maxEnvKeyLen  = 256
 	maxConfigLen  = 1 << 20
 	maxBinaryLen  = 255
 	maxTimeout    = 10 * time.Minute
@@ -184,11 +194,14 @@ func (s *Spec) Validate() error {
 		return &InvalidError{Field: "env", Reason: fmt.Sprintf("%d variables, at most %d allowed", len(s.Env), maxEnv)}
 	}
 	for k, v := range s.Env {
-		if !envKeyRE.MatchString(k) {
-			return &InvalidError{Field: "env", Reason: fmt.Sprintf("variable name %q must match ^[A-Za-z_][A-Za-z0-9_]*$", truncate(k, 80))}
+		if len(k) > maxEnvKeyLen || !envKeyRE.MatchString(k) {
+			return &InvalidError{Field: "env", Reason: fmt.Sprintf("variable name %q must match ^[A-Za-z_][A-Za-z0-9_]*$, at most %d bytes", truncate(k, 80), maxEnvKeyLen)}
 		}
 		if strings.HasPrefix(k, "PLUGIN_") {
 			return &InvalidError{Field: "env", Reason: fmt.Sprintf("variable %q: the PLUGIN_ prefix is reserved for go-plugin's handshake", k)}
+		}
+		if k == proc.MarkEnv {
+			return &InvalidError{Field: "env", Reason: fmt.Sprintf("variable %q is set by plugind (it marks the plugin's processes)", k)}
 		}
 		if len(v) > maxEnvLen || strings.ContainsRune(v, 0) {
 			return &InvalidError{Field: "env", Reason: fmt.Sprintf("value of %q must be at most %d bytes without NUL", k, maxEnvLen)}
@@ -205,6 +218,12 @@ func (s *Spec) Validate() error {
 	}
 	if s.StartTimeout < 0 || s.StartTimeout > maxTimeout {
 		return &InvalidError{Field: "start_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", s.StartTimeout, maxTimeout)}
+	}
+	if s.ReadyTimeout < 0 || s.ReadyTimeout > maxTimeout {
+		return &InvalidError{Field: "ready_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", s.ReadyTimeout, maxTimeout)}
+	}
+	if err := s.Resources.validate(); err != nil {
+		return err
 	}
 	if err := s.validateProtocol(); err != nil {
 		return err

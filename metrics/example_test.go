@@ -41,4 +41,5 @@ func Example() {
 	// plugincontrol_health_events_coalesced_total 0
 	// plugincontrol_health_revision 0
 	// plugincontrol_health_watchers 0
+	// plugincontrol_health_watchers_evicted_total 0
 }

@@ -81,6 +81,8 @@ var (
 		"1 while a reload of the plugin bakes (the previous generation's process kept warm), else 0.", []string{"plugin"}, nil)
 	descWatchers = prometheus.NewDesc("plugincontrol_health_watchers",
 		"Open WatchHealth streams (the limit --max-watchers applies to).", nil, nil)
+	descEvicted = prometheus.NewDesc("plugincontrol_health_watchers_evicted_total",
+		"Health watches ended for falling behind by more than the watch lag limit (plugind --watch-lag-limit).", nil, nil)
 	descCoalesced = prometheus.NewDesc("plugincontrol_health_events_coalesced_total",
 		"Health events a slow watcher skipped because a newer state of the same plugin replaced them.", nil, nil)
 	descRevision = prometheus.NewDesc("plugincontrol_health_revision",
@@ -94,7 +96,7 @@ var states = []manager.State{manager.StateStarting, manager.StateServing, manage
 type pluginCollector struct{ m *manager.Manager }
 
 func (c *pluginCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descState, descGeneration, descPanics, descCrashes, descRestarts, descFailures, descBaking, descWatchers, descCoalesced, descRevision} {
+	for _, d := range []*prometheus.Desc{descState, descGeneration, descPanics, descCrashes, descRestarts, descFailures, descBaking, descWatchers, descEvicted, descCoalesced, descRevision} {
 		ch <- d
 	}
 }
@@ -123,6 +125,7 @@ func (c *pluginCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBaking, prometheus.GaugeValue, baking, h.Name)
 	}
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.m.Watchers()))
+	ch <- prometheus.MustNewConstMetric(descEvicted, prometheus.CounterValue, float64(c.m.EvictedWatches()))
 	ch <- prometheus.MustNewConstMetric(descCoalesced, prometheus.CounterValue, float64(c.m.CoalescedEvents()))
 	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(rev))
 }

@@ -4,11 +4,16 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
 	"github.com/plugincontrol/plugincontrol/manager"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protowire"
 	protobuf "google.golang.org/protobuf/proto"
 )
 
@@ -81,13 +86,110 @@ func (c *control) Unload(ctx context.Context, req *pb.UnloadRequest) (*pb.Unload
 	return &pb.UnloadResponse{Plugin: statusToProto(st)}, nil
 }
 
-func (c *control) ListPlugins(context.Context, *pb.ListPluginsRequest) (*pb.ListPluginsResponse, error) {
-	list := c.s.m.List()
-	out := &pb.ListPluginsResponse{Plugins: make([]*pb.PluginStatus, 0, len(list))}
-	for _, st := range list {
-		out.Plugins = append(out.Plugins, statusToProto(st))
+// ListPlugins pages by name: the token is the last name listed, so a
+// listing neither repeats nor skips a plugin that stays loaded while it is
+// paged through.
+func (c *control) ListPlugins(_ context.Context, req *pb.ListPluginsRequest) (*pb.ListPluginsResponse, error) {
+	size := int(req.GetPageSize())
+	switch {
+	case size == 0:
+		size = maxPluginPage
+	case size > maxPluginPage:
+		return nil, invalid("page_size", fmt.Sprintf("%d is more than %d", size, maxPluginPage))
+	}
+	after, err := decodePluginToken(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	basic := false
+	switch req.GetView() {
+	case pb.PluginView_PLUGIN_VIEW_UNSPECIFIED, pb.PluginView_PLUGIN_VIEW_FULL:
+	case pb.PluginView_PLUGIN_VIEW_BASIC:
+		basic = true
+	default:
+		return nil, invalid("view", fmt.Sprintf("unknown value %d", req.GetView()))
+	}
+	list, err := c.listed(req.GetNames())
+	if err != nil {
+		return nil, err
+	}
+	i := sort.Search(len(list), func(i int) bool { return list[i].Name > after })
+	budget := min(c.s.opts.maxRecvBytes, maxPluginPageBytes) - pluginTokenReserve
+	out := &pb.ListPluginsResponse{}
+	used := 0
+	for ; i < len(list) && len(out.Plugins) < size; i++ {
+		st := statusToProto(list[i])
+		if basic {
+			st.Spec = nil
+		}
+		n := protobuf.Size(st)
+		n += 1 + protowire.SizeVarint(uint64(n))
+		if used+n > budget {
+			if len(out.Plugins) == 0 {
+				return nil, rpcerr.New(codes.ResourceExhausted, rpcerr.ReasonResponseTooLarge,
+					fmt.Sprintf("the status of plugin %q is %d bytes, more than a response may hold (%d): list it with view PLUGIN_VIEW_BASIC, or raise --max-message-bytes", list[i].Name, n, budget),
+					map[string]string{"plugin": list[i].Name, "resource": "response size"})
+			}
+			break
+		}
+		used += n
+		out.Plugins = append(out.Plugins, st)
+	}
+	if i < len(list) && len(out.Plugins) > 0 {
+		out.NextPageToken = encodePluginToken(out.Plugins[len(out.Plugins)-1].GetName())
 	}
 	return out, nil
+}
+
+// listed is the status of the named plugins (all when names is empty),
+// sorted by name; an unknown name is NotFound.
+func (c *control) listed(names []string) ([]manager.Status, error) {
+	if len(names) == 0 {
+		return c.s.m.List(), nil
+	}
+	names = slices.Clone(names)
+	slices.Sort(names)
+	names = slices.Compact(names)
+	out := make([]manager.Status, 0, len(names))
+	for _, n := range names {
+		st, err := c.s.m.Get(n)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+const (
+	// maxPluginPage is the most plugins of one ListPlugins page.
+	maxPluginPage = 1000
+	// maxPluginPageBytes bounds a ListPlugins response to the 4 MiB that
+	// gRPC clients (grpc-go, grpcurl, grpc-js) receive by default.
+	maxPluginPageBytes = 4 << 20
+	// pluginTokenReserve is room for next_page_token (a 63-byte name in
+	// base64, with its tag and length) and slack.
+	pluginTokenReserve = 256
+	// pluginTokenPrefix versions the page token.
+	pluginTokenPrefix = "p1:"
+)
+
+func encodePluginToken(name string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pluginTokenPrefix + name))
+}
+
+// decodePluginToken returns the name a page token continues after; "" for
+// no token.
+func decodePluginToken(tok string) (string, error) {
+	if tok == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	name, ok := strings.CutPrefix(string(b), pluginTokenPrefix)
+	if err != nil || !ok || manager.ValidateName(name) != nil {
+		return "", invalid("page_token", "not a next_page_token of ListPlugins")
+	}
+	return name, nil
 }
 
 // healthAll is the response of Health for all plugins at one revision.

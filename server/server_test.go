@@ -30,6 +30,7 @@ var pluginDir string
 func TestMain(m *testing.M) { testbin.Main(m, &pluginDir, testbin.Plugins) }
 
 type fixture struct {
+	sock   string
 	m      *manager.Manager
 	srv    *server.Server
 	conn   *grpc.ClientConn
@@ -41,7 +42,15 @@ type fixture struct {
 // start runs a manager and server on a unix socket; both stop at cleanup.
 func start(t *testing.T, opts ...server.Option) *fixture {
 	t.Helper()
-	m, err := manager.New(manager.Config{PluginDir: pluginDir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	return startWith(t, manager.Config{}, opts...)
+}
+
+// startWith is start with a manager configuration (PluginDir and Logger
+// are set).
+func startWith(t *testing.T, cfg manager.Config, opts ...server.Option) *fixture {
+	t.Helper()
+	cfg.PluginDir, cfg.Logger = pluginDir, slog.New(slog.NewTextHandler(io.Discard, nil))
+	m, err := manager.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +69,7 @@ func start(t *testing.T, opts ...server.Option) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{m: m, srv: srv, conn: conn, ctl: pb.NewPluginControlServiceClient(conn), gw: pb.NewPluginGatewayServiceClient(conn), health: healthpb.NewHealthClient(conn)}
+	f := &fixture{sock: sock, m: m, srv: srv, conn: conn, ctl: pb.NewPluginControlServiceClient(conn), gw: pb.NewPluginGatewayServiceClient(conn), health: healthpb.NewHealthClient(conn)}
 	t.Cleanup(func() {
 		conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 	"time"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -18,7 +20,10 @@ import (
 // reconnect (to this daemon once it is back) with their last revision.
 var errShuttingDown = status.Error(codes.Unavailable, "plugind is shutting down; reconnect with since_revision set to the last revision received")
 
-// WatchHealth streams a snapshot or replay, SYNCED, then live events. One
+// WatchHealth streams a snapshot or replay, SYNCED, then live events. A
+// watch evicted for falling behind (manager.Watch) ends, once the events
+// taken before are sent, with ResourceExhausted (reason WATCH_EVICTED):
+// the client resumes from its last revision. One
 // goroutine per stream does everything (poll, send, bookmark), so a bookmark
 // can never overtake an event taken from the watch but not yet sent.
 //
@@ -73,6 +78,11 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 			}
 		}
 		if ended {
+			var ev *manager.EvictedError
+			if errors.As(w.Err(), &ev) {
+				return rpcerr.New(codes.ResourceExhausted, rpcerr.ReasonWatchEvicted, ev.Error(),
+					map[string]string{"last_revision": strconv.FormatUint(ev.LastRevision, 10), "lag_limit": ev.LagLimit.String()})
+			}
 			return errShuttingDown
 		}
 		<-w.Ready()

@@ -14,7 +14,8 @@ import (
 func GoldenRecords() string {
 	rec := manager.PluginRecord{Name: "golden", Generation: 42, HeldUnhealthy: true, Reason: "held", PluginName: "echo", Spec: manager.Spec{
 		Name: "golden", Binary: "sub/echo", Args: []string{"-a", "b c"}, Env: map[string]string{"A": "1", "B": "2"},
-		SHA256: strings.Repeat("ab", 32), Config: []byte{0, 1, 2}, StartTimeout: 3 * time.Second, ReadyService: "svc",
+		SHA256: strings.Repeat("ab", 32), Config: []byte{0, 1, 2}, StartTimeout: 3 * time.Second, ReadyService: "svc", ReadyTimeout: 4 * time.Second,
+		Resources: manager.Resources{MemoryMax: 64 << 20, PidsMax: 32, CPUMax: "50000 100000"},
 		Handshake: &manager.Handshake{ProtocolVersion: 2, MagicCookieKey: "COOKIE", MagicCookieValue: "v"},
 		Policy: manager.HealthPolicy{PanicThreshold: 4, PanicWindow: 2 * time.Minute, RestartLimit: 6, RestartPeriod: 3 * time.Minute,
 			BackoffInitial: 50 * time.Millisecond, BackoffMax: 7 * time.Second, OnUnhealthy: manager.ActionStop,

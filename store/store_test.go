@@ -53,7 +53,8 @@ func TestPluginsSurviveReopen(t *testing.T) {
 	spec := manager.Spec{Name: "echo", Binary: "echo", Args: []string{"-v"}, Env: map[string]string{"A": "1"}, Config: []byte{0, 1, 2},
 		StartTimeout: 3 * time.Second, Policy: manager.HealthPolicy{PanicThreshold: 5, OnUnhealthy: manager.ActionRestart,
 			LivenessInterval: time.Second, Timeouts: manager.FailureLimit{Threshold: 4, Window: time.Minute}},
-		Handshake: &manager.Handshake{ProtocolVersion: 2, MagicCookieKey: "K", MagicCookieValue: "v"}, ReadyService: "svc"}
+		Handshake: &manager.Handshake{ProtocolVersion: 2, MagicCookieKey: "K", MagicCookieValue: "v"}, ReadyService: "svc",
+		ReadyTimeout: time.Second, Resources: manager.Resources{MemoryMax: 1 << 30, PidsMax: 100, CPUMax: "100000 100000"}}
 	put(t, db, manager.PluginRecord{Spec: spec, Generation: 7, PluginName: "echo"})
 	put(t, db, manager.PluginRecord{Spec: manager.Spec{Name: "gone", Binary: "echo"}, Generation: 1})
 	if err := db.Commit(manager.Change{Delete: "gone", Audit: auditOf("unload", "gone", 1)}); err != nil {

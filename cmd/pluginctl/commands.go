@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -126,7 +127,7 @@ func (c *cli) reload(ctx context.Context, args []string) error {
 
 	return c.call(ctx, func(rctx context.Context, cl *client.Client) error {
 		if sf.anySet() {
-			current, err := currentSpec(rctx, cl.Control(), name)
+			current, err := currentSpec(rctx, cl, name)
 			if err != nil {
 				return err
 			}
@@ -214,20 +215,18 @@ func (c *cli) waitHealthy(ctx context.Context, control plugincontrolv1.PluginCon
 }
 
 // currentSpec fetches the spec the active generation of name runs.
-func currentSpec(ctx context.Context, control plugincontrolv1.PluginControlServiceClient, name string) (*plugincontrolv1.PluginSpec, error) {
-	list, err := control.ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+func currentSpec(ctx context.Context, cl *client.Client, name string) (*plugincontrolv1.PluginSpec, error) {
+	st, err := cl.Get(ctx, name)
+	if errors.Is(err, client.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "plugin %q is not loaded", name)
+	}
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range list.GetPlugins() {
-		if p.GetName() == name {
-			if p.GetSpec() == nil {
-				return nil, fmt.Errorf("the daemon did not return the current spec of %q", name)
-			}
-			return p.GetSpec(), nil
-		}
+	if st.GetSpec() == nil {
+		return nil, fmt.Errorf("the daemon did not return the current spec of %q", name)
 	}
-	return nil, status.Errorf(codes.NotFound, "plugin %q is not loaded", name)
+	return st.GetSpec(), nil
 }
 
 func (c *cli) unload(ctx context.Context, args []string) error {
@@ -257,6 +256,7 @@ func (c *cli) unload(ctx context.Context, args []string) error {
 
 func (c *cli) list(ctx context.Context, args []string) error {
 	fs := newFlagSet("list")
+	full := fs.Bool("full", false, "include each plugin's spec (view FULL; with -o json or yaml)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -264,12 +264,17 @@ func (c *cli) list(ctx context.Context, args []string) error {
 	if err := wantArgs("list", pos, 0, 0, "no arguments"); err != nil {
 		return err
 	}
+	opts := []client.ListOption{client.WithBasicView()}
+	if *full {
+		opts = nil
+	}
 	return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
-		resp, err := cl.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+		list, err := cl.List(ctx, opts...)
 		if err != nil {
 			return err
 		}
-		return c.show(resp, func() error { return renderStatuses(c.stdout, c.pal, resp.GetPlugins()) })
+		resp := &plugincontrolv1.ListPluginsResponse{Plugins: list}
+		return c.show(resp, func() error { return renderStatuses(c.stdout, c.pal, list) })
 	})
 }
 
@@ -442,13 +447,13 @@ func (c *cli) completeNames(ctx context.Context, args []string) error {
 		return err
 	}
 	return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
-		resp, err := cl.Control().ListPlugins(ctx, &plugincontrolv1.ListPluginsRequest{})
+		list, err := cl.List(ctx, client.WithBasicView())
 		if err != nil {
 			return err
 		}
 		// Plain names whatever -o says: the shell reads them.
 		var b strings.Builder
-		for _, p := range resp.GetPlugins() {
+		for _, p := range list {
 			b.WriteString(p.GetName())
 			b.WriteByte('\n')
 		}

@@ -83,6 +83,7 @@ var (
 		drainFlagSpec,
 	}
 	invokeFlagSpecs = []flagSpec{{"payload-file", "file", "read the payload from a file"}}
+	listFlagSpecs   = []flagSpec{{"full", "", "include each plugin's spec"}}
 	watchFlagSpecs  = []flagSpec{
 		{"since", "N", "resume after revision N"},
 		{"plain", "", "a line per event even on a terminal"},

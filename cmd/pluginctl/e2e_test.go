@@ -99,8 +99,13 @@ func TestEndToEnd(t *testing.T) {
 			} `json:"spec"`
 		} `json:"plugins"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list.Plugins) != 1 || list.Plugins[0].Generation != "1" || list.Plugins[0].Spec.Binary != "echo" {
-		t.Errorf("list -o json (%v):\n%s", err, r.stdout)
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list.Plugins) != 1 || list.Plugins[0].Generation != "1" || list.Plugins[0].Spec.Binary != "" {
+		t.Errorf("list -o json (%v), want the status without the spec:\n%s", err, r.stdout)
+	}
+	r = run(0, "-o", "json", "list", "--full")
+	list.Plugins = nil
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list.Plugins) != 1 || list.Plugins[0].Spec.Binary != "echo" {
+		t.Errorf("list --full -o json (%v), want the spec:\n%s", err, r.stdout)
 	}
 
 	// invoke

@@ -74,7 +74,7 @@ var commands = []*command{
 	{name: "load", summary: "launch a new plugin instance", usage: loadUsage, run: (*cli).load, flags: slices.Concat(specFlagSpecs, waitFlagSpecs), args: argsNone},
 	{name: "reload", summary: "start a new generation and swap to it if it passes validation", usage: reloadUsage, run: (*cli).reload, flags: slices.Concat(specFlagSpecs, reloadFlagSpecs, waitFlagSpecs), args: argsFirstName},
 	{name: "unload", summary: "drain and stop a plugin and forget it", usage: unloadUsage, run: (*cli).unload, flags: []flagSpec{drainFlagSpec}, args: argsFirstName},
-	{name: "list", summary: "list plugins and their status", usage: listUsage, run: (*cli).list, args: argsNone},
+	{name: "list", summary: "list plugins and their status", usage: listUsage, run: (*cli).list, args: argsNone, flags: listFlagSpecs},
 	{name: "invoke", summary: "call a plugin method", usage: invokeUsage, run: (*cli).invoke, flags: invokeFlagSpecs, args: argsFirstName},
 	{name: "health", summary: "show the current health of plugins", usage: healthUsage, run: (*cli).health, args: argsNames},
 	{name: "watch", summary: "stream health events (a live view on a terminal)", usage: watchUsage, run: (*cli).watch, flags: watchFlagSpecs, args: argsNames},

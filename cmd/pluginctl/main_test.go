@@ -244,9 +244,20 @@ func recordReq[T any](f *fakeDaemon, ctx context.Context, reqs *[]T, req T) {
 	f.mu.Unlock()
 }
 
-func (f *fakeDaemon) ListPlugins(ctx context.Context, _ *plugincontrolv1.ListPluginsRequest) (*plugincontrolv1.ListPluginsResponse, error) {
+func (f *fakeDaemon) ListPlugins(ctx context.Context, req *plugincontrolv1.ListPluginsRequest) (*plugincontrolv1.ListPluginsResponse, error) {
 	f.record(ctx)
-	return &plugincontrolv1.ListPluginsResponse{Plugins: f.plugins}, nil
+	if len(req.GetNames()) == 0 {
+		return &plugincontrolv1.ListPluginsResponse{Plugins: f.plugins}, nil
+	}
+	var out []*plugincontrolv1.PluginStatus
+	for _, n := range req.GetNames() {
+		i := slices.IndexFunc(f.plugins, func(p *plugincontrolv1.PluginStatus) bool { return p.GetName() == n })
+		if i < 0 {
+			return nil, status.Errorf(codes.NotFound, "plugin %q: not found", n)
+		}
+		out = append(out, f.plugins[i])
+	}
+	return &plugincontrolv1.ListPluginsResponse{Plugins: out}, nil
 }
 
 func (f *fakeDaemon) Load(ctx context.Context, req *plugincontrolv1.LoadRequest) (*plugincontrolv1.LoadResponse, error) {

@@ -78,9 +78,14 @@ Flags:
   --drain-timeout D   wait at most D for calls in flight (default: the daemon's, 30s)
 `
 
-const listUsage = `usage: pluginctl [global flags] list
+const listUsage = `usage: pluginctl [global flags] list [--full]
 
 List every plugin: NAME GEN STATE PID VERSION BINARY RESTARTS LAST ERROR.
+The daemon's pages are followed to the last. With -o json or yaml, each
+plugin's status without its spec; --full includes the specs.
+
+Flags:
+  --full   include each plugin's spec (ListPlugins view FULL)
 `
 
 const invokeUsage = `usage: pluginctl [global flags] invoke NAME METHOD [PAYLOAD | - | --payload-file F]

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/plugincontrol/plugincontrol/client"
+	"github.com/plugincontrol/plugincontrol/manager"
 	"sigs.k8s.io/yaml"
 )
 
@@ -46,9 +47,42 @@ type config struct {
 	maxStreams      uint
 	endpointDir     string
 	auditRetention  int
+	containment     manager.Containment
+	readyTimeout    time.Duration
+	watchLagLimit   time.Duration
 	auditMaxAge     time.Duration
 	endpointListen  string
 	endpointMaxMsg  int
+}
+
+// containmentFlag is --containment.
+type containmentFlag struct{ v *manager.Containment }
+
+func (c containmentFlag) String() string {
+	if c.v == nil {
+		return "auto"
+	}
+	switch *c.v {
+	case manager.ContainSubreaper:
+		return "subreaper"
+	case manager.ContainProcessGroup:
+		return "process-group"
+	}
+	return "auto"
+}
+
+func (c containmentFlag) Set(s string) error {
+	switch s {
+	case "auto":
+		*c.v = manager.ContainAuto
+	case "subreaper":
+		*c.v = manager.ContainSubreaper
+	case "process-group":
+		*c.v = manager.ContainProcessGroup
+	default:
+		return fmt.Errorf("%q: want auto, subreaper or process-group", s)
+	}
+	return nil
 }
 
 // listFlag is a repeatable string flag.
@@ -89,6 +123,22 @@ func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
 		fmt.Fprint(out, usage)
 		fs.PrintDefaults()
 		fmt.Fprint(out, `
+Containment (--containment): the mode in use is in the "plugind started" log
+line. auto: a cgroup v2 per plugin generation under plugind's own cgroup,
+stopped with cgroup.kill (root with cgroup v2 mounted, or systemd
+Delegate=yes); else subreaper: plugind is a child subreaper and kills what
+stopped plugins left behind (told apart by PLUGINCONTROL_CONTAIN in their
+environment). Either way a killed plugind's reaper and the next plugind on the
+same --state-dir kill the leftovers.
+
+Spec limits (InvalidArgument naming the field): name ^[a-z][a-z0-9-]{0,62}$;
+binary 255 bytes; 64 args of 4 KiB; 128 env variables, names of 256 bytes,
+values of 8 KiB; config 1 MiB; start_timeout and ready_timeout up to 10m
+(defaults --start-timeout, --ready-timeout); health policy thresholds up to
+1000, windows up to 24h; resources (cgroup mode with the controllers
+delegated) memory_max_bytes at least 1 MiB, cpu_max "QUOTA PERIOD". All in
+docs/api.md (PluginSpec).
+
 Signals: SIGTERM or SIGINT: health goes NOT_SERVING, WatchHealth streams end
 with Unavailable, calls in flight finish (up to --shutdown-timeout), plugins
 stop, then plugind exits 0.
@@ -114,6 +164,7 @@ Store commands (stop plugind first):
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
 	fs.Var(listFlag{&cfg.loads}, "load", "load a plugin at start unless restored: NAME or NAME=BINARY (repeatable)")
 	fs.DurationVar(&cfg.startTimeout, "start-timeout", 10*time.Second, "default launch+handshake timeout of a plugin")
+	fs.DurationVar(&cfg.readyTimeout, "ready-timeout", 5*time.Second, "default timeout of a candidate's readiness probe (a spec's ready_timeout overrides it)")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "default time in-flight calls get to finish before a generation is stopped")
 	fs.DurationVar(&cfg.bake, "bake", 0, "default bake period of a Reload that sets none: the previous generation's process is kept warm that long and plugind reverts to it if the new one becomes UNHEALTHY or crashes (0: no bake)")
 	fs.DurationVar(&cfg.callTimeout, "call-timeout", 60*time.Second, "deadline of every call sent to a plugin when the caller set none shorter")
@@ -128,8 +179,11 @@ Store commands (stop plugind first):
 	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "HOST:PORT for Prometheus metrics over HTTP at /metrics (unset: off)")
 	fs.IntVar(&cfg.maxPlugins, "max-plugins", 1000, "most plugins loaded at once")
 	fs.IntVar(&cfg.maxWatchers, "max-watchers", 10000, "most WatchHealth streams at once")
+	fs.DurationVar(&cfg.watchLagLimit, "watch-lag-limit", 30*time.Second, "end a WatchHealth stream (ResourceExhausted; clients resume from their last revision) whose oldest undelivered event has waited longer than this (0: never)")
 	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 4<<20, "largest message received or sent (requests and responses)")
 	fs.UintVar(&cfg.maxStreams, "max-streams-per-conn", 1024, "concurrent streams per client connection")
+	cfg.containment = manager.ContainAuto
+	fs.Var(containmentFlag{&cfg.containment}, "containment", "how plugin processes and everything they start are kept from outliving them: auto (a cgroup v2 per generation, killed with cgroup.kill, when plugind may create cgroups: root, or systemd Delegate=yes; else subreaper), subreaper (plugind is a child subreaper and kills what stopped plugins left) or process-group (default auto; the mode in use is in the \"plugind started\" log line: containment=...)")
 	fs.IntVar(&cfg.auditRetention, "audit-retention", 100000, "audit records kept; older ones are removed, a checkpoint keeping the chain verifiable")
 	fs.DurationVar(&cfg.auditMaxAge, "audit-max-age", 0, "also remove audit records older than this (0: keep by count only)")
 	fs.StringVar(&cfg.endpointDir, "endpoint-dir", "", "directory of the plugin endpoints: each plugin's own gRPC API is served at DIR/NAME.sock (mode 0600), forwarded to its active generation (default <state-dir>/plugins)")
@@ -256,7 +310,7 @@ func (c *config) check() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"start-timeout", c.startTimeout}, {"drain-timeout", c.drainTimeout}, {"call-timeout", c.callTimeout}, {"shutdown-timeout", c.shutdownTimeout}} {
+	}{{"start-timeout", c.startTimeout}, {"ready-timeout", c.readyTimeout}, {"drain-timeout", c.drainTimeout}, {"call-timeout", c.callTimeout}, {"shutdown-timeout", c.shutdownTimeout}} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("--%s must be positive", d.name))
 		}
@@ -266,6 +320,9 @@ func (c *config) check() error {
 	}
 	if c.auditRetention < 1 || c.auditMaxAge < 0 {
 		errs = append(errs, errors.New("--audit-retention must be positive and --audit-max-age not negative"))
+	}
+	if c.watchLagLimit < 0 {
+		errs = append(errs, errors.New("--watch-lag-limit must not be negative (0: never)"))
 	}
 	if c.bake < 0 || c.bake > 24*time.Hour {
 		errs = append(errs, errors.New("--bake must be within 0..24h"))

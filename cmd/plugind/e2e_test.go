@@ -15,6 +15,7 @@ import (
 	"time"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/manager"
 
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
 )
@@ -294,5 +295,90 @@ func TestSigkillOfDaemonTakesPluginsWithIt(t *testing.T) {
 	if c, err := net.Dial("unix", d.Socket); err == nil {
 		c.Close()
 		t.Fatalf("stale socket still accepts connections")
+	}
+}
+
+// TestContainmentModeIsLogged: the "plugind started" line says which
+// containment is in use, as README and --help promise: the cgroup (with its
+// directory) by default on this machine (root, cgroup v2 mounted), the
+// subreaper or the process group when asked for.
+func TestContainmentModeIsLogged(t *testing.T) {
+	for _, c := range []struct{ flag, want string }{
+		{"", `containment="cgroup (/sys/fs/cgroup/`},
+		{"subreaper", "containment=subreaper"},
+		{"process-group", "containment=process-group"},
+	} {
+		var extra []string
+		if c.flag != "" {
+			extra = []string{"--containment", c.flag}
+		}
+		d := startDaemon(t, extra...)
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(d.Stderr.String(), "plugind started") && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		mustContain(t, "--containment "+c.flag, d.Stderr.String(), c.want)
+		d.Stop(t)
+	}
+	if _, code := run(t, "plugind", "--containment", "jail"); code != 2 {
+		t.Fatalf("--containment jail: exit %d, want 2 (usage)", code)
+	}
+}
+
+// TestHelpStatesTheSpecLimits: the spec limits --help states are the ones
+// the manager enforces: a spec at each passes validation, one past it
+// fails naming the field.
+func TestHelpStatesTheSpecLimits(t *testing.T) {
+	out, code := run(t, "plugind", "--help")
+	if code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	help := strings.Join(strings.Fields(out), " ")
+	mustContain(t, "--help", help, "name ^[a-z][a-z0-9-]{0,62}$", "binary 255 bytes", "64 args of 4 KiB",
+		"128 env variables, names of 256 bytes, values of 8 KiB", "config 1 MiB", "start_timeout and ready_timeout up to 10m",
+		"memory_max_bytes at least 1 MiB", "docs/api.md", "Containment (--containment)", "--ready-timeout")
+	base := func() manager.Spec { return manager.Spec{Name: "x", Binary: "echo"} }
+	env := func(n, k, v int) map[string]string {
+		m := map[string]string{}
+		for i := range n {
+			m[fmt.Sprintf("V%04d", i)+strings.Repeat("K", k-5)] = strings.Repeat("v", v)
+		}
+		return m
+	}
+	args := func(n, l int) []string {
+		a := make([]string, n)
+		for i := range a {
+			a[i] = strings.Repeat("a", l)
+		}
+		return a
+	}
+	for _, c := range []struct {
+		field    string
+		at, over func(*manager.Spec)
+	}{
+		{"name", func(s *manager.Spec) { s.Name = "n" + strings.Repeat("x", 62) }, func(s *manager.Spec) { s.Name = "n" + strings.Repeat("x", 63) }},
+		{"binary", func(s *manager.Spec) { s.Binary = strings.Repeat("b", 255) }, func(s *manager.Spec) { s.Binary = strings.Repeat("b", 256) }},
+		{"args", func(s *manager.Spec) { s.Args = args(64, 4096) }, func(s *manager.Spec) { s.Args = args(65, 1) }},
+		{"args[0]", func(s *manager.Spec) { s.Args = args(1, 4096) }, func(s *manager.Spec) { s.Args = args(1, 4097) }},
+		{"env", func(s *manager.Spec) { s.Env = env(128, 256, 8192) }, func(s *manager.Spec) { s.Env = env(129, 6, 1) }},
+		{"env", func(s *manager.Spec) { s.Env = env(1, 256, 1) }, func(s *manager.Spec) { s.Env = env(1, 257, 1) }},
+		{"env", func(s *manager.Spec) { s.Env = env(1, 6, 8192) }, func(s *manager.Spec) { s.Env = env(1, 6, 8193) }},
+		{"config", func(s *manager.Spec) { s.Config = make([]byte, 1<<20) }, func(s *manager.Spec) { s.Config = make([]byte, 1<<20+1) }},
+		{"start_timeout", func(s *manager.Spec) { s.StartTimeout = 10 * time.Minute }, func(s *manager.Spec) { s.StartTimeout = 10*time.Minute + 1 }},
+		{"ready_timeout", func(s *manager.Spec) { s.ReadyTimeout = 10 * time.Minute }, func(s *manager.Spec) { s.ReadyTimeout = 10*time.Minute + 1 }},
+		{"health_policy.panic_threshold", func(s *manager.Spec) { s.Policy.PanicThreshold = 1000 }, func(s *manager.Spec) { s.Policy.PanicThreshold = 1001 }},
+		{"health_policy.panic_window", func(s *manager.Spec) { s.Policy.PanicWindow = 24 * time.Hour }, func(s *manager.Spec) { s.Policy.PanicWindow = 24*time.Hour + 1 }},
+		{"resources.memory_max_bytes", func(s *manager.Spec) { s.Resources.MemoryMax = 1 << 20 }, func(s *manager.Spec) { s.Resources.MemoryMax = 1<<20 - 1 }},
+	} {
+		at, over := base(), base()
+		c.at(&at)
+		c.over(&over)
+		if err := at.Validate(); err != nil {
+			t.Errorf("%s at the stated limit: %v", c.field, err)
+		}
+		var ie *manager.InvalidError
+		if err := over.Validate(); !errors.As(err, &ie) || ie.Field != c.field {
+			t.Errorf("%s past the stated limit: %v, want an InvalidError on %s", c.field, err, c.field)
+		}
 	}
 }

@@ -99,6 +99,9 @@ func listenUnix(addr string) (listener, error) {
 	if path == "" {
 		return listener{}, fmt.Errorf("--listen %q: empty socket path", addr)
 	}
+	if len(path) > 107 {
+		return listener{}, fmt.Errorf("--listen %q: the path is %d bytes, more than the 107 a unix socket path holds: listen on a shorter path (the default is <state-dir>/plugind.sock)", addr, len(path))
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return listener{}, err
 	}

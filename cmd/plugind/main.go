@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,7 +31,43 @@ import (
 )
 
 func main() {
+	// When started as the reaper of a plugind (see manager.Config.Reaper),
+	// be that and nothing else.
+	manager.ReaperMain()
 	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// maxSockRoot is the longest directory plugin sockets can go in: go-plugin
+// puts each in <root>/<10-digit id>/plugin<up to 10 digits>, and a unix
+// socket path holds 107 bytes.
+const maxSockRoot = 107 - 1 - 10 - 1 - 16
+
+// socketDirs returns where plugin sockets go (<state-dir>/sockets when it
+// is short enough, else a directory of this state directory's own under
+// $TMPDIR), a short directory for endpoints whose path would be too long,
+// and the id of this state directory (the name of its cgroup subtree).
+// Socket directories left by a daemon that was killed are removed.
+func socketDirs(stateDir string) (sockDir, shortDir, id string, err error) {
+	abs, err := filepath.Abs(stateDir)
+	if err != nil {
+		return "", "", "", err
+	}
+	sum := sha256.Sum256([]byte(abs))
+	id = hex.EncodeToString(sum[:6])
+	shortDir = filepath.Join(os.TempDir(), "plugind-"+id)
+	sockDir = filepath.Join(abs, "sockets")
+	if len(sockDir) > maxSockRoot {
+		sockDir = filepath.Join(shortDir, "sockets")
+	}
+	for _, d := range []string{filepath.Join(abs, "sockets"), shortDir} {
+		if err := os.RemoveAll(d); err != nil {
+			return "", "", "", fmt.Errorf("removing stale plugin sockets: %w", err)
+		}
+	}
+	if err := os.MkdirAll(sockDir, 0o700); err != nil {
+		return "", "", "", err
+	}
+	return sockDir, shortDir, id, nil
 }
 
 // Exit codes.
@@ -114,15 +152,12 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	defer st.Close()
 
-	sockDir := filepath.Join(cfg.stateDir, "sockets")
-	if abs, err := filepath.Abs(sockDir); err != nil || len(abs) > 60 {
-		// Unix socket paths are limited to 107 bytes; leave room for
-		// go-plugin's names, else use a fresh directory under $TMPDIR.
-		sockDir = ""
-	} else if err := os.RemoveAll(sockDir); err != nil {
-		// Socket directories of plugins from a previous run that crashed.
-		return fmt.Errorf("removing stale plugin sockets: %w", err)
+	sockDir, shortDir, id, err := socketDirs(cfg.stateDir)
+	if err != nil {
+		return err
 	}
+	// After the endpoints and the manager (deferred below) are gone.
+	defer os.RemoveAll(shortDir)
 
 	epOpts := []endpoint.Option{
 		endpoint.WithLogger(log),
@@ -133,14 +168,15 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		// The daemon's bearer tokens are not the plugins' business.
 		epOpts = append(epOpts, endpoint.WithStrippedMetadata("authorization"))
 	}
+	epOpts = append(epOpts, endpoint.WithShortDir(filepath.Join(shortDir, "endpoints")))
 	eps, err := endpoint.New(cfg.endpointDir, epOpts...)
 	if err != nil {
 		return err
 	}
 	defer eps.Shutdown()
-	if longest := len(eps.Path(strings.Repeat("x", 63))); longest > 107 {
-		log.Warn("endpoint directory is long: plugins with long names get no endpoint (unix socket paths hold 107 bytes); set a shorter --endpoint-dir",
-			slog.String("endpoint_dir", eps.Dir()), slog.Int("longest_name", 63-(longest-107)))
+	if p := eps.Path(strings.Repeat("x", 63)); len(p) > 107 {
+		// Only when $TMPDIR itself is very long.
+		return fmt.Errorf("endpoint socket paths do not fit 107 bytes (%s): set a shorter --endpoint-dir or TMPDIR", p)
 	}
 
 	met := metrics.New()
@@ -149,16 +185,26 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		SocketDir:    sockDir,
 		Logger:       log,
 		StartTimeout: cfg.startTimeout,
+		ReadyTimeout: cfg.readyTimeout,
 		DrainTimeout: cfg.drainTimeout,
 		DefaultBake:  cfg.bake,
+		Containment:  cfg.containment,
+		ContainID:    id,
+		Reaper:       true,
 		CallTimeout:  cfg.callTimeout,
 		AutoMTLS:     cfg.autoMTLS,
 		RequirePin:   cfg.requirePin,
 		Store:        st,
 		MaxPlugins:   cfg.maxPlugins,
 		MaxWatchers:  cfg.maxWatchers,
-		OnCandidate:  met.ObserveCandidate,
-		Endpoints:    eps,
+		WatchLagLimit: func() time.Duration {
+			if cfg.watchLagLimit == 0 {
+				return -1 // never
+			}
+			return cfg.watchLagLimit
+		}(),
+		OnCandidate: met.ObserveCandidate,
+		Endpoints:   eps,
 	})
 	if err != nil {
 		return err
@@ -222,7 +268,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 			return err
 		}
 	}
-	log.Info("plugind started", slog.String("plugin_dir", m.PluginDir()), slog.String("state_dir", cfg.stateDir), slog.Int("pid", os.Getpid()))
+	log.Info("plugind started", slog.String("plugin_dir", m.PluginDir()), slog.String("state_dir", cfg.stateDir), slog.Int("pid", os.Getpid()),
+		slog.String("containment", m.Containment()))
 
 	// Relaunch what was loaded before, then what --load asks for.
 	start := time.Now()

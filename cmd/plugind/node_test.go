@@ -12,8 +12,8 @@ import (
 
 	"github.com/hashicorp/go-plugin/examples/grpc/proto"
 	"github.com/plugincontrol/plugincontrol/client"
-	"github.com/plugincontrol/plugincontrol/internal/testbin"
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
+	"github.com/plugincontrol/plugincontrol/internal/testbin"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )

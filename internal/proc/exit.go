@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"errors"
 	"os"
 	"slices"
 	"strconv"
@@ -74,7 +75,8 @@ func ExitDescription(ps *os.ProcessState) string {
 func ExitedWithin(pid int, d time.Duration) bool {
 	exited, stop := WatchExit(pid)
 	if exited == nil {
-		return false
+		// No such process: it exited and was reaped already.
+		return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 	}
 	defer stop()
 	t := time.NewTimer(d)

@@ -47,6 +47,16 @@ const (
 	// ReasonPluginNotSelected: a call on the shared TCP endpoint named no
 	// plugin.
 	ReasonPluginNotSelected = "PLUGIN_NOT_SELECTED"
+	// ReasonResourceExhausted: plugind itself ran out of a resource (file
+	// descriptors, memory, processes, disk); metadata "resource" names it.
+	ReasonResourceExhausted = "RESOURCE_EXHAUSTED"
+	// ReasonWatchEvicted: a WatchHealth stream fell behind by more than
+	// the daemon's watch lag limit and was ended; resume from the last
+	// revision received (metadata "last_revision": the last one sent).
+	ReasonWatchEvicted = "WATCH_EVICTED"
+	// ReasonResponseTooLarge: one item of a listing is larger than a
+	// response may be; metadata "plugin" names it.
+	ReasonResponseTooLarge = "RESPONSE_TOO_LARGE"
 	// ReasonStoreFull: the change could not be recorded: the store's disk is
 	// full (or over quota). Nothing was changed.
 	ReasonStoreFull = "STORE_FULL"
@@ -83,8 +93,17 @@ func Status(err error) error {
 		// Already a status (from a conversion at the edge).
 		return err
 	}
-	var storeErr *manager.StoreError
+	var (
+		storeErr *manager.StoreError
+		resErr   *manager.ResourceError
+	)
 	switch {
+	case errors.As(err, &resErr):
+		details := []protoadapt.MessageV1{&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: resErr.Resource, Description: err.Error()}}}}
+		if isCand {
+			details = append(details, &pb.CandidateFailure{Stage: Stage(cand.Stage), Message: cand.Err.Error(), StderrTail: cand.StderrTail, ActiveGeneration: cand.ActiveGeneration})
+		}
+		return New(codes.ResourceExhausted, ReasonResourceExhausted, err.Error(), map[string]string{"resource": resErr.Resource}, details...)
 	case errors.As(err, &storeErr):
 		if storeErr.ResourceExhausted() {
 			return New(codes.ResourceExhausted, ReasonStoreFull, err.Error(), map[string]string{"resource": "disk"},

@@ -39,6 +39,10 @@ func Spec(s *pb.PluginSpec) (manager.Spec, error) {
 	if err != nil {
 		return manager.Spec{}, err
 	}
+	rt, err := Duration("spec.ready_timeout", s.GetReadyTimeout())
+	if err != nil {
+		return manager.Spec{}, err
+	}
 	spec := manager.Spec{
 		Name:         s.GetName(),
 		Binary:       s.GetBinary(),
@@ -48,6 +52,14 @@ func Spec(s *pb.PluginSpec) (manager.Spec, error) {
 		Config:       s.GetConfig(),
 		StartTimeout: st,
 		ReadyService: s.GetReadyService(),
+		ReadyTimeout: rt,
+	}
+	if r := s.GetResources(); r != nil {
+		spec.Resources = manager.Resources{
+			MemoryMax: int64(min(r.GetMemoryMaxBytes(), 1<<62)),
+			PidsMax:   int64(r.GetPidsMax()),
+			CPUMax:    r.GetCpuMax(),
+		}
 	}
 	if h := s.GetHandshake(); h != nil {
 		spec.Handshake = &manager.Handshake{ProtocolVersion: uint(h.GetProtocolVersion()), MagicCookieKey: h.GetMagicCookieKey(), MagicCookieValue: h.GetMagicCookieValue()}
@@ -126,6 +138,12 @@ func SpecProto(s manager.Spec) *pb.PluginSpec {
 	}
 	if s.StartTimeout > 0 {
 		out.StartTimeout = durationpb.New(s.StartTimeout)
+	}
+	if s.ReadyTimeout > 0 {
+		out.ReadyTimeout = durationpb.New(s.ReadyTimeout)
+	}
+	if r := s.Resources; r != (manager.Resources{}) {
+		out.Resources = &pb.Resources{MemoryMaxBytes: uint64(r.MemoryMax), PidsMax: uint32(r.PidsMax), CpuMax: r.CPUMax}
 	}
 	p := s.Policy
 	if p != (manager.HealthPolicy{}) {

@@ -33,6 +33,10 @@ func TestMisbehavingCandidates(t *testing.T) {
 		// before the host has read the stderr that says why.
 		{"noisycookie", manager.Spec{Binary: "noisycookie"}, manager.StageHandshake, "rejected the handshake cookie"},
 		{"slowready", manager.Spec{Binary: "slowready"}, manager.StageReady, "deadline"},
+		// Dead right after a complete handshake: the next stage meets a
+		// dead connection, and the report says what happened to the process.
+		{"shakeexit", manager.Spec{Binary: "shakeexit"}, manager.StageDescribe, "stage describe: the plugin process exited with status 4: shakeexit: lost the database connection"},
+		{"shakeexit-signal", manager.Spec{Binary: "shakeexit", Args: []string{"-signal"}}, manager.StageDescribe, "stage describe: the plugin process was killed by signal sigkill"},
 		{"flood-notready", manager.Spec{Binary: "flood", Args: []string{"-notready"}}, manager.StageReady, "not ready after flooding"},
 	}
 	m, sock := newManager(t, manager.Config{ReadyTimeout: time.Second})
@@ -52,6 +56,9 @@ func TestMisbehavingCandidates(t *testing.T) {
 				}
 				if ce.ActiveGeneration != active {
 					t.Fatalf("%s: active generation %d reported, want %d", op, ce.ActiveGeneration, active)
+				}
+				if strings.Contains(ce.StderrTail, `"@level":"debug"`) {
+					t.Fatalf("%s: stderr tail holds go-plugin's debug lines: %q", op, truncTail(ce.StderrTail))
 				}
 				if len(ce.StderrTail) > 4096 {
 					t.Fatalf("%s: stderr tail of %d bytes, want at most 4096", op, len(ce.StderrTail))

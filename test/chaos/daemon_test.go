@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -36,13 +37,26 @@ type daemon struct {
 // SIGKILL) at cleanup if the test did not stop it.
 func startDaemon(t *testing.T, state string, loads ...string) *daemon {
 	t.Helper()
+	return startDaemonArgs(t, state, nil, loads...)
+}
+
+// startDaemonArgs is startDaemon with more flags.
+func startDaemonArgs(t *testing.T, state string, extra []string, loads ...string) *daemon {
+	t.Helper()
+	return startDaemonEnv(t, state, nil, extra, loads...)
+}
+
+// startDaemonEnv is startDaemonArgs with more environment variables.
+func startDaemonEnv(t *testing.T, state string, env, extra []string, loads ...string) *daemon {
+	t.Helper()
 	d := &daemon{state: state, sock: filepath.Join(state, "plugind.sock"), stderr: &testbin.Buffer{}, done: make(chan error, 1)}
-	args := []string{"--plugin-dir", pluginDir, "--state-dir", state, "--log-level", "warn", "--shutdown-timeout", "5s"}
+	args := append([]string{"--plugin-dir", pluginDir, "--state-dir", state, "--log-level", "warn", "--shutdown-timeout", "5s"}, extra...)
 	for _, l := range loads {
 		args = append(args, "--load", l)
 	}
 	d.cmd = exec.Command(filepath.Join(binDir, "plugind"), args...)
 	d.cmd.Stderr = d.stderr
+	d.cmd.Env = append(os.Environ(), env...)
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -208,12 +222,13 @@ func TestSigkillDaemon(t *testing.T) {
 	}
 }
 
-// onlyProcessesExcept is onlyProcesses ignoring one pid (the daemon).
+// onlyProcessesExcept is onlyProcesses ignoring one pid (the daemon) and
+// its reaper (plugind run again).
 func onlyProcessesExcept(t *testing.T, dir string, want []int, except int) {
 	t.Helper()
 	var got []int
 	for _, p := range testbin.ProcessesIn(dir) {
-		if p != except {
+		if p != except && !isReaperOf(p, except) {
 			got = append(got, p)
 		}
 	}
@@ -223,4 +238,13 @@ func onlyProcessesExcept(t *testing.T, dir string, want []int, except int) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("processes running from %s: %v, want exactly %v (besides the daemon %d)", dir, got, want, except)
 	}
+}
+
+// isReaperOf reports whether pid is the reaper of daemon: its child, run
+// as "plugind-reaper".
+func isReaperOf(pid, daemon int) bool {
+	ppid, _ := procStat(pid)
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	argv0, _, _ := strings.Cut(string(b), "\x00")
+	return ppid == daemon && strings.HasSuffix(argv0, "-reaper")
 }

@@ -21,7 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-type forker struct{ child *exec.Cmd }
+type forker struct{ pid int }
 
 func (f *forker) Info() plugin.Info {
 	return plugin.Info{Name: "forker", Version: "1.0.0", Methods: []string{"child"}}
@@ -33,26 +33,42 @@ func (f *forker) Invoke(_ context.Context, method string, _ []byte) ([]byte, err
 	if method != "child" {
 		return nil, status.Errorf(codes.Unimplemented, "forker: unknown method %q (have child)", method)
 	}
-	return []byte(strconv.Itoa(f.child.Process.Pid)), nil
+	return []byte(strconv.Itoa(f.pid)), nil
 }
 
 func main() {
-	inherit, escape := false, false
+	inherit, escape, daemon := false, false, false
 	for _, a := range os.Args[1:] {
 		switch a {
 		case "-child":
 			time.Sleep(5 * time.Minute)
 			return
+		case "-middle":
+			middle()
+			return
 		case "-inherit":
 			inherit = true
 		case "-escape":
 			inherit, escape = true, true
+		case "-daemon":
+			daemon = true
 		}
 	}
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "forker:", err)
 		os.Exit(1)
+	}
+	if daemon {
+		// The intermediate process prints the grandchild's pid and exits.
+		out, err := exec.Command(self, "-middle").Output()
+		pid, perr := strconv.Atoi(string(out))
+		if err != nil || perr != nil {
+			fmt.Fprintln(os.Stderr, "forker: daemonizing the child:", err, perr)
+			os.Exit(1)
+		}
+		plugin.Serve(&forker{pid: pid})
+		return
 	}
 	child := exec.Command(self, "-child")
 	if inherit {
@@ -66,5 +82,21 @@ func main() {
 		os.Exit(1)
 	}
 	go func() { _ = child.Wait() }()
-	plugin.Serve(&forker{child: child})
+	plugin.Serve(&forker{pid: child.Process.Pid})
+}
+
+// middle starts the daemonized child (setsid, stdio on /dev/null), prints
+// its pid and exits without waiting for it.
+func middle() {
+	self, err := os.Executable()
+	if err != nil {
+		os.Exit(1)
+	}
+	child := exec.Command(self, "-child")
+	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := child.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "forker: starting the daemon:", err)
+		os.Exit(1)
+	}
+	fmt.Print(child.Process.Pid)
 }

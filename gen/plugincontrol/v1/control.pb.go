@@ -23,6 +23,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// PluginView selects how much of a PluginStatus ListPlugins returns.
+type PluginView int32
+
+const (
+	// PLUGIN_VIEW_UNSPECIFIED is PLUGIN_VIEW_FULL.
+	PluginView_PLUGIN_VIEW_UNSPECIFIED PluginView = 0
+	// PLUGIN_VIEW_BASIC leaves out the spec (up to megabytes of config, args and
+	// env per plugin); everything else is there.
+	PluginView_PLUGIN_VIEW_BASIC PluginView = 1
+	// PLUGIN_VIEW_FULL is the whole status, spec included.
+	PluginView_PLUGIN_VIEW_FULL PluginView = 2
+)
+
+// Enum value maps for PluginView.
+var (
+	PluginView_name = map[int32]string{
+		0: "PLUGIN_VIEW_UNSPECIFIED",
+		1: "PLUGIN_VIEW_BASIC",
+		2: "PLUGIN_VIEW_FULL",
+	}
+	PluginView_value = map[string]int32{
+		"PLUGIN_VIEW_UNSPECIFIED": 0,
+		"PLUGIN_VIEW_BASIC":       1,
+		"PLUGIN_VIEW_FULL":        2,
+	}
+)
+
+func (x PluginView) Enum() *PluginView {
+	p := new(PluginView)
+	*p = x
+	return p
+}
+
+func (x PluginView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PluginView) Descriptor() protoreflect.EnumDescriptor {
+	return file_plugincontrol_v1_control_proto_enumTypes[0].Descriptor()
+}
+
+func (PluginView) Type() protoreflect.EnumType {
+	return &file_plugincontrol_v1_control_proto_enumTypes[0]
+}
+
+func (x PluginView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PluginView.Descriptor instead.
+func (PluginView) EnumDescriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_control_proto_rawDescGZIP(), []int{0}
+}
+
 // LoadRequest asks for a new plugin.
 type LoadRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -389,9 +443,21 @@ func (x *UnloadResponse) GetPlugin() *PluginStatus {
 	return nil
 }
 
-// ListPluginsRequest is empty: every plugin is listed.
+// ListPluginsRequest selects a page of plugins, sorted by name.
 type ListPluginsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size caps the plugins returned; 0 means 1000, at most 1000. A page
+	// also ends before its encoding would pass 4 MiB (or the daemon's
+	// --max-message-bytes, when smaller), so a response always fits the default
+	// receive limit of gRPC clients: follow next_page_token until it is empty.
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token continues a listing: the next_page_token of the previous page.
+	// Empty starts from the first name.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// view selects how much of each status is returned; unspecified means FULL.
+	View PluginView `protobuf:"varint,3,opt,name=view,proto3,enum=plugincontrol.v1.PluginView" json:"view,omitempty"`
+	// names selects plugins; empty means all. An unknown name is NotFound.
+	Names         []string `protobuf:"bytes,4,rep,name=names,proto3" json:"names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -426,11 +492,43 @@ func (*ListPluginsRequest) Descriptor() ([]byte, []int) {
 	return file_plugincontrol_v1_control_proto_rawDescGZIP(), []int{6}
 }
 
-// ListPluginsResponse lists the plugins, sorted by name.
+func (x *ListPluginsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPluginsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListPluginsRequest) GetView() PluginView {
+	if x != nil {
+		return x.View
+	}
+	return PluginView_PLUGIN_VIEW_UNSPECIFIED
+}
+
+func (x *ListPluginsRequest) GetNames() []string {
+	if x != nil {
+		return x.Names
+	}
+	return nil
+}
+
+// ListPluginsResponse is a page of plugins, sorted by name.
 type ListPluginsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// plugins is the status of every plugin.
-	Plugins       []*PluginStatus `protobuf:"bytes,1,rep,name=plugins,proto3" json:"plugins,omitempty"`
+	// plugins is the status of each plugin of the page.
+	Plugins []*PluginStatus `protobuf:"bytes,1,rep,name=plugins,proto3" json:"plugins,omitempty"`
+	// next_page_token fetches the next page; empty on the last page. A plugin
+	// loaded or unloaded between pages is listed or not according to its name's
+	// place: a listing never repeats or skips a plugin that stays loaded.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -470,6 +568,13 @@ func (x *ListPluginsResponse) GetPlugins() []*PluginStatus {
 		return x.Plugins
 	}
 	return nil
+}
+
+func (x *ListPluginsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // HealthRequest selects plugins.
@@ -1081,10 +1186,16 @@ const file_plugincontrol_v1_control_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\rdrain_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\fdrainTimeout\"H\n" +
 	"\x0eUnloadResponse\x126\n" +
-	"\x06plugin\x18\x01 \x01(\v2\x1e.plugincontrol.v1.PluginStatusR\x06plugin\"\x14\n" +
-	"\x12ListPluginsRequest\"O\n" +
+	"\x06plugin\x18\x01 \x01(\v2\x1e.plugincontrol.v1.PluginStatusR\x06plugin\"\x98\x01\n" +
+	"\x12ListPluginsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x120\n" +
+	"\x04view\x18\x03 \x01(\x0e2\x1c.plugincontrol.v1.PluginViewR\x04view\x12\x14\n" +
+	"\x05names\x18\x04 \x03(\tR\x05names\"w\n" +
 	"\x13ListPluginsResponse\x128\n" +
-	"\aplugins\x18\x01 \x03(\v2\x1e.plugincontrol.v1.PluginStatusR\aplugins\"%\n" +
+	"\aplugins\x18\x01 \x03(\v2\x1e.plugincontrol.v1.PluginStatusR\aplugins\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"%\n" +
 	"\rHealthRequest\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\"f\n" +
 	"\x0eHealthResponse\x128\n" +
@@ -1126,7 +1237,12 @@ const file_plugincontrol_v1_control_proto_rawDesc = "" +
 	" \x01(\tR\x05error\x12\x16\n" +
 	"\x06binary\x18\v \x01(\tR\x06binary\x12\x1b\n" +
 	"\tprev_hash\x18\f \x01(\tR\bprevHash\x12\x12\n" +
-	"\x04hash\x18\r \x01(\tR\x04hash2\xd4\x04\n" +
+	"\x04hash\x18\r \x01(\tR\x04hash*V\n" +
+	"\n" +
+	"PluginView\x12\x1b\n" +
+	"\x17PLUGIN_VIEW_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11PLUGIN_VIEW_BASIC\x10\x01\x12\x14\n" +
+	"\x10PLUGIN_VIEW_FULL\x10\x022\xd4\x04\n" +
 	"\x14PluginControlService\x12E\n" +
 	"\x04Load\x12\x1d.plugincontrol.v1.LoadRequest\x1a\x1e.plugincontrol.v1.LoadResponse\x12K\n" +
 	"\x06Reload\x12\x1f.plugincontrol.v1.ReloadRequest\x1a .plugincontrol.v1.ReloadResponse\x12K\n" +
@@ -1148,70 +1264,73 @@ func file_plugincontrol_v1_control_proto_rawDescGZIP() []byte {
 	return file_plugincontrol_v1_control_proto_rawDescData
 }
 
+var file_plugincontrol_v1_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_plugincontrol_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_plugincontrol_v1_control_proto_goTypes = []any{
-	(*LoadRequest)(nil),           // 0: plugincontrol.v1.LoadRequest
-	(*LoadResponse)(nil),          // 1: plugincontrol.v1.LoadResponse
-	(*ReloadRequest)(nil),         // 2: plugincontrol.v1.ReloadRequest
-	(*ReloadResponse)(nil),        // 3: plugincontrol.v1.ReloadResponse
-	(*UnloadRequest)(nil),         // 4: plugincontrol.v1.UnloadRequest
-	(*UnloadResponse)(nil),        // 5: plugincontrol.v1.UnloadResponse
-	(*ListPluginsRequest)(nil),    // 6: plugincontrol.v1.ListPluginsRequest
-	(*ListPluginsResponse)(nil),   // 7: plugincontrol.v1.ListPluginsResponse
-	(*HealthRequest)(nil),         // 8: plugincontrol.v1.HealthRequest
-	(*HealthResponse)(nil),        // 9: plugincontrol.v1.HealthResponse
-	(*WatchHealthRequest)(nil),    // 10: plugincontrol.v1.WatchHealthRequest
-	(*WatchHealthResponse)(nil),   // 11: plugincontrol.v1.WatchHealthResponse
-	(*ListAuditRequest)(nil),      // 12: plugincontrol.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),     // 13: plugincontrol.v1.ListAuditResponse
-	(*AuditCheckpoint)(nil),       // 14: plugincontrol.v1.AuditCheckpoint
-	(*AuditRecord)(nil),           // 15: plugincontrol.v1.AuditRecord
-	(*PluginSpec)(nil),            // 16: plugincontrol.v1.PluginSpec
-	(*PluginStatus)(nil),          // 17: plugincontrol.v1.PluginStatus
-	(*CandidateReport)(nil),       // 18: plugincontrol.v1.CandidateReport
-	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
-	(*PluginHealth)(nil),          // 20: plugincontrol.v1.PluginHealth
-	(HealthView)(0),               // 21: plugincontrol.v1.HealthView
-	(*HealthEvent)(nil),           // 22: plugincontrol.v1.HealthEvent
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(PluginView)(0),               // 0: plugincontrol.v1.PluginView
+	(*LoadRequest)(nil),           // 1: plugincontrol.v1.LoadRequest
+	(*LoadResponse)(nil),          // 2: plugincontrol.v1.LoadResponse
+	(*ReloadRequest)(nil),         // 3: plugincontrol.v1.ReloadRequest
+	(*ReloadResponse)(nil),        // 4: plugincontrol.v1.ReloadResponse
+	(*UnloadRequest)(nil),         // 5: plugincontrol.v1.UnloadRequest
+	(*UnloadResponse)(nil),        // 6: plugincontrol.v1.UnloadResponse
+	(*ListPluginsRequest)(nil),    // 7: plugincontrol.v1.ListPluginsRequest
+	(*ListPluginsResponse)(nil),   // 8: plugincontrol.v1.ListPluginsResponse
+	(*HealthRequest)(nil),         // 9: plugincontrol.v1.HealthRequest
+	(*HealthResponse)(nil),        // 10: plugincontrol.v1.HealthResponse
+	(*WatchHealthRequest)(nil),    // 11: plugincontrol.v1.WatchHealthRequest
+	(*WatchHealthResponse)(nil),   // 12: plugincontrol.v1.WatchHealthResponse
+	(*ListAuditRequest)(nil),      // 13: plugincontrol.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),     // 14: plugincontrol.v1.ListAuditResponse
+	(*AuditCheckpoint)(nil),       // 15: plugincontrol.v1.AuditCheckpoint
+	(*AuditRecord)(nil),           // 16: plugincontrol.v1.AuditRecord
+	(*PluginSpec)(nil),            // 17: plugincontrol.v1.PluginSpec
+	(*PluginStatus)(nil),          // 18: plugincontrol.v1.PluginStatus
+	(*CandidateReport)(nil),       // 19: plugincontrol.v1.CandidateReport
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*PluginHealth)(nil),          // 21: plugincontrol.v1.PluginHealth
+	(HealthView)(0),               // 22: plugincontrol.v1.HealthView
+	(*HealthEvent)(nil),           // 23: plugincontrol.v1.HealthEvent
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_plugincontrol_v1_control_proto_depIdxs = []int32{
-	16, // 0: plugincontrol.v1.LoadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
-	17, // 1: plugincontrol.v1.LoadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	18, // 2: plugincontrol.v1.LoadResponse.report:type_name -> plugincontrol.v1.CandidateReport
-	16, // 3: plugincontrol.v1.ReloadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
-	19, // 4: plugincontrol.v1.ReloadRequest.drain_timeout:type_name -> google.protobuf.Duration
-	19, // 5: plugincontrol.v1.ReloadRequest.bake:type_name -> google.protobuf.Duration
-	17, // 6: plugincontrol.v1.ReloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	18, // 7: plugincontrol.v1.ReloadResponse.report:type_name -> plugincontrol.v1.CandidateReport
-	19, // 8: plugincontrol.v1.UnloadRequest.drain_timeout:type_name -> google.protobuf.Duration
-	17, // 9: plugincontrol.v1.UnloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
-	17, // 10: plugincontrol.v1.ListPluginsResponse.plugins:type_name -> plugincontrol.v1.PluginStatus
-	20, // 11: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
-	21, // 12: plugincontrol.v1.WatchHealthRequest.view:type_name -> plugincontrol.v1.HealthView
-	22, // 13: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
-	15, // 14: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
-	14, // 15: plugincontrol.v1.ListAuditResponse.checkpoint:type_name -> plugincontrol.v1.AuditCheckpoint
-	23, // 16: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	0,  // 17: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
-	2,  // 18: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
-	4,  // 19: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
-	6,  // 20: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
-	8,  // 21: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
-	10, // 22: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
-	12, // 23: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
-	1,  // 24: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
-	3,  // 25: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
-	5,  // 26: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
-	7,  // 27: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
-	9,  // 28: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
-	11, // 29: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
-	13, // 30: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	17, // 0: plugincontrol.v1.LoadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
+	18, // 1: plugincontrol.v1.LoadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	19, // 2: plugincontrol.v1.LoadResponse.report:type_name -> plugincontrol.v1.CandidateReport
+	17, // 3: plugincontrol.v1.ReloadRequest.spec:type_name -> plugincontrol.v1.PluginSpec
+	20, // 4: plugincontrol.v1.ReloadRequest.drain_timeout:type_name -> google.protobuf.Duration
+	20, // 5: plugincontrol.v1.ReloadRequest.bake:type_name -> google.protobuf.Duration
+	18, // 6: plugincontrol.v1.ReloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	19, // 7: plugincontrol.v1.ReloadResponse.report:type_name -> plugincontrol.v1.CandidateReport
+	20, // 8: plugincontrol.v1.UnloadRequest.drain_timeout:type_name -> google.protobuf.Duration
+	18, // 9: plugincontrol.v1.UnloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
+	0,  // 10: plugincontrol.v1.ListPluginsRequest.view:type_name -> plugincontrol.v1.PluginView
+	18, // 11: plugincontrol.v1.ListPluginsResponse.plugins:type_name -> plugincontrol.v1.PluginStatus
+	21, // 12: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
+	22, // 13: plugincontrol.v1.WatchHealthRequest.view:type_name -> plugincontrol.v1.HealthView
+	23, // 14: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
+	16, // 15: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
+	15, // 16: plugincontrol.v1.ListAuditResponse.checkpoint:type_name -> plugincontrol.v1.AuditCheckpoint
+	24, // 17: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	1,  // 18: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
+	3,  // 19: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
+	5,  // 20: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
+	7,  // 21: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
+	9,  // 22: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
+	11, // 23: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
+	13, // 24: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
+	2,  // 25: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
+	4,  // 26: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
+	6,  // 27: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
+	8,  // 28: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
+	10, // 29: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
+	12, // 30: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
+	14, // 31: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
+	25, // [25:32] is the sub-list for method output_type
+	18, // [18:25] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_control_proto_init() }
@@ -1227,13 +1346,14 @@ func file_plugincontrol_v1_control_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugincontrol_v1_control_proto_rawDesc), len(file_plugincontrol_v1_control_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_plugincontrol_v1_control_proto_goTypes,
 		DependencyIndexes: file_plugincontrol_v1_control_proto_depIdxs,
+		EnumInfos:         file_plugincontrol_v1_control_proto_enumTypes,
 		MessageInfos:      file_plugincontrol_v1_control_proto_msgTypes,
 	}.Build()
 	File_plugincontrol_v1_control_proto = out.File

@@ -43,7 +43,8 @@ type PluginControlServiceClient interface {
 	Reload(ctx context.Context, in *ReloadRequest, opts ...grpc.CallOption) (*ReloadResponse, error)
 	// Unload drains and stops a plugin and removes it from the desired state.
 	Unload(ctx context.Context, in *UnloadRequest, opts ...grpc.CallOption) (*UnloadResponse, error)
-	// ListPlugins returns the status of every plugin.
+	// ListPlugins returns the status of the plugins, sorted by name, a page at a
+	// time.
 	ListPlugins(ctx context.Context, in *ListPluginsRequest, opts ...grpc.CallOption) (*ListPluginsResponse, error)
 	// Health returns the current health of the named plugins.
 	Health(ctx context.Context, in *HealthRequest, opts ...grpc.CallOption) (*HealthResponse, error)
@@ -157,7 +158,8 @@ type PluginControlServiceServer interface {
 	Reload(context.Context, *ReloadRequest) (*ReloadResponse, error)
 	// Unload drains and stops a plugin and removes it from the desired state.
 	Unload(context.Context, *UnloadRequest) (*UnloadResponse, error)
-	// ListPlugins returns the status of every plugin.
+	// ListPlugins returns the status of the plugins, sorted by name, a page at a
+	// time.
 	ListPlugins(context.Context, *ListPluginsRequest) (*ListPluginsResponse, error)
 	// Health returns the current health of the named plugins.
 	Health(context.Context, *HealthRequest) (*HealthResponse, error)

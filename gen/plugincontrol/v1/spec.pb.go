@@ -212,27 +212,38 @@ func (PluginState) EnumDescriptor() ([]byte, []int) {
 	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{2}
 }
 
-// PluginSpec is the desired state of one plugin instance.
+// PluginSpec is the desired state of one plugin instance. Every field has a
+// limit, checked before anything changes (InvalidArgument naming the field): a
+// spec at all of them is about 2.4 MiB, within the default 4 MiB of
+// --max-message-bytes.
 type PluginSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the instance name, unique in the daemon: ^[a-z][a-z0-9-]{0,62}$.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// binary is a file name resolved inside the daemon's plugin directory.
+	// binary is a file name resolved inside the daemon's plugin directory, at
+	// most 255 bytes.
 	// Absolute paths, ".." elements and symlinks that leave the directory are
 	// rejected: the API never executes arbitrary paths.
 	Binary string `protobuf:"bytes,2,opt,name=binary,proto3" json:"binary,omitempty"`
-	// args are passed to the binary after its name.
+	// args are passed to the binary after its name: at most 64, each valid UTF-8
+	// without NUL, at most 4096 bytes.
 	Args []string `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`
 	// env is the plugin's whole environment (besides the variables go-plugin
 	// needs for the handshake): nothing of the daemon's environment is inherited.
+	// At most 128 variables; names match ^[A-Za-z_][A-Za-z0-9_]*$, at most 256
+	// bytes, without the PLUGIN_ prefix (go-plugin's) and other than
+	// PLUGINCONTROL_CONTAIN (plugind's mark of the plugin's processes); values at
+	// most 8192 bytes without NUL.
 	Env map[string]string `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// sha256 optionally pins the binary: lowercase or uppercase hex of its
-	// SHA-256, verified through go-plugin's SecureConfig at every start.
+	// SHA-256 (64 digits), verified through go-plugin's SecureConfig at every
+	// start.
 	Sha256 string `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	// config is opaque bytes handed to the plugin in its readiness probe.
+	// config is opaque bytes handed to the plugin in its readiness probe, at most
+	// 1 MiB (1048576 bytes). Native plugins only.
 	Config []byte `protobuf:"bytes,6,opt,name=config,proto3" json:"config,omitempty"`
 	// start_timeout bounds the launch and handshake; unset means the daemon's
-	// default (10s).
+	// default (plugind --start-timeout, 10s). At most 10m.
 	StartTimeout *durationpb.Duration `protobuf:"bytes,7,opt,name=start_timeout,json=startTimeout,proto3" json:"start_timeout,omitempty"`
 	// health_policy tunes panic tracking and restarts; unset fields take defaults.
 	HealthPolicy *HealthPolicy `protobuf:"bytes,8,opt,name=health_policy,json=healthPolicy,proto3" json:"health_policy,omitempty"`
@@ -244,8 +255,17 @@ type PluginSpec struct {
 	Handshake *Handshake `protobuf:"bytes,9,opt,name=handshake,proto3" json:"handshake,omitempty"`
 	// ready_service is the grpc.health.v1 service probed as the ready stage of a
 	// foreign plugin; empty means "plugin", which go-plugin registers in every
-	// Go plugin. Only with handshake.
-	ReadyService  string `protobuf:"bytes,10,opt,name=ready_service,json=readyService,proto3" json:"ready_service,omitempty"`
+	// Go plugin. Only with handshake; a gRPC service name of at most 255 bytes.
+	ReadyService string `protobuf:"bytes,10,opt,name=ready_service,json=readyService,proto3" json:"ready_service,omitempty"`
+	// resources limit the plugin's processes through the cgroup v2 of each
+	// generation. They need cgroup containment with the controllers delegated to
+	// plugind (its "plugind started" log line says which containment is in use):
+	// elsewhere the candidate fails at stage start with FailedPrecondition,
+	// naming what is missing.
+	Resources *Resources `protobuf:"bytes,11,opt,name=resources,proto3" json:"resources,omitempty"`
+	// ready_timeout bounds the ready stage (the readiness probe); unset means the
+	// daemon's default (plugind --ready-timeout, 5s). At most 10m.
+	ReadyTimeout  *durationpb.Duration `protobuf:"bytes,12,opt,name=ready_timeout,json=readyTimeout,proto3" json:"ready_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -350,17 +370,101 @@ func (x *PluginSpec) GetReadyService() string {
 	return ""
 }
 
+func (x *PluginSpec) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *PluginSpec) GetReadyTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.ReadyTimeout
+	}
+	return nil
+}
+
+// Resources are per-plugin cgroup v2 limits; an unset (zero) field is
+// unlimited.
+type Resources struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// memory_max_bytes is memory.max: the plugin's processes together, at least
+	// 1 MiB. Past it the kernel's OOM killer kills one of them.
+	MemoryMaxBytes uint64 `protobuf:"varint,1,opt,name=memory_max_bytes,json=memoryMaxBytes,proto3" json:"memory_max_bytes,omitempty"`
+	// pids_max is pids.max: processes and threads together (a Go plugin runs
+	// about ten threads), at least 1.
+	PidsMax uint32 `protobuf:"varint,2,opt,name=pids_max,json=pidsMax,proto3" json:"pids_max,omitempty"`
+	// cpu_max is cpu.max, "QUOTA PERIOD" in microseconds: "50000 100000" is half
+	// a CPU. The period is 1000..1000000, the quota at least 1000.
+	CpuMax        string `protobuf:"bytes,3,opt,name=cpu_max,json=cpuMax,proto3" json:"cpu_max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resources) Reset() {
+	*x = Resources{}
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resources) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resources) ProtoMessage() {}
+
+func (x *Resources) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resources.ProtoReflect.Descriptor instead.
+func (*Resources) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Resources) GetMemoryMaxBytes() uint64 {
+	if x != nil {
+		return x.MemoryMaxBytes
+	}
+	return 0
+}
+
+func (x *Resources) GetPidsMax() uint32 {
+	if x != nil {
+		return x.PidsMax
+	}
+	return 0
+}
+
+func (x *Resources) GetCpuMax() string {
+	if x != nil {
+		return x.CpuMax
+	}
+	return ""
+}
+
 // Handshake is a foreign plugin's go-plugin handshake (the plugin's
 // HandshakeConfig): a plugin started with the wrong one refuses to run, and
 // the candidate fails at stage handshake.
 type Handshake struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// protocol_version is the application protocol version the plugin speaks,
-	// at least 1.
+	// 1..65536.
 	ProtocolVersion uint32 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
-	// magic_cookie_key is the environment variable carrying the cookie.
+	// magic_cookie_key is the environment variable carrying the cookie: a
+	// variable name (^[A-Za-z_][A-Za-z0-9_]*$) without the PLUGIN_ prefix, not
+	// also set in env.
 	MagicCookieKey string `protobuf:"bytes,2,opt,name=magic_cookie_key,json=magicCookieKey,proto3" json:"magic_cookie_key,omitempty"`
-	// magic_cookie_value is the cookie.
+	// magic_cookie_value is the cookie: required, at most 8192 bytes without NUL.
 	MagicCookieValue string `protobuf:"bytes,3,opt,name=magic_cookie_value,json=magicCookieValue,proto3" json:"magic_cookie_value,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -368,7 +472,7 @@ type Handshake struct {
 
 func (x *Handshake) Reset() {
 	*x = Handshake{}
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[1]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -380,7 +484,7 @@ func (x *Handshake) String() string {
 func (*Handshake) ProtoMessage() {}
 
 func (x *Handshake) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[1]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -393,7 +497,7 @@ func (x *Handshake) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Handshake.ProtoReflect.Descriptor instead.
 func (*Handshake) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{1}
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Handshake) GetProtocolVersion() uint32 {
@@ -421,9 +525,11 @@ func (x *Handshake) GetMagicCookieValue() string {
 type HealthPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// panic_threshold is how many panics and crashes within panic_window make the
-	// plugin UNHEALTHY. 0 means the default, 3.
+	// plugin UNHEALTHY. 0 means the default, 3. At most 1000 (as every threshold
+	// and limit of the policy).
 	PanicThreshold uint32 `protobuf:"varint,1,opt,name=panic_threshold,json=panicThreshold,proto3" json:"panic_threshold,omitempty"`
 	// panic_window is the sliding window panics are counted in. Unset means 1m.
+	// At most 24h (as every window, period and backoff of the policy).
 	PanicWindow *durationpb.Duration `protobuf:"bytes,2,opt,name=panic_window,json=panicWindow,proto3" json:"panic_window,omitempty"`
 	// restart_limit is how many supervisor restarts are allowed within
 	// restart_period before the plugin is left UNHEALTHY. 0 means the default, 5.
@@ -467,7 +573,7 @@ type HealthPolicy struct {
 
 func (x *HealthPolicy) Reset() {
 	*x = HealthPolicy{}
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[2]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +585,7 @@ func (x *HealthPolicy) String() string {
 func (*HealthPolicy) ProtoMessage() {}
 
 func (x *HealthPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[2]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +598,7 @@ func (x *HealthPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthPolicy.ProtoReflect.Descriptor instead.
 func (*HealthPolicy) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{2}
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *HealthPolicy) GetPanicThreshold() uint32 {
@@ -608,7 +714,7 @@ type FailureLimit struct {
 
 func (x *FailureLimit) Reset() {
 	*x = FailureLimit{}
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[3]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +726,7 @@ func (x *FailureLimit) String() string {
 func (*FailureLimit) ProtoMessage() {}
 
 func (x *FailureLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[3]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +739,7 @@ func (x *FailureLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailureLimit.ProtoReflect.Descriptor instead.
 func (*FailureLimit) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{3}
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FailureLimit) GetThreshold() uint32 {
@@ -699,7 +805,7 @@ type PluginStatus struct {
 
 func (x *PluginStatus) Reset() {
 	*x = PluginStatus{}
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[4]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +817,7 @@ func (x *PluginStatus) String() string {
 func (*PluginStatus) ProtoMessage() {}
 
 func (x *PluginStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_spec_proto_msgTypes[4]
+	mi := &file_plugincontrol_v1_spec_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +830,7 @@ func (x *PluginStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PluginStatus.ProtoReflect.Descriptor instead.
 func (*PluginStatus) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{4}
+	return file_plugincontrol_v1_spec_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PluginStatus) GetName() string {
@@ -836,7 +942,7 @@ var File_plugincontrol_v1_spec_proto protoreflect.FileDescriptor
 
 const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	"\n" +
-	"\x1bplugincontrol/v1/spec.proto\x12\x10plugincontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x03\n" +
+	"\x1bplugincontrol/v1/spec.proto\x12\x10plugincontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x04\n" +
 	"\n" +
 	"PluginSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
@@ -849,10 +955,16 @@ const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	"\rhealth_policy\x18\b \x01(\v2\x1e.plugincontrol.v1.HealthPolicyR\fhealthPolicy\x129\n" +
 	"\thandshake\x18\t \x01(\v2\x1b.plugincontrol.v1.HandshakeR\thandshake\x12#\n" +
 	"\rready_service\x18\n" +
-	" \x01(\tR\freadyService\x1a6\n" +
+	" \x01(\tR\freadyService\x129\n" +
+	"\tresources\x18\v \x01(\v2\x1b.plugincontrol.v1.ResourcesR\tresources\x12>\n" +
+	"\rready_timeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\freadyTimeout\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8e\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
+	"\tResources\x12(\n" +
+	"\x10memory_max_bytes\x18\x01 \x01(\x04R\x0ememoryMaxBytes\x12\x19\n" +
+	"\bpids_max\x18\x02 \x01(\rR\apidsMax\x12\x17\n" +
+	"\acpu_max\x18\x03 \x01(\tR\x06cpuMax\"\x8e\x01\n" +
 	"\tHandshake\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12(\n" +
 	"\x10magic_cookie_key\x18\x02 \x01(\tR\x0emagicCookieKey\x12,\n" +
@@ -932,45 +1044,48 @@ func file_plugincontrol_v1_spec_proto_rawDescGZIP() []byte {
 }
 
 var file_plugincontrol_v1_spec_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_plugincontrol_v1_spec_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_plugincontrol_v1_spec_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_plugincontrol_v1_spec_proto_goTypes = []any{
 	(FailureClass)(0),             // 0: plugincontrol.v1.FailureClass
 	(UnhealthyAction)(0),          // 1: plugincontrol.v1.UnhealthyAction
 	(PluginState)(0),              // 2: plugincontrol.v1.PluginState
 	(*PluginSpec)(nil),            // 3: plugincontrol.v1.PluginSpec
-	(*Handshake)(nil),             // 4: plugincontrol.v1.Handshake
-	(*HealthPolicy)(nil),          // 5: plugincontrol.v1.HealthPolicy
-	(*FailureLimit)(nil),          // 6: plugincontrol.v1.FailureLimit
-	(*PluginStatus)(nil),          // 7: plugincontrol.v1.PluginStatus
-	nil,                           // 8: plugincontrol.v1.PluginSpec.EnvEntry
-	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*Resources)(nil),             // 4: plugincontrol.v1.Resources
+	(*Handshake)(nil),             // 5: plugincontrol.v1.Handshake
+	(*HealthPolicy)(nil),          // 6: plugincontrol.v1.HealthPolicy
+	(*FailureLimit)(nil),          // 7: plugincontrol.v1.FailureLimit
+	(*PluginStatus)(nil),          // 8: plugincontrol.v1.PluginStatus
+	nil,                           // 9: plugincontrol.v1.PluginSpec.EnvEntry
+	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_plugincontrol_v1_spec_proto_depIdxs = []int32{
-	8,  // 0: plugincontrol.v1.PluginSpec.env:type_name -> plugincontrol.v1.PluginSpec.EnvEntry
-	9,  // 1: plugincontrol.v1.PluginSpec.start_timeout:type_name -> google.protobuf.Duration
-	5,  // 2: plugincontrol.v1.PluginSpec.health_policy:type_name -> plugincontrol.v1.HealthPolicy
-	4,  // 3: plugincontrol.v1.PluginSpec.handshake:type_name -> plugincontrol.v1.Handshake
-	9,  // 4: plugincontrol.v1.HealthPolicy.panic_window:type_name -> google.protobuf.Duration
-	9,  // 5: plugincontrol.v1.HealthPolicy.restart_period:type_name -> google.protobuf.Duration
-	9,  // 6: plugincontrol.v1.HealthPolicy.backoff_initial:type_name -> google.protobuf.Duration
-	9,  // 7: plugincontrol.v1.HealthPolicy.backoff_max:type_name -> google.protobuf.Duration
-	1,  // 8: plugincontrol.v1.HealthPolicy.unhealthy_action:type_name -> plugincontrol.v1.UnhealthyAction
-	9,  // 9: plugincontrol.v1.HealthPolicy.liveness_interval:type_name -> google.protobuf.Duration
-	6,  // 10: plugincontrol.v1.HealthPolicy.panics:type_name -> plugincontrol.v1.FailureLimit
-	6,  // 11: plugincontrol.v1.HealthPolicy.crashes:type_name -> plugincontrol.v1.FailureLimit
-	6,  // 12: plugincontrol.v1.HealthPolicy.hangs:type_name -> plugincontrol.v1.FailureLimit
-	6,  // 13: plugincontrol.v1.HealthPolicy.timeouts:type_name -> plugincontrol.v1.FailureLimit
-	6,  // 14: plugincontrol.v1.HealthPolicy.start_failures:type_name -> plugincontrol.v1.FailureLimit
-	9,  // 15: plugincontrol.v1.FailureLimit.window:type_name -> google.protobuf.Duration
-	2,  // 16: plugincontrol.v1.PluginStatus.state:type_name -> plugincontrol.v1.PluginState
-	10, // 17: plugincontrol.v1.PluginStatus.started_at:type_name -> google.protobuf.Timestamp
-	3,  // 18: plugincontrol.v1.PluginStatus.spec:type_name -> plugincontrol.v1.PluginSpec
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	9,  // 0: plugincontrol.v1.PluginSpec.env:type_name -> plugincontrol.v1.PluginSpec.EnvEntry
+	10, // 1: plugincontrol.v1.PluginSpec.start_timeout:type_name -> google.protobuf.Duration
+	6,  // 2: plugincontrol.v1.PluginSpec.health_policy:type_name -> plugincontrol.v1.HealthPolicy
+	5,  // 3: plugincontrol.v1.PluginSpec.handshake:type_name -> plugincontrol.v1.Handshake
+	4,  // 4: plugincontrol.v1.PluginSpec.resources:type_name -> plugincontrol.v1.Resources
+	10, // 5: plugincontrol.v1.PluginSpec.ready_timeout:type_name -> google.protobuf.Duration
+	10, // 6: plugincontrol.v1.HealthPolicy.panic_window:type_name -> google.protobuf.Duration
+	10, // 7: plugincontrol.v1.HealthPolicy.restart_period:type_name -> google.protobuf.Duration
+	10, // 8: plugincontrol.v1.HealthPolicy.backoff_initial:type_name -> google.protobuf.Duration
+	10, // 9: plugincontrol.v1.HealthPolicy.backoff_max:type_name -> google.protobuf.Duration
+	1,  // 10: plugincontrol.v1.HealthPolicy.unhealthy_action:type_name -> plugincontrol.v1.UnhealthyAction
+	10, // 11: plugincontrol.v1.HealthPolicy.liveness_interval:type_name -> google.protobuf.Duration
+	7,  // 12: plugincontrol.v1.HealthPolicy.panics:type_name -> plugincontrol.v1.FailureLimit
+	7,  // 13: plugincontrol.v1.HealthPolicy.crashes:type_name -> plugincontrol.v1.FailureLimit
+	7,  // 14: plugincontrol.v1.HealthPolicy.hangs:type_name -> plugincontrol.v1.FailureLimit
+	7,  // 15: plugincontrol.v1.HealthPolicy.timeouts:type_name -> plugincontrol.v1.FailureLimit
+	7,  // 16: plugincontrol.v1.HealthPolicy.start_failures:type_name -> plugincontrol.v1.FailureLimit
+	10, // 17: plugincontrol.v1.FailureLimit.window:type_name -> google.protobuf.Duration
+	2,  // 18: plugincontrol.v1.PluginStatus.state:type_name -> plugincontrol.v1.PluginState
+	11, // 19: plugincontrol.v1.PluginStatus.started_at:type_name -> google.protobuf.Timestamp
+	3,  // 20: plugincontrol.v1.PluginStatus.spec:type_name -> plugincontrol.v1.PluginSpec
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_spec_proto_init() }
@@ -984,7 +1099,7 @@ func file_plugincontrol_v1_spec_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugincontrol_v1_spec_proto_rawDesc), len(file_plugincontrol_v1_spec_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -14,6 +14,7 @@ import { TickerService } from "../src/gen/plugincontrol/example/v1/ticker_pb.js"
 import {
   createClient,
   createPluginTransport,
+  listPlugins,
   watchHealth,
   Code,
   ConnectError,
@@ -22,6 +23,8 @@ import {
   HealthEventType,
   HealthView,
   PluginState,
+  PluginView,
+  type PluginStatus,
   BakeResult,
   type HealthEvent,
   type PlugindClient,
@@ -128,6 +131,22 @@ test("unary calls over a unix socket", async () => {
     const health = await c.control.health({ names: ["echo", "echo2"] });
     assert.deepEqual(health.plugins.map((h) => h.state), [PluginState.SERVING, PluginState.SERVING]);
     assert.ok(health.revision > 0n);
+  });
+});
+
+test("listPlugins follows the pages, in either view", async () => {
+  await withDaemon("unix", async (c) => {
+    for (const name of ["echo2", "echo3"]) await c.control.load({ spec: { name, binary: "echo", config: new TextEncoder().encode("x") } });
+    const full: PluginStatus[] = [];
+    for await (const p of listPlugins(c.control, { pageSize: 1 })) full.push(p);
+    assert.deepEqual(full.map((p) => p.name), ["echo", "echo2", "echo3"]);
+    assert.equal(full[1].spec?.binary, "echo");
+    const first = await c.control.listPlugins({ pageSize: 1 });
+    assert.equal(first.plugins.length, 1);
+    assert.notEqual(first.nextPageToken, "");
+    const basic: PluginStatus[] = [];
+    for await (const p of listPlugins(c.control, { view: PluginView.BASIC, names: ["echo3", "echo"] })) basic.push(p);
+    assert.deepEqual(basic.map((p) => [p.name, p.spec]), [["echo", undefined], ["echo3", undefined]]);
   });
 });
 

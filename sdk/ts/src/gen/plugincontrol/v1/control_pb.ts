@@ -2,8 +2,8 @@
 // @generated from file plugincontrol/v1/control.proto (package plugincontrol.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { CandidateReport } from "./candidate_pb.js";
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file plugincontrol/v1/control.proto.
  */
 export const file_plugincontrol_v1_control: GenFile = /*@__PURE__*/
-  fileDesc("Ch5wbHVnaW5jb250cm9sL3YxL2NvbnRyb2wucHJvdG8SEHBsdWdpbmNvbnRyb2wudjEiOQoLTG9hZFJlcXVlc3QSKgoEc3BlYxgBIAEoCzIcLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3BlYyJxCgxMb2FkUmVzcG9uc2USLgoGcGx1Z2luGAEgASgLMh4ucGx1Z2luY29udHJvbC52MS5QbHVnaW5TdGF0dXMSMQoGcmVwb3J0GAIgASgLMiEucGx1Z2luY29udHJvbC52MS5DYW5kaWRhdGVSZXBvcnQi2AEKDVJlbG9hZFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgRzcGVjGAIgASgLMhwucGx1Z2luY29udHJvbC52MS5QbHVnaW5TcGVjEhsKE2V4cGVjdGVkX2dlbmVyYXRpb24YAyABKAQSFQoNdmFsaWRhdGVfb25seRgEIAEoCBIwCg1kcmFpbl90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEicKBGJha2UYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ikAEKDlJlbG9hZFJlc3BvbnNlEi4KBnBsdWdpbhgBIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3RhdHVzEhsKE3ByZXZpb3VzX2dlbmVyYXRpb24YAiABKAQSMQoGcmVwb3J0GAMgASgLMiEucGx1Z2luY29udHJvbC52MS5DYW5kaWRhdGVSZXBvcnQiTwoNVW5sb2FkUmVxdWVzdBIMCgRuYW1lGAEgASgJEjAKDWRyYWluX3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQAoOVW5sb2FkUmVzcG9uc2USLgoGcGx1Z2luGAEgASgLMh4ucGx1Z2luY29udHJvbC52MS5QbHVnaW5TdGF0dXMiFAoSTGlzdFBsdWdpbnNSZXF1ZXN0IkYKE0xpc3RQbHVnaW5zUmVzcG9uc2USLwoHcGx1Z2lucxgBIAMoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3RhdHVzIh4KDUhlYWx0aFJlcXVlc3QSDQoFbmFtZXMYASADKAkiUwoOSGVhbHRoUmVzcG9uc2USLwoHcGx1Z2lucxgBIAMoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luSGVhbHRoEhAKCHJldmlzaW9uGAIgASgEImcKEldhdGNoSGVhbHRoUmVxdWVzdBINCgVuYW1lcxgBIAMoCRIWCg5zaW5jZV9yZXZpc2lvbhgCIAEoBBIqCgR2aWV3GAMgASgOMhwucGx1Z2luY29udHJvbC52MS5IZWFsdGhWaWV3IkMKE1dhdGNoSGVhbHRoUmVzcG9uc2USLAoFZXZlbnQYASABKAsyHS5wbHVnaW5jb250cm9sLnYxLkhlYWx0aEV2ZW50Im8KEExpc3RBdWRpdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgVsaW1pdBgCIAEoDRIXCg9iZWZvcmVfc2VxdWVuY2UYAyABKAQSEQoJcGFnZV9zaXplGAQgASgNEhIKCnBhZ2VfdG9rZW4YBSABKAkikwEKEUxpc3RBdWRpdFJlc3BvbnNlEi4KB3JlY29yZHMYASADKAsyHS5wbHVnaW5jb250cm9sLnYxLkF1ZGl0UmVjb3JkEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRI1CgpjaGVja3BvaW50GAMgASgLMiEucGx1Z2luY29udHJvbC52MS5BdWRpdENoZWNrcG9pbnQiMQoPQXVkaXRDaGVja3BvaW50EhAKCHNlcXVlbmNlGAEgASgEEgwKBGhhc2gYAiABKAkikQIKC0F1ZGl0UmVjb3JkEhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmNhbGxlchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSDgoGcGx1Z2luGAUgASgJEhYKDm9sZF9nZW5lcmF0aW9uGAYgASgEEhYKDm5ld19nZW5lcmF0aW9uGAcgASgEEhUKDWJpbmFyeV9zaGEyNTYYCCABKAkSDwoHb3V0Y29tZRgJIAEoCRINCgVlcnJvchgKIAEoCRIOCgZiaW5hcnkYCyABKAkSEQoJcHJldl9oYXNoGAwgASgJEgwKBGhhc2gYDSABKAky1AQKFFBsdWdpbkNvbnRyb2xTZXJ2aWNlEkUKBExvYWQSHS5wbHVnaW5jb250cm9sLnYxLkxvYWRSZXF1ZXN0Gh4ucGx1Z2luY29udHJvbC52MS5Mb2FkUmVzcG9uc2USSwoGUmVsb2FkEh8ucGx1Z2luY29udHJvbC52MS5SZWxvYWRSZXF1ZXN0GiAucGx1Z2luY29udHJvbC52MS5SZWxvYWRSZXNwb25zZRJLCgZVbmxvYWQSHy5wbHVnaW5jb250cm9sLnYxLlVubG9hZFJlcXVlc3QaIC5wbHVnaW5jb250cm9sLnYxLlVubG9hZFJlc3BvbnNlEloKC0xpc3RQbHVnaW5zEiQucGx1Z2luY29udHJvbC52MS5MaXN0UGx1Z2luc1JlcXVlc3QaJS5wbHVnaW5jb250cm9sLnYxLkxpc3RQbHVnaW5zUmVzcG9uc2USSwoGSGVhbHRoEh8ucGx1Z2luY29udHJvbC52MS5IZWFsdGhSZXF1ZXN0GiAucGx1Z2luY29udHJvbC52MS5IZWFsdGhSZXNwb25zZRJcCgtXYXRjaEhlYWx0aBIkLnBsdWdpbmNvbnRyb2wudjEuV2F0Y2hIZWFsdGhSZXF1ZXN0GiUucGx1Z2luY29udHJvbC52MS5XYXRjaEhlYWx0aFJlc3BvbnNlMAESVAoJTGlzdEF1ZGl0EiIucGx1Z2luY29udHJvbC52MS5MaXN0QXVkaXRSZXF1ZXN0GiMucGx1Z2luY29udHJvbC52MS5MaXN0QXVkaXRSZXNwb25zZUJNWktnaXRodWIuY29tL3BsdWdpbmNvbnRyb2wvcGx1Z2luY29udHJvbC9nZW4vcGx1Z2luY29udHJvbC92MTtwbHVnaW5jb250cm9sdjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_plugincontrol_v1_candidate, file_plugincontrol_v1_health, file_plugincontrol_v1_spec]);
+  fileDesc("Ch5wbHVnaW5jb250cm9sL3YxL2NvbnRyb2wucHJvdG8SEHBsdWdpbmNvbnRyb2wudjEiOQoLTG9hZFJlcXVlc3QSKgoEc3BlYxgBIAEoCzIcLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3BlYyJxCgxMb2FkUmVzcG9uc2USLgoGcGx1Z2luGAEgASgLMh4ucGx1Z2luY29udHJvbC52MS5QbHVnaW5TdGF0dXMSMQoGcmVwb3J0GAIgASgLMiEucGx1Z2luY29udHJvbC52MS5DYW5kaWRhdGVSZXBvcnQi2AEKDVJlbG9hZFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgRzcGVjGAIgASgLMhwucGx1Z2luY29udHJvbC52MS5QbHVnaW5TcGVjEhsKE2V4cGVjdGVkX2dlbmVyYXRpb24YAyABKAQSFQoNdmFsaWRhdGVfb25seRgEIAEoCBIwCg1kcmFpbl90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEicKBGJha2UYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ikAEKDlJlbG9hZFJlc3BvbnNlEi4KBnBsdWdpbhgBIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3RhdHVzEhsKE3ByZXZpb3VzX2dlbmVyYXRpb24YAiABKAQSMQoGcmVwb3J0GAMgASgLMiEucGx1Z2luY29udHJvbC52MS5DYW5kaWRhdGVSZXBvcnQiTwoNVW5sb2FkUmVxdWVzdBIMCgRuYW1lGAEgASgJEjAKDWRyYWluX3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQAoOVW5sb2FkUmVzcG9uc2USLgoGcGx1Z2luGAEgASgLMh4ucGx1Z2luY29udHJvbC52MS5QbHVnaW5TdGF0dXMidgoSTGlzdFBsdWdpbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEioKBHZpZXcYAyABKA4yHC5wbHVnaW5jb250cm9sLnYxLlBsdWdpblZpZXcSDQoFbmFtZXMYBCADKAkiXwoTTGlzdFBsdWdpbnNSZXNwb25zZRIvCgdwbHVnaW5zGAEgAygLMh4ucGx1Z2luY29udHJvbC52MS5QbHVnaW5TdGF0dXMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIh4KDUhlYWx0aFJlcXVlc3QSDQoFbmFtZXMYASADKAkiUwoOSGVhbHRoUmVzcG9uc2USLwoHcGx1Z2lucxgBIAMoCzIeLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luSGVhbHRoEhAKCHJldmlzaW9uGAIgASgEImcKEldhdGNoSGVhbHRoUmVxdWVzdBINCgVuYW1lcxgBIAMoCRIWCg5zaW5jZV9yZXZpc2lvbhgCIAEoBBIqCgR2aWV3GAMgASgOMhwucGx1Z2luY29udHJvbC52MS5IZWFsdGhWaWV3IkMKE1dhdGNoSGVhbHRoUmVzcG9uc2USLAoFZXZlbnQYASABKAsyHS5wbHVnaW5jb250cm9sLnYxLkhlYWx0aEV2ZW50Im8KEExpc3RBdWRpdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRINCgVsaW1pdBgCIAEoDRIXCg9iZWZvcmVfc2VxdWVuY2UYAyABKAQSEQoJcGFnZV9zaXplGAQgASgNEhIKCnBhZ2VfdG9rZW4YBSABKAkikwEKEUxpc3RBdWRpdFJlc3BvbnNlEi4KB3JlY29yZHMYASADKAsyHS5wbHVnaW5jb250cm9sLnYxLkF1ZGl0UmVjb3JkEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRI1CgpjaGVja3BvaW50GAMgASgLMiEucGx1Z2luY29udHJvbC52MS5BdWRpdENoZWNrcG9pbnQiMQoPQXVkaXRDaGVja3BvaW50EhAKCHNlcXVlbmNlGAEgASgEEgwKBGhhc2gYAiABKAkikQIKC0F1ZGl0UmVjb3JkEhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmNhbGxlchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSDgoGcGx1Z2luGAUgASgJEhYKDm9sZF9nZW5lcmF0aW9uGAYgASgEEhYKDm5ld19nZW5lcmF0aW9uGAcgASgEEhUKDWJpbmFyeV9zaGEyNTYYCCABKAkSDwoHb3V0Y29tZRgJIAEoCRINCgVlcnJvchgKIAEoCRIOCgZiaW5hcnkYCyABKAkSEQoJcHJldl9oYXNoGAwgASgJEgwKBGhhc2gYDSABKAkqVgoKUGx1Z2luVmlldxIbChdQTFVHSU5fVklFV19VTlNQRUNJRklFRBAAEhUKEVBMVUdJTl9WSUVXX0JBU0lDEAESFAoQUExVR0lOX1ZJRVdfRlVMTBACMtQEChRQbHVnaW5Db250cm9sU2VydmljZRJFCgRMb2FkEh0ucGx1Z2luY29udHJvbC52MS5Mb2FkUmVxdWVzdBoeLnBsdWdpbmNvbnRyb2wudjEuTG9hZFJlc3BvbnNlEksKBlJlbG9hZBIfLnBsdWdpbmNvbnRyb2wudjEuUmVsb2FkUmVxdWVzdBogLnBsdWdpbmNvbnRyb2wudjEuUmVsb2FkUmVzcG9uc2USSwoGVW5sb2FkEh8ucGx1Z2luY29udHJvbC52MS5VbmxvYWRSZXF1ZXN0GiAucGx1Z2luY29udHJvbC52MS5VbmxvYWRSZXNwb25zZRJaCgtMaXN0UGx1Z2lucxIkLnBsdWdpbmNvbnRyb2wudjEuTGlzdFBsdWdpbnNSZXF1ZXN0GiUucGx1Z2luY29udHJvbC52MS5MaXN0UGx1Z2luc1Jlc3BvbnNlEksKBkhlYWx0aBIfLnBsdWdpbmNvbnRyb2wudjEuSGVhbHRoUmVxdWVzdBogLnBsdWdpbmNvbnRyb2wudjEuSGVhbHRoUmVzcG9uc2USXAoLV2F0Y2hIZWFsdGgSJC5wbHVnaW5jb250cm9sLnYxLldhdGNoSGVhbHRoUmVxdWVzdBolLnBsdWdpbmNvbnRyb2wudjEuV2F0Y2hIZWFsdGhSZXNwb25zZTABElQKCUxpc3RBdWRpdBIiLnBsdWdpbmNvbnRyb2wudjEuTGlzdEF1ZGl0UmVxdWVzdBojLnBsdWdpbmNvbnRyb2wudjEuTGlzdEF1ZGl0UmVzcG9uc2VCTVpLZ2l0aHViLmNvbS9wbHVnaW5jb250cm9sL3BsdWdpbmNvbnRyb2wvZ2VuL3BsdWdpbmNvbnRyb2wvdjE7cGx1Z2luY29udHJvbHYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_plugincontrol_v1_candidate, file_plugincontrol_v1_health, file_plugincontrol_v1_spec]);
 
 /**
  * LoadRequest asks for a new plugin.
@@ -219,11 +219,42 @@ export const UnloadResponseSchema: GenMessage<UnloadResponse> = /*@__PURE__*/
   messageDesc(file_plugincontrol_v1_control, 5);
 
 /**
- * ListPluginsRequest is empty: every plugin is listed.
+ * ListPluginsRequest selects a page of plugins, sorted by name.
  *
  * @generated from message plugincontrol.v1.ListPluginsRequest
  */
 export type ListPluginsRequest = Message<"plugincontrol.v1.ListPluginsRequest"> & {
+  /**
+   * page_size caps the plugins returned; 0 means 1000, at most 1000. A page
+   * also ends before its encoding would pass 4 MiB (or the daemon's
+   * --max-message-bytes, when smaller), so a response always fits the default
+   * receive limit of gRPC clients: follow next_page_token until it is empty.
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * page_token continues a listing: the next_page_token of the previous page.
+   * Empty starts from the first name.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * view selects how much of each status is returned; unspecified means FULL.
+   *
+   * @generated from field: plugincontrol.v1.PluginView view = 3;
+   */
+  view: PluginView;
+
+  /**
+   * names selects plugins; empty means all. An unknown name is NotFound.
+   *
+   * @generated from field: repeated string names = 4;
+   */
+  names: string[];
 };
 
 /**
@@ -234,17 +265,26 @@ export const ListPluginsRequestSchema: GenMessage<ListPluginsRequest> = /*@__PUR
   messageDesc(file_plugincontrol_v1_control, 6);
 
 /**
- * ListPluginsResponse lists the plugins, sorted by name.
+ * ListPluginsResponse is a page of plugins, sorted by name.
  *
  * @generated from message plugincontrol.v1.ListPluginsResponse
  */
 export type ListPluginsResponse = Message<"plugincontrol.v1.ListPluginsResponse"> & {
   /**
-   * plugins is the status of every plugin.
+   * plugins is the status of each plugin of the page.
    *
    * @generated from field: repeated plugincontrol.v1.PluginStatus plugins = 1;
    */
   plugins: PluginStatus[];
+
+  /**
+   * next_page_token fetches the next page; empty on the last page. A plugin
+   * loaded or unloaded between pages is listed or not according to its name's
+   * place: a listing never repeats or skips a plugin that stays loaded.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -595,6 +635,41 @@ export const AuditRecordSchema: GenMessage<AuditRecord> = /*@__PURE__*/
   messageDesc(file_plugincontrol_v1_control, 15);
 
 /**
+ * PluginView selects how much of a PluginStatus ListPlugins returns.
+ *
+ * @generated from enum plugincontrol.v1.PluginView
+ */
+export enum PluginView {
+  /**
+   * PLUGIN_VIEW_UNSPECIFIED is PLUGIN_VIEW_FULL.
+   *
+   * @generated from enum value: PLUGIN_VIEW_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * PLUGIN_VIEW_BASIC leaves out the spec (up to megabytes of config, args and
+   * env per plugin); everything else is there.
+   *
+   * @generated from enum value: PLUGIN_VIEW_BASIC = 1;
+   */
+  BASIC = 1,
+
+  /**
+   * PLUGIN_VIEW_FULL is the whole status, spec included.
+   *
+   * @generated from enum value: PLUGIN_VIEW_FULL = 2;
+   */
+  FULL = 2,
+}
+
+/**
+ * Describes the enum plugincontrol.v1.PluginView.
+ */
+export const PluginViewSchema: GenEnum<PluginView> = /*@__PURE__*/
+  enumDesc(file_plugincontrol_v1_control, 0);
+
+/**
  * PluginControlService manages the plugins of one plugind.
  *
  * @generated from service plugincontrol.v1.PluginControlService
@@ -634,7 +709,8 @@ export const PluginControlService: GenService<{
     output: typeof UnloadResponseSchema;
   },
   /**
-   * ListPlugins returns the status of every plugin.
+   * ListPlugins returns the status of the plugins, sorted by name, a page at a
+   * time.
    *
    * @generated from rpc plugincontrol.v1.PluginControlService.ListPlugins
    */

@@ -12,10 +12,13 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file plugincontrol/v1/spec.proto.
  */
 export const file_plugincontrol_v1_spec: GenFile = /*@__PURE__*/
-  fileDesc("ChtwbHVnaW5jb250cm9sL3YxL3NwZWMucHJvdG8SEHBsdWdpbmNvbnRyb2wudjEi6AIKClBsdWdpblNwZWMSDAoEbmFtZRgBIAEoCRIOCgZiaW5hcnkYAiABKAkSDAoEYXJncxgDIAMoCRIyCgNlbnYYBCADKAsyJS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblNwZWMuRW52RW50cnkSDgoGc2hhMjU2GAUgASgJEg4KBmNvbmZpZxgGIAEoDBIwCg1zdGFydF90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjUKDWhlYWx0aF9wb2xpY3kYCCABKAsyHi5wbHVnaW5jb250cm9sLnYxLkhlYWx0aFBvbGljeRIuCgloYW5kc2hha2UYCSABKAsyGy5wbHVnaW5jb250cm9sLnYxLkhhbmRzaGFrZRIVCg1yZWFkeV9zZXJ2aWNlGAogASgJGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiWwoJSGFuZHNoYWtlEhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SGAoQbWFnaWNfY29va2llX2tleRgCIAEoCRIaChJtYWdpY19jb29raWVfdmFsdWUYAyABKAkijgUKDEhlYWx0aFBvbGljeRIXCg9wYW5pY190aHJlc2hvbGQYASABKA0SLwoMcGFuaWNfd2luZG93GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXJlc3RhcnRfbGltaXQYAyABKA0SMQoOcmVzdGFydF9wZXJpb2QYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMgoPYmFja29mZl9pbml0aWFsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2JhY2tvZmZfbWF4GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjsKEHVuaGVhbHRoeV9hY3Rpb24YByABKA4yIS5wbHVnaW5jb250cm9sLnYxLlVuaGVhbHRoeUFjdGlvbhI0ChFsaXZlbmVzc19pbnRlcnZhbBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIZChFsaXZlbmVzc19mYWlsdXJlcxgJIAEoDRIuCgZwYW5pY3MYCiABKAsyHi5wbHVnaW5jb250cm9sLnYxLkZhaWx1cmVMaW1pdBIvCgdjcmFzaGVzGAsgASgLMh4ucGx1Z2luY29udHJvbC52MS5GYWlsdXJlTGltaXQSLQoFaGFuZ3MYDCABKAsyHi5wbHVnaW5jb250cm9sLnYxLkZhaWx1cmVMaW1pdBIwCgh0aW1lb3V0cxgNIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuRmFpbHVyZUxpbWl0EjYKDnN0YXJ0X2ZhaWx1cmVzGA4gASgLMh4ucGx1Z2luY29udHJvbC52MS5GYWlsdXJlTGltaXQiTAoMRmFpbHVyZUxpbWl0EhEKCXRocmVzaG9sZBgBIAEoDRIpCgZ3aW5kb3cYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6QIKDFBsdWdpblN0YXR1cxIMCgRuYW1lGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKAQSLAoFc3RhdGUYAyABKA4yHS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblN0YXRlEgsKA3BpZBgEIAEoAxIOCgZiaW5hcnkYBSABKAkSDgoGc2hhMjU2GAYgASgJEg8KB3ZlcnNpb24YByABKAkSLgoKc3RhcnRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmVzdGFydHMYCSABKA0SEgoKbGFzdF9lcnJvchgKIAEoCRIqCgRzcGVjGAsgASgLMhwucGx1Z2luY29udHJvbC52MS5QbHVnaW5TcGVjEhMKC3BsdWdpbl9uYW1lGAwgASgJEhAKCGVuZHBvaW50GA0gASgJEhAKCHNlcnZpY2VzGA4gAygJEhAKCHByb3RvY29sGA8gASgJKqsBCgxGYWlsdXJlQ2xhc3MSHQoZRkFJTFVSRV9DTEFTU19VTlNQRUNJRklFRBAAEhcKE0ZBSUxVUkVfQ0xBU1NfUEFOSUMQARIXChNGQUlMVVJFX0NMQVNTX0NSQVNIEAISFgoSRkFJTFVSRV9DTEFTU19IQU5HEAMSGQoVRkFJTFVSRV9DTEFTU19USU1FT1VUEAQSFwoTRkFJTFVSRV9DTEFTU19TVEFSVBAFKocBCg9VbmhlYWx0aHlBY3Rpb24SIAocVU5IRUFMVEhZX0FDVElPTl9VTlNQRUNJRklFRBAAEhkKFVVOSEVBTFRIWV9BQ1RJT05fTk9ORRABEhwKGFVOSEVBTFRIWV9BQ1RJT05fUkVTVEFSVBACEhkKFVVOSEVBTFRIWV9BQ1RJT05fU1RPUBADKrEBCgtQbHVnaW5TdGF0ZRIcChhQTFVHSU5fU1RBVEVfVU5TUEVDSUZJRUQQABIZChVQTFVHSU5fU1RBVEVfU1RBUlRJTkcQARIYChRQTFVHSU5fU1RBVEVfU0VSVklORxACEhkKFVBMVUdJTl9TVEFURV9ERUdSQURFRBADEhoKFlBMVUdJTl9TVEFURV9VTkhFQUxUSFkQBBIYChRQTFVHSU5fU1RBVEVfU1RPUFBFRBAFQk1aS2dpdGh1Yi5jb20vcGx1Z2luY29udHJvbC9wbHVnaW5jb250cm9sL2dlbi9wbHVnaW5jb250cm9sL3YxO3BsdWdpbmNvbnRyb2x2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChtwbHVnaW5jb250cm9sL3YxL3NwZWMucHJvdG8SEHBsdWdpbmNvbnRyb2wudjEiygMKClBsdWdpblNwZWMSDAoEbmFtZRgBIAEoCRIOCgZiaW5hcnkYAiABKAkSDAoEYXJncxgDIAMoCRIyCgNlbnYYBCADKAsyJS5wbHVnaW5jb250cm9sLnYxLlBsdWdpblNwZWMuRW52RW50cnkSDgoGc2hhMjU2GAUgASgJEg4KBmNvbmZpZxgGIAEoDBIwCg1zdGFydF90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjUKDWhlYWx0aF9wb2xpY3kYCCABKAsyHi5wbHVnaW5jb250cm9sLnYxLkhlYWx0aFBvbGljeRIuCgloYW5kc2hha2UYCSABKAsyGy5wbHVnaW5jb250cm9sLnYxLkhhbmRzaGFrZRIVCg1yZWFkeV9zZXJ2aWNlGAogASgJEi4KCXJlc291cmNlcxgLIAEoCzIbLnBsdWdpbmNvbnRyb2wudjEuUmVzb3VyY2VzEjAKDXJlYWR5X3RpbWVvdXQYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJICglSZXNvdXJjZXMSGAoQbWVtb3J5X21heF9ieXRlcxgBIAEoBBIQCghwaWRzX21heBgCIAEoDRIPCgdjcHVfbWF4GAMgASgJIlsKCUhhbmRzaGFrZRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEhgKEG1hZ2ljX2Nvb2tpZV9rZXkYAiABKAkSGgoSbWFnaWNfY29va2llX3ZhbHVlGAMgASgJIo4FCgxIZWFsdGhQb2xpY3kSFwoPcGFuaWNfdGhyZXNob2xkGAEgASgNEi8KDHBhbmljX3dpbmRvdxgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg1yZXN0YXJ0X2xpbWl0GAMgASgNEjEKDnJlc3RhcnRfcGVyaW9kGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKD2JhY2tvZmZfaW5pdGlhbBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgtiYWNrb2ZmX21heBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI7ChB1bmhlYWx0aHlfYWN0aW9uGAcgASgOMiEucGx1Z2luY29udHJvbC52MS5VbmhlYWx0aHlBY3Rpb24SNAoRbGl2ZW5lc3NfaW50ZXJ2YWwYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGQoRbGl2ZW5lc3NfZmFpbHVyZXMYCSABKA0SLgoGcGFuaWNzGAogASgLMh4ucGx1Z2luY29udHJvbC52MS5GYWlsdXJlTGltaXQSLwoHY3Jhc2hlcxgLIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuRmFpbHVyZUxpbWl0Ei0KBWhhbmdzGAwgASgLMh4ucGx1Z2luY29udHJvbC52MS5GYWlsdXJlTGltaXQSMAoIdGltZW91dHMYDSABKAsyHi5wbHVnaW5jb250cm9sLnYxLkZhaWx1cmVMaW1pdBI2Cg5zdGFydF9mYWlsdXJlcxgOIAEoCzIeLnBsdWdpbmNvbnRyb2wudjEuRmFpbHVyZUxpbWl0IkwKDEZhaWx1cmVMaW1pdBIRCgl0aHJlc2hvbGQYASABKA0SKQoGd2luZG93GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIukCCgxQbHVnaW5TdGF0dXMSDAoEbmFtZRgBIAEoCRISCgpnZW5lcmF0aW9uGAIgASgEEiwKBXN0YXRlGAMgASgOMh0ucGx1Z2luY29udHJvbC52MS5QbHVnaW5TdGF0ZRILCgNwaWQYBCABKAMSDgoGYmluYXJ5GAUgASgJEg4KBnNoYTI1NhgGIAEoCRIPCgd2ZXJzaW9uGAcgASgJEi4KCnN0YXJ0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHJlc3RhcnRzGAkgASgNEhIKCmxhc3RfZXJyb3IYCiABKAkSKgoEc3BlYxgLIAEoCzIcLnBsdWdpbmNvbnRyb2wudjEuUGx1Z2luU3BlYxITCgtwbHVnaW5fbmFtZRgMIAEoCRIQCghlbmRwb2ludBgNIAEoCRIQCghzZXJ2aWNlcxgOIAMoCRIQCghwcm90b2NvbBgPIAEoCSqrAQoMRmFpbHVyZUNsYXNzEh0KGUZBSUxVUkVfQ0xBU1NfVU5TUEVDSUZJRUQQABIXChNGQUlMVVJFX0NMQVNTX1BBTklDEAESFwoTRkFJTFVSRV9DTEFTU19DUkFTSBACEhYKEkZBSUxVUkVfQ0xBU1NfSEFORxADEhkKFUZBSUxVUkVfQ0xBU1NfVElNRU9VVBAEEhcKE0ZBSUxVUkVfQ0xBU1NfU1RBUlQQBSqHAQoPVW5oZWFsdGh5QWN0aW9uEiAKHFVOSEVBTFRIWV9BQ1RJT05fVU5TUEVDSUZJRUQQABIZChVVTkhFQUxUSFlfQUNUSU9OX05PTkUQARIcChhVTkhFQUxUSFlfQUNUSU9OX1JFU1RBUlQQAhIZChVVTkhFQUxUSFlfQUNUSU9OX1NUT1AQAyqxAQoLUGx1Z2luU3RhdGUSHAoYUExVR0lOX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVUExVR0lOX1NUQVRFX1NUQVJUSU5HEAESGAoUUExVR0lOX1NUQVRFX1NFUlZJTkcQAhIZChVQTFVHSU5fU1RBVEVfREVHUkFERUQQAxIaChZQTFVHSU5fU1RBVEVfVU5IRUFMVEhZEAQSGAoUUExVR0lOX1NUQVRFX1NUT1BQRUQQBUJNWktnaXRodWIuY29tL3BsdWdpbmNvbnRyb2wvcGx1Z2luY29udHJvbC9nZW4vcGx1Z2luY29udHJvbC92MTtwbHVnaW5jb250cm9sdjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
- * PluginSpec is the desired state of one plugin instance.
+ * PluginSpec is the desired state of one plugin instance. Every field has a
+ * limit, checked before anything changes (InvalidArgument naming the field): a
+ * spec at all of them is about 2.4 MiB, within the default 4 MiB of
+ * --max-message-bytes.
  *
  * @generated from message plugincontrol.v1.PluginSpec
  */
@@ -28,7 +31,8 @@ export type PluginSpec = Message<"plugincontrol.v1.PluginSpec"> & {
   name: string;
 
   /**
-   * binary is a file name resolved inside the daemon's plugin directory.
+   * binary is a file name resolved inside the daemon's plugin directory, at
+   * most 255 bytes.
    * Absolute paths, ".." elements and symlinks that leave the directory are
    * rejected: the API never executes arbitrary paths.
    *
@@ -37,7 +41,8 @@ export type PluginSpec = Message<"plugincontrol.v1.PluginSpec"> & {
   binary: string;
 
   /**
-   * args are passed to the binary after its name.
+   * args are passed to the binary after its name: at most 64, each valid UTF-8
+   * without NUL, at most 4096 bytes.
    *
    * @generated from field: repeated string args = 3;
    */
@@ -46,6 +51,10 @@ export type PluginSpec = Message<"plugincontrol.v1.PluginSpec"> & {
   /**
    * env is the plugin's whole environment (besides the variables go-plugin
    * needs for the handshake): nothing of the daemon's environment is inherited.
+   * At most 128 variables; names match ^[A-Za-z_][A-Za-z0-9_]*$, at most 256
+   * bytes, without the PLUGIN_ prefix (go-plugin's) and other than
+   * PLUGINCONTROL_CONTAIN (plugind's mark of the plugin's processes); values at
+   * most 8192 bytes without NUL.
    *
    * @generated from field: map<string, string> env = 4;
    */
@@ -53,14 +62,16 @@ export type PluginSpec = Message<"plugincontrol.v1.PluginSpec"> & {
 
   /**
    * sha256 optionally pins the binary: lowercase or uppercase hex of its
-   * SHA-256, verified through go-plugin's SecureConfig at every start.
+   * SHA-256 (64 digits), verified through go-plugin's SecureConfig at every
+   * start.
    *
    * @generated from field: string sha256 = 5;
    */
   sha256: string;
 
   /**
-   * config is opaque bytes handed to the plugin in its readiness probe.
+   * config is opaque bytes handed to the plugin in its readiness probe, at most
+   * 1 MiB (1048576 bytes). Native plugins only.
    *
    * @generated from field: bytes config = 6;
    */
@@ -68,7 +79,7 @@ export type PluginSpec = Message<"plugincontrol.v1.PluginSpec"> & {
 
   /**
    * start_timeout bounds the launch and handshake; unset means the daemon's
-   * default (10s).
+   * default (plugind --start-timeout, 10s). At most 10m.
    *
    * @generated from field: google.protobuf.Duration start_timeout = 7;
    */
@@ -95,11 +106,30 @@ export type PluginSpec = Message<"plugincontrol.v1.PluginSpec"> & {
   /**
    * ready_service is the grpc.health.v1 service probed as the ready stage of a
    * foreign plugin; empty means "plugin", which go-plugin registers in every
-   * Go plugin. Only with handshake.
+   * Go plugin. Only with handshake; a gRPC service name of at most 255 bytes.
    *
    * @generated from field: string ready_service = 10;
    */
   readyService: string;
+
+  /**
+   * resources limit the plugin's processes through the cgroup v2 of each
+   * generation. They need cgroup containment with the controllers delegated to
+   * plugind (its "plugind started" log line says which containment is in use):
+   * elsewhere the candidate fails at stage start with FailedPrecondition,
+   * naming what is missing.
+   *
+   * @generated from field: plugincontrol.v1.Resources resources = 11;
+   */
+  resources?: Resources | undefined;
+
+  /**
+   * ready_timeout bounds the ready stage (the readiness probe); unset means the
+   * daemon's default (plugind --ready-timeout, 5s). At most 10m.
+   *
+   * @generated from field: google.protobuf.Duration ready_timeout = 12;
+   */
+  readyTimeout?: Duration | undefined;
 };
 
 /**
@@ -108,6 +138,45 @@ export type PluginSpec = Message<"plugincontrol.v1.PluginSpec"> & {
  */
 export const PluginSpecSchema: GenMessage<PluginSpec> = /*@__PURE__*/
   messageDesc(file_plugincontrol_v1_spec, 0);
+
+/**
+ * Resources are per-plugin cgroup v2 limits; an unset (zero) field is
+ * unlimited.
+ *
+ * @generated from message plugincontrol.v1.Resources
+ */
+export type Resources = Message<"plugincontrol.v1.Resources"> & {
+  /**
+   * memory_max_bytes is memory.max: the plugin's processes together, at least
+   * 1 MiB. Past it the kernel's OOM killer kills one of them.
+   *
+   * @generated from field: uint64 memory_max_bytes = 1;
+   */
+  memoryMaxBytes: bigint;
+
+  /**
+   * pids_max is pids.max: processes and threads together (a Go plugin runs
+   * about ten threads), at least 1.
+   *
+   * @generated from field: uint32 pids_max = 2;
+   */
+  pidsMax: number;
+
+  /**
+   * cpu_max is cpu.max, "QUOTA PERIOD" in microseconds: "50000 100000" is half
+   * a CPU. The period is 1000..1000000, the quota at least 1000.
+   *
+   * @generated from field: string cpu_max = 3;
+   */
+  cpuMax: string;
+};
+
+/**
+ * Describes the message plugincontrol.v1.Resources.
+ * Use `create(ResourcesSchema)` to create a new message.
+ */
+export const ResourcesSchema: GenMessage<Resources> = /*@__PURE__*/
+  messageDesc(file_plugincontrol_v1_spec, 1);
 
 /**
  * Handshake is a foreign plugin's go-plugin handshake (the plugin's
@@ -119,21 +188,23 @@ export const PluginSpecSchema: GenMessage<PluginSpec> = /*@__PURE__*/
 export type Handshake = Message<"plugincontrol.v1.Handshake"> & {
   /**
    * protocol_version is the application protocol version the plugin speaks,
-   * at least 1.
+   * 1..65536.
    *
    * @generated from field: uint32 protocol_version = 1;
    */
   protocolVersion: number;
 
   /**
-   * magic_cookie_key is the environment variable carrying the cookie.
+   * magic_cookie_key is the environment variable carrying the cookie: a
+   * variable name (^[A-Za-z_][A-Za-z0-9_]*$) without the PLUGIN_ prefix, not
+   * also set in env.
    *
    * @generated from field: string magic_cookie_key = 2;
    */
   magicCookieKey: string;
 
   /**
-   * magic_cookie_value is the cookie.
+   * magic_cookie_value is the cookie: required, at most 8192 bytes without NUL.
    *
    * @generated from field: string magic_cookie_value = 3;
    */
@@ -145,7 +216,7 @@ export type Handshake = Message<"plugincontrol.v1.Handshake"> & {
  * Use `create(HandshakeSchema)` to create a new message.
  */
 export const HandshakeSchema: GenMessage<Handshake> = /*@__PURE__*/
-  messageDesc(file_plugincontrol_v1_spec, 1);
+  messageDesc(file_plugincontrol_v1_spec, 2);
 
 /**
  * HealthPolicy says how panics and crashes of a plugin are judged and handled.
@@ -155,7 +226,8 @@ export const HandshakeSchema: GenMessage<Handshake> = /*@__PURE__*/
 export type HealthPolicy = Message<"plugincontrol.v1.HealthPolicy"> & {
   /**
    * panic_threshold is how many panics and crashes within panic_window make the
-   * plugin UNHEALTHY. 0 means the default, 3.
+   * plugin UNHEALTHY. 0 means the default, 3. At most 1000 (as every threshold
+   * and limit of the policy).
    *
    * @generated from field: uint32 panic_threshold = 1;
    */
@@ -163,6 +235,7 @@ export type HealthPolicy = Message<"plugincontrol.v1.HealthPolicy"> & {
 
   /**
    * panic_window is the sliding window panics are counted in. Unset means 1m.
+   * At most 24h (as every window, period and backoff of the policy).
    *
    * @generated from field: google.protobuf.Duration panic_window = 2;
    */
@@ -270,7 +343,7 @@ export type HealthPolicy = Message<"plugincontrol.v1.HealthPolicy"> & {
  * Use `create(HealthPolicySchema)` to create a new message.
  */
 export const HealthPolicySchema: GenMessage<HealthPolicy> = /*@__PURE__*/
-  messageDesc(file_plugincontrol_v1_spec, 2);
+  messageDesc(file_plugincontrol_v1_spec, 3);
 
 /**
  * FailureLimit judges one failure class: threshold failures within window make
@@ -300,7 +373,7 @@ export type FailureLimit = Message<"plugincontrol.v1.FailureLimit"> & {
  * Use `create(FailureLimitSchema)` to create a new message.
  */
 export const FailureLimitSchema: GenMessage<FailureLimit> = /*@__PURE__*/
-  messageDesc(file_plugincontrol_v1_spec, 3);
+  messageDesc(file_plugincontrol_v1_spec, 4);
 
 /**
  * PluginStatus is the observed state of one plugin instance.
@@ -429,7 +502,7 @@ export type PluginStatus = Message<"plugincontrol.v1.PluginStatus"> & {
  * Use `create(PluginStatusSchema)` to create a new message.
  */
 export const PluginStatusSchema: GenMessage<PluginStatus> = /*@__PURE__*/
-  messageDesc(file_plugincontrol_v1_spec, 4);
+  messageDesc(file_plugincontrol_v1_spec, 5);
 
 /**
  * FailureClass is a kind of plugin failure, counted on its own.

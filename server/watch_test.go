@@ -1,0 +1,148 @@
+package server_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
+	"github.com/plugincontrol/plugincontrol/manager"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// panics makes n recovered panics of plugin name: n CHANGED events.
+func panics(m *manager.Manager, name string, n int) {
+	for range n {
+		func() {
+			defer m.Recover(name, "test")
+			panic("slow watcher test")
+		}()
+	}
+}
+
+// TestSlowWatcherEvicted: a watcher that stops reading while events keep
+// coming is evicted once its oldest undelivered event has waited longer
+// than the lag limit: after the events already sent, its stream ends with
+// ResourceExhausted (WATCH_EVICTED, naming the last revision sent), and a
+// watch resumed from the last revision received gets everything after it.
+// A watcher that keeps reading is never evicted.
+func TestSlowWatcherEvicted(t *testing.T) {
+	f := startWith(t, manager.Config{WatchLagLimit: time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	spec := &pb.PluginSpec{Name: "echo", Binary: "echo", HealthPolicy: &pb.HealthPolicy{PanicThreshold: 1000, PanicWindow: durationpb.New(24 * time.Hour)}}
+	if _, err := f.ctl.Load(ctx, &pb.LoadRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	// A fixed 64 KiB stream window (no BDP growth): the client buffers
+	// that much, the server's queue the rest.
+	slowConn, err := grpc.NewClient("unix://"+f.sock, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithInitialWindowSize(1<<16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slowConn.Close()
+	slow, err := pb.NewPluginControlServiceClient(slowConn).WatchHealth(ctx, &pb.WatchHealthRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		r, err := slow.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetEvent().GetType() == pb.HealthEventType_HEALTH_EVENT_TYPE_SYNCED {
+			break
+		}
+	}
+	// The live watcher reads everything.
+	live, err := f.ctl.WatchHealth(ctx, &pb.WatchHealthRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	liveErr := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := live.Recv(); err != nil {
+				liveErr <- err
+				return
+			}
+		}
+	}()
+
+	// Far more than 128 KiB of events: the slow stream's window and
+	// grpc-go's write quota fill, the server's send blocks, and events
+	// wait in the hub.
+	// Then more, until an event finds the oldest pending one older than
+	// the 1s limit (bounded: the slow stream never reads, so its send
+	// blocks).
+	panics(f.m, "echo", 3000)
+	for i := 0; f.m.EvictedWatches() == 0 && i < 300; i++ {
+		time.Sleep(100 * time.Millisecond)
+		panics(f.m, "echo", 10)
+	}
+	if n := f.m.EvictedWatches(); n != 1 {
+		t.Fatalf("%d watches evicted, want the slow one", n)
+	}
+
+	// Reading again: the events sent, then the end.
+	var last uint64
+	received := 0
+	for {
+		r, err := slow.Recv()
+		if err != nil {
+			st := status.Convert(err)
+			info := rpcerr.Info(err)
+			if st.Code() != codes.ResourceExhausted || info.GetReason() != rpcerr.ReasonWatchEvicted {
+				t.Fatalf("slow stream ended with %v (%v), want ResourceExhausted WATCH_EVICTED", err, info)
+			}
+			if info.GetMetadata()["last_revision"] != strconv.FormatUint(last, 10) {
+				t.Fatalf("eviction names revision %s, the last received was %d", info.GetMetadata()["last_revision"], last)
+			}
+			t.Logf("%d events received, then: %s", received, st.Message())
+			break
+		}
+		received++
+		last = r.GetEvent().GetRevision()
+	}
+	if received == 0 || last >= f.m.Revision() {
+		t.Fatalf("received %d events up to revision %d of %d: the eviction dropped nothing?", received, last, f.m.Revision())
+	}
+
+	// Resumed from the last revision received: nothing is lost.
+	resumed, err := f.ctl.WatchHealth(ctx, &pb.WatchHealthRequest{SinceRevision: last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var replayed uint64
+	for {
+		r, err := resumed.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := r.GetEvent()
+		if e.GetType() == pb.HealthEventType_HEALTH_EVENT_TYPE_SYNCED {
+			if e.GetReset_() {
+				t.Fatalf("resume from %d was a reset, want a replay", last)
+			}
+			break
+		}
+		replayed = e.GetRevision()
+	}
+	if replayed != f.m.Revision() {
+		t.Fatalf("the resumed watch replayed up to %d, want %d", replayed, f.m.Revision())
+	}
+	select {
+	case err := <-liveErr:
+		t.Fatalf("the reading watcher's stream ended: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if f.m.EvictedWatches() != 1 {
+		t.Fatalf("%d evictions, want only the slow watcher's", f.m.EvictedWatches())
+	}
+}
