@@ -7,8 +7,14 @@ TOOL     := $(GO) tool -modfile=tools/go.mod
 BIN      := bin
 STATE    ?= .plugind
 BASELINE := proto/baseline.binpb
+# buf breaking also checks against this commit (the previous one on main:
+# CI checks each commit against its parent; the baseline holds since the
+# freeze).
+BREAKING_REF ?= HEAD~1
+# The nested modules: the published SDK (client, plugin) and generated code.
+MODULES  := gen client plugin
 
-.PHONY: all build run test check lint format breaking gen gen-check baseline grpcurl tools ci clean
+.PHONY: all build run test test-deps check promtool tidy-check lint format breaking gen gen-check baseline grpcurl tools ci clean
 
 all: build
 
@@ -22,13 +28,28 @@ build:
 run: build
 	$(BIN)/plugind --plugin-dir $(BIN)/plugins --state-dir $(STATE) --load echo
 
-## test: every test, with the race detector (builds real plugins and tools it needs)
-test:
+## test: every test of the four modules, with the race detector (builds real plugins and tools it needs)
+test: test-deps
 	$(GO) test -race -count=1 ./...
+	cd client && $(GO) test -race -count=1 ./...
+	cd plugin && $(GO) test -race -count=1 ./...
 
 ## check: buf lint, buf format, buf breaking against the baseline, gen/ freshness, go vet
-check: lint format breaking gen-check
+check: lint format breaking gen-check tidy-check gofmt-check
 	$(GO) vet ./...
+	for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
+
+## tidy-check: every module's go.mod and go.sum are tidy
+tidy-check:
+	@for m in . $(MODULES); do \
+	  (cd $$m && cp go.mod /tmp/pc-tidy.mod && cp go.sum /tmp/pc-tidy.sum && $(GO) mod tidy && \
+	   if ! cmp -s go.mod /tmp/pc-tidy.mod || ! cmp -s go.sum /tmp/pc-tidy.sum; then \
+	     cp /tmp/pc-tidy.mod go.mod; cp /tmp/pc-tidy.sum go.sum; echo "$$m: go.mod/go.sum are not tidy (run go mod tidy there)"; exit 1; fi) || exit 1; \
+	done; echo "go.mod files are tidy"
+
+## gofmt-check: every Go file is gofmt'ed
+gofmt-check:
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go' | grep -v '^gen/' | while read -r f; do [ -f "$$f" ] && echo "$$f"; done)); if [ -n "$$out" ]; then echo "not gofmt'ed:"; echo "$$out"; exit 1; fi
 
 lint:
 	$(TOOL) buf lint
@@ -38,16 +59,18 @@ format:
 
 breaking:
 	$(TOOL) buf breaking --against $(BASELINE)
+	$(TOOL) buf breaking --against '.git#ref=$(BREAKING_REF)' 
 
 ## gen: regenerate gen/ from proto/
 gen:
+	rm -rf gen/plugincontrol
 	$(TOOL) buf generate
 
-## gen-check: fail when gen/ differs from what buf generate makes
+## gen-check: fail when gen/ differs from what buf generate makes (gen/ is also a Go module: its go.mod, go.sum and LICENSE are not generated)
 gen-check:
-	@tmp=$$(mktemp -d) && cp -r gen $$tmp/old && $(TOOL) buf generate && \
-	if ! diff -r $$tmp/old gen >/dev/null; then \
-		echo "gen/ is stale: run 'make gen' and commit the result"; diff -r $$tmp/old gen | head -20; rm -rf $$tmp; exit 1; \
+	@tmp=$$(mktemp -d) && $(TOOL) buf generate --output $$tmp && \
+	if ! diff -r gen/plugincontrol $$tmp/gen/plugincontrol >/dev/null; then \
+		echo "gen/ is stale: run 'make gen' and commit the result"; diff -r gen/plugincontrol $$tmp/gen/plugincontrol | head -20; rm -rf $$tmp; exit 1; \
 	fi; rm -rf $$tmp; echo "gen/ is fresh"
 
 ## baseline: move the breaking-change baseline to the current protos (see README)
@@ -57,6 +80,16 @@ baseline:
 ## grpcurl: build the pinned grpcurl into bin/ for the README walkthrough
 grpcurl:
 	$(GO) build -modfile=tools/go.mod -o $(BIN)/ github.com/fullstorydev/grpcurl/cmd/grpcurl
+
+## test-deps: what the tests need besides Go: systemd-analyze (Debian's systemd, installed when missing) and promtool
+test-deps: promtool
+	@command -v systemd-analyze >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
+
+## promtool: bin/tools/promtool, extracted from Debian's prometheus package (the metrics test lints with it; not installed)
+promtool: $(BIN)/tools/promtool
+$(BIN)/tools/promtool:
+	@tmp=$$(mktemp -d) && cd $$tmp && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } && \
+	  dpkg -x prometheus_*.deb x && mkdir -p $(CURDIR)/$(BIN)/tools && cp x/usr/bin/promtool $(CURDIR)/$@ && rm -rf $$tmp && $(CURDIR)/$@ --version | head -1
 
 ## tools: build every pinned tool once (warms the cache)
 tools:

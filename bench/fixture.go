@@ -64,13 +64,13 @@ func startDaemon(e *env, tweaks ...func(*manager.Config)) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.eps, err = endpoint.New(filepath.Join(dir, "plugins"), endpoint.WithLogger(e.log),
+	met := metrics.New()
+	d.eps, err = endpoint.New(filepath.Join(dir, "plugins"), endpoint.WithLogger(e.log), endpoint.WithCallObserver(met.ObserveCall),
 		endpoint.WithServerOptions(grpc.ChainStreamInterceptor(server.EndpointInterceptors(nil, e.log)...)))
 	if err != nil {
 		d.st.Close()
 		return nil, err
 	}
-	met := metrics.New()
 	cfg := manager.Config{
 		PluginDir:   e.pluginDir,
 		SocketDir:   filepath.Join(dir, "sockets"),
@@ -93,11 +93,11 @@ func startDaemon(e *env, tweaks ...func(*manager.Config)) (*daemon, error) {
 		d.close()
 		return nil, err
 	}
+	metU, metS := met.ServerInterceptors()
 	d.srv = server.New(d.m, server.WithLogger(e.log), server.WithLimits(4<<20, 1024),
-		server.WithInterceptors(
-			[]grpc.UnaryServerInterceptor{met.GRPC.UnaryServerInterceptor()},
-			[]grpc.StreamServerInterceptor{metricsExceptWatch(met.GRPC.StreamServerInterceptor())}))
-	met.GRPC.InitializeMetrics(d.srv.GRPCServer())
+		server.WithInterceptors([]grpc.UnaryServerInterceptor{metU}, []grpc.StreamServerInterceptor{metS}),
+		server.WithCallObserver(met.ObserveCall))
+	met.InitializeServer(d.srv.GRPCServer())
 	go func() {
 		defer close(d.done)
 		_ = d.srv.Serve(server.PeerCredListener(lis))
@@ -325,15 +325,4 @@ func (p *bareProxy) Invoke(ctx context.Context, req *pb.InvokeRequest) (*pb.Invo
 func dialPlain(addr string) (*grpc.ClientConn, error) {
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
-}
-
-// metricsExceptWatch mirrors cmd/plugind: WatchHealth streams are left out of
-// the RPC metrics (plugincontrol_health_watchers counts them).
-func metricsExceptWatch(i grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		if info.FullMethod == pb.PluginControlService_WatchHealth_FullMethodName {
-			return h(srv, ss)
-		}
-		return i(srv, ss, info, h)
-	}
 }

@@ -278,4 +278,3 @@ func stallClient(addr string, n, conns int) int {
 	wg.Wait()
 	return 0
 }
-

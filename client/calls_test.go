@@ -31,7 +31,7 @@ func ctxT(t *testing.T) context.Context {
 }
 
 func TestTypedCalls(t *testing.T) {
-	d := newDaemon(t, daemonConfig{})
+	d := newDaemon(t, daemonConfig{flags: []string{"--expose-panic-stacks"}})
 	c := dial(t, d.addr())
 	ctx := ctxT(t)
 
@@ -114,7 +114,8 @@ func TestTypedCalls(t *testing.T) {
 		t.Fatalf("bad name: %v", err)
 	}
 
-	// A handler panic: *PanicError; the plugin lives on.
+	// A handler panic: *PanicError; the plugin lives on. (Stack is sent
+	// because this daemon runs with --expose-panic-stacks.)
 	_, _, err = c.Invoke(ctx, "echo", "panic", []byte("boom"))
 	var pe *PanicError
 	if !errors.As(err, &pe) || pe.Message != "boom" || pe.Fingerprint == "" || pe.Stack == "" || !errors.Is(err, ErrPanic) || status.Code(err) != codes.Internal {
@@ -245,7 +246,7 @@ func TestRetryWaitsForDaemon(t *testing.T) {
 	nd := <-restarted
 	if nd != nil {
 		// Replace the stopped daemon so that cleanup stops the new one.
-		d.m, d.srv, d.done = nd.m, nd.srv, nd.done
+		d.replace(nd)
 	}
 	if err != nil {
 		t.Fatalf("List across a restart: %v", err)

@@ -100,7 +100,9 @@ func WithToken(token string) Option {
 
 // Keepalive parameters of the client: ping after 30s without activity on a
 // connection with active RPCs (long WatchHealth streams) and give up on the
-// connection when the ping is not answered within 10s.
+// connection when the ping is not answered within 10s. plugind accepts
+// pings every 5s at most; a client of another language that pings more
+// often is disconnected (GOAWAY too_many_pings).
 const (
 	keepaliveTime    = 30 * time.Second
 	keepaliveTimeout = 10 * time.Second

@@ -1,95 +1,155 @@
 package client
 
 import (
-	"context"
-	"io"
-	"log/slog"
+	"errors"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
-	pluginendpoint "github.com/plugincontrol/plugincontrol/endpoint"
-	"github.com/plugincontrol/plugincontrol/internal/testbin"
-	"github.com/plugincontrol/plugincontrol/manager"
-	"github.com/plugincontrol/plugincontrol/server"
+	"go.uber.org/goleak"
 )
 
-// pluginDir holds the example plugins, built once by TestMain.
-var pluginDir string
+// bins holds plugind and, under plugins/, the example plugins: built once
+// by TestMain from this repository (the module one directory up), so that
+// the tests run against the real daemon as a separate process, the way
+// clients meet it.
+var bins string
 
-func TestMain(m *testing.M) { testbin.Main(m, &pluginDir, testbin.Plugins) }
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pc-client-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for _, b := range [][]string{{dir + "/", "./cmd/plugind"}, {filepath.Join(dir, "plugins") + "/", "./examples/plugins/..."}} {
+		cmd := exec.Command("go", "build", "-o", b[0], b[1])
+		cmd.Dir = ".."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", b[1], err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	bins = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL: goroutines leaked: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
-// daemon is an in-process plugind: a real manager running real plugin
-// processes, and the real gRPC server, on a unix socket.
+// daemon is a plugind process on a unix socket, with real plugin
+// processes, in a state directory of its own.
 type daemon struct {
 	sock string
-	dir  string
-	eps  *pluginendpoint.Server
-	m    *manager.Manager
-	srv  *server.Server
+	mu   sync.Mutex // guards cmd, done and dirs (a restart replaces them)
+	cmd  *exec.Cmd
 	done chan struct{}
+	dirs []string // state directories to remove
 }
 
 // daemonConfig tunes startDaemon.
 type daemonConfig struct {
-	sock          string // reuse this socket path (a daemon restart)
+	sock          string // listen on this socket path (a daemon restart)
 	healthHistory int
 	bookmark      time.Duration
+	flags         []string // more plugind flags
 }
 
+// startDaemon starts plugind on a fresh state directory (its revisions
+// start over, its plugins are none) and waits until it accepts
+// connections.
 func startDaemon(cfg daemonConfig) (*daemon, error) {
-	d := &daemon{done: make(chan struct{})}
+	dir, err := os.MkdirTemp("", "pc-client-")
+	if err != nil {
+		return nil, err
+	}
 	if cfg.sock == "" {
-		dir, err := os.MkdirTemp("", "pc-client-")
-		if err != nil {
-			return nil, err
-		}
-		d.dir = dir
 		cfg.sock = filepath.Join(dir, "plugind.sock")
 	}
-	d.sock = cfg.sock
-	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
-	eps, err := pluginendpoint.New(filepath.Join(filepath.Dir(cfg.sock), "plugins"), pluginendpoint.WithLogger(discard))
-	if err != nil {
-		return nil, err
+	args := []string{"--plugin-dir", filepath.Join(bins, "plugins"), "--state-dir", dir, "--listen", "unix://" + cfg.sock,
+		"--log-level", "error", "--shutdown-timeout", "5s"}
+	if cfg.healthHistory > 0 {
+		args = append(args, "--health-history", strconv.Itoa(cfg.healthHistory))
 	}
-	d.eps = eps
-	m, err := manager.New(manager.Config{PluginDir: pluginDir, Logger: discard, HealthHistory: cfg.healthHistory, Endpoints: eps})
-	if err != nil {
-		return nil, err
-	}
-	lis, err := net.Listen("unix", d.sock)
-	if err != nil {
-		_ = m.Close(context.Background())
-		return nil, err
-	}
-	opts := []server.Option{server.WithLogger(discard)}
 	if cfg.bookmark > 0 {
-		opts = append(opts, server.WithBookmarkInterval(cfg.bookmark))
+		args = append(args, "--watch-bookmark-interval", cfg.bookmark.String())
 	}
-	d.m, d.srv = m, server.New(m, opts...)
-	go func() {
-		defer close(d.done)
-		_ = d.srv.Serve(lis)
-	}()
-	return d, nil
+	args = append(args, cfg.flags...)
+	cmd := exec.Command(filepath.Join(bins, "plugind"), args...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	d := &daemon{sock: cfg.sock, cmd: cmd, done: make(chan struct{}), dirs: []string{dir}}
+	go func(done chan struct{}) { _ = cmd.Wait(); close(done) }(d.done)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.Dial("unix", cfg.sock)
+		if err == nil {
+			c.Close()
+			return d, nil
+		}
+		select {
+		case <-d.done:
+			os.RemoveAll(dir)
+			return nil, errors.New("plugind exited at start")
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.stop()
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("plugind does not accept connections on %s: %w", cfg.sock, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func (d *daemon) addr() string { return "unix://" + d.sock }
 
-// stop shuts the server down (streams end with Unavailable), closes the
-// manager (plugins stop) and removes the socket; the directory stays so
-// that a new daemon can reuse the socket path.
+// stop sends plugind SIGTERM (streams end with Unavailable, plugins stop)
+// and waits for it to exit; the socket path can then be reused.
 func (d *daemon) stop() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	d.srv.Shutdown(ctx)
-	<-d.done
-	_ = d.m.Close(ctx)
-	d.eps.Shutdown()
-	_ = os.Remove(d.sock)
+	d.mu.Lock()
+	cmd, done := d.cmd, d.done
+	d.mu.Unlock()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// replace makes d stand for nd, a daemon restarted on d's socket, so that
+// cleanup stops the running one.
+func (d *daemon) replace(nd *daemon) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cmd, d.done = nd.cmd, nd.done
+	d.dirs = append(d.dirs, nd.dirs...)
+}
+
+// remove deletes the state directories.
+func (d *daemon) remove() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, dir := range d.dirs {
+		os.RemoveAll(dir)
+	}
 }
 
 // newDaemon starts a daemon that stops at the end of the test.
@@ -101,9 +161,7 @@ func newDaemon(t *testing.T, cfg daemonConfig) *daemon {
 	}
 	t.Cleanup(func() {
 		d.stop()
-		if d.dir != "" {
-			os.RemoveAll(d.dir)
-		}
+		d.remove()
 	})
 	return d
 }

@@ -115,7 +115,9 @@ type PanicError struct {
 	Message string
 	// Fingerprint is a stable hash of the panic site.
 	Fingerprint string
-	// Stack is the goroutine stack at the panic.
+	// Stack is the goroutine stack at the panic: sent only to callers with
+	// the operator role, or by a plugind started with --expose-panic-stacks;
+	// "" otherwise.
 	Stack string
 	// Status is the status the daemon returned.
 	Status *StatusError

@@ -1,7 +1,5 @@
 package client
 
-import "os"
-
 // StartExampleDaemon starts an in-process plugind (real manager, real
 // server, real plugin processes) on a fresh unix socket for the examples
 // and returns its address and a function that stops it.
@@ -12,6 +10,6 @@ func StartExampleDaemon() (addr string, stop func()) {
 	}
 	return d.addr(), func() {
 		d.stop()
-		os.RemoveAll(d.dir)
+		d.remove()
 	}
 }

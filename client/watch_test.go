@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"errors"
-	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -19,7 +18,11 @@ func waitView(t *testing.T, w *Watcher, names ...string) map[string]*plugincontr
 	deadline := time.After(20 * time.Second)
 	for {
 		v := w.View()
-		keys := slices.Sorted(maps.Keys(v))
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
 		ok := slices.Equal(keys, names)
 		for _, h := range v {
 			ok = ok && h.GetState() == plugincontrolv1.PluginState_PLUGIN_STATE_SERVING
@@ -86,7 +89,7 @@ func TestWatchConverges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.m, d.srv, d.done = nd.m, nd.srv, nd.done
+	d.replace(nd)
 	// Load is not retried; List is, so it waits out the reconnect.
 	if _, err := c.List(context.Background()); err != nil {
 		t.Fatal(err)

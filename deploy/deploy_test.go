@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/http"
 	"os"
 	"os/exec"
 	"path"
@@ -25,6 +26,8 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
@@ -424,8 +427,7 @@ func (u unit) one(t *testing.T, section, key string) string {
 // TestSystemdUnit checks deploy/systemd/plugind.service: its structure, its
 // ExecStart against plugind's flags and the directories the unit creates,
 // runs that command line (paths mapped into a temporary directory) with
-// deploy/plugind.yaml, and, when systemd-analyze is installed, verifies the
-// unit with it.
+// deploy/plugind.yaml, and verifies the unit with systemd-analyze.
 func TestSystemdUnit(t *testing.T) {
 	b := build(t)
 	raw := readFile(t, "systemd/plugind.service")
@@ -436,7 +438,8 @@ func TestSystemdUnit(t *testing.T) {
 		}
 	}
 	want := map[string]string{
-		"Type":                  "simple", // plugind does not speak sd_notify
+		"Type":                  "notify", // READY=1 after restore and listen
+		"NotifyAccess":          "main",
 		"RuntimeDirectory":      "plugind",
 		"StateDirectory":        "plugind",
 		"StateDirectoryMode":    "0700",
@@ -517,8 +520,7 @@ func TestSystemdUnit(t *testing.T) {
 	// systemd's own check, when it is installed (apt-get install systemd).
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		t.Logf("systemd-analyze is not installed: the unit was checked by the structural checks above only")
-		return
+		t.Fatalf("systemd-analyze is not installed (apt-get install systemd; .ci/run does): %v", err)
 	}
 	// verify also checks that ExecStart's binary exists: use the built one.
 	vdir := t.TempDir()
@@ -624,57 +626,34 @@ func plugindContainer(pod any) any {
 	return c
 }
 
-// probeSpec is what a probe checks.
-type probeSpec struct {
-	binary, addr, service string
-}
-
-// checkProbe checks that a probe uses grpc.health.v1 for the daemon
-// (service "") and returns what it runs: an exec probe of
-// grpc_health_probe (a native grpc probe cannot reach plugind, which
-// refuses plaintext TCP off loopback).
-func checkProbe(t *testing.T, name string, p any) probeSpec {
+// checkProbe checks that a probe is an httpGet of path on the container's
+// metrics port (plugind's --metrics-listen: /readyz, /healthz), and that its
+// timeout is set.
+func checkProbe(t *testing.T, name string, p any, path string, metricsPort float64) {
 	t.Helper()
 	if p == nil {
 		t.Errorf("no %s", name)
-		return probeSpec{}
+		return
 	}
-	if get(p, "grpc") != nil {
-		t.Errorf("%s: a native grpc probe dials the pod IP in plaintext, which plugind refuses", name)
-		return probeSpec{}
+	if get(p, "exec") != nil || get(p, "grpc") != nil {
+		t.Errorf("%s: want an httpGet probe of %s (an exec probe forks a process every period; a native grpc probe dials the pod IP in plaintext, which plugind refuses)", name, path)
+		return
 	}
-	cmd := list(p, "exec", "command")
-	if len(cmd) == 0 || path.Base(fmt.Sprint(cmd[0])) != "grpc_health_probe" {
-		t.Errorf("%s: not an exec probe of grpc_health_probe: %v", name, get(p, "exec"))
-		return probeSpec{}
+	if got := str(p, "httpGet", "path"); got != path {
+		t.Errorf("%s: httpGet path %q, want %s", name, got, path)
 	}
-	ps := probeSpec{binary: fmt.Sprint(cmd[0])}
-	seenService := false
-	for _, a := range cmd[1:] {
-		k, v, _ := strings.Cut(strings.TrimLeft(fmt.Sprint(a), "-"), "=")
-		switch k {
-		case "addr":
-			ps.addr = v
-		case "service":
-			ps.service, seenService = v, true
-		case "connect-timeout", "rpc-timeout":
-			if _, err := time.ParseDuration(v); err != nil {
-				t.Errorf("%s: -%s %q", name, k, v)
-			}
-		default:
-			t.Errorf("%s: unexpected grpc_health_probe flag %q", name, a)
+	switch port := get(p, "httpGet", "port").(type) {
+	case string: // a named port: the caller checks it against the container
+	case float64:
+		if port != metricsPort {
+			t.Errorf("%s: port %v, but metrics are on %v", name, port, metricsPort)
 		}
+	default:
+		t.Errorf("%s: httpGet without a port", name)
 	}
-	if !strings.HasPrefix(ps.addr, "unix:///") {
-		t.Errorf("%s: -addr %q is not a unix socket", name, ps.addr)
+	if timeout, ok := get(p, "timeoutSeconds").(float64); !ok || timeout < 1 {
+		t.Errorf("%s: timeoutSeconds %v", name, get(p, "timeoutSeconds"))
 	}
-	if seenService && ps.service != "" {
-		t.Errorf("%s: -service=%q: probe the daemon (\"\"), not a plugin", name, ps.service)
-	}
-	if timeout, ok := get(p, "timeoutSeconds").(float64); !ok || timeout < 3 {
-		t.Errorf("%s: timeoutSeconds %v: give the probe's own timeouts room", name, get(p, "timeoutSeconds"))
-	}
-	return ps
 }
 
 // TestKubernetesManifests checks the structure of deploy/kubernetes/*.yaml.
@@ -837,15 +816,25 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Errorf("terminationGracePeriodSeconds %v is less than twice shutdown-timeout %s", grace, st)
 	}
 
-	// Probes: grpc.health.v1 for the daemon, on the socket plugind listens on.
-	for _, name := range []string{"startupProbe", "readinessProbe", "livenessProbe"} {
-		p := get(c, name)
-		if p == nil && name == "startupProbe" {
-			continue
-		}
-		ps := checkProbe(t, name, p)
-		if ps.addr != "" && ps.addr != listen[0] {
-			t.Errorf("%s: -addr %s, but plugind listens on %s", name, ps.addr, listen[0])
+	// Probes: httpGet of /readyz and /healthz on the metrics port.
+	ml, ok := cfg["metrics-listen"]
+	if !ok {
+		t.Fatal("the config serves no metrics-listen: the probes need it")
+	}
+	_, mport, _ := strings.Cut(fmt.Sprint(ml), ":")
+	metricsPort, _ := strconv.ParseFloat(mport, 64)
+	for name, p := range map[string]string{"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"} {
+		checkProbe(t, name, get(c, name), p, metricsPort)
+		if port, ok := get(c, name, "httpGet", "port").(string); ok {
+			named := false
+			for _, cp := range list(c, "ports") {
+				if str(cp, "name") == port && get(cp, "containerPort") == metricsPort {
+					named = true
+				}
+			}
+			if !named {
+				t.Errorf("%s: port %q is not the container's metrics port %v", name, port, metricsPort)
+			}
 		}
 	}
 	// Metrics: the port is declared when the config serves them.
@@ -912,25 +901,113 @@ func TestKubernetesPodRuns(t *testing.T) {
 		name, _, _ := strings.Cut(fmt.Sprint(l), "=")
 		d.waitService(t, "plugin/"+name)
 	}
+	// The probes, as the kubelet runs them, on the metrics address.
+	addr := d.metricsAddr(t)
 	for _, name := range []string{"startupProbe", "readinessProbe", "livenessProbe"} {
-		cmd := list(c, name, "exec", "command")
-		if cmd == nil {
-			continue
-		}
-		var argv []string
-		for _, a := range cmd {
-			argv = append(argv, pm.Replace(fmt.Sprint(a)))
-		}
-		if err := run(argv[0], argv[1:]...); err != nil {
-			t.Errorf("%s: %v", name, err)
+		if code := httpGet(addr, str(c, name, "httpGet", "path")); code != http.StatusOK {
+			t.Errorf("%s: HTTP %d", name, code)
 		}
 	}
 	grace, _ := get(pod, "terminationGracePeriodSeconds").(float64)
 	d.stop(t, time.Duration(grace)*time.Second)
 	// Once stopped, the probes fail.
-	if err := d.probe(""); err == nil {
-		t.Error("the probe passes after plugind stopped")
+	if code := httpGet(addr, "/healthz"); code == http.StatusOK {
+		t.Error("the liveness probe passes after plugind stopped")
 	}
+}
+
+// httpGet returns the status code of GET http://addr+path (0 when it
+// fails).
+func httpGet(addr, path string) int {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// metricsAddr reads the metrics address plugind logged.
+func (d *daemon) metricsAddr(t *testing.T) string {
+	t.Helper()
+	re := regexp.MustCompile(`http://(127\.0\.0\.1:\d+)/metrics`)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if m := re.FindStringSubmatch(d.stderr.String()); m != nil {
+			return m[1]
+		}
+	}
+	t.Fatalf("no metrics address in the log:\n%s", d.stderr)
+	return ""
+}
+
+// TestKubernetesManifestsDecodeStrictly decodes every manifest into its
+// k8s.io/api type, refusing unknown fields (a typo such as periodSecond or
+// imagePullPolcy fails), and proves the decoding strict with such a typo.
+func TestKubernetesManifestsDecodeStrictly(t *testing.T) {
+	docs := rawManifests(t)
+	if len(docs) == 0 {
+		t.Fatal("no manifests")
+	}
+	for _, d := range docs {
+		if err := decodeTyped(d.text); err != nil {
+			t.Errorf("%s: %v", d.where, err)
+		}
+	}
+	for _, typo := range []struct{ from, to string }{{"periodSeconds:", "periodSecond:"}, {"imagePullPolicy:", "imagePullPolcy:"}} {
+		for _, d := range docs {
+			if strings.Contains(d.text, typo.from) {
+				if err := decodeTyped(strings.Replace(d.text, typo.from, typo.to, 1)); err == nil {
+					t.Errorf("%s with %s decoded without an error", d.where, typo.to)
+				}
+			}
+		}
+	}
+}
+
+// rawDoc is one YAML document of the manifests.
+type rawDoc struct{ where, text string }
+
+func rawManifests(t *testing.T) []rawDoc {
+	t.Helper()
+	files, _ := filepath.Glob("kubernetes/*.yaml")
+	sep := regexp.MustCompile(`(?m)^---[ \t]*$`)
+	var out []rawDoc
+	for _, f := range files {
+		for i, part := range sep.Split(string(readFile(t, strings.TrimPrefix(f, "./"))), -1) {
+			if strings.TrimSpace(regexp.MustCompile(`(?m)^\s*#.*$`).ReplaceAllString(part, "")) == "" {
+				continue
+			}
+			out = append(out, rawDoc{fmt.Sprintf("%s, document %d", f, i), part})
+		}
+	}
+	return out
+}
+
+// decodeTyped decodes a manifest into the k8s.io/api type of its kind,
+// with unknown fields an error.
+func decodeTyped(text string) error {
+	var meta struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+	}
+	if err := yaml.Unmarshal([]byte(text), &meta); err != nil {
+		return err
+	}
+	var obj any
+	switch meta.APIVersion + " " + meta.Kind {
+	case "v1 Namespace":
+		obj = &corev1.Namespace{}
+	case "v1 ServiceAccount":
+		obj = &corev1.ServiceAccount{}
+	case "v1 ConfigMap":
+		obj = &corev1.ConfigMap{}
+	case "apps/v1 DaemonSet":
+		obj = &appsv1.DaemonSet{}
+	default:
+		return fmt.Errorf("unexpected %s %s", meta.APIVersion, meta.Kind)
+	}
+	return yaml.UnmarshalStrict([]byte(text), obj)
 }
 
 // TestDockerfile checks that the image deploy/Dockerfile builds holds what
@@ -961,9 +1038,6 @@ func TestDockerfile(t *testing.T) {
 		}
 		if want := str(c, "command", 0); dest["plugind"] != want {
 			t.Errorf("the DaemonSet runs %s; the image has plugind at %q", want, dest["plugind"])
-		}
-		if want := str(c, "readinessProbe", "exec", "command", 0); dest["grpc_health_probe"] != want {
-			t.Errorf("the probes run %s; the image has grpc_health_probe at %q", want, dest["grpc_health_probe"])
 		}
 		if !slices.Contains(slices.Collect(maps.Values(dest)), hostPluginDir+"/") || !slices.ContainsFunc(list(c, "args"), func(a any) bool { return a == "--plugin-dir="+hostPluginDir }) {
 			t.Errorf("the image's plugins (%v) are not the DaemonSet's --plugin-dir", dest)

@@ -50,6 +50,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // PluginKey is the metadata key that selects the plugin of a call on the
@@ -69,6 +70,7 @@ type options struct {
 	strip      []string
 	maxMessage int
 	shortDir   string
+	onCall     CallObserver
 	callOpts   []grpc.CallOption // of every upstream call, made once
 }
 
@@ -96,6 +98,14 @@ func WithStrippedMetadata(keys ...string) Option {
 // WithMaxMessageBytes sets the largest message forwarded either way
 // (default 16 MiB).
 func WithMaxMessageBytes(n int) Option { return func(o *options) { o.maxMessage = n } }
+
+// CallObserver is told of every call forwarded to a plugin: the plugin, the
+// full gRPC method, the code the call ended with and how long it took
+// (package metrics' ObserveCall).
+type CallObserver func(plugin, method string, code codes.Code, took time.Duration)
+
+// WithCallObserver sets the observer of forwarded calls.
+func WithCallObserver(f CallObserver) Option { return func(o *options) { o.onCall = f } }
 
 // WithShortDir names a directory with a short path for the endpoints whose
 // NAME.sock path does not fit the 107 bytes of a unix socket path (long
@@ -224,7 +234,7 @@ func (s *Server) Open(name string, acquire func(context.Context) (*manager.Lease
 		return "", err
 	}
 	p := &plugin{name: name, path: path, acquire: acquire, served: make(chan struct{})}
-	p.srv = s.newServer(func(_ any, ss grpc.ServerStream) error { return forward(ss, p.acquire, &s.opts) })
+	p.srv = s.newServer(func(_ any, ss grpc.ServerStream) error { return s.observed(name, ss, p.acquire) })
 	s.mu.Lock()
 	if s.closed || s.plugins[name] != nil {
 		s.mu.Unlock()
@@ -313,7 +323,19 @@ func (s *Server) route(_ any, ss grpc.ServerStream) error {
 	if p == nil {
 		return rpcerr.Status(fmt.Errorf("plugin %q has no endpoint: %w", names[0], manager.ErrNotFound))
 	}
-	return forward(ss, p.acquire, &s.opts)
+	return s.observed(names[0], ss, p.acquire)
+}
+
+// observed forwards the call of ss to plugin, telling the observer.
+func (s *Server) observed(plugin string, ss grpc.ServerStream, acquire AcquireFunc) error {
+	if s.opts.onCall == nil {
+		return forward(ss, acquire, &s.opts)
+	}
+	start := time.Now()
+	err := forward(ss, acquire, &s.opts)
+	method, _ := grpc.MethodFromServerStream(ss)
+	s.opts.onCall(plugin, method, status.Code(err), time.Since(start))
+	return err
 }
 
 // Shutdown closes every endpoint and the TCP listeners. Call it after the

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/plugincontrol/plugincontrol/internal/proc"
 )
@@ -135,7 +134,7 @@ type sweeper struct {
 func newSweeper(m *Manager) *sweeper {
 	s := &sweeper{m: m, wake: make(chan struct{}, 1), sigchd: make(chan os.Signal, 1),
 		done: make(chan struct{}), exited: make(chan struct{}), marks: map[string]bool{}}
-	signal.Notify(s.sigchd, syscall.SIGCHLD)
+	proc.NotifyChildExit(s.sigchd)
 	go s.run()
 	return s
 }

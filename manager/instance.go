@@ -167,6 +167,9 @@ func (i *instance) stop() {
 			i.reap.Remove(i.pid)
 		}
 		removeSockDir(i.sockDir)
+		if i.stderr != nil {
+			i.stderr.Close() // a panic still being collected is logged
+		}
 		if i.stopped != nil {
 			i.stopped(cgErr)
 		}

@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
 	"github.com/plugincontrol/plugincontrol/internal/proc"
 )
@@ -192,10 +191,10 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
 		StartTimeout:     startTimeout,
 		SkipHostEnv:      true,
-		Stderr:           sink,
+		Stderr:           sink.Pipe(),
 		SyncStderr:       sink,
 		SyncStdout:       io.Discard,
-		Logger:           hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
+		Logger:           sink.Logger(),
 		AutoMTLS:         m.cfg.AutoMTLS,
 	}
 	if c.spec.SHA256 != "" {

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 )
 
 // resolveBinary finds binary inside dir (already symlink-free and absolute)
@@ -70,17 +69,6 @@ type fileID struct {
 	size     int64
 	mtime    int64
 	ctime    int64
-}
-
-func identify(fi os.FileInfo) (fileID, bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fileID{}, false
-	}
-	return fileID{
-		dev: uint64(st.Dev), ino: st.Ino, size: st.Size,
-		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(),
-	}, true
 }
 
 // digest returns the hex SHA-256 of the file at path.

@@ -3,22 +3,25 @@ package server
 import (
 	"context"
 	"log/slog"
-	"time"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 )
 
-// hotMethods are called at high rates (the data path, reads, probes, watch
-// streams). They bypass go-grpc-middleware's access log, whose per-call
-// fields, context values and formatting cost more than the calls
-// themselves (and, on streams, a wrapper on every message): a successful
-// call is logged at Debug, only when Debug is enabled; a failed one at the
-// access log's level for its code, with the same message and keys.
+// The access log is go-grpc-middleware's logging interceptor, one format
+// for every call ("finished call" with grpc.service, grpc.method,
+// grpc.code, grpc.time_ms, ...). Two instances, scoped with its selector:
+// the hot methods (the data path, reads, probes, watch streams, and every
+// call forwarded to a plugin's endpoint) log a success at Debug, since they
+// come at high rates; everything else at the middleware's default levels
+// (a success at Info).
+
+// hotMethods are called at high rates.
 var hotMethods = map[string]bool{
 	pb.PluginGatewayService_Invoke_FullMethodName:      true,
 	pb.PluginControlService_Health_FullMethodName:      true,
@@ -28,45 +31,46 @@ var hotMethods = map[string]bool{
 	healthpb.Health_Watch_FullMethodName:               true,
 }
 
-func accessLogUnary(l *slog.Logger, full grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if !hotMethods[info.FullMethod] {
-			return full(ctx, req, info, handler)
-		}
-		start := time.Now()
-		resp, err := handler(ctx, req)
-		logFinished(ctx, l, "server", info.FullMethod, start, err)
-		return resp, err
+func isHot(_ context.Context, c interceptors.CallMeta) bool    { return hotMethods[c.FullMethod()] }
+func isCold(ctx context.Context, c interceptors.CallMeta) bool { return !isHot(ctx, c) }
+
+// hotLevels: a success at Debug, a failure at the middleware's level for
+// its code.
+func hotLevels(c codes.Code) logging.Level {
+	if c == codes.OK {
+		return logging.LevelDebug
+	}
+	return logging.DefaultServerCodeToLevel(c)
+}
+
+func accessLogOptions(hot bool) []logging.Option {
+	opts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+	if hot {
+		opts = append(opts, logging.WithLevels(hotLevels))
+	}
+	return opts
+}
+
+// accessLogUnary and accessLogStream are the access log of the control
+// server.
+func accessLogUnary(l *slog.Logger) []grpc.UnaryServerInterceptor {
+	return []grpc.UnaryServerInterceptor{
+		selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(slogAdapter(l), accessLogOptions(true)...), selector.MatchFunc(isHot)),
+		selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(slogAdapter(l), accessLogOptions(false)...), selector.MatchFunc(isCold)),
 	}
 }
 
-func accessLogStream(l *slog.Logger, full grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if !hotMethods[info.FullMethod] {
-			return full(srv, ss, info, handler)
-		}
-		start := time.Now()
-		err := handler(srv, ss)
-		logFinished(ss.Context(), l, "server", info.FullMethod, start, err)
-		return err
+func accessLogStream(l *slog.Logger) []grpc.StreamServerInterceptor {
+	return []grpc.StreamServerInterceptor{
+		selector.StreamServerInterceptor(logging.StreamServerInterceptor(slogAdapter(l), accessLogOptions(true)...), selector.MatchFunc(isHot)),
+		selector.StreamServerInterceptor(logging.StreamServerInterceptor(slogAdapter(l), accessLogOptions(false)...), selector.MatchFunc(isCold)),
 	}
 }
 
-func logFinished(ctx context.Context, l *slog.Logger, component, method string, start time.Time, err error) {
-	code := status.Code(err)
-	lvl := slog.LevelDebug
-	if code != codes.OK {
-		lvl = slog.Level(logging.DefaultServerCodeToLevel(code))
-	}
-	if !l.Enabled(ctx, lvl) {
-		return
-	}
-	attrs := []slog.Attr{
-		slog.String("grpc.component", component), slog.String("grpc.method", method),
-		slog.String("grpc.code", code.String()), slog.Duration("grpc.time", time.Since(start)),
-	}
-	if err != nil {
-		attrs = append(attrs, slog.String("grpc.error", err.Error()))
-	}
-	l.LogAttrs(ctx, lvl, "finished call", attrs...)
+// slogAdapter lets go-grpc-middleware's logging interceptor write to slog
+// (the middleware has no slog adapter of its own).
+func slogAdapter(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		l.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
 }

@@ -218,7 +218,16 @@ func (a *authorizer) check(ctx context.Context, method, need string) (context.Co
 	if !allows(roles, need) {
 		return nil, status.Errorf(codes.PermissionDenied, "%s (roles %s) may not call %s: it needs role %s", id, strings.Join(roles, ","), method, need)
 	}
-	return manager.WithCaller(ctx, id), nil
+	return context.WithValue(manager.WithCaller(ctx, id), rolesKey{}, roles), nil
+}
+
+// rolesKey carries an authenticated caller's roles in a context.
+type rolesKey struct{}
+
+// hasRole reports whether the caller of ctx was authenticated with role.
+func hasRole(ctx context.Context, role string) bool {
+	roles, _ := ctx.Value(rolesKey{}).([]string)
+	return slices.Contains(roles, role)
 }
 
 // clientCertCN returns the common name of a verified client certificate.

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/plugincontrol/plugincontrol/server"
@@ -234,5 +235,45 @@ func TestUnixCallerIsNamedByUID(t *testing.T) {
 	audit := page.Records
 	if len(audit) != 1 || audit[0].Caller != "uid:"+strconv.Itoa(os.Getuid()) {
 		t.Fatalf("audit caller: %+v", audit)
+	}
+}
+
+// TestPanicStackForOperatorsOnly: a plugin's panic reaches every invoker
+// with its message and fingerprint, and its stack (source paths of the
+// plugin's build) only when the caller also holds the operator role, or
+// when the daemon allows it for everyone.
+func TestPanicStackForOperatorsOnly(t *testing.T) {
+	const bothTok = "operator-and-invoker-0123456789"
+	cfg := authConfig()
+	cfg.Tokens = append(cfg.Tokens, server.TokenIdentity{Name: "sre", Token: bothTok, Roles: []string{server.RoleOperator, server.RoleInvoker}})
+	f := start(t, server.WithAuth(cfg))
+	ctx := context.Background()
+	if _, err := f.ctl.Load(withToken(ctx, operatorTok), &pb.LoadRequest{Spec: &pb.PluginSpec{Name: "echo", Binary: "echo"}}); err != nil {
+		t.Fatal(err)
+	}
+	panicOf := func(f *fixture, ctx context.Context) *pluginv1.PanicDetail {
+		t.Helper()
+		_, err := f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "panic", Payload: []byte("boom")})
+		pd := detail[*pluginv1.PanicDetail](status.Convert(err))
+		if status.Code(err) != codes.Internal || pd.GetMessage() != "boom" || pd.GetFingerprint() == "" {
+			t.Fatalf("panic: %v %v", err, pd)
+		}
+		return pd
+	}
+	if pd := panicOf(f, withToken(ctx, invokerTok)); pd.GetStack() != "" {
+		t.Errorf("an invoker without the operator role got the stack")
+	}
+	if pd := panicOf(f, withToken(ctx, bothTok)); !strings.Contains(pd.GetStack(), "goroutine") {
+		t.Errorf("an operator got no stack: %q", pd.GetStack())
+	}
+	open := start(t, server.WithPanicStacks(true))
+	open.load(t, "echo", "echo")
+	if pd := panicOf(open, ctx); !strings.Contains(pd.GetStack(), "goroutine") {
+		t.Errorf("WithPanicStacks: no stack")
+	}
+	plain := start(t)
+	plain.load(t, "echo", "echo")
+	if pd := panicOf(plain, ctx); pd.GetStack() != "" {
+		t.Errorf("no auth, no WithPanicStacks: the stack was sent")
 	}
 }

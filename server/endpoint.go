@@ -4,9 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
 	"google.golang.org/grpc"
@@ -31,12 +31,8 @@ func EndpointInterceptors(cfg *AuthConfig, log *slog.Logger) []grpc.StreamServer
 	})
 	return []grpc.StreamServerInterceptor{
 		recovery.StreamServerInterceptor(rec),
-		func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-			start := time.Now()
-			err := handler(srv, ss)
-			logFinished(ss.Context(), log, "endpoint", info.FullMethod, start, err)
-			return err
-		},
+		// The access log's format, at the data path's levels.
+		logging.StreamServerInterceptor(slogAdapter(log), accessLogOptions(true)...),
 		auth.StreamServerInterceptor(authFunc),
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
@@ -35,6 +34,8 @@ type options struct {
 	auth             *AuthConfig
 	tls              *tls.Config
 	maxRecvBytes     int
+	onCall           CallObserver
+	panicStacks      bool
 	maxStreams       uint32
 	logger           *slog.Logger
 	bookmarkInterval time.Duration
@@ -57,6 +58,24 @@ func WithBookmarkInterval(d time.Duration) Option {
 // Without it every caller is allowed (protect the socket instead) and only
 // named in the audit log.
 func WithAuth(cfg *AuthConfig) Option { return func(o *options) { o.auth = cfg } }
+
+// MinPingInterval is the shortest interval between HTTP/2 keepalive pings a
+// client may send, on an idle connection too: one that pings more often is
+// disconnected (GOAWAY too_many_pings after three strikes).
+const MinPingInterval = 5 * time.Second
+
+// CallObserver is told of every call to a plugin through Invoke (a loaded
+// plugin's): the plugin, the method, the gRPC code it ended with and how
+// long it took (package metrics' ObserveCall).
+type CallObserver func(plugin, method string, code codes.Code, took time.Duration)
+
+// WithCallObserver sets the observer of Invoke calls.
+func WithCallObserver(f CallObserver) Option { return func(o *options) { o.onCall = f } }
+
+// WithPanicStacks sends the stack of a plugin's panic (PanicDetail.stack)
+// to every Invoke caller. Without it only callers with the operator role
+// get it (with an auth config); the message and fingerprint always go.
+func WithPanicStacks(on bool) Option { return func(o *options) { o.panicStacks = on } }
 
 // WithLimits sets the largest message received or sent, requests and
 // responses alike (bytes; default 4 MiB), and the concurrent streams per
@@ -120,7 +139,6 @@ func New(m *manager.Manager, opts ...Option) *Server {
 		watches: map[*manager.Watch]struct{}{}}
 	s.compactEvents.compact = true
 
-	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
 	recOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		s.log.ErrorContext(ctx, "handler panic", slog.Any("panic", p))
 		return status.Errorf(codes.Internal, "internal error (handler panic)")
@@ -138,14 +156,10 @@ func New(m *manager.Manager, opts ...Option) *Server {
 	authS := []grpc.StreamServerInterceptor{auth.StreamServerInterceptor(authFunc)}
 	// Order: recovery outermost (nothing escapes), then logging (refused
 	// calls are logged with their code), then authentication.
-	unary := append(append([]grpc.UnaryServerInterceptor{
-		recovery.UnaryServerInterceptor(recOpts...),
-		accessLogUnary(s.log, logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...)),
-	}, authU...), o.unaryInts...)
-	stream := append(append([]grpc.StreamServerInterceptor{
-		recovery.StreamServerInterceptor(recOpts...),
-		accessLogStream(s.log, logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...)),
-	}, authS...), o.streamInts...)
+	unary := append(append(append([]grpc.UnaryServerInterceptor{
+		recovery.UnaryServerInterceptor(recOpts...)}, accessLogUnary(s.log)...), authU...), o.unaryInts...)
+	stream := append(append(append([]grpc.StreamServerInterceptor{
+		recovery.StreamServerInterceptor(recOpts...)}, accessLogStream(s.log)...), authS...), o.streamInts...)
 
 	gopts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary...),
@@ -153,7 +167,11 @@ func New(m *manager.Manager, opts ...Option) *Server {
 		// Clients ping idle watch streams every 30s (package client);
 		// allow that, and ping silent clients ourselves so dead peers are
 		// noticed while live idle streams stay up for hours.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+		// Clients may ping every 5s, idle or not: grpc-go's own
+		// clients ping at most every 10s, grpc-java and grpc-python let
+		// users pick 10s, and a ping more often than MinTime counts a
+		// strike (the third closes the connection with too_many_pings).
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: MinPingInterval, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 		grpc.MaxRecvMsgSize(o.maxRecvBytes),
 		grpc.MaxSendMsgSize(o.maxRecvBytes),
@@ -208,6 +226,10 @@ func (s *Server) Shutdown(ctx context.Context) {
 	<-s.mirrorDone
 }
 
+// Serving reports whether the server serves: false once Shutdown began
+// (the /healthz probe of plugind).
+func (s *Server) Serving() bool { return !s.isDraining() }
+
 // isDraining reports whether Shutdown has begun.
 func (s *Server) isDraining() bool {
 	select {
@@ -236,12 +258,4 @@ func (s *Server) untrack(w *manager.Watch) {
 	delete(s.watches, w)
 	s.mu.Unlock()
 	s.watchers.Done()
-}
-
-// slogAdapter lets go-grpc-middleware's logging interceptor write to slog
-// (the middleware has no slog adapter of its own).
-func slogAdapter(l *slog.Logger) logging.Logger {
-	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		l.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
 }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -323,5 +324,64 @@ func waitHealth(t *testing.T, f *fixture, svc string, want healthpb.HealthCheckR
 			t.Fatalf("health of %q: %v %v, want %v", svc, r, err, want)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestKeepalivePingsEvery10s: a client that pings every 10s (the shortest
+// grpc-go allows; grpc-java and grpc-python users pick it too) keeps an idle
+// WatchHealth stream for 70s, past the three strikes a 15s minimum would
+// have counted, and the stream still delivers.
+func TestKeepalivePingsEvery10s(t *testing.T) {
+	t.Parallel()
+	f := start(t)
+	f.load(t, "echo", "echo")
+	conn, err := grpc.NewClient("unix://"+f.sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stream, err := pb.NewPluginControlServiceClient(conn).WatchHealth(ctx, &pb.WatchHealthRequest{Names: []string{"echo"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan *pb.HealthEvent, 16)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			events <- r.GetEvent()
+		}
+	}()
+	idle := time.After(70 * time.Second)
+	for waiting := true; waiting; {
+		select {
+		case err := <-errc:
+			t.Fatalf("the idle watch ended: %v", err)
+		case <-events: // snapshot, SYNCED, bookmarks
+		case <-idle:
+			waiting = false
+		}
+	}
+	if _, err := f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "panic", Payload: []byte("after 70s")}); err == nil {
+		t.Fatal("panic method did not fail")
+	}
+	for {
+		select {
+		case err := <-errc:
+			t.Fatalf("the watch ended after 70s idle: %v", err)
+		case e := <-events:
+			if e.GetType() == pb.HealthEventType_HEALTH_EVENT_TYPE_CHANGED {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("no CHANGED event after 70s idle")
+		}
 	}
 }

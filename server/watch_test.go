@@ -2,13 +2,17 @@ package server_test
 
 import (
 	"context"
+	"log/slog"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
+	"github.com/plugincontrol/plugincontrol/internal/testbin"
 	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/server"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -144,5 +148,44 @@ func TestSlowWatcherEvicted(t *testing.T) {
 	}
 	if f.m.EvictedWatches() != 1 {
 		t.Fatalf("%d evictions, want only the slow watcher's", f.m.EvictedWatches())
+	}
+}
+
+// TestOneAccessLogFormat: every call is logged by the same interceptor with
+// the same keys; a hot method's success at Debug, another's at Info, a
+// failure at the level for its code.
+func TestOneAccessLogFormat(t *testing.T) {
+	h := &testbin.LogRecords{}
+	f := start(t, server.WithLogger(slog.New(h)))
+	f.load(t, "echo", "echo")
+	ctx := context.Background()
+	if _, err := f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "nope", Method: "echo"})
+	keysOf := func(method string, code string) (slog.Level, []string) {
+		recs := h.Find(func(r slog.Record, attrs map[string]string) bool {
+			return r.Message == "finished call" && attrs["grpc.method"] == method && attrs["grpc.code"] == code
+		})
+		if len(recs) > 0 {
+			var keys []string
+			recs[0].Attrs(func(a slog.Attr) bool { keys = append(keys, a.Key); return true })
+			slices.Sort(keys)
+			return recs[0].Level, keys
+		}
+		t.Fatalf("no access log record of %s %s", method, code)
+		return 0, nil
+	}
+	loadLvl, loadKeys := keysOf("Load", "OK")
+	invLvl, invKeys := keysOf("Invoke", "OK")
+	failLvl, failKeys := keysOf("Invoke", "NotFound")
+	if loadLvl != slog.LevelInfo || invLvl != slog.LevelDebug || failLvl != slog.LevelInfo {
+		t.Errorf("levels: Load %v, Invoke %v, failed Invoke %v; want INFO, DEBUG, INFO (NotFound is a client's error)", loadLvl, invLvl, failLvl)
+	}
+	if !slices.Equal(loadKeys, invKeys) || !slices.Contains(loadKeys, "grpc.time_ms") {
+		t.Errorf("two formats: Load %v, Invoke %v", loadKeys, invKeys)
+	}
+	if !slices.Contains(failKeys, "grpc.error") {
+		t.Errorf("a failed call's record lacks grpc.error: %v", failKeys)
 	}
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -49,10 +51,14 @@ type config struct {
 	auditRetention  int
 	containment     manager.Containment
 	readyTimeout    time.Duration
+	panicStacks     bool
 	watchLagLimit   time.Duration
-	auditMaxAge     time.Duration
-	endpointListen  string
-	endpointMaxMsg  int
+	// bookmarkInterval and healthHistory tune WatchHealth.
+	bookmarkInterval time.Duration
+	healthHistory    int
+	auditMaxAge      time.Duration
+	endpointListen   string
+	endpointMaxMsg   int
 }
 
 // containmentFlag is --containment.
@@ -139,7 +145,14 @@ values of 8 KiB; config 1 MiB; start_timeout and ready_timeout up to 10m
 delegated) memory_max_bytes at least 1 MiB, cpu_max "QUOTA PERIOD". All in
 docs/api.md (PluginSpec).
 
-Signals: SIGTERM or SIGINT: health goes NOT_SERVING, WatchHealth streams end
+systemd: with Type=notify, READY=1 is sent once the plugins are restored and
+the listeners serve, STOPPING=1 at shutdown; with WatchdogSec, WATCHDOG=1 at
+half the interval while the manager answers. --metrics-listen also serves
+/healthz (200 while serving) and /readyz (200 once ready, until shutdown)
+for HTTP probes.
+
+Signals: SIGHUP is logged and ignored (there is no configuration reload:
+restart to apply a changed config). SIGTERM or SIGINT: health goes NOT_SERVING, WatchHealth streams end
 with Unavailable, calls in flight finish (up to --shutdown-timeout), plugins
 stop, then plugind exits 0.
 Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration,
@@ -175,10 +188,13 @@ Store commands (stop plugind first):
 	fs.StringVar(&cfg.tlsClientCA, "tls-client-ca", "", "CA bundle (PEM): require and verify client certificates (mTLS)")
 	fs.BoolVar(&cfg.insecureTCP, "insecure-tcp", false, "allow plaintext TCP on a loopback address without --auth-file (tests only)")
 	fs.BoolVar(&cfg.requirePin, "require-pin", false, "refuse plugin specs without a sha256 pin")
+	fs.BoolVar(&cfg.panicStacks, "expose-panic-stacks", false, "send the stack of a plugin's panic (PanicDetail.stack, with its source paths) to every Invoke caller; without it only callers with the operator role get it")
 	fs.BoolVar(&cfg.autoMTLS, "auto-mtls", false, "use go-plugin's automatic mutual TLS between plugind and its plugins")
 	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "HOST:PORT for Prometheus metrics over HTTP at /metrics (unset: off)")
 	fs.IntVar(&cfg.maxPlugins, "max-plugins", 1000, "most plugins loaded at once")
 	fs.IntVar(&cfg.maxWatchers, "max-watchers", 10000, "most WatchHealth streams at once")
+	fs.DurationVar(&cfg.bookmarkInterval, "watch-bookmark-interval", 30*time.Second, "how often an idle WatchHealth stream gets a BOOKMARK event carrying the current revision")
+	fs.IntVar(&cfg.healthHistory, "health-history", 4096, "health events kept for WatchHealth resumes (since_revision); older resume points get a reset snapshot")
 	fs.DurationVar(&cfg.watchLagLimit, "watch-lag-limit", 30*time.Second, "end a WatchHealth stream (ResourceExhausted; clients resume from their last revision) whose oldest undelivered event has waited longer than this (0: never)")
 	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 4<<20, "largest message received or sent (requests and responses)")
 	fs.UintVar(&cfg.maxStreams, "max-streams-per-conn", 1024, "concurrent streams per client connection")
@@ -320,6 +336,9 @@ func (c *config) check() error {
 	}
 	if c.auditRetention < 1 || c.auditMaxAge < 0 {
 		errs = append(errs, errors.New("--audit-retention must be positive and --audit-max-age not negative"))
+	}
+	if c.bookmarkInterval <= 0 || c.healthHistory < 1 {
+		errs = append(errs, errors.New("--watch-bookmark-interval must be positive and --health-history at least 1"))
 	}
 	if c.watchLagLimit < 0 {
 		errs = append(errs, errors.New("--watch-lag-limit must not be negative (0: never)"))

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command plugind is the plugincontrol daemon: it runs plugin processes
 // under a manager.Manager and serves the control API over gRPC.
 package main
@@ -16,11 +18,11 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/plugincontrol/plugincontrol/endpoint"
-	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/plugincontrol/plugincontrol/metrics"
 	"github.com/plugincontrol/plugincontrol/server"
@@ -97,6 +99,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	ignoreHangup(ctx, log)
 	if err := serve(ctx, cfg, log); err != nil {
 		var de *store.DamagedError
 		if errors.As(err, &de) {
@@ -119,6 +122,14 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
+		// Durations as Go duration strings ("1.5ms"), as in the text
+		// format, rather than integer nanoseconds.
+		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				a.Value = slog.StringValue(a.Value.Duration().String())
+			}
+			return a
+		}
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	default:
 		return nil, fmt.Errorf("--log-format %q: want text or json", format)
@@ -159,8 +170,10 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	// After the endpoints and the manager (deferred below) are gone.
 	defer os.RemoveAll(shortDir)
 
+	met := metrics.New()
 	epOpts := []endpoint.Option{
 		endpoint.WithLogger(log),
+		endpoint.WithCallObserver(met.ObserveCall),
 		endpoint.WithMaxMessageBytes(cfg.endpointMaxMsg),
 		endpoint.WithServerOptions(grpc.ChainStreamInterceptor(server.EndpointInterceptors(authCfg, log)...)),
 	}
@@ -179,24 +192,24 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("endpoint socket paths do not fit 107 bytes (%s): set a shorter --endpoint-dir or TMPDIR", p)
 	}
 
-	met := metrics.New()
 	m, err := manager.New(manager.Config{
-		PluginDir:    cfg.pluginDir,
-		SocketDir:    sockDir,
-		Logger:       log,
-		StartTimeout: cfg.startTimeout,
-		ReadyTimeout: cfg.readyTimeout,
-		DrainTimeout: cfg.drainTimeout,
-		DefaultBake:  cfg.bake,
-		Containment:  cfg.containment,
-		ContainID:    id,
-		Reaper:       true,
-		CallTimeout:  cfg.callTimeout,
-		AutoMTLS:     cfg.autoMTLS,
-		RequirePin:   cfg.requirePin,
-		Store:        st,
-		MaxPlugins:   cfg.maxPlugins,
-		MaxWatchers:  cfg.maxWatchers,
+		PluginDir:     cfg.pluginDir,
+		SocketDir:     sockDir,
+		Logger:        log,
+		StartTimeout:  cfg.startTimeout,
+		ReadyTimeout:  cfg.readyTimeout,
+		DrainTimeout:  cfg.drainTimeout,
+		DefaultBake:   cfg.bake,
+		Containment:   cfg.containment,
+		ContainID:     id,
+		Reaper:        true,
+		CallTimeout:   cfg.callTimeout,
+		AutoMTLS:      cfg.autoMTLS,
+		RequirePin:    cfg.requirePin,
+		Store:         st,
+		MaxPlugins:    cfg.maxPlugins,
+		MaxWatchers:   cfg.maxWatchers,
+		HealthHistory: cfg.healthHistory,
 		WatchLagLimit: func() time.Duration {
 			if cfg.watchLagLimit == 0 {
 				return -1 // never
@@ -221,12 +234,14 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		closeManager()
 		return err
 	}
+	metU, metS := met.ServerInterceptors()
 	opts := []server.Option{
 		server.WithLogger(log),
 		server.WithLimits(cfg.maxMessageBytes, uint32(cfg.maxStreams)),
-		server.WithInterceptors(
-			[]grpc.UnaryServerInterceptor{met.GRPC.UnaryServerInterceptor()},
-			[]grpc.StreamServerInterceptor{metricsExceptWatch(met.GRPC.StreamServerInterceptor())}),
+		server.WithBookmarkInterval(cfg.bookmarkInterval),
+		server.WithInterceptors([]grpc.UnaryServerInterceptor{metU}, []grpc.StreamServerInterceptor{metS}),
+		server.WithCallObserver(met.ObserveCall),
+		server.WithPanicStacks(cfg.panicStacks),
 	}
 	if authCfg != nil {
 		opts = append(opts, server.WithAuth(authCfg))
@@ -235,7 +250,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		opts = append(opts, server.WithTLS(tlsCfg))
 	}
 	srv := server.New(m, opts...)
-	met.GRPC.InitializeMetrics(srv.GRPCServer())
+	met.InitializeServer(srv.GRPCServer())
 	serveErr := make(chan error, len(listeners)+1)
 	for _, l := range listeners {
 		go func() { serveErr <- srv.Serve(l.wrap()) }()
@@ -260,8 +275,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		log.Info("plugin endpoints serving", slog.String("listen", l.addr), slog.String("select_with", endpoint.PluginKey))
 	}
 	var metricsSrv *http.Server
+	var ready atomic.Bool // /readyz: restored and serving, until shutdown
 	if cfg.metricsListen != "" {
-		metricsSrv, err = serveMetrics(cfg.metricsListen, met, log)
+		metricsSrv, err = serveMetrics(cfg.metricsListen, met, srv, &ready, log)
 		if err != nil {
 			srv.Shutdown(context.Background())
 			closeManager()
@@ -290,12 +306,21 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	}
 
+	ready.Store(true)
+	notifyReady(log, len(m.List()))
+	wctx, stopWatchdog := context.WithCancel(ctx)
+	defer stopWatchdog()
+	go watchdog(wctx, log, m)
+
 	var runErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
 	case runErr = <-serveErr:
 	}
+	ready.Store(false)
+	stopWatchdog()
+	notifyStopping()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
 	srv.Shutdown(sctx) // NOT_SERVING, streams end, calls in flight finish
@@ -311,9 +336,26 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	return runErr
 }
 
-func serveMetrics(addr string, met *metrics.Metrics, log *slog.Logger) (*http.Server, error) {
+// serveMetrics serves /metrics (Prometheus text or OpenMetrics, as the
+// scraper asks), and for HTTP probes (Kubernetes httpGet) /healthz (200
+// while the gRPC server serves, 503 once it shuts down) and /readyz (200
+// once the plugins are restored and the listeners serve, until shutdown).
+func serveMetrics(addr string, met *metrics.Metrics, srv *server.Server, ready *atomic.Bool, log *slog.Logger) (*http.Server, error) {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(met, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	probe := func(ok func() bool, what string) http.HandlerFunc {
+		return func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			if !ok() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintf(w, "not %s\n", what)
+				return
+			}
+			fmt.Fprintf(w, "%s\n", what)
+		}
+	}
+	mux.HandleFunc("/healthz", probe(srv.Serving, "serving"))
+	mux.HandleFunc("/readyz", probe(ready.Load, "ready"))
 	hs := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	lis, err := listenTCP(addr)
 	if err != nil {
@@ -324,20 +366,6 @@ func serveMetrics(addr string, met *metrics.Metrics, log *slog.Logger) (*http.Se
 			log.Error("metrics server failed", slog.String("error", err.Error()))
 		}
 	}()
-	log.Info("metrics serving", slog.String("listen", "http://"+lis.Addr().String()+"/metrics"))
+	log.Info("metrics serving", slog.String("listen", "http://"+lis.Addr().String()+"/metrics"), slog.String("probes", "/healthz /readyz"))
 	return hs, nil
-}
-
-// metricsExceptWatch leaves WatchHealth streams out of the RPC metrics: the
-// interceptor wraps every stream and looks its labels up again for every
-// message sent, which with 10,000 watchers costs more than the event
-// itself, and holds its wrapper for the life of the stream.
-// plugincontrol_health_watchers counts the watchers instead.
-func metricsExceptWatch(i grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		if info.FullMethod == pb.PluginControlService_WatchHealth_FullMethodName {
-			return h(srv, ss)
-		}
-		return i(srv, ss, info, h)
-	}
 }

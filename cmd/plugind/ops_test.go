@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -283,17 +284,15 @@ func TestMetricsMoveAfterReloadPanicAndCrash(t *testing.T) {
 	waitPlugins(t, ctl, 10*time.Second, func(s map[string]*pb.PluginStatus) bool {
 		return s["echo"].GetRestarts() == 1 && s["echo"].GetState() == pb.PluginState_PLUGIN_STATE_SERVING
 	})
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
+	if _, err := gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "echo", Payload: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	text := string(body)
+	st := statuses(t, ctl)["echo"]
+	text := scrape(t, addr, "")
 	for _, want := range []string{
-		`plugincontrol_candidates_total{action="reload",result="ok",stage="none"} 1`,
-		`plugincontrol_candidates_total{action="reload",result="failed",stage="ready"} 1`,
-		`plugincontrol_candidates_total{action="restart",result="ok",stage="none"} 1`,
+		`plugincontrol_candidates_total{action="reload",plugin="echo",result="ok",stage="none"} 1`,
+		`plugincontrol_candidates_total{action="reload",plugin="echo",result="failed",stage="ready"} 1`,
+		`plugincontrol_candidates_total{action="restart",plugin="echo",result="ok",stage="none"} 1`,
 		`plugincontrol_plugin_panics_total{plugin="echo"} 1`,
 		`plugincontrol_plugin_crashes_total{plugin="echo"} 1`,
 		`plugincontrol_plugin_restarts_total{plugin="echo"} 1`,
@@ -304,10 +303,21 @@ func TestMetricsMoveAfterReloadPanicAndCrash(t *testing.T) {
 		`plugincontrol_candidate_duration_seconds_count{action="reload",result="ok"} 1`,
 		`grpc_server_handled_total{grpc_code="Internal",grpc_method="Invoke"`,
 		`plugincontrol_health_watchers 0`, // the grpc.health.v1 mirror is not counted
+		`plugincontrol_plugin_calls_total{code="Internal",method="panic",plugin="echo"} 1`,
+		`plugincontrol_plugin_calls_total{code="OK",method="echo",plugin="echo"} 1`,
+		`plugincontrol_plugin_call_duration_seconds_count{method="echo",plugin="echo"} 1`,
+		`plugincontrol_plugin_last_reload_success{plugin="echo"} 0`,
+		`plugincontrol_plugin_last_reload_timestamp_seconds{plugin="echo"} `,
+		fmt.Sprintf(`plugincontrol_plugin_info{binary="echo",plugin="echo",sha256="%s",version="1.0.0"} 1`, st.GetSha256()),
+		`plugincontrol_build_info{goversion="go`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+	// WatchHealth is left out of the RPC metrics: no series stuck at 0.
+	if strings.Contains(text, `grpc_method="WatchHealth"`) {
+		t.Errorf("the RPC metrics have WatchHealth series")
 	}
 	if t.Failed() {
 		for _, l := range strings.Split(text, "\n") {
@@ -316,6 +326,51 @@ func TestMetricsMoveAfterReloadPanicAndCrash(t *testing.T) {
 			}
 		}
 	}
+	// promtool's own lint of the exposition.
+	promtool := testbin.Promtool(t)
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(text)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+	// OpenMetrics when the scraper asks for it.
+	om := scrape(t, addr, "application/openmetrics-text; version=1.0.0")
+	if !strings.HasSuffix(om, "# EOF\n") || !strings.Contains(om, "plugincontrol_plugin_calls_total{") {
+		t.Errorf("no OpenMetrics exposition for an OpenMetrics Accept header")
+	}
+	// An unloaded plugin's series go with it.
+	if _, err := ctl.Unload(ctx, &pb.UnloadRequest{Name: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	if text := scrape(t, addr, ""); strings.Contains(text, `plugin="echo"`) {
+		t.Errorf("series of the unloaded echo are still exposed")
+	}
+	// The HTTP probes.
+	for _, p := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + addr + p)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %v %v", p, resp, err)
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
+	}
+}
+
+// scrape GETs /metrics, with an Accept header when accept is set.
+func scrape(t *testing.T, addr, accept string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/metrics", nil)
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
 }
 
 // TestStartupAndMemoryWith20Plugins measures the figures the operations

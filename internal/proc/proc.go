@@ -1,57 +1,37 @@
 // Package proc is the operating-system side of running plugin processes:
 // the process attributes they start with, watching them exit without
-// polling, killing them and everything they started, the reaper that cleans
-// up after a SIGKILLed daemon, and the sink for their stderr. It knows
-// nothing of go-plugin's protocol or of plugin lifecycles (package manager
-// decides when; this package does).
+// polling, killing them and everything they started (process groups,
+// cgroups, orphans of a child subreaper), the reaper that cleans up after a
+// SIGKILLed daemon, and the sink for their stderr. It knows nothing of
+// go-plugin's protocol or of plugin lifecycles (package manager decides
+// when; this package does).
 //
-// Linux only: it uses pidfds, process groups, Pdeathsig and /proc.
+// Linux only: it uses pidfds, process groups, Pdeathsig, cgroup v2, prctl
+// and /proc. Elsewhere (proc_other.go) the same API compiles and fails with
+// ErrUnsupported, so that packages built on the manager's types (the store,
+// its tools) build on every platform; plugind itself refuses to start.
 package proc
 
-import (
-	"errors"
-	"syscall"
-	"time"
-)
+import "errors"
 
-// SysProcAttr returns the attributes every plugin starts with: its own
-// process group (so a kill reaches the plugin's children) and Pdeathsig (so
-// the plugin dies with the daemon; go-plugin sets neither).
-func SysProcAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+// ErrUnsupported is what process control returns off Linux.
+var ErrUnsupported = errors.New("plugin process control runs on Linux only (pidfd, cgroup v2, prctl, Pdeathsig)")
+
+// Limits are the resource limits of a plugin's cgroup; zero fields are not
+// set.
+type Limits struct {
+	MemoryMax int64  // bytes (memory.max)
+	PidsMax   int64  // processes (pids.max)
+	CPUMax    string // "QUOTA PERIOD" in µs, as cpu.max takes it ("50000 100000": half a CPU)
 }
 
-// KillGroup SIGKILLs the process group led by pid (plugins start with
-// Setpgid, so the group id is the plugin's pid), or pid alone when the
-// group is gone.
-func KillGroup(pid int) {
-	if pid <= 0 {
-		return
-	}
-	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-}
+// MarkEnv is set in the environment of every plugin process to
+// "ID/GENERATION" (the manager's containment id, the generation's own id),
+// and inherited by whatever the plugin starts. Without a cgroup it is how
+// plugind tells whose a re-parented process is, and what a killed daemon
+// left behind: /proc/PID/environ keeps it. A descendant started with a
+// clean environment carries none and is not attributed.
+const MarkEnv = "PLUGINCONTROL_CONTAIN"
 
-// AwaitOrKill waits for done, escalating after each grace period: first it
-// kills pid's process group, then every process holding one of pipes (on
-// whose EOF go-plugin waits before it reports an exit or returns from
-// Kill), and then it waits for done.
-func AwaitOrKill(done <-chan struct{}, grace time.Duration, pid int, pipes []string) {
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	select {
-	case <-done:
-		return
-	case <-t.C:
-	}
-	KillGroup(pid)
-	t.Reset(grace)
-	select {
-	case <-done:
-		return
-	case <-t.C:
-	}
-	KillPipeHolders(pipes)
-	<-done
-}
+// ReaperEnv marks a process started as the reaper.
+const ReaperEnv = "PLUGINCONTROL_REAPER"

@@ -48,6 +48,8 @@ type DaemonOptions struct {
 	Load []string
 	// Args are more flags, after --plugin-dir, --state-dir and --load.
 	Args []string
+	// Env are more environment variables (NAME=VALUE).
+	Env []string
 }
 
 // Daemon is a plugind started by StartDaemon.
@@ -94,6 +96,9 @@ func StartDaemon(t testing.TB, opts DaemonOptions) *Daemon {
 	args = append(args, opts.Args...)
 	d.Cmd = exec.Command(filepath.Join(opts.Bin, "plugind"), args...)
 	d.Cmd.Stderr = d.Stderr
+	if len(opts.Env) > 0 {
+		d.Cmd.Env = append(os.Environ(), opts.Env...)
+	}
 	if err := d.Cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -182,4 +187,19 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// Promtool returns the path of promtool: on PATH, or where `make promtool`
+// puts it (bin/tools/promtool, from Debian's prometheus package). The
+// test fails when it is neither.
+func Promtool(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("promtool"); err == nil {
+		return p
+	}
+	p := filepath.Join(Root(), "bin", "tools", "promtool")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("promtool is not installed: run `make promtool` (it extracts promtool from Debian's prometheus package): %v", err)
+	}
+	return p
 }

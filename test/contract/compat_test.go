@@ -53,8 +53,9 @@ func TestCompatGrpcurlBaseline(t *testing.T) {
 		"plugincontrol.v1.PluginControlService/WatchHealth": `{"names":["old"]}`,
 		"plugincontrol.v1.PluginGatewayService/Invoke":      `{"plugin":"old","method":"echo","payload":"b2xk"}`,
 		"plugincontrol.v1.PluginControlService/Unload":      `{"name":"old"}`,
+		"plugincontrol.v1.PluginControlService/ListAudit":   `{"name":"old","page_size":2}`,
 	}
-	order := []string{"Load", "ListPlugins", "Reload", "Health", "WatchHealth", "Invoke", "Unload"}
+	order := []string{"Load", "ListPlugins", "Reload", "Health", "WatchHealth", "Invoke", "Unload", "ListAudit"}
 	wants := map[string][]string{
 		"Load":        {`"name": "old"`, `"generation": "1"`, "PLUGIN_STATE_SERVING"},
 		"ListPlugins": {`"name": "old"`, `"name": "echo"`},
@@ -63,6 +64,7 @@ func TestCompatGrpcurlBaseline(t *testing.T) {
 		"WatchHealth": {"HEALTH_EVENT_TYPE_SNAPSHOT", "HEALTH_EVENT_TYPE_SYNCED", "Code: DeadlineExceeded"},
 		"Invoke":      {`"payload": "b2xk"`, `"generation": "2"`},
 		"Unload":      {"PLUGIN_STATE_STOPPED"},
+		"ListAudit":   {`"action": "unload"`, `"action": "reload"`, `"nextPageToken"`, `"hash"`},
 	}
 	// Every RPC the baseline defines must be exercised here.
 	seen := map[string]bool{}

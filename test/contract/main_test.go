@@ -30,7 +30,7 @@ var (
 
 func TestMain(m *testing.M) {
 	testbin.Main(m, &bins, func(dir string) error {
-		if err := testbin.DaemonBinaries(dir, "github.com/fullstorydev/grpcurl/cmd/grpcurl"); err != nil {
+		if err := testbin.DaemonBinaries(dir, "github.com/fullstorydev/grpcurl/cmd/grpcurl", "github.com/bufbuild/buf/cmd/buf"); err != nil {
 			return err
 		}
 		image = filepath.Join(dir, "image.binpb")

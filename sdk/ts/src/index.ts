@@ -7,6 +7,7 @@
 //
 // The message types and service descriptors are generated from proto/ by
 // buf with protoc-gen-es (src/gen, re-exported here).
+import type * as http2 from "node:http2";
 import * as net from "node:net";
 import { createClient as createConnectClient, Code, ConnectError, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
@@ -25,11 +26,40 @@ export { Code, ConnectError } from "@connectrpc/connect";
 
 /** Options of createClient. */
 export interface ClientOptions {
-  /** Sent as "authorization: Bearer <token>" with every call. */
+  /**
+   * Sent as "authorization: Bearer <token>" with every call (plugind
+   * --auth-file). Over TCP, plugind requires TLS for it (or loopback).
+   */
   token?: string;
-  /** Interval of HTTP/2 keepalive pings on an idle connection (default 30s). */
+  /**
+   * TLS for a tcp:// address (plugind --tls-cert/--tls-key): the connection
+   * is HTTPS/2 and the server's certificate is verified against ca (the
+   * system roots when unset). cert and key (PEM) are the client certificate
+   * plugind requires with --tls-client-ca (mTLS).
+   */
+  tls?: TLSOptions;
+  /**
+   * Interval of HTTP/2 keepalive pings on an idle connection (default 30s).
+   * At least 5000: plugind closes connections that ping more often
+   * (GOAWAY too_many_pings).
+   */
   pingIntervalMs?: number;
 }
+
+/** TLS settings of a tcp:// connection. */
+export interface TLSOptions {
+  /** CA certificates (PEM) that sign plugind's certificate. */
+  ca?: string | Buffer;
+  /** Client certificate (PEM), with key, for mTLS. */
+  cert?: string | Buffer;
+  /** Private key (PEM) of cert. */
+  key?: string | Buffer;
+  /** Name the server certificate must carry (default: the address's host). */
+  serverName?: string;
+}
+
+/** The shortest keepalive ping interval plugind accepts (ms). */
+export const MIN_PING_INTERVAL_MS = 5_000;
 
 /** A connection to one plugind. */
 export interface PlugindClient {
@@ -63,8 +93,9 @@ export function parseAddr(addr: string): { baseUrl: string; socketPath?: string 
 }
 
 /**
- * Creates a client of the daemon at addr over gRPC (HTTP/2, plaintext: a unix
- * socket, or TCP on loopback). The connection is made by the first call.
+ * Creates a client of the daemon at addr over gRPC: HTTP/2 on a unix socket,
+ * or on TCP (plaintext on loopback, or TLS with options.tls). The connection
+ * is made by the first call.
  */
 export function createClient(addr: string, options: ClientOptions = {}): PlugindClient {
   const { transport, close } = newTransport(addr, options, []);
@@ -116,12 +147,23 @@ export function createPluginTransport(endpoint: string, options: PluginTransport
 }
 
 function newTransport(addr: string, options: ClientOptions, extra: Interceptor[]): PluginTransport {
-  const { baseUrl, socketPath } = parseAddr(addr);
-  const sessionManager = new Http2SessionManager(
-    baseUrl,
-    { pingIntervalMs: options.pingIntervalMs ?? 30_000, pingTimeoutMs: 10_000 },
-    socketPath !== undefined ? { createConnection: () => net.connect(socketPath) } : {},
-  );
+  const parsed = parseAddr(addr);
+  const pingIntervalMs = options.pingIntervalMs ?? 30_000;
+  if (pingIntervalMs < MIN_PING_INTERVAL_MS) {
+    throw new Error(`pingIntervalMs ${pingIntervalMs}: plugind accepts keepalive pings every ${MIN_PING_INTERVAL_MS}ms at most`);
+  }
+  let baseUrl = parsed.baseUrl;
+  let sessionOptions: http2.ClientSessionOptions | http2.SecureClientSessionOptions = {};
+  if (parsed.socketPath !== undefined) {
+    if (options.tls !== undefined) throw new Error(`tls is for tcp:// addresses, not ${addr}`);
+    const socketPath = parsed.socketPath;
+    sessionOptions = { createConnection: () => net.connect(socketPath) };
+  } else if (options.tls !== undefined) {
+    baseUrl = baseUrl.replace(/^http:/, "https:");
+    const t = options.tls;
+    sessionOptions = { ca: t.ca, cert: t.cert, key: t.key, servername: t.serverName };
+  }
+  const sessionManager = new Http2SessionManager(baseUrl, { pingIntervalMs, pingTimeoutMs: 10_000 }, sessionOptions);
   const interceptors: Interceptor[] = [...extra];
   const token = options.token;
   if (token !== undefined) {

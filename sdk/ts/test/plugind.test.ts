@@ -28,6 +28,7 @@ import {
   BakeResult,
   type HealthEvent,
   type PlugindClient,
+  type ClientOptions,
 } from "../src/index.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../..");
@@ -55,13 +56,14 @@ interface Daemon {
   stop(): Promise<void>;
 }
 
-// startDaemon runs plugind with echo loaded and waits until echo serves.
-async function startDaemon(stateDir: string, listen?: string): Promise<Daemon> {
+// startDaemon runs plugind with echo loaded and waits until echo serves (as
+// a client with clientOptions sees it). More flags go in extraArgs.
+async function startDaemon(stateDir: string, listen?: string, extraArgs: string[] = [], clientOptions: ClientOptions = {}): Promise<Daemon> {
   const sock = path.join(stateDir, "plugind.sock");
   const addr = listen ?? "unix://" + sock;
-  const args = ["--plugin-dir", path.join(bins, "plugins"), "--state-dir", stateDir, "--load", "echo", "--listen", addr];
+  const args = ["--plugin-dir", path.join(bins, "plugins"), "--state-dir", stateDir, "--load", "echo", "--listen", addr, ...extraArgs];
   // Plaintext loopback TCP without tokens is refused unless asked for.
-  if (addr.startsWith("tcp://")) args.push("--insecure-tcp");
+  if (addr.startsWith("tcp://") && extraArgs.length === 0) args.push("--insecure-tcp");
   const proc = spawn(path.join(bins, "plugind"), args, { stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   proc.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
@@ -70,7 +72,7 @@ async function startDaemon(stateDir: string, listen?: string): Promise<Daemon> {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGTERM");
     await exited;
   };
-  const c = createClient(addr);
+  const c = createClient(addr, clientOptions);
   try {
     const deadline = Date.now() + 20_000;
     for (;;) {
@@ -297,4 +299,90 @@ test("a reload with a bake: the previous generation kept warm, then stopped", as
     assert.equal(seen[0], BakeResult.BAKING, `results seen: ${seen}`);
     assert.equal(seen[seen.length - 1], BakeResult.KEPT, `results seen: ${seen}`);
   });
+});
+
+test("TLS with a client certificate and a token over TCP", async () => {
+  const state = fs.mkdtempSync(path.join(tmp, "state-"));
+  const pki = fs.mkdtempSync(path.join(tmp, "pki-"));
+  execFileSync("go", ["run", "./internal/testbin/certs", pki], { cwd: root, stdio: "inherit" });
+  const token = "ts-sdk-operator-token-0123456789abcdef";
+  const auth = path.join(pki, "auth.yaml");
+  fs.writeFileSync(auth, `tokens:\n  - {name: ts, token: "${token}", roles: [operator, viewer, invoker]}\n`, { mode: 0o600 });
+  const pem = (f: string) => fs.readFileSync(path.join(pki, f));
+  const tls = { ca: pem("ca.pem"), cert: pem("client.pem"), key: pem("client-key.pem") };
+  const addr = `tcp://127.0.0.1:${await freePort()}`;
+  const d = await startDaemon(
+    state,
+    addr,
+    ["--tls-cert", path.join(pki, "cert.pem"), "--tls-key", path.join(pki, "key.pem"), "--tls-client-ca", path.join(pki, "ca.pem"), "--auth-file", auth],
+    { tls, token },
+  );
+  try {
+    const c = createClient(addr, { tls, token });
+    try {
+      const res = await c.gateway.invoke({ plugin: "echo", method: "echo", payload: new TextEncoder().encode("over tls") });
+      assert.equal(new TextDecoder().decode(res.payload), "over tls");
+    } finally {
+      c.close();
+    }
+    // Without the token: Unauthenticated.
+    const noToken = createClient(addr, { tls });
+    try {
+      await assert.rejects(noToken.control.listPlugins({}), (e: unknown) => ConnectError.from(e).code === Code.Unauthenticated);
+    } finally {
+      noToken.close();
+    }
+    // Without a client certificate, or without TLS: no connection.
+    for (const opts of [{ tls: { ca: tls.ca }, token }, { token }] as ClientOptions[]) {
+      const c2 = createClient(addr, opts);
+      try {
+        await assert.rejects(c2.control.listPlugins({}, { timeoutMs: 3000 }), (e: unknown) => {
+          const code = ConnectError.from(e).code;
+          // The handshake or the connection fails (node reports a reset
+          // stream as Canceled): nothing reaches the API.
+          return [Code.Unavailable, Code.Internal, Code.DeadlineExceeded, Code.Unknown, Code.Canceled].includes(code);
+        });
+      } finally {
+        c2.close();
+      }
+    }
+    assert.throws(() => createClient(addr, { pingIntervalMs: 1000 }), /5000ms/);
+  } finally {
+    await d.stop();
+  }
+});
+
+test("the example runs against a live daemon", async () => {
+  await withDaemon("unix", async (_c, d) => {
+    const out = execFileSync(process.execPath, [path.join(root, "sdk/ts/build/examples/status.js")], {
+      env: { ...process.env, PLUGIND_ADDR: d.addr },
+      timeout: 30_000,
+    }).toString();
+    assert.match(out, /^echo generation 1 SERVING$/m);
+    assert.match(out, /^echo: hello \(generation 1\)$/m);
+    assert.match(out, /^synced at revision \d+$/m);
+  });
+});
+
+test("npm pack builds and ships the package, README and LICENSE", () => {
+  // A clean copy of the package (no build/), with the installed deps.
+  const pkg = path.join(root, "sdk/ts");
+  const copy = fs.mkdtempSync(path.join(tmp, "pack-"));
+  for (const f of ["package.json", "package-lock.json", "tsconfig.json", "tsconfig.build.json", "README.md", "LICENSE"]) {
+    fs.copyFileSync(path.join(pkg, f), path.join(copy, f));
+  }
+  fs.cpSync(path.join(pkg, "src"), path.join(copy, "src"), { recursive: true });
+  fs.symlinkSync(path.join(pkg, "node_modules"), path.join(copy, "node_modules"));
+  const out = fs.mkdtempSync(path.join(tmp, "tgz-"));
+  execFileSync("npm", ["pack", "--pack-destination", out], { cwd: copy, stdio: ["ignore", "ignore", "inherit"] });
+  const tgz = fs.readdirSync(out).filter((f) => f.endsWith(".tgz"));
+  assert.deepEqual(tgz, ["plugincontrol-client-0.1.0.tgz"]);
+  const files = execFileSync("tar", ["-tzf", path.join(out, tgz[0])]).toString().trim().split("\n").sort();
+  for (const want of ["package/package.json", "package/README.md", "package/LICENSE", "package/build/src/index.js", "package/build/src/index.d.ts", "package/build/src/gen/plugincontrol/v1/control_pb.js"]) {
+    assert.ok(files.includes(want), `${want} missing from the package: ${files.join(" ")}`);
+  }
+  for (const f of files) {
+    assert.ok(!/\/(test|examples|node_modules|src)\//.test(f.replace(/^package\/build\/src\//, "")), `${f} should not ship`);
+  }
+  assert.match(fs.readFileSync(path.join(pkg, "LICENSE"), "utf8"), /Apache License\s+Version 2\.0/);
 });

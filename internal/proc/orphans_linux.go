@@ -1,20 +1,15 @@
+//go:build linux
+
 package proc
 
 import (
 	"bytes"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
 )
-
-// MarkEnv is set in the environment of every plugin process to
-// "ID/GENERATION" (the manager's containment id, the generation's own id),
-// and inherited by whatever the plugin starts. Without a cgroup it is how
-// plugind tells whose a re-parented process is, and what a killed daemon
-// left behind: /proc/PID/environ keeps it. A descendant started with a
-// clean environment carries none and is not attributed.
-const MarkEnv = "PLUGINCONTROL_CONTAIN"
 
 // process is what orphan handling reads of a process in /proc.
 type process struct {
@@ -153,3 +148,7 @@ func KillMarked(prefix string) int {
 	}
 	return n
 }
+
+// NotifyChildExit relays SIGCHLD to ch (signal.Notify): a child of this
+// process exited, or an orphan re-parented to it did.
+func NotifyChildExit(ch chan<- os.Signal) { signal.Notify(ch, syscall.SIGCHLD) }

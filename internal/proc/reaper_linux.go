@@ -1,3 +1,5 @@
+//go:build linux
+
 package proc
 
 import (
@@ -30,9 +32,6 @@ import (
 // The reaper is the daemon's own binary run again with ReaperEnv set (no
 // shell needed: distroless images have none); the binary's main calls
 // ReaperMain first thing.
-
-// ReaperEnv marks a process started as the reaper.
-const ReaperEnv = "PLUGINCONTROL_REAPER"
 
 // ReaperMain runs the reaper and exits when this process was started as one
 // (ReaperEnv is set); otherwise it returns at once. Call it first thing in

@@ -1,3 +1,5 @@
+//go:build linux
+
 package proc
 
 import (
@@ -13,21 +15,6 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
-
-// Containment is how plugin processes are kept from outliving their plugin.
-type Containment string
-
-const (
-	// ContainCgroup: every generation runs in a cgroup v2 of its own
-	// (started in it with CLONE_INTO_CGROUP, so no child escapes before it
-	// is moved); a stop writes cgroup.kill, which kills every process in
-	// it, double-forked and setsid ones included.
-	ContainCgroup Containment = "cgroup"
-	// ContainSubreaper: no cgroup could be had. The daemon is a child
-	// subreaper (PR_SET_CHILD_SUBREAPER): descendants of a stopped plugin
-	// that left its process group are re-parented to it, and killed.
-	ContainSubreaper Containment = "subreaper"
 )
 
 // Cgroups is the cgroup v2 subtree of one daemon's plugins:
@@ -112,14 +99,6 @@ func (c *Cgroups) Close() error {
 type Cgroup struct {
 	path string
 	fd   int // O_PATH descriptor for CLONE_INTO_CGROUP; -1 once closed
-}
-
-// Limits are the resource limits of a plugin's cgroup; zero fields are not
-// set.
-type Limits struct {
-	MemoryMax int64  // bytes (memory.max)
-	PidsMax   int64  // processes (pids.max)
-	CPUMax    string // "QUOTA PERIOD" in µs, as cpu.max takes it ("50000 100000": half a CPU)
 }
 
 // New creates the cgroup name in the subtree, with limits (an error names
