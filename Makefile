@@ -83,7 +83,12 @@ grpcurl:
 
 ## test-deps: what the tests need besides Go: systemd-analyze (Debian's systemd, installed when missing) and promtool
 test-deps: promtool
-	@command -v systemd-analyze >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
+	@missing=""; \
+	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	  command -v zsh >/dev/null || missing="$$missing zsh"; \
+	  command -v fish >/dev/null || missing="$$missing fish"; \
+	  [ -f /usr/share/bash-completion/bash_completion ] || missing="$$missing bash-completion"; \
+	  if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 ## promtool: bin/tools/promtool, extracted from Debian's prometheus package (the metrics test lints with it; not installed)
 promtool: $(BIN)/tools/promtool

@@ -15,11 +15,21 @@ import (
 // name is ErrAlreadyExists; a bad spec is an *InvalidArgumentError. Load is
 // never retried by the client (see Dial).
 func (c *Client) Load(ctx context.Context, spec *plugincontrolv1.PluginSpec) (*plugincontrolv1.PluginStatus, error) {
+	resp, err := c.LoadWithReport(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetPlugin(), nil
+}
+
+// LoadWithReport is Load returning the whole response: the status and the
+// report of each pipeline stage (durations, services described).
+func (c *Client) LoadWithReport(ctx context.Context, spec *plugincontrolv1.PluginSpec) (*plugincontrolv1.LoadResponse, error) {
 	resp, err := c.control.Load(ctx, &plugincontrolv1.LoadRequest{Spec: spec})
 	if err != nil {
 		return nil, wrapError(err)
 	}
-	return resp.GetPlugin(), nil
+	return resp, nil
 }
 
 // ReloadOption configures Reload.
@@ -221,124 +231,6 @@ func (c *Client) Invoke(ctx context.Context, plugin, method string, payload []by
 		return nil, 0, wrapError(err)
 	}
 	return resp.GetPayload(), resp.GetGeneration(), nil
-}
-
-// WaitServing watches the health of the named plugin until a generation at
-// or above generation is SERVING and returns that record. It fails with an
-// *UnhealthyError when that generation becomes UNHEALTHY or STOPPED, the
-// plugin is unloaded, or ctx ends first (give ctx a deadline). A generation
-// of 0 waits for any generation.
-func (c *Client) WaitServing(ctx context.Context, name string, generation uint64) (*plugincontrolv1.PluginHealth, error) {
-	var found *plugincontrolv1.PluginHealth
-	err := c.waitHealth(ctx, name, generation, func(h *plugincontrolv1.PluginHealth) (bool, string) {
-		if h.GetGeneration() < generation {
-			return false, ""
-		}
-		switch h.GetState() {
-		case plugincontrolv1.PluginState_PLUGIN_STATE_SERVING:
-			found = h
-			return true, ""
-		case plugincontrolv1.PluginState_PLUGIN_STATE_UNHEALTHY, plugincontrolv1.PluginState_PLUGIN_STATE_STOPPED:
-			return true, h.GetReason()
-		}
-		return false, ""
-	})
-	if err != nil {
-		return nil, err
-	}
-	return found, nil
-}
-
-// WaitBake watches the health of the named plugin until the bake of
-// generation (a Reload with WithBake) has ended, and returns it: Result
-// BAKE_RESULT_KEPT when the generation passed, BAKE_RESULT_REVERTED when
-// plugind went back to the previous generation's process (Reason says why,
-// RevertedTo as which generation), BAKE_RESULT_CANCELLED when another
-// reload, an unload or the daemon's shutdown ended it early. It fails with
-// an *UnhealthyError when the plugin is unloaded or ctx ends first.
-func (c *Client) WaitBake(ctx context.Context, name string, generation uint64) (*plugincontrolv1.Bake, error) {
-	var found *plugincontrolv1.Bake
-	err := c.waitHealth(ctx, name, generation, func(h *plugincontrolv1.PluginHealth) (bool, string) {
-		b := h.GetBake()
-		if b.GetGeneration() != generation || b.GetResult() == plugincontrolv1.BakeResult_BAKE_RESULT_BAKING {
-			return false, ""
-		}
-		found = b
-		return true, ""
-	})
-	if err != nil {
-		return nil, err
-	}
-	return found, nil
-}
-
-// waitHealth follows the health records of one plugin, reconnecting and
-// resuming when the stream breaks, until done says to stop: with an empty
-// reason, successfully; with a reason, with an *UnhealthyError about
-// generation and the last record seen. It also ends with one when the
-// plugin is unloaded or not loaded, or ctx ends, and with the stream's
-// error when reconnecting cannot help.
-func (c *Client) waitHealth(ctx context.Context, name string, generation uint64, done func(*plugincontrolv1.PluginHealth) (bool, string)) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var last *plugincontrolv1.PluginHealth
-	fail := func(reason string, err error) error {
-		return &UnhealthyError{Name: name, Generation: generation, Health: last, Reason: reason, Err: err}
-	}
-	var since uint64
-	backoff := defaultBackoffInitial
-	for {
-		snapshot := since == 0 // this stream starts with a full snapshot
-		seen := false          // a record of the plugin arrived on this stream
-		stream, err := c.control.WatchHealth(ctx, &plugincontrolv1.WatchHealthRequest{Names: []string{name}, SinceRevision: since})
-		for err == nil {
-			var resp *plugincontrolv1.WatchHealthResponse
-			resp, err = stream.Recv()
-			if err != nil {
-				break
-			}
-			ev := resp.GetEvent()
-			since = advanceRevision(since, ev)
-			h := ev.GetHealth()
-			switch ev.GetType() {
-			case plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_REMOVED:
-				last = h
-				return fail("unloaded", nil)
-			case plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SYNCED:
-				// A full snapshot (first stream, or a reset) without a
-				// record of the plugin: it is not loaded.
-				if (snapshot || ev.GetReset_()) && !seen {
-					return fail("not loaded", nil)
-				}
-				continue
-			case plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SNAPSHOT,
-				plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_CHANGED:
-			default:
-				continue
-			}
-			last, seen = h, true
-			if stop, reason := done(h); stop {
-				if reason != "" {
-					return fail(reason, nil)
-				}
-				return nil
-			}
-		}
-		if ctx.Err() != nil {
-			reason := "timed out"
-			if last != nil && last.GetReason() != "" {
-				reason += "; last reason: " + last.GetReason()
-			}
-			return fail(reason, ctx.Err())
-		}
-		if !watchRetryable(err) {
-			return wrapError(err)
-		}
-		if err := sleepCtx(ctx, backoff); err != nil {
-			return fail("timed out", err)
-		}
-		backoff = min(2*backoff, defaultBackoffMax)
-	}
 }
 
 // sleepCtx waits d or until ctx ends.

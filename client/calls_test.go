@@ -164,6 +164,33 @@ func TestWaitServing(t *testing.T) {
 		t.Fatalf("WaitServing unhealthy: %v", err)
 	}
 
+	// A newer generation fails the wait for an older one at once; the
+	// newer one passes a settle period.
+	rr, err := c.Reload(ctx, "fragile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.WaitServing(ctx, "fragile", st.GetGeneration())
+	if !errors.As(err, &ue) || !strings.HasPrefix(ue.Reason, "generation 2 replaced it (SERVING)") {
+		t.Fatalf("WaitServing replaced: %v", err)
+	}
+	start := time.Now()
+	if h, err := c.WaitServing(ctx, "fragile", rr.GetPlugin().GetGeneration(), WithSettle(300*time.Millisecond)); err != nil || h.GetGeneration() != 2 {
+		t.Fatalf("WaitServing settle: %v %v", h, err)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Fatalf("WaitServing with a 300ms settle returned after %s", took)
+	}
+	// Within the settle period, UNHEALTHY fails it.
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_, _, _ = c.Invoke(ctx, "fragile", "panic", []byte("again"))
+	}()
+	_, err = c.WaitServing(ctx, "fragile", 2, WithSettle(10*time.Second))
+	if !errors.As(err, &ue) || !strings.HasPrefix(ue.Reason, "UNHEALTHY") {
+		t.Fatalf("WaitServing unhealthy within settle: %v", err)
+	}
+
 	// A timeout carries the context error.
 	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()

@@ -168,3 +168,33 @@ func ExampleDefaultAddr() {
 	fmt.Println(client.DefaultAddr() != "")
 	// Output: true
 }
+
+// Wait until a reloaded generation is SERVING and stays so for a settle
+// period: the wait fails at once if that generation goes UNHEALTHY or is
+// replaced by a newer one.
+func ExampleClient_WaitServing() {
+	ctx, c, done := exampleClient()
+	defer done()
+
+	if _, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"}); err != nil {
+		log.Fatal(err)
+	}
+	resp, err := c.Reload(ctx, "echo")
+	if err != nil {
+		log.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	h, err := c.WaitServing(wctx, "echo", resp.GetPlugin().GetGeneration(), client.WithSettle(200*time.Millisecond))
+	var ue *client.UnhealthyError
+	switch {
+	case errors.As(err, &ue):
+		fmt.Println("not healthy:", ue.Reason)
+	case err != nil:
+		log.Fatal(err)
+	default:
+		fmt.Println("generation", h.GetGeneration(), "settled as", h.GetState())
+	}
+	// Output:
+	// generation 2 settled as PLUGIN_STATE_SERVING
+}

@@ -10,7 +10,6 @@ package metrics
 import (
 	"context"
 	"runtime"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	buildversion "github.com/plugincontrol/plugincontrol/internal/version"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -137,17 +137,7 @@ func New() *Metrics {
 // version (its module version, "(devel)" from a checkout), VCS revision
 // (when built with VCS stamping) and Go version.
 func buildInfo() prometheus.Collector {
-	version, revision := "(devel)", "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" {
-			version = bi.Main.Version
-		}
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				revision = s.Value
-			}
-		}
-	}
+	version, revision := buildversion.Get()
 	g := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "plugincontrol_build_info",
 		Help:        "1, labelled with the version, VCS revision and Go version plugind was built with.",

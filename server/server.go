@@ -154,12 +154,14 @@ func New(m *manager.Manager, opts ...Option) *Server {
 	}
 	authU := []grpc.UnaryServerInterceptor{auth.UnaryServerInterceptor(authFunc)}
 	authS := []grpc.StreamServerInterceptor{auth.StreamServerInterceptor(authFunc)}
-	// Order: recovery outermost (nothing escapes), then logging (refused
+	// Order: recovery outermost (nothing escapes), the version header,
+	// then logging (refused
 	// calls are logged with their code), then authentication.
+	verU, verS := versionHeader()
 	unary := append(append(append([]grpc.UnaryServerInterceptor{
-		recovery.UnaryServerInterceptor(recOpts...)}, accessLogUnary(s.log)...), authU...), o.unaryInts...)
+		recovery.UnaryServerInterceptor(recOpts...), verU}, accessLogUnary(s.log)...), authU...), o.unaryInts...)
 	stream := append(append(append([]grpc.StreamServerInterceptor{
-		recovery.StreamServerInterceptor(recOpts...)}, accessLogStream(s.log)...), authS...), o.streamInts...)
+		recovery.StreamServerInterceptor(recOpts...), verS}, accessLogStream(s.log)...), authS...), o.streamInts...)
 
 	gopts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary...),

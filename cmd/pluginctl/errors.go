@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/plugincontrol/plugincontrol/client"
 	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
@@ -17,16 +18,22 @@ import (
 // Exit codes, documented in the usage text.
 const (
 	exitOK          = 0
-	exitError       = 1 // any other error
-	exitUsage       = 2 // bad flags or arguments
-	exitUnavailable = 3 // cannot connect, or codes.Unavailable
-	exitNotFound    = 4 // codes.NotFound
-	exitCandidate   = 5 // codes.FailedPrecondition: the candidate failed
-	exitAborted     = 6 // codes.Aborted: generation mismatch
-	exitNotHealthy  = 7 // --wait-healthy: the new generation did not become (or stay) SERVING
-	exitReverted    = 8 // reload --bake --wait: the bake did not keep the new generation
-	exitAuditBroken = 9 // audit --verify: the audit log's chain does not verify
+	exitError       = 1  // any other error
+	exitUsage       = 2  // bad flags or arguments
+	exitUnavailable = 3  // cannot connect, or codes.Unavailable
+	exitNotFound    = 4  // codes.NotFound
+	exitCandidate   = 5  // codes.FailedPrecondition: the candidate failed
+	exitAborted     = 6  // codes.Aborted: generation mismatch
+	exitNotHealthy  = 7  // --wait-healthy: the new generation did not become (or stay) SERVING
+	exitReverted    = 8  // reload --bake --wait: the bake did not keep the new generation
+	exitAuditBroken = 9  // audit --verify: the audit log's chain does not verify
+	exitDiffers     = 10 // diff --exit-code: the file and the daemon differ
 )
+
+// differsError is diff --exit-code when there are differences.
+type differsError struct{ n int }
+
+func (e *differsError) Error() string { return fmt.Sprintf("%d plugin(s) differ", e.n) }
 
 // usageError is a problem with the command line.
 // auditBrokenError is audit --verify on a chain that does not verify.
@@ -56,9 +63,13 @@ func exitCode(err error) int {
 	if errors.As(err, &ue) {
 		return exitUsage
 	}
-	var nh *notHealthyError
+	var nh *client.UnhealthyError
 	if errors.As(err, &nh) {
 		return exitNotHealthy
+	}
+	var de *differsError
+	if errors.As(err, &de) {
+		return exitDiffers
 	}
 	var be *bakeError
 	if errors.As(err, &be) {
@@ -68,7 +79,7 @@ func exitCode(err error) int {
 	if errors.As(err, &ab) {
 		return exitAuditBroken
 	}
-	st, ok := status.FromError(err)
+	st, ok := grpcStatus(err)
 	if !ok {
 		return exitError
 	}
@@ -88,6 +99,17 @@ func exitCode(err error) int {
 	}
 }
 
+// grpcStatus is the status err carries, as the daemon sent it (the typed
+// errors of package client add their own words to Error, which
+// status.FromError would take as the message).
+func grpcStatus(err error) (*status.Status, bool) {
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		return se.GRPCStatus(), true
+	}
+	return status.FromError(err)
+}
+
 // isConnectError reports whether st is grpc-go's own Unavailable for a
 // connection that could not be made (rather than the daemon saying a plugin
 // is unavailable).
@@ -103,27 +125,37 @@ func isConnectError(st *status.Status) bool {
 // "pluginctl: <message>", followed by the details the daemon attached
 // (candidate failure stage and stderr tail, panic message and fingerprint).
 // addr names the daemon in connection errors. It returns the exit code.
-func printError(w io.Writer, addr string, err error) int {
+func printError(w io.Writer, addr string, tried []string, err error) int {
 	code := exitCode(err)
-	var nh *notHealthyError
+	var nh *client.UnhealthyError
 	if errors.As(err, &nh) {
-		fmt.Fprintf(w, "pluginctl: %v\n", err)
-		if h := nh.last; h != nil {
+		reason := nh.Reason
+		switch reason {
+		case "unloaded":
+			reason = nh.Name + " was unloaded"
+		case "not loaded":
+			reason = nh.Name + " is not loaded"
+		}
+		fmt.Fprintf(w, "pluginctl: %s generation %d is not healthy: %s\n", nh.Name, nh.Generation, reason)
+		if h := nh.Health; h != nil {
 			fmt.Fprintf(w, "  last health: generation %d %s", h.GetGeneration(), stateName(h.GetState()))
-			if r := oneLine(h.GetReason()); r != "" && !strings.Contains(nh.reason, r) {
+			if r := oneLine(h.GetReason()); r != "" && !strings.Contains(nh.Reason, r) {
 				fmt.Fprintf(w, ": %s", r)
 			}
 			fmt.Fprintln(w)
 		}
 		return code
 	}
-	st, ok := status.FromError(err)
+	st, ok := grpcStatus(err)
 	if !ok || code == exitUsage {
 		fmt.Fprintf(w, "pluginctl: %v\n", err)
 		return code
 	}
 	if isConnectError(st) {
 		fmt.Fprintf(w, "pluginctl: cannot connect to %s (is plugind running?): %s\n", addr, st.Message())
+		if len(tried) > 0 {
+			fmt.Fprintf(w, "  address from: %s\n", strings.Join(tried, "; "))
+		}
 		return code
 	}
 	msg := oneLine(st.Message())

@@ -55,7 +55,7 @@ func TestPrintErrorCandidateFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	code := printError(&buf, "unix:///x.sock", st.Err())
+	code := printError(&buf, "unix:///x.sock", nil, st.Err())
 	if code != exitCandidate {
 		t.Errorf("exit code %d, want %d", code, exitCandidate)
 	}
@@ -88,7 +88,7 @@ func TestPrintErrorPanicDetail(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if code := printError(&buf, "", st.Err()); code != exitError {
+	if code := printError(&buf, "", nil, st.Err()); code != exitError {
 		t.Errorf("exit code %d, want %d", code, exitError)
 	}
 	want := "pluginctl: plugin panicked\n  panic: boom\n  fingerprint: abc123\n"
@@ -100,7 +100,7 @@ func TestPrintErrorPanicDetail(t *testing.T) {
 func TestPrintErrorConnect(t *testing.T) {
 	err := status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial unix /x.sock: connect: no such file or directory"`)
 	var buf bytes.Buffer
-	if code := printError(&buf, "unix:///x.sock", err); code != exitUnavailable {
+	if code := printError(&buf, "unix:///x.sock", nil, err); code != exitUnavailable {
 		t.Errorf("exit code %d", code)
 	}
 	if !strings.Contains(buf.String(), "cannot connect to unix:///x.sock") {
@@ -108,7 +108,7 @@ func TestPrintErrorConnect(t *testing.T) {
 	}
 	// A daemon-side Unavailable is printed as is.
 	buf.Reset()
-	if code := printError(&buf, "unix:///x.sock", status.Error(codes.Unavailable, `plugin "echo" is restarting`)); code != exitUnavailable {
+	if code := printError(&buf, "unix:///x.sock", nil, status.Error(codes.Unavailable, `plugin "echo" is restarting`)); code != exitUnavailable {
 		t.Errorf("exit code %d", code)
 	}
 	if buf.String() != "pluginctl: plugin \"echo\" is restarting\n" {
@@ -125,7 +125,7 @@ func TestPrintErrorDetailsNotInMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	printError(&buf, "", st.Err())
+	printError(&buf, "", nil, st.Err())
 	want := "pluginctl: candidate failed\n  stage: start\n  reason: exit status 3\n  active generation: none\n"
 	if buf.String() != want {
 		t.Errorf("output %q, want %q", buf.String(), want)

@@ -1,25 +1,31 @@
 // Command pluginctl drives plugind, the plugincontrol daemon, over its gRPC
-// control API: load, reload, unload and list plugins, call them, and read or
-// watch their health. Run "pluginctl help" for usage and exit codes.
+// control API: load, reload, unload and list plugins, apply a file of specs,
+// call plugins, and read or watch their health. Run "pluginctl help" for
+// usage and exit codes.
+//
+// pluginctl is presentation only: every call, stream, resume and wait goes
+// through the Go client (package client).
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"slices"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/plugincontrol/plugincontrol/client"
+	"github.com/plugincontrol/plugincontrol/internal/version"
 )
 
 func main() {
@@ -44,6 +50,7 @@ type cli struct {
 	getenv     func(string) string
 	isTerminal func(io.Writer) bool
 	location   *time.Location // of the times audit prints
+	workDir    string         // where .plugind/plugind.sock is looked for; "" is the current directory
 
 	// global flags
 	addr      string
@@ -52,47 +59,13 @@ type cli struct {
 	color     string
 	timeout   time.Duration
 
-	pal palette // colours of table output, from --color
+	pal   palette  // colours of table output, from --color
+	tried []string // how the address was found (for connection errors)
+	ran   bool     // a command's own code ran (its errors are not usage errors)
 }
 
-// command is a pluginctl subcommand.
-type command struct {
-	name    string
-	summary string // one line, for completion scripts
-	usage   string // synopsis and flags, shown by "help NAME" and "NAME -h"
-	run     func(c *cli, ctx context.Context, args []string) error
-	hidden  bool // not in the usage or completion (internal helpers)
-
-	// For shell completion: the command's flags (besides -h) and what its
-	// positional arguments are.
-	flags []flagSpec
-	args  argKind
-}
-
-// commands lists the subcommands in the order the usage shows them.
-var commands = []*command{
-	{name: "load", summary: "launch a new plugin instance", usage: loadUsage, run: (*cli).load, flags: slices.Concat(specFlagSpecs, waitFlagSpecs), args: argsNone},
-	{name: "reload", summary: "start a new generation and swap to it if it passes validation", usage: reloadUsage, run: (*cli).reload, flags: slices.Concat(specFlagSpecs, reloadFlagSpecs, waitFlagSpecs), args: argsFirstName},
-	{name: "unload", summary: "drain and stop a plugin and forget it", usage: unloadUsage, run: (*cli).unload, flags: []flagSpec{drainFlagSpec}, args: argsFirstName},
-	{name: "list", summary: "list plugins and their status", usage: listUsage, run: (*cli).list, args: argsNone, flags: listFlagSpecs},
-	{name: "invoke", summary: "call a plugin method", usage: invokeUsage, run: (*cli).invoke, flags: invokeFlagSpecs, args: argsFirstName},
-	{name: "health", summary: "show the current health of plugins", usage: healthUsage, run: (*cli).health, args: argsNames},
-	{name: "watch", summary: "stream health events (a live view on a terminal)", usage: watchUsage, run: (*cli).watch, flags: watchFlagSpecs, args: argsNames},
-	{name: "audit", summary: "show the audit record of mutations", usage: auditUsage, run: (*cli).audit, flags: auditFlagSpecs, args: argsFirstName},
-	{name: "completion", summary: "print a shell completion script", usage: completionUsage, args: argsShell}, // run: set by init (it reads commands)
-	{name: completeNamesCommand, usage: completeNamesUsage, run: (*cli).completeNames, hidden: true},
-}
-
-func init() { lookupCommand("completion").run = (*cli).completion }
-
-func lookupCommand(name string) *command {
-	for _, cmd := range commands {
-		if cmd.name == name {
-			return cmd
-		}
-	}
-	return nil
-}
+// outputs are the values of -o; raw is invoke's exact bytes.
+var outputs = []string{"table", "json", "yaml", "raw"}
 
 func (c *cli) run(ctx context.Context, args []string) int {
 	if c.getenv == nil {
@@ -104,146 +77,229 @@ func (c *cli) run(ctx context.Context, args []string) int {
 	if c.location == nil {
 		c.location = time.Local
 	}
-	fs := flag.NewFlagSet("pluginctl", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&c.addr, "addr", client.DefaultAddr(), "daemon address")
-	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the bearer token")
-	fs.StringVar(&c.output, "o", "table", "output format: table, json or yaml")
-	fs.StringVar(&c.color, "color", "auto", "colours: auto, always or never")
-	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "deadline of each command")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(c.stdout, usage())
-			return exitOK
+	root := c.newRoot()
+	root.SetArgs(args)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		return exitOK
+	}
+	var ue *usageError
+	if !c.ran || errors.As(err, &ue) {
+		return c.usageError(cmd, err)
+	}
+	return printError(c.stderr, c.addr, c.tried, err)
+}
+
+// newRoot builds the command tree.
+func (c *cli) newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "pluginctl",
+		Short: "drive plugind, the plugincontrol daemon",
+		Long: `pluginctl drives plugind, the plugincontrol daemon, over its gRPC control API.
+
+The daemon's address is --addr, else $PLUGIND_ADDR, else .plugind/plugind.sock
+in the current directory when it exists (where "make run" starts plugind),
+else unix://$XDG_STATE_HOME/plugind/plugind.sock (or
+~/.local/state/plugind/plugind.sock). Addresses: unix:///abs/path,
+unix:relative/path or tcp://host:port.
+
+Flags go anywhere on the line; "--" ends them. Durations take a unit (30s,
+1m30s, 500ms) or are a number of seconds.`,
+		Version:       version.String(),
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		// No command: a usage error (cobra would print the help and exit 0).
+		RunE: func(*cobra.Command, []string) error { return usagef("no command given") },
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return c.setup(cmd)
+		},
+	}
+	root.SetVersionTemplate("pluginctl {{.Version}}\n")
+	// Before the completion command is made: it keeps the writer it finds.
+	root.SetIn(c.stdin)
+	root.SetOut(c.stdout)
+	root.SetErr(c.stderr)
+	pf := root.PersistentFlags()
+	pf.StringVar(&c.addr, "addr", "", "daemon address (default: see above)")
+	pf.StringVar(&c.tokenFile, "token-file", "", "send the bearer token read from this file")
+	oneOfFlag(root, pf, &c.output, "output", "o", "table", "output format: table, json (protojson with proto field names) or yaml (the same document); raw: invoke's payload exactly", outputs...)
+	oneOfFlag(root, pf, &c.color, "color", "", "auto", "colour plugin states in tables: auto (when standard output is a terminal and NO_COLOR is unset), always or never", "auto", "always", "never")
+	durationFlag(pf, &c.timeout, "timeout", 30*time.Second, "deadline of each command's calls, 0 for none")
+	_ = root.RegisterFlagCompletionFunc("addr", cobra.NoFileCompletions)
+
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		msg := err.Error()
+		if name, ok := strings.CutPrefix(msg, "unknown flag: --"); ok {
+			if s := closestFlag(cmd.Flags(), name); s != "" {
+				msg += fmt.Sprintf(" (did you mean --%s?)", s)
+			}
 		}
-		return c.usageError(nil, err)
+		return usagef("%s: %s", cmd.Name(), msg)
+	})
+	root.AddGroup(&cobra.Group{ID: "plugins", Title: "Plugins:"}, &cobra.Group{ID: "state", Title: "Desired state:"}, &cobra.Group{ID: "observe", Title: "Health and audit:"})
+	root.AddCommand(
+		c.loadCmd(), c.reloadCmd(), c.unloadCmd(), c.listCmd(), c.invokeCmd(),
+		c.getCmd(), c.applyCmd(), c.diffCmd(),
+		c.healthCmd(), c.watchCmd(), c.auditCmd(),
+		c.versionCmd(),
+	)
+	root.SetHelpCommand(c.helpCmd(root))
+	// Made now rather than at Execute, so that "help" shows --version and
+	// completion's unknown shells are usage errors.
+	root.InitDefaultHelpFlag()
+	root.InitDefaultVersionFlag()
+	root.InitDefaultCompletionCmd()
+	if comp, _, err := root.Find([]string{"completion"}); err == nil && comp != root {
+		comp.Args = cobra.ArbitraryArgs
+		comp.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return cmd.Help()
+			}
+			return usagef("completion: unknown shell %q: want bash, zsh, fish or powershell", args[0])
+		}
 	}
-	switch c.output {
-	case "table", "json", "yaml":
-	default:
-		return c.usageError(nil, usagef("-o %q: want table, json or yaml", c.output))
+	root.SetUsageTemplate(root.UsageTemplate() + exitCodesText)
+	return root
+}
+
+// exitCodesText ends every help text.
+const exitCodesText = `
+Exit codes:
+  0  success
+  1  any other error returned by the daemon, or a local failure
+  2  usage error: bad flags or arguments
+  3  cannot connect to the daemon, or it is unavailable (Unavailable)
+  4  no such plugin (NotFound)
+  5  the candidate failed validation (FailedPrecondition); the active
+     generation, if any, keeps serving
+  6  generation mismatch (Aborted): --expected-generation is not active
+  7  not healthy: with --wait-healthy, the new generation did not become (or
+     stay, with --settle) SERVING within --wait-timeout; the load or swap
+     itself happened, and the reason is printed
+  8  reverted: with reload --bake --wait (or apply --bake), the new
+     generation failed during its bake and plugind went back to the previous
+     one (or the bake was cancelled); the reason is printed
+  9  audit --verify: the audit log's hash chain does not verify (a record was
+     changed, removed or inserted); the first break is printed
+ 10  diff --exit-code: the file and the daemon differ
+`
+
+// helpCmd is "help [COMMAND]": cobra's, except that an unknown command is
+// a usage error rather than a message with exit 0.
+func (c *cli) helpCmd(root *cobra.Command) *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [COMMAND]",
+		Short: "show the help of pluginctl or of a command",
+		Args:  maxArgs(1, "[COMMAND]"),
+		ValidArgsFunction: func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+			if len(args) > 0 {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			var names []string
+			for _, sub := range root.Commands() {
+				if sub.IsAvailableCommand() {
+					names = append(names, sub.Name())
+				}
+			}
+			return names, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			target := root
+			if len(args) == 1 {
+				found, rest, err := root.Find(args)
+				if err != nil || found == root || len(rest) > 0 || !found.IsAvailableCommand() && found.Name() != "help" {
+					return usagef("help: unknown command %q", args[0])
+				}
+				target = found
+			}
+			return target.Help()
+		},
 	}
+}
+
+// setup checks the global flags once the command line is parsed.
+func (c *cli) setup(cmd *cobra.Command) error {
 	switch c.color {
 	case "auto":
 		c.pal.on = c.terminal() && c.getenv("NO_COLOR") == ""
 	case "always":
 		c.pal.on = true
-	case "never":
-	default:
-		return c.usageError(nil, usagef("--color %q: want auto, always or never", c.color))
 	}
 	if c.timeout < 0 {
-		return c.usageError(nil, usagef("--timeout must not be negative"))
+		return usagef("--timeout must not be negative")
 	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		return c.usageError(nil, usagef("no command given"))
+	if c.output == "raw" && cmd.Name() != "invoke" {
+		return usagef("-o raw is for invoke only: want table, json or yaml")
 	}
-	name, rest := rest[0], rest[1:]
-	if name == "help" {
-		return c.help(rest)
-	}
-	cmd := lookupCommand(name)
-	if cmd == nil {
-		return c.usageError(nil, usagef("unknown command %q", name))
-	}
-	err := cmd.run(c, ctx, rest)
-	switch {
-	case err == nil:
-		return exitOK
-	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(c.stdout, cmd.usage)
-		return exitOK
-	}
-	var ue *usageError
-	if errors.As(err, &ue) {
-		return c.usageError(cmd, err)
-	}
-	return printError(c.stderr, c.addr, err)
+	c.addr, c.tried = c.discover(cmd.Flags().Lookup("addr"))
+	return nil
 }
 
-// help prints the usage of pluginctl or of one command.
-func (c *cli) help(args []string) int {
-	if len(args) == 0 {
-		fmt.Fprint(c.stdout, usage())
-		return exitOK
+// discover finds the daemon's address: --addr, then $PLUGIND_ADDR, then
+// .plugind/plugind.sock in the current directory, then the XDG default.
+// It also returns what it looked at, for connection errors.
+func (c *cli) discover(flag *pflag.Flag) (string, []string) {
+	var tried []string
+	if flag != nil && flag.Changed {
+		return c.addr, []string{"--addr " + c.addr}
 	}
-	cmd := lookupCommand(args[0])
-	if cmd == nil || cmd.hidden {
-		return c.usageError(nil, usagef("help: unknown command %q", args[0]))
+	tried = append(tried, "--addr: not given")
+	if a := c.getenv("PLUGIND_ADDR"); a != "" {
+		return a, append(tried, "$PLUGIND_ADDR="+a)
 	}
-	fmt.Fprint(c.stdout, cmd.usage)
-	return exitOK
+	tried = append(tried, "$PLUGIND_ADDR: not set")
+	local := filepath.Join(".plugind", "plugind.sock")
+	abs, err := filepath.Abs(filepath.Join(c.workDir, local))
+	if err == nil {
+		if fi, err := os.Stat(abs); err == nil && fi.Mode().Type() == os.ModeSocket {
+			return "unix://" + abs, append(tried, "./"+local+": found")
+		}
+	}
+	tried = append(tried, "./"+local+": no socket there")
+	xdg := c.getenv("XDG_STATE_HOME")
+	if xdg == "" {
+		if home, err := os.UserHomeDir(); err == nil {
+			xdg = filepath.Join(home, ".local", "state")
+		}
+	}
+	def := "unix://" + filepath.Join(xdg, "plugind", "plugind.sock")
+	return def, append(tried, "the default "+def)
 }
 
 // usageError reports a command-line problem and returns exitUsage.
-func (c *cli) usageError(cmd *command, err error) int {
-	fmt.Fprintf(c.stderr, "pluginctl: %v\n", err)
-	if cmd != nil {
-		fmt.Fprintln(c.stderr, strings.SplitN(cmd.usage, "\n", 2)[0])
-		fmt.Fprintf(c.stderr, "Run 'pluginctl help %s' for its flags.\n", cmd.name)
+func (c *cli) usageError(cmd *cobra.Command, err error) int {
+	fmt.Fprintf(c.stderr, "pluginctl: %s\n", strings.TrimRight(err.Error(), "\n"))
+	if cmd != nil && cmd.HasParent() {
+		fmt.Fprintf(c.stderr, "usage: %s\n", cmd.UseLine())
+		fmt.Fprintf(c.stderr, "Run 'pluginctl help %s' for its flags.\n", cmd.Name())
 	} else {
 		fmt.Fprintln(c.stderr, "Run 'pluginctl help' for usage.")
 	}
 	return exitUsage
 }
 
-// newFlagSet returns the flag set of a command; errors are reported by run.
-func newFlagSet(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	return fs
-}
-
-// parseArgs parses flags that may come before, between or after the
-// positional arguments (as in "load echo --binary echo"), and returns the
-// positional arguments. "--" ends the flags; everything after it is
-// positional. A bad flag is a usage error; -h/--help gives flag.ErrHelp.
-func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			for _, g := range globalFlagSpecs {
-				if strings.HasSuffix(err.Error(), "flag provided but not defined: -"+g.name) {
-					return nil, usagef("%s: %v (global flags go before the command)", fs.Name(), err)
-				}
-			}
-			return nil, usagef("%s: %v", fs.Name(), err)
-		}
-		rest := fs.Args()
-		consumed := len(args) - len(rest)
-		if consumed > 0 && args[consumed-1] == "--" && !isFlagValue(fs, args, consumed-1) {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
+// body wraps a command's code: errors from it are the command's, not the
+// command line's (which cobra reports before it runs).
+func (c *cli) body(fn func(ctx context.Context, cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c.ran = true
+		return fn(cmd.Context(), cmd, args)
 	}
 }
 
-// isFlagValue reports whether args[i] is the value of the flag before it
-// (as in "--arg --"), rather than a flag terminator.
-func isFlagValue(fs *flag.FlagSet, args []string, i int) bool {
-	if i == 0 {
-		return false
+// exactArgs, rangeArgs and maxArgs check the positional arguments, saying
+// what was wanted.
+func exactArgs(n int, what string) cobra.PositionalArgs { return rangeArgs(n, n, what) }
+
+func maxArgs(n int, what string) cobra.PositionalArgs { return rangeArgs(0, n, what) }
+
+func rangeArgs(min, max int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < min || (max >= 0 && len(args) > max) {
+			return usagef("%s: want %s, got %d argument(s)", cmd.Name(), what, len(args))
+		}
+		return nil
 	}
-	prev := args[i-1]
-	if !strings.HasPrefix(prev, "-") || prev == "-" || prev == "--" || strings.Contains(prev, "=") {
-		return false
-	}
-	f := fs.Lookup(strings.TrimLeft(prev, "-"))
-	if f == nil {
-		return false
-	}
-	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
-		return false
-	}
-	return true
 }
 
 // connect dials the daemon with the global flags.
@@ -275,13 +331,10 @@ func (c *cli) withTimeout(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, c.timeout)
 }
 
-// call is the common part of the commands that make calls: it dials the
-// daemon with the global flags (connect), and runs fn with the client and a
-// context bounded by --timeout (withTimeout). The client is closed when fn
-// returns. Errors, whether from dialing or from fn, come back unchanged for
-// run to report (printError) and turn into the exit code. A command that
-// goes on after its call without --timeout (--wait-healthy) names fn's
-// context rctx and keeps its own ctx for that.
+// call dials the daemon (connect) and runs fn with the client and a
+// context bounded by --timeout; the client is closed when fn returns. A
+// command that goes on after its call without --timeout (--wait-healthy)
+// names fn's context rctx and keeps its own ctx for that.
 func (c *cli) call(ctx context.Context, fn func(ctx context.Context, cl *client.Client) error) error {
 	cl, err := c.connect(ctx)
 	if err != nil {
@@ -302,8 +355,8 @@ func (c *cli) show(m proto.Message, table func() error) error {
 	return table()
 }
 
-// structured reports whether -o asks for json or yaml rather than a table.
-func (c *cli) structured() bool { return c.output != "table" }
+// structured reports whether -o asks for json or yaml.
+func (c *cli) structured() bool { return c.output == "json" || c.output == "yaml" }
 
 // print writes a response as -o json or -o yaml asks.
 func (c *cli) print(m proto.Message) error {

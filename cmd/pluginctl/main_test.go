@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -115,14 +116,11 @@ func TestHelp(t *testing.T) {
 			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
 		}
 		for _, want := range []string{
-			"load NAME", "reload NAME", "unload NAME", "list", "invoke NAME METHOD", "health [NAME...]", "watch [NAME...]",
-			"--addr", "--token-file", "-o table|json", "--timeout",
-			"--binary", "--sha256", "--arg", "--env", "--config", "--config-file", "--start-timeout",
-			"--validate-only", "--expected-generation", "--drain-timeout", "--payload-file", "--since",
-			"-o table|json|yaml", "--color auto|always|never", "NO_COLOR", "audit [NAME] [--limit N] [--before SEQ]", "completion bash|zsh|fish",
-			"--wait-healthy", "--wait-timeout", "--settle", "--plain", "--limit N", "--before SEQ",
+			"load", "reload", "unload", "list", "invoke", "health", "watch", "audit", "get", "apply", "diff", "version", "completion",
+			"--addr", "--token-file", "-o, --output", "--timeout", "--color", "--version",
+			"$PLUGIND_ADDR", ".plugind/plugind.sock", "number of seconds",
 			"Exit codes", "2  usage error", "3  cannot connect", "4  no such plugin", "5  the candidate failed", "6  generation mismatch",
-			"7  not healthy",
+			"7  not healthy", "8  reverted", "9  audit --verify", "10  diff --exit-code",
 		} {
 			if !strings.Contains(r.stdout, want) {
 				t.Errorf("%q: usage lacks %q", args, want)
@@ -131,8 +129,51 @@ func TestHelp(t *testing.T) {
 	}
 	for _, args := range [][]string{{"help", "reload"}, {"reload", "-h"}, {"reload", "echo", "--help"}} {
 		r := runCLI(context.Background(), "", args...)
-		if r.code != 0 || !strings.HasPrefix(r.stdout, "usage: pluginctl [global flags] reload NAME") {
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "Start a new generation of NAME") || !strings.Contains(r.stdout, "pluginctl reload NAME [flags]") {
 			t.Errorf("%q: exit %d, stdout %q", args, r.code, r.stdout)
+		}
+		for _, want := range []string{"--binary", "--sha256", "--arg", "--env", "--config", "--config-file", "--start-timeout", "--handshake",
+			"--validate-only", "--expected-generation", "--drain-timeout", "--bake", "--wait", "--wait-healthy", "--wait-timeout", "--settle", "Exit codes"} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("%q: reload's help lacks %q", args, want)
+			}
+		}
+	}
+	if r := runCLI(context.Background(), "", "help", "--help"); r.code != 0 || !strings.Contains(r.stdout, "pluginctl help [COMMAND]") {
+		t.Errorf("help --help: %+v", r)
+	}
+	if r := runCLI(context.Background(), "", "--version"); r.code != 0 || !strings.HasPrefix(r.stdout, "pluginctl ") {
+		t.Errorf("--version: %+v", r)
+	}
+}
+
+// TestCommandLine: flags anywhere, suggestions for typos, durations with
+// or without a unit.
+func TestCommandLine(t *testing.T) {
+	f := &fakeDaemon{plugins: []*plugincontrolv1.PluginStatus{{Name: "echo", Spec: &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"}}}}
+	addr := f.start(t)
+	// Global flags after the command and its arguments.
+	r := runCLI(context.Background(), "", "list", "-o", "json", "--addr", addr, "--timeout", "5")
+	if r.code != 0 || !regexp.MustCompile(`"name":\s+"echo"`).MatchString(r.stdout) {
+		t.Errorf("flags after the command: %+v", r)
+	}
+	r = runCLI(context.Background(), "", "get", "echo", "--addr="+addr, "-o", "yaml")
+	if r.code != 0 || r.stdout != "binary: echo\nname: echo\n" {
+		t.Errorf("get echo -o yaml: %+v", r)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"load", "echo", "--binray", "x"}, "unknown flag: --binray (did you mean --binary?)"},
+		{[]string{"lsit"}, "Did you mean this?\n\tlist"},
+		{[]string{"list", "--timeout", "5x"}, "want a duration such as 30s, 1m30s or 500ms, or a number of seconds"},
+		{[]string{"list", "-o", "xml"}, "want table, json, yaml, raw"},
+		{[]string{"list", "-o", "raw"}, "-o raw is for invoke only"},
+	} {
+		r := runCLI(context.Background(), "", append(tt.args, "--addr", addr)...)
+		if r.code != exitUsage || !strings.Contains(r.stderr, tt.want) {
+			t.Errorf("%q: exit %d, stderr %q; want %q", tt.args, r.code, r.stderr, tt.want)
 		}
 	}
 }
@@ -147,7 +188,6 @@ func TestUsageErrors(t *testing.T) {
 		{"--timeout", "-1s", "list"},
 		{"--bogus", "list"},
 		{"list", "extra"},
-		{"list", "-o", "json"},
 		{"load"},
 		{"load", "a", "b"},
 		{"load", "echo", "--config", "x", "--config-file", "y"},
@@ -162,10 +202,13 @@ func TestUsageErrors(t *testing.T) {
 		{"audit", "a", "b"},
 		{"audit", "--limit", "20000"},
 		{"audit", "--before", "-1"},
-		{"completion"},
 		{"completion", "tcsh"},
 		{"completion", "bash", "zsh"},
-		{"help", completeNamesCommand},
+		{"help", "__complete"},
+		{"apply"},
+		{"apply", "-f", "/nonexistent/plugins.yaml", "extra"},
+		{"diff", "x"},
+		{"version", "x"},
 		{"reload", "echo", "--settle", "1s"},
 		{"reload", "echo", "--wait-timeout", "1s"},
 		{"reload", "echo", "--wait-healthy", "--validate-only"},
@@ -188,7 +231,7 @@ func TestUsageErrors(t *testing.T) {
 func TestCannotConnect(t *testing.T) {
 	dir := shortTempDir(t)
 	addr := "unix://" + filepath.Join(dir, "missing.sock")
-	for _, args := range [][]string{{"list"}, {"health"}, {"watch"}, {"invoke", "echo", "echo", "x"}, {"audit"}, {completeNamesCommand}} {
+	for _, args := range [][]string{{"list"}, {"health"}, {"watch"}, {"invoke", "echo", "echo", "x"}, {"audit"}, {"get"}, {"version"}} {
 		r := runCLI(context.Background(), "", append([]string{"--addr", addr}, args...)...)
 		if r.code != exitUnavailable || !strings.Contains(r.stderr, "cannot connect to "+addr) {
 			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)

@@ -6,9 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -19,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"sigs.k8s.io/yaml"
 
+	"github.com/plugincontrol/plugincontrol/client"
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
 
@@ -372,7 +370,7 @@ func TestWaitHealthy(t *testing.T) {
 				send(s, hev(evChanged, 5, "echo", degraded, 2, "crashed: panic: lost connection"))
 				return block(s)
 			},
-			code: exitNotHealthy, stderr: "after it was SERVING (within --settle 5s): crashed: panic: lost connection",
+			code: exitNotHealthy, stderr: "after it was SERVING (within the settle period of 5s): crashed: panic: lost connection",
 		},
 		{
 			name: "reconnects and resumes",
@@ -536,9 +534,16 @@ func TestWatchLive(t *testing.T) {
 	if frames[0] != "" || len(frames) < 4 {
 		t.Fatalf("%d frames:\n%q", len(frames)-1, out)
 	}
-	// The reconnect notice is shown in the view, not on stderr.
-	if stderr.Len() != 0 || !strings.Contains(out, "daemon shutting down; reconnecting in 100ms from revision 6") {
-		t.Errorf("reconnect notice: stderr %q\n%s", stderr.String(), out)
+	// The lost connection is a banner in the view, not on stderr, and the
+	// rows under it are dimmed.
+	banner := regexp.MustCompile(`CONNECTION LOST since \d\d:\d\d:\d\d \(\d+s ago\): daemon shutting down; retrying (in \d+ms|now)\. The rows below are the last known state\.`)
+	if stderr.Len() != 0 || !banner.MatchString(out) {
+		t.Errorf("reconnect banner: stderr %q\n%s", stderr.String(), out)
+	}
+	for _, fr := range frames {
+		if strings.Contains(fr, "CONNECTION LOST") && !strings.Contains(fr, ansiDim+"NAME") {
+			t.Errorf("rows not dimmed under the banner:\n%q", fr)
+		}
 	}
 	last := stripANSI(frames[len(frames)-1])
 	for _, want := range []string{
@@ -551,8 +556,8 @@ func TestWatchLive(t *testing.T) {
 			t.Errorf("last frame lacks %q:\n%s", want, last)
 		}
 	}
-	if strings.Contains(last, "reconnecting") {
-		t.Errorf("the reconnect notice outlived the reconnect:\n%s", last)
+	if strings.Contains(last, "CONNECTION LOST") {
+		t.Errorf("the banner outlived the reconnect:\n%s", last)
 	}
 	if !strings.Contains(frames[len(frames)-1], "\x1b[31mUNHEALTHY\x1b[0m  ") {
 		t.Errorf("no colours in the live view:\n%q", frames[len(frames)-1])
@@ -573,172 +578,6 @@ func TestWatchLive(t *testing.T) {
 		if r.stdout != watchHeader+"\n5         SYNCED    -                     -          -     -\n" {
 			t.Errorf("tty %v: %q", tty, r.stdout)
 		}
-	}
-}
-
-func TestCompleteNames(t *testing.T) {
-	f := &fakeDaemon{plugins: []*plugincontrolv1.PluginStatus{{Name: "echo"}, {Name: "echo-2"}}}
-	addr := f.start(t)
-	r := runCLI(context.Background(), "", "--addr", addr, completeNamesCommand)
-	if r.code != 0 || r.stdout != "echo\necho-2\n" {
-		t.Errorf("%+v", r)
-	}
-	// Hidden from the usage and the completion scripts.
-	if h := runCLI(context.Background(), "", "help"); strings.Contains(h.stdout, completeNamesCommand) {
-		t.Errorf("usage shows %s", completeNamesCommand)
-	}
-	for _, sh := range shells {
-		r := runCLI(context.Background(), "", "completion", sh)
-		if strings.Contains(strings.ReplaceAll(r.stdout, "--timeout 3s "+completeNamesCommand, ""), completeNamesCommand+" ") {
-			t.Errorf("%s completion offers %s", sh, completeNamesCommand)
-		}
-	}
-}
-
-// usageFlag matches the long flags a usage text mentions.
-var usageFlag = regexp.MustCompile(`--[a-z][a-z0-9-]+`)
-
-func TestCompletionFlags(t *testing.T) {
-	global := map[string]bool{}
-	for _, f := range globalFlagSpecs {
-		global[f.name] = true
-	}
-	kinds := map[string]bool{}
-	for _, cmd := range commands {
-		listed := map[string]bool{}
-		for _, f := range cmd.flags {
-			listed[f.name] = true
-			// Both kinds of the same name would confuse the scripts, which
-			// share one list of flags taking values.
-			if k, ok := kinds[f.name]; ok && k != f.boolean() {
-				t.Errorf("flag %s is boolean in one command and not in another", f.name)
-			}
-			kinds[f.name] = f.boolean()
-			// The command has the flag: "-h" after it gives the usage.
-			args := []string{cmd.name, "--" + f.name}
-			switch f.value {
-			case "":
-			case "D", "DURATION":
-				args = append(args, "1s")
-			default:
-				args = append(args, "1")
-			}
-			if r := runCLI(context.Background(), "", append(args, "-h")...); r.code != 0 {
-				t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
-			}
-			if !strings.Contains(cmd.usage, "--"+f.name) {
-				t.Errorf("%s: usage does not document --%s", cmd.name, f.name)
-			}
-		}
-		// Every flag the usage documents is completed (health mentions
-		// watch --since).
-		for _, m := range usageFlag.FindAllString(cmd.usage, -1) {
-			if n := strings.TrimPrefix(m, "--"); !listed[n] && !global[n] && (cmd.name != "health" || n != "since") {
-				t.Errorf("%s: --%s is in the usage but not in the completion", cmd.name, n)
-			}
-		}
-		if !cmd.hidden && cmd.summary == "" {
-			t.Errorf("%s has no summary", cmd.name)
-		}
-	}
-	for _, f := range globalFlagSpecs {
-		if !strings.Contains(usage(), f.dashed()+" ") {
-			t.Errorf("usage lacks the global flag %s", f.dashed())
-		}
-	}
-}
-
-func TestCompletionScripts(t *testing.T) {
-	scripts := map[string]string{}
-	for _, sh := range shells {
-		r := runCLI(context.Background(), "", "completion", sh)
-		if r.code != 0 || r.stderr != "" {
-			t.Fatalf("completion %s: %+v", sh, r)
-		}
-		scripts[sh] = r.stdout
-		for _, cmd := range completionCommands() {
-			if !strings.Contains(r.stdout, cmd.name) {
-				t.Errorf("%s script lacks the command %s", sh, cmd.name)
-			}
-			for _, f := range cmd.flags {
-				if !strings.Contains(r.stdout, f.name) {
-					t.Errorf("%s script lacks %s --%s", sh, cmd.name, f.name)
-				}
-			}
-		}
-	}
-	dir := t.TempDir()
-	check := func(shell string, args ...string) bool {
-		t.Helper()
-		path, err := exec.LookPath(shell)
-		if err != nil {
-			t.Logf("%s is not installed: its completion script is not checked (apt-get install %s)", shell, shell)
-			return false
-		}
-		file := filepath.Join(dir, "pluginctl."+shell)
-		if err := os.WriteFile(file, []byte(scripts[shell]), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		out, err := exec.Command(path, append(args, file)...).CombinedOutput()
-		if err != nil {
-			t.Errorf("%s %q: %v\n%s", shell, args, err, out)
-		}
-		return true
-	}
-	if !check("bash", "-n") {
-		t.Fatal("bash is needed to check the bash completion script")
-	}
-	check("zsh", "-n")
-	check("fish", "--no-execute")
-
-	// Run the bash completion against a stand-in for pluginctl that
-	// answers __complete-names and records its arguments.
-	stub := filepath.Join(dir, "pluginctl")
-	log := filepath.Join(dir, "args")
-	if err := os.WriteFile(stub, []byte("#!/bin/sh\necho \"$@\" >> "+log+"\nprintf 'echo\\necho-2\\nother\\n'\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	complete := func(line string) string {
-		t.Helper()
-		cmd := exec.Command("bash", "-c", `source "$1"; COMP_LINE="$2"; COMP_POINT=${#COMP_LINE}
-read -ra COMP_WORDS <<<"$COMP_LINE"; COMP_CWORD=${#COMP_WORDS[@]}
-_pluginctl; printf '%s\n' "${COMPREPLY[@]}"`, "bash", filepath.Join(dir, "pluginctl.bash"), line)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("completing %q: %v\n%s", line, err, out)
-		}
-		return strings.Join(strings.Fields(string(out)), " ")
-	}
-	for _, tt := range []struct{ line, want string }{
-		{stub + " ", "load reload unload list invoke health watch audit completion help"},
-		{stub + " re", "reload"},
-		{stub + " --c", "--color"},
-		{stub + " -o ", "table json yaml"},
-		{stub + " --color a", "auto always"},
-		{stub + " reload ", "echo echo-2 other"},
-		{stub + " reload e", "echo echo-2"},
-		{stub + " reload echo ", ""},
-		{stub + " reload --binary x --wait-healthy o", "other"},
-		{stub + " reload --wait", "--wait --wait-healthy --wait-timeout"},
-		{stub + " watch echo ", "echo echo-2 other"},
-		{stub + " audit --limit 5 ", "echo echo-2 other"},
-		{stub + " audit --limit ", ""},
-		{stub + " invoke echo ", ""},
-		{stub + " load ", ""},
-		{stub + " help a", "audit"},
-		{stub + " completion ", "bash zsh fish"},
-		{stub + " --addr unix:///tmp/x.sock --token-file /tmp/tok health ", "echo echo-2 other"},
-	} {
-		if got := complete(tt.line); got != tt.want {
-			t.Errorf("completing %q: %q, want %q", tt.line, got, tt.want)
-		}
-	}
-	b, err := os.ReadFile(log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(b), "--addr unix:///tmp/x.sock --token-file /tmp/tok --timeout 3s "+completeNamesCommand+"\n") {
-		t.Errorf("__complete-names calls:\n%s", b)
 	}
 }
 
@@ -767,13 +606,13 @@ func TestFitWidth(t *testing.T) {
 }
 
 func TestNotHealthyError(t *testing.T) {
-	err := &notHealthyError{name: "echo", generation: 3, reason: "UNHEALTHY: 3 panics in 1m0s",
-		last: &plugincontrolv1.PluginHealth{Name: "echo", Generation: 3, State: unhealthy, Reason: "3 panics in 1m0s"}}
+	err := &client.UnhealthyError{Name: "echo", Generation: 3, Reason: "UNHEALTHY: 3 panics in 1m0s",
+		Health: &plugincontrolv1.PluginHealth{Name: "echo", Generation: 3, State: unhealthy, Reason: "3 panics in 1m0s"}}
 	if got := exitCode(fmt.Errorf("wrapped: %w", err)); got != exitNotHealthy || exitNotHealthy != 7 {
 		t.Errorf("exit code %d", got)
 	}
 	var buf bytes.Buffer
-	if code := printError(&buf, "unix:///x", err); code != 7 {
+	if code := printError(&buf, "unix:///x", nil, err); code != 7 {
 		t.Errorf("printError: %d", code)
 	}
 	if want := "pluginctl: echo generation 3 is not healthy: UNHEALTHY: 3 panics in 1m0s\n  last health: generation 3 UNHEALTHY\n"; buf.String() != want {

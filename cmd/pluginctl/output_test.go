@@ -156,8 +156,7 @@ func TestPrintJSON(t *testing.T) {
 
 func TestWatchAdvance(t *testing.T) {
 	var log bytes.Buffer
-	w := &watcher{log: &log}
-	last := uint64(10)
+	w := &watcher{log: &log, last: 10}
 	steps := []struct {
 		typ  plugincontrolv1.HealthEventType
 		rev  uint64
@@ -170,9 +169,9 @@ func TestWatchAdvance(t *testing.T) {
 		{plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SYNCED, 2, 2},     // a restarted daemon
 	}
 	for i, s := range steps {
-		w.advance(&plugincontrolv1.HealthEvent{Type: s.typ, Revision: s.rev}, &last)
-		if last != s.want {
-			t.Errorf("step %d: last = %d, want %d", i, last, s.want)
+		w.advance(&plugincontrolv1.HealthEvent{Type: s.typ, Revision: s.rev})
+		if w.last != s.want {
+			t.Errorf("step %d: last = %d, want %d", i, w.last, s.want)
 		}
 	}
 	if !strings.Contains(log.String(), "went back from 15 to 2") {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/spf13/pflag"
 )
 
 const pin = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -19,15 +22,15 @@ const pin = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 // parseSpec parses a load/reload style command line.
 func parseSpec(t *testing.T, args ...string) (*specFlags, []string) {
 	t.Helper()
-	fs := newFlagSet("load")
+	fs := pflag.NewFlagSet("load", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	var sf specFlags
 	sf.register(fs)
 	fs.Bool("validate-only", false, "")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		t.Fatalf("parseArgs(%q): %v", args, err)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parsing %q: %v", args, err)
 	}
-	return &sf, pos
+	return &sf, fs.Args()
 }
 
 func noFiles(name string) ([]byte, error) { return nil, errors.New("no files in this test: " + name) }
@@ -51,7 +54,7 @@ func TestLoadSpecAllFlags(t *testing.T) {
 	// Flags after, between and before the name, in both - and -- forms.
 	sf, pos := parseSpec(t,
 		"--binary", "echo-v2", "greeter",
-		"-sha256="+strings.ToUpper(pin),
+		"--sha256="+strings.ToUpper(pin),
 		"--arg", "-v", "--arg=--port=0",
 		"--env", "A=1", "--env", "B=x=y", "--env", "A=2",
 		"--config", `{"k":1}`,
@@ -125,17 +128,14 @@ func TestSpecFlagErrors(t *testing.T) {
 			t.Errorf("%q: %v: exit %d, want %d", args, err, exitCode(err), exitUsage)
 		}
 	}
-	// Flags the flag package itself rejects.
+	// Flags pflag itself rejects.
 	for _, args := range [][]string{
 		{"echo", "--start-timeout", "soon"},
 		{"echo", "--bogus"},
 		{"echo", "--binary"},
 	} {
-		fs := newFlagSet("load")
-		var sf specFlags
-		sf.register(fs)
-		if _, err := parseArgs(fs, args); exitCode(err) != exitUsage {
-			t.Errorf("%q: %v, want a usage error", args, err)
+		if r := runCLI(context.Background(), "", append([]string{"load"}, args...)...); r.code != exitUsage {
+			t.Errorf("%q: %+v, want a usage error", args, r)
 		}
 	}
 }
@@ -183,7 +183,7 @@ func TestReloadSpec(t *testing.T) {
 	}
 }
 
-func TestParseArgsDoubleDash(t *testing.T) {
+func TestDoubleDash(t *testing.T) {
 	tests := []struct {
 		args []string
 		pos  []string

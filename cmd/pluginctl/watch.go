@@ -8,83 +8,69 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
+	"github.com/plugincontrol/plugincontrol/client"
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/spf13/cobra"
 )
 
-// Reconnect backoff of watch: 100ms, doubling, at most 5s; back to 100ms
-// once a stream delivered an event.
-const (
-	watchBackoffInitial = 100 * time.Millisecond
-	watchBackoffMax     = 5 * time.Second
-)
-
-// watcher prints the WatchHealth stream and resumes it after the daemon
-// went away.
+// watcher prints the health events of a client.Watcher, which reconnects
+// and resumes after the daemon went away: a line (or JSON/YAML document)
+// per event, or on a terminal a live view redrawn in place, with a banner
+// while the connection is lost.
 type watcher struct {
-	control plugincontrolv1.PluginControlServiceClient
-	names   []string
-	since   uint64
-	output  string // table, json or yaml
-	pal     palette
-	out     io.Writer // events
-	log     io.Writer // reconnect notices
+	names  []string
+	since  uint64
+	addr   string
+	output string // table, json or yaml
+	pal    palette
+	out    io.Writer // events
+	log    io.Writer // reconnect notices (not live)
 
 	// live, in table mode, redraws a view of every plugin's state in place
 	// instead of printing a line per event (stdout is a terminal); width,
 	// when set, is the terminal's width at each redraw.
 	live  *liveView
 	width func() int
-}
 
-// retryable reports whether a stream error is worth reconnecting after: the
-// daemon shut down or restarted (Unavailable) or ended the stream.
-func retryable(err error) bool {
-	return errors.Is(err, io.EOF) || status.Code(err) == codes.Unavailable
+	mu   sync.Mutex // guards live and last: the watcher's goroutine applies, run draws
+	last uint64     // the revision printed last, to notice a daemon restart
 }
 
 // reconnectReason is what a reconnect notice says ended the stream: the
 // status message of err, or "stream ended" when the daemon closed it.
 func reconnectReason(err error) string {
-	if st, ok := status.FromError(err); ok && err != nil && !errors.Is(err, io.EOF) {
+	if st, ok := grpcStatus(err); ok && err != nil && !errors.Is(err, io.EOF) && st.Code() != codes.OK {
 		return oneLine(st.Message())
 	}
 	return "stream ended"
 }
 
-// sleepCtx waits d and reports true, or returns false as soon as ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// notice reports a reconnect or an anomaly: on stderr, or in the live view.
+// notice reports an anomaly on stderr (not live) or in the live view.
+// w.mu is held.
 func (w *watcher) notice(msg string) {
 	if w.live != nil {
 		w.live.status = msg
-		w.redraw()
 		return
 	}
 	fmt.Fprintf(w.log, "pluginctl: watch: %s\n", msg)
 }
 
+// redraw draws the live view. w.mu is not held.
 func (w *watcher) redraw() error {
 	width := 0
 	if w.width != nil {
 		width = w.width()
 	}
-	_, err := io.WriteString(w.out, fitWidth(w.live.render(w.pal), width))
+	w.mu.Lock()
+	frame := w.live.render(w.pal)
+	w.mu.Unlock()
+	_, err := io.WriteString(w.out, fitWidth(frame, width))
 	return err
 }
 
@@ -123,11 +109,11 @@ func fitWidth(s string, width int) string {
 // escapeSeq matches a CSI escape sequence (colours, cursor moves).
 var escapeSeq = regexp.MustCompile("\x1b\\[[0-9;?]*[@-~]")
 
-// run streams until ctx is done (then it returns nil) or a stream fails
-// with an error that reconnecting will not fix. When the very first attempt
-// fails before any event arrived, its error is returned too: the daemon is
-// not there at all (wrong address, not started).
-func (w *watcher) run(ctx context.Context) error {
+// run follows the stream with cl until ctx is done (then it returns nil)
+// or the stream fails with an error reconnecting will not fix. When the
+// very first attempt fails before any event arrived, its error is returned
+// too: the daemon is not there at all (wrong address, not started).
+func (w *watcher) run(ctx context.Context, cl *client.Client) error {
 	switch {
 	case w.live != nil:
 		if err := w.redraw(); err != nil {
@@ -138,123 +124,111 @@ func (w *watcher) run(ctx context.Context) error {
 			return err
 		}
 	}
-	last := w.since
-	backoff := watchBackoffInitial
-	for attempt := 0; ; attempt++ {
-		n, err := w.once(ctx, &last)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if !retryable(err) || (attempt == 0 && n == 0) {
-			return err
-		}
-		if n > 0 {
-			backoff = watchBackoffInitial
-		}
-		w.notice(fmt.Sprintf("%s; reconnecting in %s from revision %d", reconnectReason(err), backoff, last))
-		if !sleepCtx(ctx, backoff) {
-			return nil
-		}
-		backoff = min(backoff*2, watchBackoffMax)
-	}
-}
-
-// once runs one stream from *last, printing each event (or, live, redrawing
-// the view after each batch of events) and advancing *last to the revision
-// the watcher is at. It returns how many events arrived.
-func (w *watcher) once(ctx context.Context, last *uint64) (int, error) {
-	ctx, cancel := context.WithCancel(ctx)
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	fresh := *last == 0 // the stream starts with a full snapshot
-	stream, err := w.control.WatchHealth(ctx, &plugincontrolv1.WatchHealthRequest{Names: w.names, SinceRevision: *last})
-	if err != nil {
-		return 0, err
-	}
+	dirty := make(chan struct{}, 1)
+	var (
+		gotAny   bool  // an event arrived (the daemon is there)
+		firstErr error // the first attempt's failure, before any event
+		outErr   error // writing stdout failed
+	)
+	w.last = w.since
 	if w.live != nil {
-		return w.onceLive(ctx, stream, last, fresh)
+		w.live.startStream(w.since == 0)
 	}
-	n := 0
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return n, err
+	onEvent := func(ev *plugincontrolv1.HealthEvent) {
+		gotAny = true
+		w.mu.Lock()
+		w.advance(ev)
+		if w.live != nil {
+			w.live.lost = time.Time{}
+			w.live.status = ""
+			w.live.apply(ev, time.Now())
+			w.mu.Unlock()
+			select {
+			case dirty <- struct{}{}:
+			default:
+			}
+			return
 		}
-		n++
-		w.advance(resp.GetEvent(), last)
+		w.mu.Unlock()
+		var err error
+		resp := &plugincontrolv1.WatchHealthResponse{Event: ev}
 		switch w.output {
 		case "json":
 			err = printJSON(w.out, jsonLineOptions, resp)
 		case "yaml":
 			err = printYAML(w.out, resp, true)
 		default:
-			_, err = fmt.Fprintln(w.out, formatEvent(resp.GetEvent(), w.pal))
+			_, err = fmt.Fprintln(w.out, formatEvent(ev, w.pal))
 		}
-		if err != nil {
-			// Not retryable: stdout is gone.
-			return n, fmt.Errorf("writing output: %w", err)
+		if err != nil && outErr == nil {
+			outErr = fmt.Errorf("writing output: %w", err)
+			cancel()
 		}
 	}
-}
-
-// onceLive feeds the live view: events are received on their own goroutine
-// so that everything that arrived together is applied before one redraw.
-func (w *watcher) onceLive(ctx context.Context, stream plugincontrolv1.PluginControlService_WatchHealthClient, last *uint64, fresh bool) (int, error) {
-	type item struct {
-		resp *plugincontrolv1.WatchHealthResponse
-		err  error
-	}
-	items := make(chan item, 256)
-	recvDone := make(chan struct{})
-	ctx, cancel := context.WithCancel(ctx)
-	defer func() { cancel(); <-recvDone }()
-	go func() {
-		defer close(recvDone)
-		for {
-			resp, err := stream.Recv()
-			select {
-			case items <- item{resp, err}:
-			case <-ctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
+	onReconnect := func(err error, retryIn time.Duration) {
+		if !gotAny {
+			firstErr = err
+			cancel()
+			return
 		}
-	}()
-	w.live.startStream(fresh)
-	n := 0
-	for {
-		var it item
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.live == nil {
+			w.notice(fmt.Sprintf("connection lost: %s; reconnecting in %s from revision %d", reconnectReason(err), retryIn, w.last))
+			return
+		}
+		if w.live.lost.IsZero() {
+			w.live.lost = time.Now()
+		}
+		w.live.lostReason, w.live.retryAt = reconnectReason(err), time.Now().Add(retryIn)
 		select {
-		case it = <-items:
-		case <-ctx.Done():
-			return n, ctx.Err()
+		case dirty <- struct{}{}:
+		default:
 		}
-		// A batch: this event and every one already waiting. A notice
-		// (a reconnect) stays until events arrive again.
-		if it.err == nil {
-			w.live.status = ""
-		}
-		var streamErr error
-		for batch := true; batch; {
-			if it.err != nil {
-				streamErr = it.err
-				break
+	}
+	opts := []client.WatchOption{client.WithCallback(onEvent), client.WithReconnectHook(onReconnect)}
+	if w.since > 0 {
+		opts = append(opts, client.WithSinceRevision(w.since))
+	}
+	cw, err := cl.Watch(wctx, w.names, opts...)
+	if err != nil {
+		return err
+	}
+	defer cw.Close()
+	// The banner counts the time since the connection was lost: redraw it
+	// every second while it shows.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-cw.Done():
+			switch {
+			case firstErr != nil:
+				return firstErr
+			case outErr != nil:
+				return outErr
+			case ctx.Err() != nil:
+				return nil
 			}
-			n++
-			w.advance(it.resp.GetEvent(), last)
-			w.live.apply(it.resp.GetEvent(), time.Now())
-			select {
-			case it = <-items:
-			default:
-				batch = false
+			return cw.Err()
+		case <-dirty:
+		case <-tick.C:
+			if w.live == nil {
+				continue
+			}
+			w.mu.Lock()
+			lost := !w.live.lost.IsZero()
+			w.mu.Unlock()
+			if !lost {
+				continue
 			}
 		}
-		if err := w.redraw(); err != nil {
-			return n, fmt.Errorf("writing output: %w", err)
-		}
-		if streamErr != nil {
-			return n, streamErr
+		if w.live != nil {
+			if err := w.redraw(); err != nil {
+				return fmt.Errorf("writing output: %w", err)
+			}
 		}
 	}
 }
@@ -273,14 +247,14 @@ func nextRevision(last uint64, ev *plugincontrolv1.HealthEvent) uint64 {
 	}
 }
 
-// advance moves *last to the revision the watcher is at after ev, and says
-// so when the daemon's revision went back.
-func (w *watcher) advance(ev *plugincontrolv1.HealthEvent, last *uint64) {
-	next := nextRevision(*last, ev)
-	if next < *last {
-		w.notice(fmt.Sprintf("the daemon's revision went back from %d to %d (was it restarted?)", *last, next))
+// advance moves w.last to the revision after ev, and says so when the
+// daemon's revision went back. w.mu is held.
+func (w *watcher) advance(ev *plugincontrolv1.HealthEvent) {
+	next := nextRevision(w.last, ev)
+	if next < w.last {
+		w.notice(fmt.Sprintf("the daemon's revision went back from %d to %d (was it restarted?)", w.last, next))
 	}
-	*last = next
+	w.last = next
 }
 
 // liveRecentEvents is how many recent events the live view shows.
@@ -296,7 +270,13 @@ type liveView struct {
 	synced    bool
 	lastEvent time.Time // when the last event other than a bookmark arrived
 	recent    []*plugincontrolv1.HealthEvent
-	status    string // a reconnect notice, cleared by the next event
+	status    string // a notice, cleared by the next event
+
+	// While the connection is lost (set by the reconnect hook, cleared by
+	// the next event): since when, why, and when the next attempt is.
+	lost       time.Time
+	lostReason string
+	retryAt    time.Time
 
 	// replacing is set while a snapshot that replaces the whole view
 	// arrives (a fresh stream, or a reset): the old view is dropped at its
@@ -368,6 +348,14 @@ func (v *liveView) render(p palette) string {
 	}
 	fmt.Fprintf(&b, "revision %d, last event %s, %d plugin(s)%s\n\n", v.revision, last, len(v.plugins), state)
 
+	if !v.lost.IsZero() {
+		retry := "now"
+		if d := time.Until(v.retryAt); d > 0 {
+			retry = "in " + d.Round(100*time.Millisecond).String()
+		}
+		fmt.Fprintf(&b, "%s\n\n", p.paint(ansiRed+ansiBold, fmt.Sprintf("CONNECTION LOST since %s (%s ago): %s; retrying %s. The rows below are the last known state.",
+			v.lost.Format("15:04:05"), time.Since(v.lost).Round(time.Second), v.lostReason, retry)))
+	}
 	names := make([]string, 0, len(v.plugins))
 	for n := range v.plugins {
 		names = append(names, n)
@@ -377,7 +365,15 @@ func (v *liveView) render(p palette) string {
 	for _, n := range names {
 		hs = append(hs, v.plugins[n])
 	}
-	b.WriteString(healthTable(hs).render(p))
+	table := healthTable(hs).render(p)
+	if !v.lost.IsZero() {
+		// Dimmed: states the daemon may no longer have.
+		table = strings.ReplaceAll(table, ansiReset, ansiReset+ansiDim)
+		if p.on {
+			table = ansiDim + table + ansiReset
+		}
+	}
+	b.WriteString(table)
 
 	fmt.Fprintf(&b, "\nRecent events:\n%s\n", watchHeader)
 	for _, ev := range v.recent {
@@ -388,4 +384,55 @@ func (v *liveView) render(p palette) string {
 		fmt.Fprintf(&b, "\n%s\n", p.paint(ansiYellow, v.status))
 	}
 	return b.String()
+}
+
+func (c *cli) watchCmd() *cobra.Command {
+	var (
+		since uint64
+		plain bool
+	)
+	cmd := &cobra.Command{
+		Use:     "watch [NAME...]",
+		GroupID: "observe",
+		Short:   "stream health events (a live view on a terminal)",
+		Long: `Stream health events of the named plugins (all when none is named). A new
+watch starts with a SNAPSHOT of each plugin and a SYNCED marker; then CHANGED
+and REMOVED events and periodic BOOKMARKs follow. RESET is a snapshot that
+replaces the whole view (the revision to resume from was no longer in the
+daemon's history).
+
+When standard output is a terminal (and -o table), a live view is redrawn in
+place after each batch of events: the current state of every watched plugin,
+the revision and the time of the last event, and the last 10 events. While
+the connection is lost, a banner says since when and when the next attempt
+is, and the rows are dimmed. Otherwise (piped, --plain, -o json or yaml) one
+line per event: REVISION TYPE NAME STATE GEN REASON; with -o json one JSON
+object per line, with -o yaml one YAML document per event, each starting with
+"---"; a lost connection is reported on standard error.
+
+When the daemon goes away the stream is reopened with backoff (100ms doubling
+to 5s), resuming after the last revision seen. --timeout does not apply. Ends
+with exit code 0 on SIGINT or SIGTERM.`,
+		ValidArgsFunction: c.completeNames(-1),
+		RunE: c.body(func(ctx context.Context, _ *cobra.Command, names []string) error {
+			cl, err := c.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			w := &watcher{names: names, since: since, addr: c.addr, output: c.output, pal: c.pal, out: c.stdout, log: c.stderr}
+			if c.output == "table" && !plain && c.terminal() {
+				what := "all plugins"
+				if len(names) > 0 {
+					what = strings.Join(names, ", ")
+				}
+				w.live = newLiveView(fmt.Sprintf("pluginctl watch: %s at %s (Ctrl-C to quit)", what, c.addr))
+				w.width = func() int { return terminalWidth(c.stdout) }
+			}
+			return w.run(ctx, cl)
+		}),
+	}
+	cmd.Flags().Uint64Var(&since, "since", 0, "resume after revision N (default 0: start with a snapshot)")
+	cmd.Flags().BoolVar(&plain, "plain", false, "one line per event even when standard output is a terminal")
+	return cmd
 }

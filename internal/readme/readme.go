@@ -16,6 +16,10 @@ type Block struct {
 	Text string
 	// Line is the 1-based line of the opening fence.
 	Line int
+	// Marker is the text of an HTML comment on the line just before the
+	// opening fence ("runnable" for <!-- runnable -->), "" when none: how
+	// the documentation tests treat the block.
+	Marker string
 }
 
 // Doc is a parsed Markdown document.
@@ -56,19 +60,52 @@ func (d *Doc) Section(heading string) ([]Block, error) {
 		if h := strings.IndexByte(l, ' '); h >= 1 && h <= level && strings.Count(l[:h], "#") == h {
 			break
 		}
-		if !strings.HasPrefix(l, "```") {
-			continue
+		if b, next, ok := d.block(i); ok {
+			out = append(out, b)
+			i = next
 		}
-		b := Block{Lang: strings.TrimSpace(strings.TrimPrefix(l, "```")), Line: i + 1}
-		var text strings.Builder
-		for i++; i < len(d.lines) && !strings.HasPrefix(d.lines[i], "```"); i++ {
-			text.WriteString(d.lines[i])
-			text.WriteByte('\n')
-		}
-		b.Text = text.String()
-		out = append(out, b)
 	}
 	return out, nil
+}
+
+// All returns every fenced block of the document.
+func (d *Doc) All() []Block {
+	var out []Block
+	for i := 0; i < len(d.lines); i++ {
+		if b, next, ok := d.block(i); ok {
+			out = append(out, b)
+			i = next
+		}
+	}
+	return out
+}
+
+// block reads the fenced block opening at line i (a fence indented by
+// spaces, as in a list item, has that indentation taken off its lines) and
+// returns it and the line of its closing fence.
+func (d *Doc) block(i int) (Block, int, bool) {
+	l := d.lines[i]
+	trimmed := strings.TrimLeft(l, " ")
+	if !strings.HasPrefix(trimmed, "```") {
+		return Block{}, i, false
+	}
+	indent := l[:len(l)-len(trimmed)]
+	b := Block{Lang: strings.TrimSpace(strings.TrimPrefix(trimmed, "```")), Line: i + 1}
+	if i > 0 {
+		prev := strings.TrimSpace(d.lines[i-1])
+		if m, ok := strings.CutPrefix(prev, "<!--"); ok {
+			if m, ok = strings.CutSuffix(m, "-->"); ok {
+				b.Marker = strings.TrimSpace(m)
+			}
+		}
+	}
+	var text strings.Builder
+	for i++; i < len(d.lines) && !strings.HasPrefix(strings.TrimLeft(d.lines[i], " "), "```"); i++ {
+		text.WriteString(strings.TrimPrefix(d.lines[i], indent))
+		text.WriteByte('\n')
+	}
+	b.Text = text.String()
+	return b, i, true
 }
 
 // One returns the only block of language lang in the section, failing

@@ -18,3 +18,21 @@ func TestSection(t *testing.T) {
 		t.Fatal("a missing section passed")
 	}
 }
+
+func TestAllMarkersAndIndentedFences(t *testing.T) {
+	d := Parse("# T\n\n<!-- runnable -->\n```sh\necho a\n```\n\n- item:\n\n  ```yaml\n  k: v\n    nested: x\n  ```\n<!--not run: why-->\n```go\npackage x\n```\n")
+	bs := d.All()
+	if len(bs) != 3 {
+		t.Fatalf("%d blocks: %+v", len(bs), bs)
+	}
+	want := []Block{
+		{Lang: "sh", Text: "echo a\n", Line: 4, Marker: "runnable"},
+		{Lang: "yaml", Text: "k: v\n  nested: x\n", Line: 10},
+		{Lang: "go", Text: "package x\n", Line: 15, Marker: "not run: why"},
+	}
+	for i := range want {
+		if bs[i] != want[i] {
+			t.Errorf("block %d: %+v, want %+v", i, bs[i], want[i])
+		}
+	}
+}
