@@ -107,6 +107,7 @@ func scenarios() []scenario {
 		{"load", "Load of N plugins in parallel vs N raw go-plugin launches", runLoad},
 		{"liveness", "Liveness probing of N plugins at 1s: CPU with probing vs without", runLiveness},
 		{"passthrough", "A unary 1 KiB call through a plugin's endpoint vs direct to the plugin's socket vs nginx grpc_pass", runPassthrough},
+		{"fleet", "A staged rollout by the fleet controller across simulated agents on an embedded etcd", runFleet},
 	}
 }
 

@@ -55,6 +55,7 @@ type Client struct {
 	conn    *grpc.ClientConn
 	control plugincontrolv1.PluginControlServiceClient
 	gateway plugincontrolv1.PluginGatewayServiceClient
+	fleet   plugincontrolv1.FleetServiceClient
 }
 
 // Option configures Dial.
@@ -178,6 +179,7 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		conn:    conn,
 		control: plugincontrolv1.NewPluginControlServiceClient(conn),
 		gateway: plugincontrolv1.NewPluginGatewayServiceClient(conn),
+		fleet:   plugincontrolv1.NewFleetServiceClient(conn),
 	}, nil
 }
 
@@ -235,6 +237,11 @@ func (c *Client) Control() plugincontrolv1.PluginControlServiceClient { return c
 
 // Gateway returns the client of the data path (Invoke).
 func (c *Client) Gateway() plugincontrolv1.PluginGatewayServiceClient { return c.gateway }
+
+// Fleet returns the raw FleetService stub: the fleet's nodes, desired
+// plugins and their reports (a plugind started with --fleet-etcd; others
+// answer FailedPrecondition). Errors are not wrapped.
+func (c *Client) Fleet() plugincontrolv1.FleetServiceClient { return c.fleet }
 
 // Close closes the connection; RPCs in flight fail with codes.Canceled.
 func (c *Client) Close() error { return c.conn.Close() }

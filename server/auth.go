@@ -166,6 +166,14 @@ func (a *authorizer) requiredRole(method string) string {
 		default:
 			return RoleViewer
 		}
+	case strings.HasPrefix(method, "/plugincontrol.v1.FleetService/"):
+		// Fleet specs run on every selected node: only operators write them.
+		switch strings.TrimPrefix(method, "/plugincontrol.v1.FleetService/") {
+		case "ListNodes", "FleetStatus", "GetRollout", "WatchFleet":
+			return RoleViewer
+		default:
+			return RoleOperator
+		}
 	}
 	return RoleOperator
 }

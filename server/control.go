@@ -29,16 +29,22 @@ func (c *control) Load(ctx context.Context, req *pb.LoadRequest) (*pb.LoadRespon
 	if err != nil {
 		return nil, err
 	}
+	if err := c.s.fleetManaged(spec.Name); err != nil {
+		return nil, err
+	}
 	res, err := c.s.m.Load(ctx, spec)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &pb.LoadResponse{Plugin: statusToProto(res.Status), Report: reportToProto(res.Report)}, nil
+	return &pb.LoadResponse{Plugin: c.s.withFleetKey(statusToProto(res.Status)), Report: reportToProto(res.Report)}, nil
 }
 
 func (c *control) Reload(ctx context.Context, req *pb.ReloadRequest) (*pb.ReloadResponse, error) {
 	drain, err := duration("drain_timeout", req.GetDrainTimeout())
 	if err != nil {
+		return nil, err
+	}
+	if err := c.s.fleetManaged(req.GetName()); err != nil {
 		return nil, err
 	}
 	mr := manager.ReloadRequest{
@@ -68,7 +74,7 @@ func (c *control) Reload(ctx context.Context, req *pb.ReloadRequest) (*pb.Reload
 		return nil, toStatus(err)
 	}
 	return &pb.ReloadResponse{
-		Plugin:             statusToProto(res.Status),
+		Plugin:             c.s.withFleetKey(statusToProto(res.Status)),
 		PreviousGeneration: res.PreviousGeneration,
 		Report:             reportToProto(res.Report),
 	}, nil
@@ -77,6 +83,9 @@ func (c *control) Reload(ctx context.Context, req *pb.ReloadRequest) (*pb.Reload
 func (c *control) Unload(ctx context.Context, req *pb.UnloadRequest) (*pb.UnloadResponse, error) {
 	drain, err := duration("drain_timeout", req.GetDrainTimeout())
 	if err != nil {
+		return nil, err
+	}
+	if err := c.s.fleetManaged(req.GetName()); err != nil {
 		return nil, err
 	}
 	st, err := c.s.m.Unload(ctx, req.GetName(), drain)
@@ -118,7 +127,7 @@ func (c *control) ListPlugins(_ context.Context, req *pb.ListPluginsRequest) (*p
 	out := &pb.ListPluginsResponse{}
 	used := 0
 	for ; i < len(list) && len(out.Plugins) < size; i++ {
-		st := statusToProto(list[i])
+		st := c.s.withFleetKey(statusToProto(list[i]))
 		if basic {
 			st.Spec = nil
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/plugincontrol/plugincontrol/fleet"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/grpc"
@@ -36,6 +37,8 @@ type options struct {
 	maxRecvBytes     int
 	onCall           CallObserver
 	panicStacks      bool
+	fleet            *fleet.Store
+	fleetNode        FleetNode
 	maxStreams       uint32
 	logger           *slog.Logger
 	bookmarkInterval time.Duration
@@ -186,6 +189,7 @@ func New(m *manager.Manager, opts ...Option) *Server {
 	s.grpc = grpc.NewServer(append(gopts, o.grpcOpts...)...)
 	pb.RegisterPluginControlServiceServer(s.grpc, &control{s: s})
 	pb.RegisterPluginGatewayServiceServer(s.grpc, &gateway{s: s})
+	pb.RegisterFleetServiceServer(s.grpc, &fleetService{store: o.fleet, node: o.fleetNode})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

@@ -32,10 +32,11 @@ var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*(#.*)?$`)
 // jsonPosition is the position protojson puts in its errors.
 var jsonPosition = regexp.MustCompile(`\(line \d+:\d+\): `)
 
-// parseSpecs reads the specs of a spec file; source names it in errors.
-func parseSpecs(b []byte, source string) ([]*plugincontrolv1.PluginSpec, error) {
-	var specs []*plugincontrolv1.PluginSpec
-	seen := map[string]int{}
+// yamlDocs splits a YAML file into the JSON of its documents, a document
+// that is a list giving one per item; empty documents (or comments only)
+// are skipped. source names the file in errors.
+func yamlDocs(b []byte, source string) ([]json.RawMessage, error) {
+	var out []json.RawMessage
 	for i, doc := range docSeparator.Split(string(b), -1) {
 		j, err := yaml.YAMLToJSON([]byte(doc))
 		if err != nil {
@@ -43,37 +44,46 @@ func parseSpecs(b []byte, source string) ([]*plugincontrolv1.PluginSpec, error) 
 		}
 		j = bytes.TrimSpace(j)
 		if bytes.Equal(j, []byte("null")) || len(j) == 0 {
-			continue // empty, or comments only
+			continue
 		}
-		var raws []json.RawMessage
 		if j[0] == '[' {
+			var raws []json.RawMessage
 			if err := json.Unmarshal(j, &raws); err != nil {
 				return nil, fmt.Errorf("%s: document %d: %w", source, i+1, err)
 			}
-		} else {
-			raws = []json.RawMessage{j}
+			out = append(out, raws...)
+			continue
 		}
-		for k, raw := range raws {
-			where := fmt.Sprintf("%s: document %d", source, i+1)
-			if len(raws) > 1 {
-				where += fmt.Sprintf(", item %d", k+1)
-			}
-			spec := &plugincontrolv1.PluginSpec{}
-			if err := protojson.Unmarshal(raw, spec); err != nil {
-				// protojson's positions are in the JSON made of the YAML,
-				// not in the file: leave them out.
-				msg := jsonPosition.ReplaceAllString(strings.TrimPrefix(err.Error(), "proto: "), "")
-				return nil, fmt.Errorf("%s: not a plugin spec: %s", where, msg)
-			}
-			if spec.GetName() == "" {
-				return nil, fmt.Errorf("%s: the spec has no name", where)
-			}
-			if prev, ok := seen[spec.GetName()]; ok {
-				return nil, fmt.Errorf("%s: plugin %q is already specified in document %d", where, spec.GetName(), prev)
-			}
-			seen[spec.GetName()] = i + 1
-			specs = append(specs, spec)
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+// parseSpecs reads the specs of a spec file; source names it in errors.
+func parseSpecs(b []byte, source string) ([]*plugincontrolv1.PluginSpec, error) {
+	docs, err := yamlDocs(b, source)
+	if err != nil {
+		return nil, err
+	}
+	var specs []*plugincontrolv1.PluginSpec
+	seen := map[string]int{}
+	for i, raw := range docs {
+		where := fmt.Sprintf("%s: spec %d", source, i+1)
+		spec := &plugincontrolv1.PluginSpec{}
+		if err := protojson.Unmarshal(raw, spec); err != nil {
+			// protojson's positions are in the JSON made of the YAML, not
+			// in the file: leave them out.
+			msg := jsonPosition.ReplaceAllString(strings.TrimPrefix(err.Error(), "proto: "), "")
+			return nil, fmt.Errorf("%s: not a plugin spec: %s", where, msg)
 		}
+		if spec.GetName() == "" {
+			return nil, fmt.Errorf("%s: the spec has no name", where)
+		}
+		if prev, ok := seen[spec.GetName()]; ok {
+			return nil, fmt.Errorf("%s: plugin %q is already specified by spec %d", where, spec.GetName(), prev)
+		}
+		seen[spec.GetName()] = i + 1
+		specs = append(specs, spec)
 	}
 	if len(specs) == 0 {
 		return nil, fmt.Errorf("%s: no plugin specs", source)

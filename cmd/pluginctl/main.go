@@ -139,7 +139,7 @@ Flags go anywhere on the line; "--" ends them. Durations take a unit (30s,
 	root.AddGroup(&cobra.Group{ID: "plugins", Title: "Plugins:"}, &cobra.Group{ID: "state", Title: "Desired state:"}, &cobra.Group{ID: "observe", Title: "Health and audit:"})
 	root.AddCommand(
 		c.loadCmd(), c.reloadCmd(), c.unloadCmd(), c.listCmd(), c.invokeCmd(),
-		c.getCmd(), c.applyCmd(), c.diffCmd(),
+		c.getCmd(), c.applyCmd(), c.diffCmd(), c.fleetCmd(),
 		c.healthCmd(), c.watchCmd(), c.auditCmd(),
 		c.versionCmd(),
 	)
@@ -171,14 +171,16 @@ Exit codes:
   3  cannot connect to the daemon, or it is unavailable (Unavailable)
   4  no such plugin (NotFound)
   5  the candidate failed validation (FailedPrecondition); the active
-     generation, if any, keeps serving
+     generation, if any, keeps serving; also any other FailedPrecondition
+     (a fleet-managed plugin changed locally, a rollout in the wrong state)
   6  generation mismatch (Aborted): --expected-generation is not active
   7  not healthy: with --wait-healthy, the new generation did not become (or
      stay, with --settle) SERVING within --wait-timeout; the load or swap
      itself happened, and the reason is printed
   8  reverted: with reload --bake --wait (or apply --bake), the new
      generation failed during its bake and plugind went back to the previous
-     one (or the bake was cancelled); the reason is printed
+     one (or the bake was cancelled); with fleet rollout --wait or watch, the
+     rollout halted or was rolled back; the reason is printed
   9  audit --verify: the audit log's hash chain does not verify (a record was
      changed, removed or inserted); the first break is printed
  10  diff --exit-code: the file and the daemon differ

@@ -59,6 +59,15 @@ type config struct {
 	auditMaxAge      time.Duration
 	endpointListen   string
 	endpointMaxMsg   int
+	// The fleet (package fleet): etcd endpoints, key prefix, this node.
+	fleetEtcd     string
+	fleetPrefix   string
+	nodeName      string
+	nodeLabels    []string
+	fleetCA       string
+	fleetCert     string
+	fleetKey      string
+	fleetLeaseTTL time.Duration
 }
 
 // containmentFlag is --containment.
@@ -205,6 +214,14 @@ Store commands (stop plugind first):
 	fs.StringVar(&cfg.endpointDir, "endpoint-dir", "", "directory of the plugin endpoints: each plugin's own gRPC API is served at DIR/NAME.sock (mode 0600), forwarded to its active generation (default <state-dir>/plugins)")
 	fs.StringVar(&cfg.endpointListen, "endpoint-listen", "", "also serve every plugin endpoint on tcp://HOST:PORT, the plugin named per call in the plugincontrol-plugin metadata key (same TLS and auth rules as --listen; unset: off)")
 	fs.IntVar(&cfg.endpointMaxMsg, "endpoint-max-message-bytes", 16<<20, "largest message forwarded through a plugin endpoint, either way")
+	fs.StringVar(&cfg.fleetEtcd, "fleet-etcd", "", "join a fleet: etcd endpoints (comma-separated URLs) holding the fleet's desired plugins; this node converges to those that select it (unset: no fleet)")
+	fs.StringVar(&cfg.fleetPrefix, "fleet-prefix", "/plugincontrol", "prefix of the fleet's etcd keys")
+	fs.StringVar(&cfg.nodeName, "node-name", "", "this node's name in the fleet (default: the host name)")
+	fs.Var(listFlag{&cfg.nodeLabels}, "node-label", "a label K=V of this node, matched by fleet selectors (repeatable)")
+	fs.StringVar(&cfg.fleetCA, "fleet-etcd-ca", "", "CA bundle (PEM) verifying the etcd servers")
+	fs.StringVar(&cfg.fleetCert, "fleet-etcd-cert", "", "client certificate (PEM) for etcd")
+	fs.StringVar(&cfg.fleetKey, "fleet-etcd-key", "", "client private key (PEM) for etcd")
+	fs.DurationVar(&cfg.fleetLeaseTTL, "fleet-lease-ttl", 10*time.Second, "TTL of this node's etcd lease: a node that stops renewing it leaves the fleet's node list after that long (whole seconds, at least 2s)")
 	return fs
 }
 
@@ -315,6 +332,19 @@ func formatNumber(v float64) string {
 	return fmt.Sprint(v)
 }
 
+// labels parses --node-label.
+func (c *config) labels() (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range c.nodeLabels {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--node-label %q: want KEY=VALUE", kv)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
 func (c *config) check() error {
 	var errs []error
 	if (c.tlsCert == "") != (c.tlsKey == "") {
@@ -348,6 +378,25 @@ func (c *config) check() error {
 	}
 	if c.endpointMaxMsg < 1024 {
 		errs = append(errs, errors.New("--endpoint-max-message-bytes must be at least 1024"))
+	}
+	if c.fleetEtcd == "" {
+		for _, f := range []struct{ name, v string }{{"node-name", c.nodeName}, {"fleet-etcd-ca", c.fleetCA}, {"fleet-etcd-cert", c.fleetCert}, {"fleet-etcd-key", c.fleetKey}} {
+			if f.v != "" {
+				errs = append(errs, fmt.Errorf("--%s needs --fleet-etcd", f.name))
+			}
+		}
+		if len(c.nodeLabels) > 0 {
+			errs = append(errs, errors.New("--node-label needs --fleet-etcd"))
+		}
+	}
+	if _, err := c.labels(); err != nil {
+		errs = append(errs, err)
+	}
+	if (c.fleetCert == "") != (c.fleetKey == "") {
+		errs = append(errs, errors.New("--fleet-etcd-cert and --fleet-etcd-key go together"))
+	}
+	if c.fleetLeaseTTL < 2*time.Second || c.fleetLeaseTTL%time.Second != 0 {
+		errs = append(errs, fmt.Errorf("--fleet-lease-ttl %s: want whole seconds, at least 2s", c.fleetLeaseTTL))
 	}
 	if c.endpointListen != "" && !strings.HasPrefix(c.endpointListen, "tcp://") {
 		errs = append(errs, fmt.Errorf("--endpoint-listen %q: want tcp://HOST:PORT", c.endpointListen))

@@ -234,6 +234,16 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		closeManager()
 		return err
 	}
+	fm, err := joinFleet(cfg, m, log)
+	if err != nil {
+		closeManager()
+		return err
+	}
+	defer func() {
+		if fm != nil {
+			fm.close()
+		}
+	}()
 	metU, metS := met.ServerInterceptors()
 	opts := []server.Option{
 		server.WithLogger(log),
@@ -248,6 +258,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	if tlsCfg != nil {
 		opts = append(opts, server.WithTLS(tlsCfg))
+	}
+	if fm != nil {
+		opts = append(opts, server.WithFleet(fm.store, fm.agent))
 	}
 	srv := server.New(m, opts...)
 	met.InitializeServer(srv.GRPCServer())
@@ -306,6 +319,11 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	}
 
+	if fm != nil {
+		// After the restore: the agent adopts what the node already runs.
+		fm.start(ctx)
+		log.Info("fleet agent started", slog.String("etcd", cfg.fleetEtcd), slog.String("prefix", cfg.fleetPrefix))
+	}
 	ready.Store(true)
 	notifyReady(log, len(m.List()))
 	wctx, stopWatchdog := context.WithCancel(ctx)
@@ -323,6 +341,10 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	notifyStopping()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
+	if fm != nil {
+		fm.close() // the node leaves the fleet before its plugins stop
+		fm = nil
+	}
 	srv.Shutdown(sctx) // NOT_SERVING, streams end, calls in flight finish
 	if metricsSrv != nil {
 		_ = metricsSrv.Shutdown(sctx)

@@ -57,6 +57,28 @@ const (
 	// ReasonResponseTooLarge: one item of a listing is larger than a
 	// response may be; metadata "plugin" names it.
 	ReasonResponseTooLarge = "RESPONSE_TOO_LARGE"
+	// ReasonFleetDisabled: a FleetService call to a plugind without
+	// --fleet-etcd.
+	ReasonFleetDisabled = "FLEET_DISABLED"
+	// ReasonFleetManaged: a local Load, Reload or Unload of a plugin the
+	// fleet manages on this node; metadata "key" names its fleet key.
+	ReasonFleetManaged = "FLEET_MANAGED"
+	// ReasonFleetNotManaged: detaching a plugin the fleet does not manage on
+	// the node, or attaching one that is not detached.
+	ReasonFleetNotManaged = "FLEET_NOT_MANAGED"
+	// ReasonFleetUnpinned: a fleet spec without sha256, not allowed
+	// explicitly.
+	ReasonFleetUnpinned = "FLEET_UNPINNED"
+	// ReasonRolloutActive: a rollout of the fleet plugin is under way.
+	ReasonRolloutActive = "ROLLOUT_ACTIVE"
+	// ReasonRolloutState: the rollout is not in a state the operation
+	// applies to.
+	ReasonRolloutState = "ROLLOUT_STATE"
+	// ReasonNothingToRoll: no live node is selected, or the plugin already
+	// has the spec.
+	ReasonNothingToRoll = "NOTHING_TO_ROLL"
+	// ReasonFleetUnavailable: etcd could not be reached; nothing changed.
+	ReasonFleetUnavailable = "FLEET_UNAVAILABLE"
 	// ReasonStoreFull: the change could not be recorded: the store's disk is
 	// full (or over quota). Nothing was changed.
 	ReasonStoreFull = "STORE_FULL"

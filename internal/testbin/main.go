@@ -12,9 +12,10 @@ import (
 // Main is the TestMain of packages that run real processes: it builds what
 // the tests need into a fresh directory (build gets its path, and *dir is set
 // to it), runs the tests, and fails the run when any process started from
-// that directory is still running or goroutines leaked. Fuzzing workers
-// skip the build: they run only the fuzz target.
-func Main(m *testing.M, dir *string, build func(dir string) error) {
+// that directory is still running or goroutines leaked (opts tell goleak
+// what to ignore). Fuzzing workers skip the build: they run only the fuzz
+// target.
+func Main(m *testing.M, dir *string, build func(dir string) error, opts ...goleak.Option) {
 	flag.Parse()
 	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
 		os.Exit(m.Run())
@@ -37,7 +38,7 @@ func Main(m *testing.M, dir *string, build func(dir string) error) {
 	}
 	os.RemoveAll(d)
 	if code == 0 {
-		if err := goleak.Find(); err != nil {
+		if err := goleak.Find(opts...); err != nil {
 			fmt.Fprintf(os.Stderr, "FAIL: goroutines leaked: %v\n", err)
 			code = 1
 		}

@@ -798,7 +798,11 @@ type PluginStatus struct {
 	Services []string `protobuf:"bytes,14,rep,name=services,proto3" json:"services,omitempty"`
 	// protocol is how plugind speaks to the plugin: "native" or "grpc" (a
 	// foreign plugin, with a handshake).
-	Protocol      string `protobuf:"bytes,15,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Protocol string `protobuf:"bytes,15,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// fleet_key is the etcd key of the fleet plugin when the fleet manages
+	// this plugin on this node (plugind --fleet-etcd): local Load, Reload and
+	// Unload of it are refused. Empty for the node's own plugins.
+	FleetKey      string `protobuf:"bytes,16,opt,name=fleet_key,json=fleetKey,proto3" json:"fleet_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -938,6 +942,13 @@ func (x *PluginStatus) GetProtocol() string {
 	return ""
 }
 
+func (x *PluginStatus) GetFleetKey() string {
+	if x != nil {
+		return x.FleetKey
+	}
+	return ""
+}
+
 var File_plugincontrol_v1_spec_proto protoreflect.FileDescriptor
 
 const file_plugincontrol_v1_spec_proto_rawDesc = "" +
@@ -988,7 +999,7 @@ const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	"\x0estart_failures\x18\x0e \x01(\v2\x1e.plugincontrol.v1.FailureLimitR\rstartFailures\"_\n" +
 	"\fFailureLimit\x12\x1c\n" +
 	"\tthreshold\x18\x01 \x01(\rR\tthreshold\x121\n" +
-	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\"\xf0\x03\n" +
+	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\"\x8d\x04\n" +
 	"\fPluginStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
@@ -1010,7 +1021,8 @@ const file_plugincontrol_v1_spec_proto_rawDesc = "" +
 	"pluginName\x12\x1a\n" +
 	"\bendpoint\x18\r \x01(\tR\bendpoint\x12\x1a\n" +
 	"\bservices\x18\x0e \x03(\tR\bservices\x12\x1a\n" +
-	"\bprotocol\x18\x0f \x01(\tR\bprotocol*\xab\x01\n" +
+	"\bprotocol\x18\x0f \x01(\tR\bprotocol\x12\x1b\n" +
+	"\tfleet_key\x18\x10 \x01(\tR\bfleetKey*\xab\x01\n" +
 	"\fFailureClass\x12\x1d\n" +
 	"\x19FAILURE_CLASS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13FAILURE_CLASS_PANIC\x10\x01\x12\x17\n" +

@@ -14,11 +14,13 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { PluginControlService, PluginView } from "./gen/plugincontrol/v1/control_pb.js";
 import type { PluginStatus } from "./gen/plugincontrol/v1/spec_pb.js";
 import { PluginGatewayService } from "./gen/plugincontrol/v1/gateway_pb.js";
+import { FleetService } from "./gen/plugincontrol/v1/fleet_pb.js";
 import { HealthEventType, HealthView, type HealthEvent } from "./gen/plugincontrol/v1/health_pb.js";
 
 export * from "./gen/plugincontrol/v1/candidate_pb.js";
 export * from "./gen/plugincontrol/v1/control_pb.js";
 export * from "./gen/plugincontrol/v1/gateway_pb.js";
+export * from "./gen/plugincontrol/v1/fleet_pb.js";
 export * from "./gen/plugincontrol/v1/health_pb.js";
 export * from "./gen/plugincontrol/v1/spec_pb.js";
 export { PanicDetailSchema, type PanicDetail } from "./gen/plugincontrol/plugin/v1/plugin_pb.js";
@@ -67,6 +69,12 @@ export interface PlugindClient {
   control: Client<typeof PluginControlService>;
   /** Invoke. */
   gateway: Client<typeof PluginGatewayService>;
+  /**
+   * The fleet (a plugind started with --fleet-etcd; others answer
+   * FailedPrecondition): ListNodes, FleetStatus, ApplyFleetPlugin,
+   * DeleteFleetPlugin, StartRollout, GetRollout, Pause/Resume/AbortRollout.
+   */
+  fleet: Client<typeof FleetService>;
   /** Closes the HTTP/2 connection; calls in flight fail. */
   close(): void;
 }
@@ -102,6 +110,7 @@ export function createClient(addr: string, options: ClientOptions = {}): Plugind
   return {
     control: createConnectClient(PluginControlService, transport),
     gateway: createConnectClient(PluginGatewayService, transport),
+    fleet: createConnectClient(FleetService, transport),
     close,
   };
 }

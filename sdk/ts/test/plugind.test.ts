@@ -42,7 +42,7 @@ before(() => {
     return;
   }
   bins = path.join(tmp, "bin");
-  execFileSync("go", ["build", "-o", bins + "/", "./cmd/plugind"], { cwd: root, stdio: "inherit" });
+  execFileSync("go", ["build", "-o", bins + "/", "./cmd/plugind", "./internal/testbin/etcd"], { cwd: root, stdio: "inherit" });
   execFileSync("go", ["build", "-o", path.join(bins, "plugins") + "/", "./examples/plugins/..."], { cwd: root, stdio: "inherit" });
 });
 
@@ -299,6 +299,57 @@ test("a reload with a bake: the previous generation kept warm, then stopped", as
     assert.equal(seen[0], BakeResult.BAKING, `results seen: ${seen}`);
     assert.equal(seen[seen.length - 1], BakeResult.KEPT, `results seen: ${seen}`);
   });
+});
+
+test("the fleet: a node registers in etcd and runs what the fleet applies", async () => {
+  const etcdDir = fs.mkdtempSync(path.join(tmp, "etcd-"));
+  const clientURL = `http://127.0.0.1:${await freePort()}`;
+  const etcd = spawn(path.join(bins, "etcd"), ["--dir", etcdDir, "--client-url", clientURL, "--peer-url", `http://127.0.0.1:${await freePort()}`], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const etcdExited = new Promise<void>((resolve) => etcd.once("exit", () => resolve()));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      let out = "";
+      etcd.stdout!.on("data", (b: Buffer) => {
+        out += b.toString();
+        if (out.includes("ready")) resolve();
+      });
+      etcd.once("exit", () => reject(new Error("etcd exited before it was ready")));
+    });
+    const state = fs.mkdtempSync(path.join(tmp, "state-"));
+    const d = await startDaemon(state, undefined, ["--fleet-etcd", clientURL, "--node-name", "ts1", "--node-label", "role=web", "--fleet-lease-ttl", "2s"]);
+    const c = createClient(d.addr);
+    try {
+      const deadline = Date.now() + 20_000;
+      for (;;) {
+        const { nodes } = await c.fleet.listNodes({});
+        if (nodes.some((n) => n.name === "ts1" && n.labels.role === "web")) break;
+        assert.ok(Date.now() < deadline, "ts1 never registered");
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const applied = await c.fleet.applyFleetPlugin({
+        plugin: { spec: { name: "greet", binary: "echo" }, selector: { role: "web" } },
+        allowUnpinned: true,
+      });
+      assert.equal(applied.plugin!.specDigest.length, 64);
+      for (;;) {
+        const st = await c.fleet.fleetStatus({ plugin: "greet" });
+        if (st.statuses.some((s) => s.node === "ts1" && s.state === PluginState.SERVING && s.specDigest === applied.plugin!.specDigest)) break;
+        assert.ok(Date.now() < deadline, "greet never converged on ts1");
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      // A local unload of a fleet plugin is refused.
+      await assert.rejects(c.control.unload({ name: "greet" }), (e: unknown) => e instanceof ConnectError && e.code === Code.FailedPrecondition);
+      await c.fleet.deleteFleetPlugin({ name: "greet" });
+    } finally {
+      c.close();
+      await d.stop();
+    }
+  } finally {
+    etcd.kill("SIGTERM");
+    await etcdExited;
+  }
 });
 
 test("TLS with a client certificate and a token over TCP", async () => {

@@ -1,0 +1,109 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+
+	"github.com/plugincontrol/plugincontrol/fleet"
+	"github.com/plugincontrol/plugincontrol/internal/version"
+	"github.com/plugincontrol/plugincontrol/manager"
+)
+
+// fleetMember is this plugind's part in a fleet (--fleet-etcd): the etcd
+// client, the store FleetService serves and the agent.
+type fleetMember struct {
+	cli        *clientv3.Client
+	store      *fleet.Store
+	agent      *fleet.Agent
+	controller *fleet.Controller
+	done       chan struct{} // closed when the agent's and the controller's Run returned
+	stop       context.CancelFunc
+}
+
+// joinFleet connects to etcd (lazily: an unreachable etcd does not stop
+// plugind from starting) and prepares the agent; nil without --fleet-etcd.
+func joinFleet(cfg config, m *manager.Manager, log *slog.Logger) (*fleetMember, error) {
+	if cfg.fleetEtcd == "" {
+		return nil, nil
+	}
+	var tlsCfg *tls.Config
+	if cfg.fleetCA != "" || cfg.fleetCert != "" {
+		info := transport.TLSInfo{TrustedCAFile: cfg.fleetCA, CertFile: cfg.fleetCert, KeyFile: cfg.fleetKey}
+		var err error
+		if tlsCfg, err = info.ClientConfig(); err != nil {
+			return nil, fmt.Errorf("--fleet-etcd TLS: %w", err)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   strings.Split(cfg.fleetEtcd, ","),
+		DialTimeout: 5 * time.Second,
+		TLS:         tlsCfg,
+		Logger:      zap.NewNop(), // the agent logs what matters through slog
+		// Keepalive on the etcd connection: a partitioned etcd is noticed
+		// within about 10s, not at the next TCP timeout.
+		DialKeepAliveTime:    5 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		// Reconnect within 2s of etcd coming back (grpc-go's default
+		// backoff grows to 120s).
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		})},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--fleet-etcd: %w", err)
+	}
+	node := cfg.nodeName
+	if node == "" {
+		if node, err = os.Hostname(); err != nil {
+			cli.Close()
+			return nil, fmt.Errorf("--node-name not given and no host name: %w", err)
+		}
+	}
+	labels, _ := cfg.labels() // checked by config.check
+	v, _ := version.Get()
+	agent, err := fleet.NewAgent(fleet.AgentConfig{
+		Client: cli, Prefix: cfg.fleetPrefix, Node: node, Labels: labels, Version: v,
+		Manager: m, Logger: log, LeaseTTL: cfg.fleetLeaseTTL,
+	})
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	ctrl := fleet.NewController(fleet.ControllerConfig{Client: cli, Prefix: cfg.fleetPrefix, Node: node, Logger: log, LeaseTTL: cfg.fleetLeaseTTL})
+	return &fleetMember{cli: cli, store: fleet.NewStore(cli, cfg.fleetPrefix), agent: agent, controller: ctrl, done: make(chan struct{})}, nil
+}
+
+// start runs the agent and the controller (which campaigns to lead the
+// fleet's rollouts) until close.
+func (f *fleetMember) start(ctx context.Context) {
+	ctx, f.stop = context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = f.agent.Run(ctx) }()
+	go func() { defer wg.Done(); _ = f.controller.Run(ctx) }()
+	go func() { wg.Wait(); close(f.done) }()
+}
+
+// close stops the agent (revoking the node's lease) and the etcd client.
+func (f *fleetMember) close() {
+	if f.stop != nil {
+		f.stop()
+		<-f.done
+	}
+	f.cli.Close()
+}

@@ -1,0 +1,558 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/wire"
+	"github.com/plugincontrol/plugincontrol/manager"
+)
+
+// AgentConfig configures an Agent.
+type AgentConfig struct {
+	// Client is the etcd client (required).
+	Client *clientv3.Client
+	// Prefix of the fleet's keys ("" is DefaultPrefix).
+	Prefix string
+	// Node is this node's name (required).
+	Node string
+	// Labels are this node's labels, matched by selectors.
+	Labels map[string]string
+	// Version is this node's plugind version, shown in ListNodes.
+	Version string
+	// Manager runs the plugins (required).
+	Manager *manager.Manager
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+	// LeaseTTL is the node lease's TTL: a node that stops renewing it is
+	// gone from ListNodes after about that long (default 10s; whole
+	// seconds, at least 2).
+	LeaseTTL time.Duration
+	// StatusInterval is how often the local state is compared with what
+	// was reported (default 1s); only changes are written.
+	StatusInterval time.Duration
+}
+
+// Agent makes one plugind converge to the fleet's desired plugins (see the
+// package doc). Create it with NewAgent and run it with Run.
+type Agent struct {
+	cfg  AgentConfig
+	keys keys
+	log  *slog.Logger
+
+	// mu guards desired and managed, which the server's guard reads
+	// (Managed) while Run's goroutine changes them. No I/O under it.
+	mu       sync.Mutex
+	desired  map[string]*pb.FleetPlugin // by name: the fleet plugins that select this node
+	targets  map[string]*pb.FleetTarget // by name: this node's rollout targets
+	managed  map[string]bool            // by name: the plugins this node runs for the fleet
+	detached map[string]bool            // by name: the plugins this node no longer follows the fleet for
+
+	kick chan string // names to reconcile on Run's goroutine (after Attach)
+
+	// Run's goroutine only:
+	applied   map[string]string // by name: the digest last loaded or reloaded here
+	failed    map[string]string // by name: the digest that failed here
+	lastErr   map[string]string // by name: the last failure, for the status
+	published map[string]string // by name: the status record last written (encoded)
+}
+
+// want is what a node must run of a plugin.
+type want struct {
+	spec   *pb.PluginSpec
+	digest string
+	bake   time.Duration
+}
+
+// wantOf is the spec name must run here: the node's rollout target, else
+// the fleet plugin's spec when it selects this node; ok false when none or
+// when the node detached it. a.mu is held.
+func (a *Agent) wantOf(name string) (want, bool) {
+	if a.detached[name] {
+		return want{}, false
+	}
+	if t := a.targets[name]; t != nil {
+		return want{spec: t.GetSpec(), digest: t.GetSpecDigest(), bake: t.GetBake().AsDuration()}, true
+	}
+	if p := a.desired[name]; p != nil {
+		return want{spec: p.GetSpec(), digest: p.GetSpecDigest()}, true
+	}
+	return want{}, false
+}
+
+// NewAgent checks cfg and returns an Agent.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	switch {
+	case cfg.Client == nil:
+		return nil, errors.New("fleet: AgentConfig.Client is required")
+	case cfg.Manager == nil:
+		return nil, errors.New("fleet: AgentConfig.Manager is required")
+	case cfg.Node == "" || strings.ContainsAny(cfg.Node, "/ \t\n"):
+		return nil, fmt.Errorf("fleet: node name %q: want a non-empty name without '/' or spaces", cfg.Node)
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 10 * time.Second
+	}
+	if cfg.LeaseTTL < 2*time.Second {
+		return nil, fmt.Errorf("fleet: lease TTL %s: at least 2s", cfg.LeaseTTL)
+	}
+	if cfg.StatusInterval == 0 {
+		cfg.StatusInterval = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Agent{
+		cfg: cfg, keys: newKeys(cfg.Prefix), log: cfg.Logger.With("component", "fleet", "node", cfg.Node),
+		desired: map[string]*pb.FleetPlugin{}, targets: map[string]*pb.FleetTarget{}, managed: map[string]bool{},
+		detached: map[string]bool{}, kick: make(chan string, 16),
+		applied: map[string]string{}, failed: map[string]string{}, lastErr: map[string]string{}, published: map[string]string{},
+	}, nil
+}
+
+// Managed reports whether the fleet manages the plugin name on this node,
+// and its fleet key: local Load, Reload and Unload of it are refused.
+func (a *Agent) Managed(name string) (key string, ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.detached[name] && (a.managed[name] || a.desired[name] != nil || a.targets[name] != nil) {
+		return a.keys.plugin(name), true
+	}
+	return "", false
+}
+
+// ErrNotManaged: Detach of a plugin the fleet does not manage here, or
+// Attach of one that is not detached.
+var ErrNotManaged = errors.New("fleet: the fleet does not manage this plugin on this node")
+
+// Detach makes this node stop following the fleet for plugin name: it
+// keeps running it as its own (local Load, Reload and Unload work again)
+// until Attach. Recorded in etcd, so it survives a restart; fails when etcd
+// cannot be reached.
+func (a *Agent) Detach(ctx context.Context, name string) error {
+	if _, ok := a.Managed(name); !ok {
+		return fmt.Errorf("%w: %q", ErrNotManaged, name)
+	}
+	if _, err := a.cfg.Client.Txn(ctx).Then(
+		clientv3.OpPut(a.keys.detached(a.cfg.Node, name), "1"),
+		clientv3.OpDelete(a.keys.managed(a.cfg.Node, name)),
+	).Commit(); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.detached[name] = true
+	delete(a.managed, name)
+	a.mu.Unlock()
+	a.log.Info("detached from the fleet: the node keeps it as its own", "plugin", name)
+	return nil
+}
+
+// Attach undoes Detach: the node follows the fleet for name again (and
+// converges to its spec).
+func (a *Agent) Attach(ctx context.Context, name string) error {
+	a.mu.Lock()
+	detached := a.detached[name]
+	a.mu.Unlock()
+	if !detached {
+		return fmt.Errorf("%w: %q is not detached", ErrNotManaged, name)
+	}
+	if _, err := a.cfg.Client.Delete(ctx, a.keys.detached(a.cfg.Node, name)); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	delete(a.detached, name)
+	a.mu.Unlock()
+	select {
+	case a.kick <- name:
+	default: // the next resync reconciles it
+	}
+	a.log.Info("attached to the fleet again", "plugin", name)
+	return nil
+}
+
+// Retry delays of Run after a lost lease or an unreachable etcd: 500ms,
+// doubling, at most 10s.
+const (
+	retryInitial = 500 * time.Millisecond
+	retryMax     = 10 * time.Second
+)
+
+// Run registers the node and reconciles until ctx ends. While etcd cannot
+// be reached it retries with backoff and changes nothing locally (fail
+// static). On return the node's lease is revoked when etcd is reachable
+// (the node leaves ListNodes at once), else it expires.
+func (a *Agent) Run(ctx context.Context) error {
+	runSessions(ctx, a.log, "fleet session ended; the node keeps running what it has", a.session)
+	return nil
+}
+
+// runSessions runs session until ctx ends: after it returns, it logs
+// ended with the error and runs it again after a backoff (retryInitial,
+// doubling to retryMax; back to retryInitial after a session that lasted a
+// minute).
+func runSessions(ctx context.Context, log *slog.Logger, ended string, session func(context.Context) error) {
+	backoff := retryInitial
+	for {
+		start := time.Now()
+		err := session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > time.Minute {
+			backoff = retryInitial
+		}
+		log.Warn(ended, "error", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, retryMax)
+	}
+}
+
+// errLeaseLost ends a session whose lease expired or was revoked.
+var errLeaseLost = errors.New("the node's lease was lost")
+
+// session is one lease's lifetime: register, resync, then follow changes.
+func (a *Agent) session(ctx context.Context) error {
+	sess, err := newSession(ctx, a.cfg.Client, a.cfg.LeaseTTL)
+	if err != nil {
+		return fmt.Errorf("granting the node lease: %w", err)
+	}
+	defer func() {
+		// Revoke: a node that stops cleanly leaves at once.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_, _ = a.cfg.Client.Revoke(rctx, sess.Lease())
+		sess.Orphan()
+	}()
+	lease := sess.Lease()
+	node := &pb.FleetNode{Name: a.cfg.Node, Labels: a.cfg.Labels, Version: a.cfg.Version, RegisteredAt: timestamppb.Now()}
+	if _, err := a.cfg.Client.Put(ctx, a.keys.node(a.cfg.Node), encode(node), clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("registering the node: %w", err)
+	}
+	clear(a.published) // this lease's status keys are new
+	rev, err := a.resync(ctx)
+	if err != nil {
+		return err
+	}
+	a.log.Info("fleet node registered", "lease_ttl", a.cfg.LeaseTTL, "revision", rev)
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := a.cfg.Client.Watch(wctx, a.keys.plugins(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	tch := a.cfg.Client.Watch(wctx, a.keys.targetsOf(a.cfg.Node), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	tick := time.NewTicker(a.cfg.StatusInterval)
+	defer tick.Stop()
+	a.publish(ctx, lease)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sess.Done():
+			return errLeaseLost
+		case resp, ok := <-wch:
+			if !ok {
+				return errors.New("the watch of the fleet's plugins ended")
+			}
+			if err := resp.Err(); err != nil {
+				return fmt.Errorf("watching the fleet's plugins: %w", err)
+			}
+			for _, ev := range resp.Events {
+				name := base(string(ev.Kv.Key))
+				var p *pb.FleetPlugin
+				if ev.Type == clientv3.EventTypePut {
+					p = &pb.FleetPlugin{}
+					if err := decode(string(ev.Kv.Key), ev.Kv.Value, p); err != nil {
+						a.log.Error("ignoring an unreadable fleet plugin", "error", err)
+						continue
+					}
+					p.Revision = uint64(ev.Kv.ModRevision)
+				}
+				a.setDesired(name, p)
+				a.reconcile(ctx, name)
+			}
+			a.publish(ctx, lease)
+		case resp, ok := <-tch:
+			if !ok {
+				return errors.New("the watch of the node's targets ended")
+			}
+			if err := resp.Err(); err != nil {
+				return fmt.Errorf("watching the node's targets: %w", err)
+			}
+			for _, ev := range resp.Events {
+				name := base(string(ev.Kv.Key))
+				var tg *pb.FleetTarget
+				if ev.Type == clientv3.EventTypePut {
+					tg = &pb.FleetTarget{}
+					if err := decode(string(ev.Kv.Key), ev.Kv.Value, tg); err != nil {
+						a.log.Error("ignoring an unreadable target", "error", err)
+						continue
+					}
+				}
+				// The plugin's own key as of this change: the controller
+				// writes a rollout's new spec to it and deletes the targets
+				// in one transaction, but the two watches may deliver them
+				// in either order; reconciling with a stale plugin key
+				// would move the node back for a moment.
+				a.refreshDesired(ctx, name, ev.Kv.ModRevision)
+				a.mu.Lock()
+				if tg != nil {
+					a.targets[name] = tg
+				} else {
+					delete(a.targets, name)
+				}
+				a.mu.Unlock()
+				a.reconcile(ctx, name)
+			}
+			a.publish(ctx, lease)
+		case name := <-a.kick:
+			a.reconcile(ctx, name)
+			a.publish(ctx, lease)
+		case <-tick.C:
+			a.publish(ctx, lease)
+		}
+	}
+}
+
+// refreshDesired reads the fleet plugin name as of revision rev (now,
+// when etcd compacted it) and records it.
+func (a *Agent) refreshDesired(ctx context.Context, name string, rev int64) {
+	resp, err := a.cfg.Client.Get(ctx, a.keys.plugin(name), clientv3.WithRev(rev))
+	if err != nil {
+		if resp, err = a.cfg.Client.Get(ctx, a.keys.plugin(name)); err != nil {
+			return // the plugins watch delivers it
+		}
+	}
+	var p *pb.FleetPlugin
+	if len(resp.Kvs) > 0 {
+		p = &pb.FleetPlugin{}
+		if decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, p) != nil {
+			return
+		}
+		p.Revision = uint64(resp.Kvs[0].ModRevision)
+	}
+	a.setDesired(name, p)
+}
+
+// setDesired records p (nil: not desired) as the fleet plugin name, if it
+// selects this node.
+func (a *Agent) setDesired(name string, p *pb.FleetPlugin) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if p != nil && selects(p.GetSelector(), a.cfg.Labels) {
+		a.desired[name] = p
+	} else {
+		delete(a.desired, name)
+	}
+}
+
+// resync reads the whole desired state and this node's managed records at
+// one revision, reconciles every plugin concerned and returns the revision.
+func (a *Agent) resync(ctx context.Context) (int64, error) {
+	txn, err := a.cfg.Client.Txn(ctx).Then(
+		clientv3.OpGet(a.keys.plugins(), clientv3.WithPrefix()),
+		clientv3.OpGet(a.keys.managedOf(a.cfg.Node), clientv3.WithPrefix()),
+		clientv3.OpGet(a.keys.targetsOf(a.cfg.Node), clientv3.WithPrefix()),
+		clientv3.OpGet(a.keys.detachedOf(a.cfg.Node), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+	).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("reading the fleet's plugins: %w", err)
+	}
+	desired := map[string]*pb.FleetPlugin{}
+	for _, kv := range txn.Responses[0].GetResponseRange().GetKvs() {
+		p := &pb.FleetPlugin{}
+		if err := decode(string(kv.Key), kv.Value, p); err != nil {
+			a.log.Error("ignoring an unreadable fleet plugin", "error", err)
+			continue
+		}
+		p.Revision = uint64(kv.ModRevision)
+		if selects(p.GetSelector(), a.cfg.Labels) {
+			desired[base(string(kv.Key))] = p
+		}
+	}
+	managed := map[string]bool{}
+	for _, kv := range txn.Responses[1].GetResponseRange().GetKvs() {
+		managed[base(string(kv.Key))] = true
+	}
+	targets := map[string]*pb.FleetTarget{}
+	for _, kv := range txn.Responses[2].GetResponseRange().GetKvs() {
+		tg := &pb.FleetTarget{}
+		if err := decode(string(kv.Key), kv.Value, tg); err != nil {
+			a.log.Error("ignoring an unreadable target", "error", err)
+			continue
+		}
+		targets[base(string(kv.Key))] = tg
+	}
+	detached := map[string]bool{}
+	for _, kv := range txn.Responses[3].GetResponseRange().GetKvs() {
+		detached[base(string(kv.Key))] = true
+	}
+	a.mu.Lock()
+	a.desired, a.targets, a.detached = desired, targets, detached
+	maps.Copy(a.managed, managed)
+	names := make(map[string]bool, len(desired)+len(targets)+len(a.managed))
+	for n := range desired {
+		names[n] = true
+	}
+	for n := range targets {
+		names[n] = true
+	}
+	for n := range a.managed {
+		names[n] = true
+	}
+	a.mu.Unlock()
+	for n := range names {
+		a.reconcile(ctx, n)
+	}
+	return txn.Header.GetRevision(), nil
+}
+
+// reconcile makes the local plugin name match its desired state.
+func (a *Agent) reconcile(ctx context.Context, name string) {
+	a.mu.Lock()
+	w, wanted := a.wantOf(name)
+	managed := a.managed[name]
+	a.mu.Unlock()
+	mctx := manager.WithCaller(ctx, "fleet:"+a.cfg.Node)
+	st, getErr := a.cfg.Manager.Get(name)
+	loaded := getErr == nil
+	if !wanted {
+		if !managed {
+			return
+		}
+		if loaded {
+			if _, err := a.cfg.Manager.Unload(mctx, name, 0); err != nil && !errors.Is(err, manager.ErrNotFound) {
+				a.log.Error("unloading a plugin the fleet no longer wants", "plugin", name, "error", err)
+				return // tried again at the next resync
+			}
+			a.log.Info("unloaded: no longer desired by the fleet", "plugin", name)
+		}
+		if _, err := a.cfg.Client.Delete(ctx, a.keys.managed(a.cfg.Node, name)); err != nil {
+			a.log.Warn("forgetting a managed plugin in etcd", "plugin", name, "error", err)
+			return
+		}
+		a.mu.Lock()
+		delete(a.managed, name)
+		a.mu.Unlock()
+		delete(a.failed, name)
+		delete(a.lastErr, name)
+		delete(a.applied, name)
+		return
+	}
+	if !managed {
+		if _, err := a.cfg.Client.Put(ctx, a.keys.managed(a.cfg.Node, name), w.digest); err != nil {
+			a.log.Warn("recording a managed plugin in etcd", "plugin", name, "error", err)
+			return // tried again at the next change or resync
+		}
+		a.mu.Lock()
+		a.managed[name] = true
+		a.mu.Unlock()
+	}
+	if loaded && Digest(wire.SpecProto(st.Spec)) == w.digest {
+		if a.failed[name] != w.digest {
+			delete(a.failed, name)
+			a.lastErr[name] = ""
+		}
+		return
+	}
+	if a.failed[name] == w.digest {
+		return // failed here already; not again until the spec changes
+	}
+	spec, err := wire.Spec(w.spec)
+	if err == nil {
+		if loaded {
+			bake := manager.NoBake
+			if w.bake > 0 {
+				bake = w.bake
+			}
+			_, err = a.cfg.Manager.Reload(mctx, manager.ReloadRequest{Name: name, Spec: &spec, Bake: bake})
+		} else {
+			_, err = a.cfg.Manager.Load(mctx, spec)
+		}
+	}
+	if err != nil {
+		a.failed[name], a.lastErr[name] = w.digest, err.Error()
+		a.log.Error("the fleet's spec failed here; the node keeps what it runs", "plugin", name, "digest", w.digest, "error", err)
+		return
+	}
+	delete(a.failed, name)
+	a.lastErr[name] = ""
+	a.applied[name] = w.digest
+	what := "loaded"
+	if loaded {
+		what = "reloaded"
+	}
+	a.log.Info(what+" to the fleet's spec", "plugin", name, "digest", w.digest, "bake", w.bake)
+}
+
+// publish writes, under the lease, the status of every managed plugin whose
+// report changed since it was last written. A failed write is tried again
+// at the next call.
+func (a *Agent) publish(ctx context.Context, lease clientv3.LeaseID) {
+	a.mu.Lock()
+	names := make([]string, 0, len(a.managed))
+	for n := range a.managed {
+		names = append(names, n)
+	}
+	a.mu.Unlock()
+	for _, name := range names {
+		a.mu.Lock()
+		w, wanted := a.wantOf(name)
+		a.mu.Unlock()
+		st := &pb.FleetPluginStatus{Node: a.cfg.Node, Plugin: name}
+		if s, err := a.cfg.Manager.Get(name); err == nil {
+			st.Generation = s.Generation
+			st.State = pb.PluginState(s.State)
+			st.SpecDigest = Digest(wire.SpecProto(s.Spec))
+			// Applied here, and now the node runs something else: its bake
+			// reverted it. Not tried again until the spec changes.
+			if wanted && a.applied[name] == w.digest && st.SpecDigest != w.digest && a.failed[name] != w.digest {
+				a.failed[name] = w.digest
+				a.lastErr[name] = "reverted during its bake"
+				if hs, _, err := a.cfg.Manager.Health([]string{name}); err == nil && len(hs) == 1 && hs[0].Bake != nil && hs[0].Bake.Reason != "" {
+					a.lastErr[name] += ": " + hs[0].Bake.Reason
+				}
+				a.log.Warn("the fleet's spec was reverted here during its bake", "plugin", name, "digest", w.digest, "reason", a.lastErr[name])
+			}
+		}
+		st.LastError, st.FailedSpecDigest = a.lastErr[name], a.failed[name]
+		rec := encode(st) // without the time: only changes are written
+		if a.published[name] == rec {
+			continue
+		}
+		st.UpdatedAt = timestamppb.Now()
+		if _, err := a.cfg.Client.Put(ctx, a.keys.status(a.cfg.Node, name), encode(st), clientv3.WithLease(lease)); err != nil {
+			a.log.Debug("writing a status", "plugin", name, "error", err)
+			return
+		}
+		a.published[name] = rec
+	}
+	// Status keys of plugins no longer managed.
+	for name := range a.published {
+		a.mu.Lock()
+		still := a.managed[name]
+		a.mu.Unlock()
+		if still {
+			continue
+		}
+		if _, err := a.cfg.Client.Delete(ctx, a.keys.status(a.cfg.Node, name)); err == nil {
+			delete(a.published, name)
+		}
+	}
+}

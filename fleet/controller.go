@@ -1,0 +1,281 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+)
+
+// Controller drives the fleet's rollouts. Every fleet-enabled plugind runs
+// one; they elect one leader in etcd (concurrency.Election on P/election)
+// and only the leader advances rollouts, each change guarded by its
+// leadership in the same transaction. All progress is in the rollout
+// record, so a new leader continues where the last one stopped.
+//
+// One step of a rollout (every StepInterval while leading):
+//
+//	current wave not started (nodes PENDING), RUNNING -> write the nodes'
+//	    targets (new spec, bake); nodes UPDATING
+//	UPDATING node: its lease gone          -> LOST (not a failure)
+//	    reports the new spec as failed     -> FAILED (candidate or bake revert)
+//	    runs it UNHEALTHY                  -> FAILED
+//	    ran it, runs another now           -> FAILED (reverted)
+//	    runs it SERVING for the bake       -> UPDATED
+//	failed nodes > max_failed             -> HALTED (manual_rollback) or
+//	                                          ROLLED_BACK (targets deleted)
+//	wave done (no UPDATING), RUNNING      -> next wave, or SUCCEEDED: the
+//	                                          plugin's spec becomes the new
+//	                                          one and the targets go
+type Controller struct {
+	cli      *clientv3.Client
+	keys     keys
+	node     string
+	log      *slog.Logger
+	ttl      time.Duration
+	interval time.Duration
+}
+
+// ControllerConfig configures a Controller.
+type ControllerConfig struct {
+	// Client, Prefix and Node as in AgentConfig.
+	Client *clientv3.Client
+	Prefix string
+	Node   string
+	Logger *slog.Logger
+	// LeaseTTL of the election session: a dead leader is replaced after
+	// about that long (default 10s).
+	LeaseTTL time.Duration
+	// StepInterval is how often the leader steps each rollout (default
+	// 250ms).
+	StepInterval time.Duration
+}
+
+// NewController returns a Controller.
+func NewController(cfg ControllerConfig) *Controller {
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 10 * time.Second
+	}
+	if cfg.StepInterval == 0 {
+		cfg.StepInterval = 250 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Controller{cli: cfg.Client, keys: newKeys(cfg.Prefix), node: cfg.Node, ttl: cfg.LeaseTTL, interval: cfg.StepInterval,
+		log: cfg.Logger.With("component", "fleet-controller", "node", cfg.Node)}
+}
+
+// Run campaigns for leadership and, while leading, drives the rollouts,
+// until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	runSessions(ctx, c.log, "fleet controller session ended", c.lead)
+	return nil
+}
+
+// lead is one session: campaign, then step rollouts while leading.
+func (c *Controller) lead(ctx context.Context) error {
+	sess, err := newSession(ctx, c.cli, c.ttl)
+	if err != nil {
+		return fmt.Errorf("election session: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_, _ = c.cli.Revoke(rctx, sess.Lease())
+		sess.Orphan()
+	}()
+	e := concurrency.NewElection(sess, c.keys.election())
+	if err := e.Campaign(ctx, c.node); err != nil {
+		return fmt.Errorf("campaigning: %w", err)
+	}
+	c.log.Info("leading the fleet's rollouts")
+	leader := clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev())
+	tick := time.NewTicker(c.interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sess.Done():
+			return errors.New("the election lease was lost")
+		case <-tick.C:
+		}
+		if err := c.stepAll(ctx, leader); err != nil {
+			c.log.Debug("stepping rollouts", "error", err)
+		}
+	}
+}
+
+// stepAll steps every active rollout once. With none active it reads the
+// rollouts only; with some, the live nodes (keys only) and, per active
+// rollout, its plugin and its nodes' reports.
+func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := c.cli.Get(ctx, c.keys.rollouts(), clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	var live map[string]bool
+	for _, kv := range resp.Kvs {
+		r := &pb.Rollout{}
+		if err := decode(string(kv.Key), kv.Value, r); err != nil || !active(r) {
+			continue
+		}
+		name := r.GetPlugin()
+		ops := []clientv3.Op{
+			clientv3.OpGet(c.keys.statusesOf(name), clientv3.WithPrefix()),
+			clientv3.OpGet(c.keys.plugin(name)),
+		}
+		if live == nil {
+			ops = append(ops, clientv3.OpGet(c.keys.nodes(), clientv3.WithPrefix(), clientv3.WithKeysOnly()))
+		}
+		txn, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return err
+		}
+		if live == nil {
+			live = map[string]bool{}
+			for _, kv := range txn.Responses[2].GetResponseRange().GetKvs() {
+				live[base(string(kv.Key))] = true
+			}
+		}
+		statuses := map[string]*pb.FleetPluginStatus{} // by node + "/" + plugin
+		for _, kv := range txn.Responses[0].GetResponseRange().GetKvs() {
+			st := &pb.FleetPluginStatus{}
+			if decode(string(kv.Key), kv.Value, st) == nil {
+				statuses[st.GetNode()+"/"+st.GetPlugin()] = st
+			}
+		}
+		var selector map[string]string
+		if kvs := txn.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			p := &pb.FleetPlugin{}
+			if decode(string(kvs[0].Key), kvs[0].Value, p) == nil {
+				selector = p.GetSelector()
+			}
+		}
+		before := encode(r)
+		writes := c.step(r, selector, live, statuses, time.Now())
+		if encode(r) == before && len(writes) == 0 {
+			continue
+		}
+		r.UpdatedAt, r.Controller = timestamppb.Now(), c.node
+		ok, _, err := commitChunked(ctx, c.cli,
+			[]clientv3.Cmp{leader, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)},
+			writes, []clientv3.Op{clientv3.OpPut(string(kv.Key), encode(r))})
+		if err != nil {
+			return err
+		}
+		if ok && !active(r) {
+			c.log.Info("rollout ended", "plugin", name, "state", r.GetState().String(), "reason", r.GetReason())
+		}
+	}
+	return nil
+}
+
+// step advances r given the live nodes and their statuses, and returns the
+// target writes and deletes that go with the change (see Controller).
+func (c *Controller) step(r *pb.Rollout, selector map[string]string, live map[string]bool, statuses map[string]*pb.FleetPluginStatus, now time.Time) []clientv3.Op {
+	bake := r.GetStrategy().GetBake().AsDuration()
+	failed := 0
+	current := []*pb.RolloutNode{}
+	for _, n := range r.GetNodes() {
+		if n.GetWave() == r.GetWave() {
+			current = append(current, n)
+		}
+		if n.GetState() != pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING {
+			if n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_FAILED {
+				failed++
+			}
+			continue
+		}
+		st := statuses[n.GetNode()+"/"+r.GetPlugin()]
+		switch {
+		case !live[n.GetNode()]:
+			n.State, n.Reason = pb.RolloutNodeState_ROLLOUT_NODE_STATE_LOST, "its lease expired (dead or cut off from etcd)"
+		case st.GetFailedSpecDigest() == r.GetToDigest():
+			n.State, n.Reason = pb.RolloutNodeState_ROLLOUT_NODE_STATE_FAILED, st.GetLastError()
+			failed++
+		case st.GetSpecDigest() == r.GetToDigest() && st.GetState() == pb.PluginState_PLUGIN_STATE_UNHEALTHY:
+			n.State, n.Reason = pb.RolloutNodeState_ROLLOUT_NODE_STATE_FAILED, "UNHEALTHY on the new spec"
+			failed++
+		case n.GetServingSince() != nil && st.GetSpecDigest() != r.GetToDigest():
+			n.State, n.Reason = pb.RolloutNodeState_ROLLOUT_NODE_STATE_FAILED, "no longer runs the new spec (reverted)"
+			failed++
+		case st.GetSpecDigest() == r.GetToDigest() && st.GetState() == pb.PluginState_PLUGIN_STATE_SERVING:
+			if n.GetServingSince() == nil {
+				n.ServingSince = timestamppb.New(now)
+			}
+			if now.Sub(n.GetServingSince().AsTime()) >= bake {
+				n.State = pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATED
+			}
+		}
+	}
+	if failed > int(r.GetStrategy().GetMaxFailed()) {
+		reason := fmt.Sprintf("%d node(s) failed (max_failed %d)", failed, r.GetStrategy().GetMaxFailed())
+		if r.GetStrategy().GetManualRollback() {
+			r.State, r.Reason = pb.RolloutState_ROLLOUT_STATE_HALTED, reason+"; the updated nodes stay (manual rollback)"
+			return nil
+		}
+		return rollBack(c.keys, r, reason+"; rolled back")
+	}
+	if r.GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING {
+		return nil // paused: the current wave settles, no new one starts
+	}
+	started, settled := false, true
+	for _, n := range current {
+		switch n.GetState() {
+		case pb.RolloutNodeState_ROLLOUT_NODE_STATE_PENDING:
+		case pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING:
+			started, settled = true, false
+		default:
+			started = true
+		}
+	}
+	if !started {
+		return c.startWave(r, r.GetWave(), bake)
+	}
+	if !settled {
+		return nil
+	}
+	if r.GetWave()+1 < r.GetWaves() {
+		r.Wave++
+		return c.startWave(r, r.GetWave(), bake)
+	}
+	// The last wave is done: the new spec becomes the plugin's, and the
+	// targets go (the nodes already run it).
+	// The plugin's new spec comes first: with the targets deleted before
+	// it (a commit in chunks), nodes would go back to the old one.
+	stored := &pb.FleetPlugin{Spec: r.GetToSpec(), SpecDigest: r.GetToDigest(), Selector: selector}
+	ops := []clientv3.Op{clientv3.OpPut(c.keys.plugin(r.GetPlugin()), encode(stored))}
+	for _, n := range r.GetNodes() {
+		ops = append(ops, clientv3.OpDelete(c.keys.target(n.GetNode(), r.GetPlugin())))
+	}
+	r.State, r.Reason = pb.RolloutState_ROLLOUT_STATE_SUCCEEDED, ""
+	return ops
+}
+
+// startWave writes the targets of wave's nodes and marks them UPDATING.
+func (c *Controller) startWave(r *pb.Rollout, wave uint32, bake time.Duration) []clientv3.Op {
+	target := encode(&pb.FleetTarget{Spec: r.GetToSpec(), SpecDigest: r.GetToDigest(), Bake: durationpb.New(bake)})
+	var ops []clientv3.Op
+	for _, n := range r.GetNodes() {
+		if n.GetWave() == wave && n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_PENDING {
+			n.State = pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING
+			ops = append(ops, clientv3.OpPut(c.keys.target(n.GetNode(), r.GetPlugin()), target))
+		}
+	}
+	return ops
+}

@@ -1,0 +1,56 @@
+// Package fleet keeps the desired plugins of a fleet of plugind nodes in
+// etcd and makes each node converge to them through its own try-activate
+// pipeline. etcd holds the fleet's desired state and each node's liveness
+// (a lease) and reports; every plugind keeps doing the actual work, and
+// keeps running what it has when etcd is out of reach (fail static).
+//
+// Keys under the prefix P (plugind --fleet-prefix, default /plugincontrol),
+// values protobuf-encoded messages of plugincontrol.v1 (buf breaking guards
+// their field numbers, TestRecordEncoding their bytes):
+//
+//	P/schema                   "1": the layout version of these keys
+//	P/plugins/NAME             FleetPlugin: the desired spec and selector
+//	P/nodes/NODE               FleetNode, under the node's lease
+//	P/status/NAME/NODE         FleetPluginStatus, under the node's lease (by
+//	                           plugin first: the controller reads one
+//	                           plugin's reports at a time)
+//	P/targets/NODE/NAME        FleetTarget: during a rollout, the spec this
+//	                           node must run instead of the plugin's (and
+//	                           its bake); written by the controller
+//	P/rollouts/NAME            Rollout: the last rollout of a plugin and all
+//	                           its progress
+//	P/election                 the controller's election (concurrency.Election)
+//	P/detached/NODE/NAME       a plugin this node no longer follows the fleet
+//	                           for (pluginctl fleet detach): it keeps it as
+//	                           its own
+//	P/managed/NODE/NAME        the spec digest a node was told to run: the
+//	                           node's own record of what the fleet manages,
+//	                           so that a plugin deleted while the node was
+//	                           away is still unloaded when it comes back
+//
+// An Agent (one per fleet-enabled plugind) runs this loop per lease:
+//
+//	      +--------------------------------------------------+
+//	      v                                                  |
+//	[session] --lease granted--> [register] --> [resync] --> [watch]
+//	      ^                                        ^           |  |
+//	      |                      compaction, lost  |           |  | plugin key changed:
+//	      |                      leader, error ----+-----------+  | reconcile that plugin
+//	      +---- lease lost, etcd unreachable (backoff) -----------+
+//
+// Reconciling a plugin compares the desired spec (the node's target when a
+// rollout set one, else the plugin's spec when this node's labels match the
+// selector) with the plugin the local manager runs:
+//
+//	desired, not loaded        -> record managed, Load
+//	desired, another spec      -> record managed, Reload (try-activate)
+//	desired, same spec         -> record managed (adopt)
+//	not desired, managed       -> Unload, forget managed
+//	not desired, not managed   -> nothing (a local plugin)
+//
+// A spec that failed on this node (its candidate failed, or its bake
+// reverted it) is not tried again until it changes; the node reports it as
+// failed_spec_digest.
+// Nothing is ever unloaded because etcd is unreachable: only a key read
+// from etcd makes a node unload.
+package fleet

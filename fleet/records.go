@@ -1,0 +1,159 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/wire"
+)
+
+// SchemaVersion is the layout version of the keys, stored at P/schema.
+const SchemaVersion = "1"
+
+// DefaultPrefix is the default key prefix.
+const DefaultPrefix = "/plugincontrol"
+
+// keys builds the keys under a prefix.
+type keys struct{ prefix string }
+
+func newKeys(prefix string) keys { return keys{prefix: strings.TrimRight(prefix, "/")} }
+
+func (k keys) schema() string                    { return k.prefix + "/schema" }
+func (k keys) plugins() string                   { return k.prefix + "/plugins/" }
+func (k keys) plugin(name string) string         { return k.plugins() + name }
+func (k keys) nodes() string                     { return k.prefix + "/nodes/" }
+func (k keys) node(node string) string           { return k.nodes() + node }
+func (k keys) statuses() string                  { return k.prefix + "/status/" }
+func (k keys) statusesOf(name string) string     { return k.statuses() + name + "/" }
+func (k keys) status(node, name string) string   { return k.statusesOf(name) + node }
+func (k keys) managedOf(node string) string      { return k.prefix + "/managed/" + node + "/" }
+func (k keys) managed(node, name string) string  { return k.managedOf(node) + name }
+func (k keys) targetsOf(node string) string      { return k.prefix + "/targets/" + node + "/" }
+func (k keys) target(node, name string) string   { return k.targetsOf(node) + name }
+func (k keys) rollouts() string                  { return k.prefix + "/rollouts/" }
+func (k keys) rollout(name string) string        { return k.rollouts() + name }
+func (k keys) election() string                  { return k.prefix + "/election" }
+func (k keys) detachedOf(node string) string     { return k.prefix + "/detached/" + node + "/" }
+func (k keys) detached(node, name string) string { return k.detachedOf(node) + name }
+
+// base is the last element of a key.
+func base(key string) string { return path.Base(key) }
+
+// canonicalSpec is spec as a node's manager will hold it (validated and
+// converted both ways), so that digests and comparisons agree with what
+// nodes report. A spec the manager refuses is an error naming the field.
+func canonicalSpec(spec *pb.PluginSpec) (*pb.PluginSpec, error) {
+	s, err := wire.Spec(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return wire.SpecProto(s), nil
+}
+
+// Digest is the hex SHA-256 of spec's deterministic encoding.
+func Digest(spec *pb.PluginSpec) string {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(spec)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// decode parses a record of key into m, naming the key when it fails.
+func decode(key string, b []byte, m proto.Message) error {
+	if err := proto.Unmarshal(b, m); err != nil {
+		return fmt.Errorf("fleet record %s is unreadable: %w", key, err)
+	}
+	return nil
+}
+
+// encode serializes a record (deterministically: equal records are equal
+// bytes, so that unchanged statuses are not written again).
+func encode(m proto.Message) string {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		panic(fmt.Sprintf("fleet: encoding %T: %v", m, err)) // only for messages that cannot be encoded: a bug
+	}
+	return string(b)
+}
+
+// selects reports whether labels satisfy selector (every selector label
+// present with the same value).
+func selects(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// maxTxnOps is the most operations this package puts in one etcd
+// transaction: etcd refuses more than --max-txn-ops (default 128), and a
+// rollout's wave or rollback can touch more nodes than that.
+const maxTxnOps = 100
+
+// commitChunked commits ops, then final, each transaction guarded by
+// guards: in one transaction when they fit, else ops in chunks of
+// maxTxnOps and final last. ops must be idempotent (target writes and
+// deletes, a plugin's spec): a guard that fails midway leaves some applied,
+// which the next step (or retry) applies again. It reports whether every
+// transaction's guards held.
+func commitChunked(ctx context.Context, cli *clientv3.Client, guards []clientv3.Cmp, ops, final []clientv3.Op) (bool, *clientv3.TxnResponse, error) {
+	if len(ops)+len(final) <= maxTxnOps {
+		resp, err := cli.Txn(ctx).If(guards...).Then(append(ops, final...)...).Commit()
+		if err != nil {
+			return false, nil, err
+		}
+		return resp.Succeeded, resp, nil
+	}
+	for len(ops) > 0 {
+		n := min(len(ops), maxTxnOps)
+		resp, err := cli.Txn(ctx).If(guards...).Then(ops[:n]...).Commit()
+		if err != nil || !resp.Succeeded {
+			return false, resp, err
+		}
+		ops = ops[n:]
+	}
+	resp, err := cli.Txn(ctx).If(guards...).Then(final...).Commit()
+	if err != nil {
+		return false, nil, err
+	}
+	return resp.Succeeded, resp, nil
+}
+
+// grantTimeout bounds the grant of a session's lease: an etcd that cannot
+// be reached (or refuses the client's certificate) is reported and retried
+// rather than waited on forever.
+const grantTimeout = 10 * time.Second
+
+// newSession grants a lease of ttl within grantTimeout and keeps it alive
+// until ctx ends (concurrency.Session).
+func newSession(ctx context.Context, cli *clientv3.Client, ttl time.Duration) (*concurrency.Session, error) {
+	gctx, cancel := context.WithTimeout(ctx, grantTimeout)
+	lease, err := cli.Grant(gctx, int64(ttl/time.Second))
+	cancel()
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("etcd at %s did not answer within %s (unreachable, or it refused this node's TLS client certificate): %w",
+				strings.Join(cli.Endpoints(), ","), grantTimeout, err)
+		}
+		return nil, err
+	}
+	return concurrency.NewSession(cli, concurrency.WithLease(lease.ID), concurrency.WithContext(ctx))
+}

@@ -1,0 +1,271 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/plugincontrol/plugincontrol/fleet"
+	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
+	"github.com/plugincontrol/plugincontrol/manager"
+)
+
+// FleetNode is this node's part in the fleet (a *fleet.Agent).
+type FleetNode interface {
+	// Managed reports whether the fleet manages plugin name on this node,
+	// and its fleet key.
+	Managed(name string) (key string, managed bool)
+	// Detach and Attach stop and resume following the fleet for a plugin.
+	Detach(ctx context.Context, name string) error
+	Attach(ctx context.Context, name string) error
+}
+
+// WithFleet serves FleetService from store and node, and refuses local
+// Load, Reload and Unload of the plugins node reports as fleet-managed
+// (FailedPrecondition, reason FLEET_MANAGED). Without it FleetService
+// answers FailedPrecondition (reason FLEET_DISABLED).
+func WithFleet(store *fleet.Store, node FleetNode) Option {
+	return func(o *options) { o.fleet, o.fleetNode = store, node }
+}
+
+// fleetTimeout bounds each etcd request of FleetService, so that an
+// unreachable etcd answers Unavailable rather than hanging the call.
+const fleetTimeout = 5 * time.Second
+
+// fleetService is FleetService over a fleet.Store.
+type fleetService struct {
+	pb.UnimplementedFleetServiceServer
+	store *fleet.Store // nil: fleet disabled
+	node  FleetNode
+}
+
+func (f *fleetService) check(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if f.store == nil {
+		return nil, nil, rpcerr.New(codes.FailedPrecondition, rpcerr.ReasonFleetDisabled,
+			"this plugind is not part of a fleet (start it with --fleet-etcd)", nil)
+	}
+	ctx, cancel := context.WithTimeout(ctx, fleetTimeout)
+	return ctx, cancel, nil
+}
+
+// fleetError maps a fleet.Store error to a status.
+func fleetError(err error) error {
+	var inv *manager.InvalidError
+	switch {
+	case errors.Is(err, fleet.ErrNotFound):
+		return rpcerr.New(codes.NotFound, rpcerr.ReasonPluginNotFound, err.Error(), nil)
+	case errors.Is(err, fleet.ErrNotManaged):
+		return rpcerr.New(codes.FailedPrecondition, rpcerr.ReasonFleetNotManaged, err.Error(), nil)
+	case errors.Is(err, fleet.ErrNoRollout):
+		return rpcerr.New(codes.NotFound, rpcerr.ReasonPluginNotFound, err.Error(), nil)
+	case errors.Is(err, fleet.ErrRolloutActive):
+		return rpcerr.New(codes.FailedPrecondition, rpcerr.ReasonRolloutActive, err.Error(), nil)
+	case errors.Is(err, fleet.ErrRolloutState):
+		return rpcerr.New(codes.FailedPrecondition, rpcerr.ReasonRolloutState, err.Error(), nil)
+	case errors.Is(err, fleet.ErrNothingToRoll):
+		return rpcerr.New(codes.FailedPrecondition, rpcerr.ReasonNothingToRoll, err.Error(), nil)
+	case errors.Is(err, fleet.ErrStrategy):
+		return rpcerr.New(codes.InvalidArgument, rpcerr.ReasonInvalidField, err.Error(), nil)
+	case errors.Is(err, fleet.ErrUnpinned):
+		return rpcerr.New(codes.FailedPrecondition, rpcerr.ReasonFleetUnpinned, err.Error(), nil)
+	case errors.As(err, &inv):
+		return toStatus(err)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return rpcerr.New(codes.Unavailable, rpcerr.ReasonFleetUnavailable, "etcd did not answer within "+fleetTimeout.String()+": "+err.Error(), nil)
+	default:
+		return rpcerr.New(codes.Unavailable, rpcerr.ReasonFleetUnavailable, "etcd: "+err.Error(), nil)
+	}
+}
+
+func (f *fleetService) ListNodes(ctx context.Context, _ *pb.ListNodesRequest) (*pb.ListNodesResponse, error) {
+	ctx, cancel, err := f.check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	nodes, err := f.store.Nodes(ctx)
+	if err != nil {
+		return nil, fleetError(err)
+	}
+	return &pb.ListNodesResponse{Nodes: nodes}, nil
+}
+
+func (f *fleetService) FleetStatus(ctx context.Context, req *pb.FleetStatusRequest) (*pb.FleetStatusResponse, error) {
+	ctx, cancel, err := f.check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	resp, err := f.store.Status(ctx, req.GetPlugin())
+	if err != nil {
+		return nil, fleetError(err)
+	}
+	return resp, nil
+}
+
+func (f *fleetService) ApplyFleetPlugin(ctx context.Context, req *pb.ApplyFleetPluginRequest) (*pb.ApplyFleetPluginResponse, error) {
+	ctx, cancel, err := f.check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	if req.GetPlugin().GetSpec() == nil {
+		return nil, invalid("plugin.spec", "required")
+	}
+	p, err := f.store.Apply(ctx, req.GetPlugin(), req.GetAllowUnpinned())
+	if err != nil {
+		return nil, fleetError(err)
+	}
+	return &pb.ApplyFleetPluginResponse{Plugin: p}, nil
+}
+
+func (f *fleetService) DeleteFleetPlugin(ctx context.Context, req *pb.DeleteFleetPluginRequest) (*pb.DeleteFleetPluginResponse, error) {
+	ctx, cancel, err := f.check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	if err := f.store.Delete(ctx, req.GetName()); err != nil {
+		return nil, fleetError(err)
+	}
+	return &pb.DeleteFleetPluginResponse{}, nil
+}
+
+func (f *fleetService) StartRollout(ctx context.Context, req *pb.StartRolloutRequest) (*pb.StartRolloutResponse, error) {
+	ctx, cancel, err := f.check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	if req.GetSpec() == nil {
+		return nil, invalid("spec", "required")
+	}
+	r, err := f.store.StartRollout(ctx, req.GetSpec(), req.GetStrategy(), req.GetAllowUnpinned())
+	if err != nil {
+		return nil, fleetError(err)
+	}
+	return &pb.StartRolloutResponse{Rollout: r}, nil
+}
+
+func (f *fleetService) GetRollout(ctx context.Context, req *pb.GetRolloutRequest) (*pb.GetRolloutResponse, error) {
+	ctx, cancel, err := f.check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	r, err := f.store.GetRollout(ctx, req.GetPlugin())
+	if err != nil {
+		return nil, fleetError(err)
+	}
+	return &pb.GetRolloutResponse{Rollout: r}, nil
+}
+
+// change applies an operator's action to a rollout.
+func (f *fleetService) change(ctx context.Context, plugin string, op fleet.RolloutOp) (*pb.Rollout, error) {
+	ctx, cancel, err := f.check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	r, err := f.store.ChangeRollout(ctx, plugin, op)
+	if err != nil {
+		return nil, fleetError(err)
+	}
+	return r, nil
+}
+
+func (f *fleetService) PauseRollout(ctx context.Context, req *pb.PauseRolloutRequest) (*pb.PauseRolloutResponse, error) {
+	r, err := f.change(ctx, req.GetPlugin(), fleet.Pause)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.PauseRolloutResponse{Rollout: r}, nil
+}
+
+func (f *fleetService) ResumeRollout(ctx context.Context, req *pb.ResumeRolloutRequest) (*pb.ResumeRolloutResponse, error) {
+	r, err := f.change(ctx, req.GetPlugin(), fleet.Resume)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ResumeRolloutResponse{Rollout: r}, nil
+}
+
+func (f *fleetService) AbortRollout(ctx context.Context, req *pb.AbortRolloutRequest) (*pb.AbortRolloutResponse, error) {
+	r, err := f.change(ctx, req.GetPlugin(), fleet.Abort)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.AbortRolloutResponse{Rollout: r}, nil
+}
+
+func (f *fleetService) DetachFleetPlugin(ctx context.Context, req *pb.DetachFleetPluginRequest) (*pb.DetachFleetPluginResponse, error) {
+	ctx, cancel, err := f.check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	if err := f.node.Detach(ctx, req.GetName()); err != nil {
+		return nil, fleetError(err)
+	}
+	return &pb.DetachFleetPluginResponse{}, nil
+}
+
+func (f *fleetService) AttachFleetPlugin(ctx context.Context, req *pb.AttachFleetPluginRequest) (*pb.AttachFleetPluginResponse, error) {
+	ctx, cancel, err := f.check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	if err := f.node.Attach(ctx, req.GetName()); err != nil {
+		return nil, fleetError(err)
+	}
+	return &pb.AttachFleetPluginResponse{}, nil
+}
+
+// fleetManaged is the refusal of a local mutation of a fleet-managed
+// plugin; nil when the plugin is not managed.
+func (s *Server) fleetManaged(name string) error {
+	if s.opts.fleetNode == nil {
+		return nil
+	}
+	key, ok := s.opts.fleetNode.Managed(name)
+	if !ok {
+		return nil
+	}
+	return rpcerr.New(codes.FailedPrecondition, rpcerr.ReasonFleetManaged,
+		"plugin "+name+" is managed by the fleet (key "+key+"): change it with pluginctl fleet apply, or delete it there", map[string]string{"key": key})
+}
+
+// withFleetKey marks st with its fleet key when the fleet manages it.
+func (s *Server) withFleetKey(st *pb.PluginStatus) *pb.PluginStatus {
+	if s.opts.fleetNode != nil {
+		if key, ok := s.opts.fleetNode.Managed(st.GetName()); ok {
+			st.FleetKey = key
+		}
+	}
+	return st
+}
+
+func (f *fleetService) WatchFleet(req *pb.WatchFleetRequest, stream pb.FleetService_WatchFleetServer) error {
+	if f.store == nil {
+		_, _, err := f.check(stream.Context())
+		return err
+	}
+	err := f.store.Watch(stream.Context(), req.GetSinceRevision(), req.GetPlugin(), func(ev *pb.FleetEvent) error {
+		return stream.Send(&pb.WatchFleetResponse{Event: ev})
+	})
+	switch {
+	case err == nil || stream.Context().Err() != nil:
+		return nil
+	case errors.Is(err, fleet.ErrWatchEnded):
+		return rpcerr.New(codes.Unavailable, rpcerr.ReasonFleetUnavailable, err.Error()+"; resume from the last revision received", nil)
+	}
+	if _, ok := status.FromError(err); ok {
+		return err // sending failed: the client is gone
+	}
+	return fleetError(err)
+}
