@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -280,61 +278,35 @@ DETAIL (-o json: one WatchFleetResponse per line). When the stream breaks
 seen, with backoff. --timeout does not apply; ends with exit 0 on SIGINT.`,
 		Args: maxArgs(1, "[PLUGIN]"),
 		RunE: c.body(func(ctx context.Context, _ *cobra.Command, args []string) error {
-			req := &plugincontrolv1.WatchFleetRequest{SinceRevision: since}
+			plugin := ""
 			if len(args) == 1 {
-				req.Plugin = args[0]
+				plugin = args[0]
 			}
 			cl, err := c.connect(ctx)
 			if err != nil {
 				return err
 			}
 			defer cl.Close()
-			backoff, got := 100*time.Millisecond, false
-			for {
-				stream, err := cl.Fleet().WatchFleet(ctx, req)
-				for err == nil {
-					var resp *plugincontrolv1.WatchFleetResponse
-					if resp, err = stream.Recv(); err != nil {
-						break
-					}
-					got, backoff = true, 100*time.Millisecond
-					ev := resp.GetEvent()
-					if ev.GetRevision() > req.SinceRevision && ev.GetType() != plugincontrolv1.FleetEventType_FLEET_EVENT_TYPE_SNAPSHOT {
-						req.SinceRevision = ev.GetRevision()
-					}
-					if c.structured() {
-						err = printJSON(c.stdout, jsonLineOptions, resp)
-					} else {
-						_, err = fmt.Fprintln(c.stdout, formatFleetEvent(ev))
-					}
-					if err != nil {
-						return fmt.Errorf("writing output: %w", err)
-					}
+			var last uint64
+			return cl.WatchFleet(ctx, since, plugin, func(ev *plugincontrolv1.FleetEvent) error {
+				last = max(last, ev.GetRevision())
+				var err error
+				if c.structured() {
+					err = printJSON(c.stdout, jsonLineOptions, &plugincontrolv1.WatchFleetResponse{Event: ev})
+				} else {
+					_, err = fmt.Fprintln(c.stdout, formatFleetEvent(ev))
 				}
-				if ctx.Err() != nil {
-					return nil
+				if err != nil {
+					return fmt.Errorf("writing output: %w", err)
 				}
-				if !got || !retryable(err) {
-					return err
-				}
-				fmt.Fprintf(c.stderr, "pluginctl: fleet watch: %s; reconnecting in %s from revision %d\n", reconnectReason(err), backoff, req.SinceRevision)
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(backoff):
-				}
-				backoff = min(2*backoff, 5*time.Second)
-			}
+				return nil
+			}, func(err error, retryIn time.Duration) {
+				fmt.Fprintf(c.stderr, "pluginctl: fleet watch: %s; reconnecting in %s from revision %d\n", reconnectReason(err), retryIn, last)
+			})
 		}),
 	}
 	cmd.Flags().Uint64Var(&since, "since", 0, "resume after this etcd revision (default 0: start with a snapshot)")
 	return cmd
-}
-
-// retryable reports whether a stream error is worth reconnecting after.
-func retryable(err error) bool {
-	st, _ := grpcStatus(err)
-	return errors.Is(err, io.EOF) || st.Code() == codes.Unavailable
 }
 
 // formatFleetEvent is one line of fleet watch.

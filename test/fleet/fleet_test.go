@@ -242,7 +242,7 @@ func TestFleet(t *testing.T) {
 	// A watcher of the whole test: WatchFleet from the start (resumed after
 	// its last revision if the stream breaks; etcd goes away below, which
 	// the etcd client rides out without ending the stream).
-	w := watchFleet(ctx, t, fleetc, 0)
+	w := watchFleet(ctx, t, c.c, 0)
 
 	pin := sha256Of(t, filepath.Join(bins, "plugins", "echo"))
 	spec := func(version string) *pb.PluginSpec {
@@ -602,7 +602,8 @@ func exitCode(err error) int {
 
 func grpcCode(err error) codes.Code { return status.Code(err) }
 
-// fleetWatcher follows WatchFleet, resuming after its last revision.
+// fleetWatcher follows WatchFleet with client.WatchFleet (which resumes
+// after the last revision).
 type fleetWatcher struct {
 	mu      sync.Mutex // guards events and resumed
 	events  []*pb.FleetEvent
@@ -611,34 +612,21 @@ type fleetWatcher struct {
 	done    chan struct{}
 }
 
-func watchFleet(ctx context.Context, t *testing.T, f pb.FleetServiceClient, since uint64) *fleetWatcher {
+func watchFleet(ctx context.Context, t *testing.T, c *client.Client, since uint64) *fleetWatcher {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &fleetWatcher{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
-		for ctx.Err() == nil {
-			stream, err := f.WatchFleet(ctx, &pb.WatchFleetRequest{SinceRevision: since})
-			for err == nil {
-				var resp *pb.WatchFleetResponse
-				if resp, err = stream.Recv(); err != nil {
-					break
-				}
-				ev := resp.GetEvent()
-				if ev.GetType() != pb.FleetEventType_FLEET_EVENT_TYPE_SNAPSHOT {
-					since = max(since, ev.GetRevision())
-				}
-				w.mu.Lock()
-				w.events = append(w.events, ev)
-				w.mu.Unlock()
-			}
-			if ctx.Err() != nil {
-				return
-			}
+		_ = c.WatchFleet(ctx, since, "", func(ev *pb.FleetEvent) error {
 			w.mu.Lock()
+			defer w.mu.Unlock()
+			w.events = append(w.events, ev)
+			return nil
+		}, func(error, time.Duration) {
+			w.mu.Lock()
+			defer w.mu.Unlock()
 			w.resumed++
-			w.mu.Unlock()
-			time.Sleep(200 * time.Millisecond)
-		}
+		})
 	}()
 	t.Cleanup(func() { cancel(); <-w.done })
 	return w
