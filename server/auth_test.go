@@ -87,6 +87,22 @@ func TestTokensAndRoles(t *testing.T) {
 	if _, err := f.gw.Invoke(withToken(ctx, invokerTok), &pb.InvokeRequest{Plugin: "echo", Method: "echo"}); err != nil {
 		t.Fatalf("invoker Invoke: %v", err)
 	}
+	// Fleet specs run on every selected node: only operators write them;
+	// viewers read. (This server has no fleet: a call that passes
+	// authorization gets FailedPrecondition.)
+	fleet := pb.NewFleetServiceClient(f.conn)
+	if _, err := fleet.ApplyFleetPlugin(withToken(ctx, viewerTok), &pb.ApplyFleetPluginRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("viewer ApplyFleetPlugin: %v", err)
+	}
+	if _, err := fleet.StartRollout(withToken(ctx, invokerTok), &pb.StartRolloutRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("invoker StartRollout: %v", err)
+	}
+	if _, err := fleet.ApplyFleetPlugin(withToken(ctx, operatorTok), &pb.ApplyFleetPluginRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("operator ApplyFleetPlugin: %v", err)
+	}
+	if _, err := fleet.ListNodes(withToken(ctx, viewerTok), &pb.ListNodesRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("viewer ListNodes: %v", err)
+	}
 	// A stream needs credentials too.
 	st, err := f.ctl.WatchHealth(ctx, &pb.WatchHealthRequest{})
 	if err == nil {
