@@ -41,10 +41,10 @@ check: lint format breaking gen-check tidy-check gofmt-check
 
 ## tidy-check: every module's go.mod and go.sum are tidy
 tidy-check:
-	@for m in . $(MODULES); do \
-	  (cd $$m && cp go.mod /tmp/pc-tidy.mod && cp go.sum /tmp/pc-tidy.sum && $(GO) mod tidy && \
-	   if ! cmp -s go.mod /tmp/pc-tidy.mod || ! cmp -s go.sum /tmp/pc-tidy.sum; then \
-	     cp /tmp/pc-tidy.mod go.mod; cp /tmp/pc-tidy.sum go.sum; echo "$$m: go.mod/go.sum are not tidy (run go mod tidy there)"; exit 1; fi) || exit 1; \
+	@t=$$(mktemp -d) && trap 'rm -rf "$$t"' EXIT && for m in . $(MODULES); do \
+	  (cd $$m && cp go.mod $$t/go.mod && cp go.sum $$t/go.sum && $(GO) mod tidy && \
+	   if ! cmp -s go.mod $$t/go.mod || ! cmp -s go.sum $$t/go.sum; then \
+	     cp $$t/go.mod go.mod; cp $$t/go.sum go.sum; echo "$$m: go.mod/go.sum are not tidy (run go mod tidy there)"; exit 1; fi) || exit 1; \
 	done; echo "go.mod files are tidy"
 
 ## gofmt-check: every Go file is gofmt'ed
