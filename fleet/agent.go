@@ -267,40 +267,33 @@ func (a *Agent) session(ctx context.Context) error {
 		case <-sess.Done():
 			return errLeaseLost
 		case resp, ok := <-wch:
-			if !ok {
-				return errors.New("the watch of the fleet's plugins ended")
+			evs, err := watchEvents(resp, ok, "the fleet's plugins")
+			if err != nil {
+				return err
 			}
-			if err := resp.Err(); err != nil {
-				return fmt.Errorf("watching the fleet's plugins: %w", err)
-			}
-			for _, ev := range resp.Events {
+			for _, ev := range evs {
 				name := base(string(ev.Kv.Key))
 				var p *pb.FleetPlugin
 				if ev.Type == clientv3.EventTypePut {
-					p = &pb.FleetPlugin{}
-					if err := decode(string(ev.Kv.Key), ev.Kv.Value, p); err != nil {
+					if p, err = decodePlugin(ev.Kv); err != nil {
 						a.log.Error("ignoring an unreadable fleet plugin", "error", err)
 						continue
 					}
-					p.Revision = uint64(ev.Kv.ModRevision)
 				}
 				a.setDesired(name, p)
 				a.reconcile(ctx, name)
 			}
 			a.publish(ctx, lease)
 		case resp, ok := <-tch:
-			if !ok {
-				return errors.New("the watch of the node's targets ended")
+			evs, err := watchEvents(resp, ok, "the node's targets")
+			if err != nil {
+				return err
 			}
-			if err := resp.Err(); err != nil {
-				return fmt.Errorf("watching the node's targets: %w", err)
-			}
-			for _, ev := range resp.Events {
+			for _, ev := range evs {
 				name := base(string(ev.Kv.Key))
 				var tg *pb.FleetTarget
 				if ev.Type == clientv3.EventTypePut {
-					tg = &pb.FleetTarget{}
-					if err := decode(string(ev.Kv.Key), ev.Kv.Value, tg); err != nil {
+					if tg, err = decodeTarget(ev.Kv); err != nil {
 						a.log.Error("ignoring an unreadable target", "error", err)
 						continue
 					}
@@ -341,11 +334,9 @@ func (a *Agent) refreshDesired(ctx context.Context, name string, rev int64) {
 	}
 	var p *pb.FleetPlugin
 	if len(resp.Kvs) > 0 {
-		p = &pb.FleetPlugin{}
-		if decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, p) != nil {
+		if p, err = decodePlugin(resp.Kvs[0]); err != nil {
 			return
 		}
-		p.Revision = uint64(resp.Kvs[0].ModRevision)
 	}
 	a.setDesired(name, p)
 }
@@ -376,12 +367,11 @@ func (a *Agent) resync(ctx context.Context) (int64, error) {
 	}
 	desired := map[string]*pb.FleetPlugin{}
 	for _, kv := range txn.Responses[0].GetResponseRange().GetKvs() {
-		p := &pb.FleetPlugin{}
-		if err := decode(string(kv.Key), kv.Value, p); err != nil {
+		p, err := decodePlugin(kv)
+		if err != nil {
 			a.log.Error("ignoring an unreadable fleet plugin", "error", err)
 			continue
 		}
-		p.Revision = uint64(kv.ModRevision)
 		if selects(p.GetSelector(), a.cfg.Labels) {
 			desired[base(string(kv.Key))] = p
 		}
@@ -392,8 +382,8 @@ func (a *Agent) resync(ctx context.Context) (int64, error) {
 	}
 	targets := map[string]*pb.FleetTarget{}
 	for _, kv := range txn.Responses[2].GetResponseRange().GetKvs() {
-		tg := &pb.FleetTarget{}
-		if err := decode(string(kv.Key), kv.Value, tg); err != nil {
+		tg, err := decodeTarget(kv)
+		if err != nil {
 			a.log.Error("ignoring an unreadable target", "error", err)
 			continue
 		}

@@ -161,8 +161,7 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp) error {
 		}
 		var selector map[string]string
 		if kvs := txn.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			p := &pb.FleetPlugin{}
-			if decode(string(kvs[0].Key), kvs[0].Value, p) == nil {
+			if p, err := decodePlugin(kvs[0]); err == nil {
 				selector = p.GetSelector()
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/protobuf/proto"
@@ -80,6 +81,34 @@ func decode(key string, b []byte, m proto.Message) error {
 		return fmt.Errorf("fleet record %s is unreadable: %w", key, err)
 	}
 	return nil
+}
+
+// decodePlugin decodes a FleetPlugin record, with its revision.
+func decodePlugin(kv *mvccpb.KeyValue) (*pb.FleetPlugin, error) {
+	p := &pb.FleetPlugin{}
+	if err := decode(string(kv.Key), kv.Value, p); err != nil {
+		return nil, err
+	}
+	p.Revision = uint64(kv.ModRevision)
+	return p, nil
+}
+
+// decodeTarget decodes a FleetTarget record.
+func decodeTarget(kv *mvccpb.KeyValue) (*pb.FleetTarget, error) {
+	t := &pb.FleetTarget{}
+	return t, decode(string(kv.Key), kv.Value, t)
+}
+
+// watchEvents returns the events of a watch response (ok false: the
+// channel closed), or why the watch of what ended.
+func watchEvents(resp clientv3.WatchResponse, ok bool, what string) ([]*clientv3.Event, error) {
+	if !ok {
+		return nil, fmt.Errorf("the watch of %s ended", what)
+	}
+	if err := resp.Err(); err != nil {
+		return nil, fmt.Errorf("watching %s: %w", what, err)
+	}
+	return resp.Events, nil
 }
 
 // encode serializes a record (deterministically: equal records are equal

@@ -106,8 +106,8 @@ func (s *Store) StartRollout(ctx context.Context, spec *pb.PluginSpec, strategy 
 	if len(pkvs) == 0 {
 		return nil, fmt.Errorf("%w: %q (apply it first)", ErrNotFound, name)
 	}
-	plugin := &pb.FleetPlugin{}
-	if err := decode(string(pkvs[0].Key), pkvs[0].Value, plugin); err != nil {
+	plugin, err := decodePlugin(pkvs[0])
+	if err != nil {
 		return nil, err
 	}
 	var rolloutRev int64

@@ -70,11 +70,10 @@ func (s *Store) Status(ctx context.Context, name string) (*pb.FleetStatusRespons
 	}
 	out := &pb.FleetStatusResponse{}
 	for _, kv := range txn.Responses[0].GetResponseRange().GetKvs() {
-		p := &pb.FleetPlugin{}
-		if err := decode(string(kv.Key), kv.Value, p); err != nil {
+		p, err := decodePlugin(kv)
+		if err != nil {
 			return nil, err
 		}
-		p.Revision = uint64(kv.ModRevision)
 		out.Plugins = append(out.Plugins, p)
 	}
 	if name != "" && len(out.Plugins) == 0 {

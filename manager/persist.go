@@ -182,10 +182,3 @@ func (m *Manager) restoreOne(ctx context.Context, e *entry, r PluginRecord) {
 	}
 	m.log.Info("plugin restored", slog.String("plugin", e.name), slog.Uint64("generation", inst.generation()), slog.Int("pid", inst.pid))
 }
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}

@@ -81,101 +81,74 @@ func fleetError(err error) error {
 	}
 }
 
-func (f *fleetService) ListNodes(ctx context.Context, _ *pb.ListNodesRequest) (*pb.ListNodesResponse, error) {
+// fleetCall runs fn with a context bounded by fleetTimeout, once the fleet
+// is known to be enabled, and maps its error to a status (fleetError).
+func fleetCall[T any](ctx context.Context, f *fleetService, fn func(context.Context) (T, error)) (T, error) {
+	var zero T
 	ctx, cancel, err := f.check(ctx)
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
 	defer cancel()
-	nodes, err := f.store.Nodes(ctx)
+	v, err := fn(ctx)
 	if err != nil {
-		return nil, fleetError(err)
+		return zero, fleetError(err)
 	}
-	return &pb.ListNodesResponse{Nodes: nodes}, nil
+	return v, nil
+}
+
+// required is the InvalidArgument of a missing request field.
+func required(field string) error { return &manager.InvalidError{Field: field, Reason: "required"} }
+
+func (f *fleetService) ListNodes(ctx context.Context, _ *pb.ListNodesRequest) (*pb.ListNodesResponse, error) {
+	return fleetCall(ctx, f, func(ctx context.Context) (*pb.ListNodesResponse, error) {
+		nodes, err := f.store.Nodes(ctx)
+		return &pb.ListNodesResponse{Nodes: nodes}, err
+	})
 }
 
 func (f *fleetService) FleetStatus(ctx context.Context, req *pb.FleetStatusRequest) (*pb.FleetStatusResponse, error) {
-	ctx, cancel, err := f.check(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer cancel()
-	resp, err := f.store.Status(ctx, req.GetPlugin())
-	if err != nil {
-		return nil, fleetError(err)
-	}
-	return resp, nil
+	return fleetCall(ctx, f, func(ctx context.Context) (*pb.FleetStatusResponse, error) {
+		return f.store.Status(ctx, req.GetPlugin())
+	})
 }
 
 func (f *fleetService) ApplyFleetPlugin(ctx context.Context, req *pb.ApplyFleetPluginRequest) (*pb.ApplyFleetPluginResponse, error) {
-	ctx, cancel, err := f.check(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer cancel()
-	if req.GetPlugin().GetSpec() == nil {
-		return nil, invalid("plugin.spec", "required")
-	}
-	p, err := f.store.Apply(ctx, req.GetPlugin(), req.GetAllowUnpinned())
-	if err != nil {
-		return nil, fleetError(err)
-	}
-	return &pb.ApplyFleetPluginResponse{Plugin: p}, nil
+	return fleetCall(ctx, f, func(ctx context.Context) (*pb.ApplyFleetPluginResponse, error) {
+		if req.GetPlugin().GetSpec() == nil {
+			return nil, required("plugin.spec")
+		}
+		p, err := f.store.Apply(ctx, req.GetPlugin(), req.GetAllowUnpinned())
+		return &pb.ApplyFleetPluginResponse{Plugin: p}, err
+	})
 }
 
 func (f *fleetService) DeleteFleetPlugin(ctx context.Context, req *pb.DeleteFleetPluginRequest) (*pb.DeleteFleetPluginResponse, error) {
-	ctx, cancel, err := f.check(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer cancel()
-	if err := f.store.Delete(ctx, req.GetName()); err != nil {
-		return nil, fleetError(err)
-	}
-	return &pb.DeleteFleetPluginResponse{}, nil
+	return fleetCall(ctx, f, func(ctx context.Context) (*pb.DeleteFleetPluginResponse, error) {
+		return &pb.DeleteFleetPluginResponse{}, f.store.Delete(ctx, req.GetName())
+	})
 }
 
 func (f *fleetService) StartRollout(ctx context.Context, req *pb.StartRolloutRequest) (*pb.StartRolloutResponse, error) {
-	ctx, cancel, err := f.check(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer cancel()
-	if req.GetSpec() == nil {
-		return nil, invalid("spec", "required")
-	}
-	r, err := f.store.StartRollout(ctx, req.GetSpec(), req.GetStrategy(), req.GetAllowUnpinned())
-	if err != nil {
-		return nil, fleetError(err)
-	}
-	return &pb.StartRolloutResponse{Rollout: r}, nil
+	return fleetCall(ctx, f, func(ctx context.Context) (*pb.StartRolloutResponse, error) {
+		if req.GetSpec() == nil {
+			return nil, required("spec")
+		}
+		r, err := f.store.StartRollout(ctx, req.GetSpec(), req.GetStrategy(), req.GetAllowUnpinned())
+		return &pb.StartRolloutResponse{Rollout: r}, err
+	})
 }
 
 func (f *fleetService) GetRollout(ctx context.Context, req *pb.GetRolloutRequest) (*pb.GetRolloutResponse, error) {
-	ctx, cancel, err := f.check(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer cancel()
-	r, err := f.store.GetRollout(ctx, req.GetPlugin())
-	if err != nil {
-		return nil, fleetError(err)
-	}
-	return &pb.GetRolloutResponse{Rollout: r}, nil
+	return fleetCall(ctx, f, func(ctx context.Context) (*pb.GetRolloutResponse, error) {
+		r, err := f.store.GetRollout(ctx, req.GetPlugin())
+		return &pb.GetRolloutResponse{Rollout: r}, err
+	})
 }
 
 // change applies an operator's action to a rollout.
 func (f *fleetService) change(ctx context.Context, plugin string, op fleet.RolloutOp) (*pb.Rollout, error) {
-	ctx, cancel, err := f.check(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer cancel()
-	r, err := f.store.ChangeRollout(ctx, plugin, op)
-	if err != nil {
-		return nil, fleetError(err)
-	}
-	return r, nil
+	return fleetCall(ctx, f, func(ctx context.Context) (*pb.Rollout, error) { return f.store.ChangeRollout(ctx, plugin, op) })
 }
 
 func (f *fleetService) PauseRollout(ctx context.Context, req *pb.PauseRolloutRequest) (*pb.PauseRolloutResponse, error) {
@@ -203,27 +176,15 @@ func (f *fleetService) AbortRollout(ctx context.Context, req *pb.AbortRolloutReq
 }
 
 func (f *fleetService) DetachFleetPlugin(ctx context.Context, req *pb.DetachFleetPluginRequest) (*pb.DetachFleetPluginResponse, error) {
-	ctx, cancel, err := f.check(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer cancel()
-	if err := f.node.Detach(ctx, req.GetName()); err != nil {
-		return nil, fleetError(err)
-	}
-	return &pb.DetachFleetPluginResponse{}, nil
+	return fleetCall(ctx, f, func(ctx context.Context) (*pb.DetachFleetPluginResponse, error) {
+		return &pb.DetachFleetPluginResponse{}, f.node.Detach(ctx, req.GetName())
+	})
 }
 
 func (f *fleetService) AttachFleetPlugin(ctx context.Context, req *pb.AttachFleetPluginRequest) (*pb.AttachFleetPluginResponse, error) {
-	ctx, cancel, err := f.check(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer cancel()
-	if err := f.node.Attach(ctx, req.GetName()); err != nil {
-		return nil, fleetError(err)
-	}
-	return &pb.AttachFleetPluginResponse{}, nil
+	return fleetCall(ctx, f, func(ctx context.Context) (*pb.AttachFleetPluginResponse, error) {
+		return &pb.AttachFleetPluginResponse{}, f.node.Attach(ctx, req.GetName())
+	})
 }
 
 // fleetManaged is the refusal of a local mutation of a fleet-managed

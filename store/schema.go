@@ -20,7 +20,6 @@ import (
 //	bucket "meta":        "schema_version"      → 8 bytes, BE: 2
 //	                      "revision_high_water" → 8 bytes, BE
 //	                      "audit_checkpoint"    → storev1.AuditCheckpoint
-//	                      "commits"             → 8 bytes, BE: commits so far
 //
 // Version 1 (plugind up to commit b97b77a) held JSON of the manager's Go
 // structs in "plugins" and "audit"; migrate.go reads it.
@@ -32,7 +31,6 @@ var (
 	keyVersion       = []byte("schema_version")
 	keyRevision      = []byte("revision_high_water")
 	keyCheckpoint    = []byte("audit_checkpoint")
-	keyCommits       = []byte("commits")
 )
 
 // SchemaVersion is the version of the records this package writes.

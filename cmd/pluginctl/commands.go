@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -516,7 +517,7 @@ func (c *cli) completeNames(n int) cobra.CompletionFunc {
 		err := c.call(ctx, func(ctx context.Context, cl *client.Client) error {
 			list, err := cl.List(ctx, client.WithBasicView())
 			for _, p := range list {
-				if strings.HasPrefix(p.GetName(), toComplete) && !contains(args, p.GetName()) {
+				if strings.HasPrefix(p.GetName(), toComplete) && !slices.Contains(args, p.GetName()) {
 					names = append(names, p.GetName())
 				}
 			}
@@ -527,13 +528,4 @@ func (c *cli) completeNames(n int) cobra.CompletionFunc {
 		}
 		return names, cobra.ShellCompDirectiveNoFileComp
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -258,13 +258,7 @@ func (c *cli) discover(flag *pflag.Flag) (string, []string) {
 		}
 	}
 	tried = append(tried, "./"+local+": no socket there")
-	xdg := c.getenv("XDG_STATE_HOME")
-	if xdg == "" {
-		if home, err := os.UserHomeDir(); err == nil {
-			xdg = filepath.Join(home, ".local", "state")
-		}
-	}
-	def := "unix://" + filepath.Join(xdg, "plugind", "plugind.sock")
+	def := "unix://" + filepath.Join(client.DefaultStateDir(), "plugind.sock")
 	return def, append(tried, "the default "+def)
 }
 
