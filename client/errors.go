@@ -43,6 +43,11 @@ var (
 	// ErrPanic: a plugin handler panicked (codes.Internal with a PanicDetail);
 	// errors.As to *PanicError for the message, fingerprint and stack.
 	ErrPanic = errors.New("plugincontrol: plugin panicked")
+	// ErrReloading: a stream ended because the daemon reloads itself in
+	// place (codes.Unavailable, reason DAEMON_RELOADING; it also matches
+	// ErrUnavailable). Watch and WaitServing resume at once, without a
+	// backoff and without telling a reconnect hook.
+	ErrReloading = errors.New("plugincontrol: daemon reloading in place")
 )
 
 var sentinels = map[codes.Code]error{
@@ -74,12 +79,28 @@ func (e *StatusError) Error() string { return fmt.Sprintf("plugind: %s: %s", e.C
 // GRPCStatus returns the status with its details, for status.FromError.
 func (e *StatusError) GRPCStatus() *status.Status { return e.st }
 
-// Is matches the sentinel error of the status code.
+// Is matches the sentinel error of the status code (and ErrReloading).
 func (e *StatusError) Is(target error) bool {
 	if s, ok := sentinels[e.Code]; ok && s == target {
 		return true
 	}
-	return false
+	return target == ErrReloading && e.Code == codes.Unavailable && errorReason(e.st) == reasonReloading
+}
+
+// reasonReloading is the ErrorInfo reason of a stream ended by a reload.
+const reasonReloading = "DAEMON_RELOADING"
+
+// errorReason is the reason of st's google.rpc.ErrorInfo ("" without one).
+func errorReason(st *status.Status) string {
+	if st == nil {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			return ei.GetReason()
+		}
+	}
+	return ""
 }
 
 // CandidateError is a Load or Reload whose candidate failed a stage of the

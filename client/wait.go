@@ -166,6 +166,10 @@ func (w *waiter) run(ctx context.Context, judge func(*plugincontrolv1.PluginHeal
 		if n > 0 {
 			backoff = defaultBackoffInitial
 		}
+		if errors.Is(wrapError(err), ErrReloading) {
+			_ = sleepCtx(ctx, reloadRetry) // a reload in place: reconnect at once
+			continue
+		}
 		if w.opts.onReconnect != nil {
 			w.opts.onReconnect(wrapError(err), backoff)
 		}

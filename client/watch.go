@@ -15,11 +15,14 @@ import (
 )
 
 // Reconnect backoff of Watch and WaitServing: 100ms, doubling, at most 5s;
-// back to 100ms once a stream delivered an event.
+// back to 100ms once a stream delivered an event. After a stream the daemon
+// ended because it reloads in place, they reconnect after reloadRetry (the
+// old image may still be draining; the new one serves within 100-200ms).
 const (
 	defaultBackoffInitial = 100 * time.Millisecond
 	defaultBackoffMax     = 5 * time.Second
 	defaultEventBuffer    = 64
+	reloadRetry           = 10 * time.Millisecond
 )
 
 // WatchOption configures Watch.
@@ -72,7 +75,8 @@ func WithEventBuffer(n int) WatchOption { return func(o *watchOptions) { o.buffe
 
 // WithReconnectHook calls fn, on the watcher's goroutine, each time a stream
 // ended with a retryable error, before waiting retryIn and reconnecting
-// (for logging).
+// (for logging). A stream the daemon ended to reload itself in place
+// (ErrReloading) is resumed at once, without a call: nothing went wrong.
 func WithReconnectHook(fn func(err error, retryIn time.Duration)) WatchOption {
 	return func(o *watchOptions) { o.onReconnect = fn }
 }
@@ -226,6 +230,15 @@ func (w *Watcher) run(ctx context.Context) {
 		}
 		if n > 0 {
 			backoff = w.opts.backoffInit
+		}
+		if errors.Is(wrapError(err), ErrReloading) {
+			// The daemon reloads in place: its next image takes the new
+			// stream (the connection waits in the socket's backlog).
+			if sleepCtx(ctx, reloadRetry) != nil {
+				w.stop(ctx.Err())
+				return
+			}
+			continue
 		}
 		if w.opts.onReconnect != nil {
 			w.opts.onReconnect(wrapError(err), backoff)

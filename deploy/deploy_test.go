@@ -446,7 +446,8 @@ func TestSystemdUnit(t *testing.T) {
 		"NoNewPrivileges":       "yes",
 		"ProtectSystem":         "strict",
 		"PrivateTmp":            "yes",
-		"KillMode":              "control-group",
+		"KillMode":              "process", // live restore: plugins outlive a crash of plugind
+		"ExecReload":            "/bin/kill -HUP $MAINPID",
 		"Delegate":              "yes", // cgroup containment (--containment auto)
 		"ProtectControlGroups":  "no",  // else /sys/fs/cgroup is read-only
 		"User":                  "plugind",
@@ -461,9 +462,6 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	if u.one(t, "Install", "WantedBy") != "multi-user.target" {
 		t.Errorf("[Install] WantedBy=%q", u["Install"]["WantedBy"])
-	}
-	if _, ok := u["Service"]["ExecReload"]; ok {
-		t.Errorf("ExecReload is set, but plugind has no configuration reload")
 	}
 	rw := strings.Fields(u.one(t, "Service", "ReadWritePaths"))
 	if !slices.Contains(rw, hostStateDir) || !slices.Contains(rw, hostRunDir) {
@@ -484,6 +482,9 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	if got := flagValues(fa, "plugin-dir"); len(got) != 1 || got[0] != hostPluginDir {
 		t.Errorf("--plugin-dir %q", got)
+	}
+	if got := flagValues(fa, "live-restore"); len(got) != 1 || (got[0] != "" && got[0] != "true") {
+		t.Errorf("--live-restore %q: the unit's KillMode=process is there for it", got)
 	}
 	conf := flagValues(fa, "config")
 	if len(conf) != 1 || conf[0] != hostConfigFile {
@@ -777,6 +778,9 @@ func TestKubernetesManifests(t *testing.T) {
 	state := flagValues(fa, "state-dir")
 	if len(state) != 1 {
 		t.Fatalf("--state-dir %q", state)
+	}
+	if got := flagValues(fa, "live-restore"); len(got) != 1 || (got[0] != "" && got[0] != "true") {
+		t.Errorf("--live-restore %q: want it on", got)
 	}
 	writable("--state-dir", state[0])
 	listen := flagValues(fa, "listen")

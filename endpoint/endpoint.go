@@ -44,6 +44,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/plugincontrol/plugincontrol/internal/launch"
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/grpc"
@@ -70,6 +71,7 @@ type options struct {
 	strip      []string
 	maxMessage int
 	shortDir   string
+	inherited  map[string]net.Listener
 	onCall     CallObserver
 	callOpts   []grpc.CallOption // of every upstream call, made once
 }
@@ -116,6 +118,15 @@ func WithCallObserver(f CallObserver) Option { return func(o *options) { o.onCal
 // when first needed and cleaned of stale sockets by New.
 func WithShortDir(short string) Option { return func(o *options) { o.shortDir = short } }
 
+// WithInherited hands New listening sockets of endpoints that an earlier
+// image of this daemon served (a reload in place), by plugin name: Open
+// serves on them instead of binding anew (callers that connected during
+// the reload are waiting in their backlog), and New leaves their socket
+// files in place. CloseInherited closes those no plugin opened.
+func WithInherited(l map[string]net.Listener) Option {
+	return func(o *options) { o.inherited = l }
+}
+
 func (o *options) stripped(key string) bool {
 	if key == PluginKey {
 		return true
@@ -135,12 +146,21 @@ type Server struct {
 	dir  string
 	opts options
 
-	mu      sync.RWMutex // guards plugins and closed; never held across I/O
+	mu      sync.RWMutex // guards plugins, closed and inherited; never held across I/O
 	plugins map[string]*plugin
 	closed  bool
+	// inherited are the listeners handed over by an earlier image, by
+	// plugin name, not opened yet.
+	inherited map[string]net.Listener
 
 	tcpMu sync.Mutex // guards tcp
-	tcp   []*grpc.Server
+	tcp   []tcpServer
+}
+
+// tcpServer is one ServeTCP listener.
+type tcpServer struct {
+	srv *grpc.Server
+	lis net.Listener
 }
 
 // plugin is one open endpoint.
@@ -149,6 +169,7 @@ type plugin struct {
 	path    string
 	acquire AcquireFunc
 	srv     *grpc.Server
+	lis     net.Listener
 	served  chan struct{} // closed when Serve returned
 }
 
@@ -170,6 +191,12 @@ func New(dir string, opts ...Option) (*Server, error) {
 	if err := os.Chmod(abs, 0o700); err != nil {
 		return nil, fmt.Errorf("endpoint directory: %w", err)
 	}
+	s := &Server{dir: abs, opts: o, plugins: map[string]*plugin{}, inherited: map[string]net.Listener{}}
+	keep := map[string]bool{}
+	for name, l := range o.inherited {
+		s.inherited[name] = l
+		keep[s.Path(name)] = true
+	}
 	// Sockets of a daemon that was killed: plugind owns these directories.
 	for _, d := range []string{abs, o.shortDir} {
 		if d == "" {
@@ -177,10 +204,12 @@ func New(dir string, opts ...Option) (*Server, error) {
 		}
 		stale, _ := filepath.Glob(filepath.Join(d, "*.sock"))
 		for _, p := range stale {
-			_ = os.Remove(p)
+			if !keep[p] {
+				_ = os.Remove(p)
+			}
 		}
 	}
-	return &Server{dir: abs, opts: o, plugins: map[string]*plugin{}}, nil
+	return s, nil
 }
 
 // Dir is the directory holding the endpoints.
@@ -210,30 +239,35 @@ func (s *Server) Open(name string, acquire func(context.Context) (*manager.Lease
 	if len(path) > maxSocketPath {
 		return "", fmt.Errorf("socket path %s is %d bytes, longer than the %d a unix socket allows (use a shorter --endpoint-dir)", path, len(path), maxSocketPath)
 	}
-	s.mu.RLock()
+	s.mu.Lock()
 	closed, dup := s.closed, s.plugins[name] != nil
-	s.mu.RUnlock()
+	lis := s.inherited[name]
+	delete(s.inherited, name)
+	s.mu.Unlock()
 	switch {
 	case closed:
 		return "", manager.ErrClosed
 	case dup:
 		return "", fmt.Errorf("endpoint %s is already open", path)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return "", fmt.Errorf("endpoint directory: %w", err)
+	if lis == nil {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return "", fmt.Errorf("endpoint directory: %w", err)
+		}
+		_ = os.Remove(path) // left by an earlier generation of this daemon
+		old := syscall.Umask(0o077)
+		l, err := net.Listen("unix", path)
+		syscall.Umask(old)
+		if err != nil {
+			return "", err
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			l.Close()
+			return "", err
+		}
+		lis = l
 	}
-	_ = os.Remove(path) // left by an earlier generation of this daemon
-	old := syscall.Umask(0o077)
-	lis, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	if err != nil {
-		return "", err
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		lis.Close()
-		return "", err
-	}
-	p := &plugin{name: name, path: path, acquire: acquire, served: make(chan struct{})}
+	p := &plugin{name: name, path: path, acquire: acquire, lis: lis, served: make(chan struct{})}
 	p.srv = s.newServer(func(_ any, ss grpc.ServerStream) error { return s.observed(name, ss, p.acquire) })
 	s.mu.Lock()
 	if s.closed || s.plugins[name] != nil {
@@ -304,7 +338,7 @@ func (s *Server) ServeTCP(lis net.Listener, creds ...grpc.ServerOption) error {
 		lis.Close()
 		return grpc.ErrServerStopped
 	}
-	s.tcp = append(s.tcp, srv)
+	s.tcp = append(s.tcp, tcpServer{srv, lis})
 	s.tcpMu.Unlock()
 	return srv.Serve(lis)
 }
@@ -353,7 +387,78 @@ func (s *Server) Shutdown() {
 	tcp := s.tcp
 	s.tcp = nil
 	s.tcpMu.Unlock()
-	for _, srv := range tcp {
+	for _, t := range tcp {
+		t.srv.Stop()
+	}
+	s.CloseInherited()
+}
+
+// CloseInherited closes the inherited listeners (WithInherited) no plugin
+// opened, removing their socket files: their plugins are gone.
+func (s *Server) CloseInherited() {
+	s.mu.Lock()
+	left := s.inherited
+	s.inherited = map[string]net.Listener{}
+	s.mu.Unlock()
+	for name, l := range left {
+		l.Close()
+		_ = os.Remove(s.Path(name))
+	}
+}
+
+// Handover drains every endpoint for a reload in place and returns copies
+// of their listening sockets by plugin name ("" for each ServeTCP
+// listener, in order: TCP) for the next image (WithInherited): existing
+// connections get a GOAWAY, calls and streams in flight finish up to ctx
+// (then they are cut), and no socket file is removed. The Server serves
+// nothing afterwards.
+func (s *Server) Handover(ctx context.Context) (unix map[string]*os.File, tcp []*os.File, err error) {
+	s.mu.Lock()
+	s.closed = true
+	ps := s.plugins
+	s.plugins = map[string]*plugin{}
+	s.mu.Unlock()
+	s.tcpMu.Lock()
+	ts := s.tcp
+	s.tcp = nil
+	s.tcpMu.Unlock()
+	unix = map[string]*os.File{}
+	var errs []error
+	for name, p := range ps {
+		f, err := launch.ListenerFile(p.lis)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("endpoint %s: %w", name, err))
+			continue
+		}
+		unix[name] = f
+	}
+	for _, t := range ts {
+		f, err := launch.ListenerFile(t.lis)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("TCP endpoint: %w", err))
+			continue
+		}
+		tcp = append(tcp, f)
+	}
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Go(func() { gracefulStop(ctx, p.srv); <-p.served })
+	}
+	for _, t := range ts {
+		wg.Go(func() { gracefulStop(ctx, t.srv) })
+	}
+	wg.Wait()
+	return unix, tcp, errors.Join(errs...)
+}
+
+// gracefulStop is srv.GracefulStop bounded by ctx.
+func gracefulStop(ctx context.Context, srv *grpc.Server) {
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
 		srv.Stop()
+		<-done
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
@@ -41,6 +42,10 @@ type AgentConfig struct {
 	// StatusInterval is how often the local state is compared with what
 	// was reported (default 1s); only changes are written.
 	StatusInterval time.Duration
+	// InheritLease is the node lease of the plugind image this one
+	// replaced (a reload in place, see Agent.Handover): the first session
+	// keeps it, so the node never leaves the fleet. 0: grant a new one.
+	InheritLease int64
 }
 
 // Agent makes one plugind converge to the fleet's desired plugins (see the
@@ -60,7 +65,14 @@ type Agent struct {
 
 	kick chan string // names to reconcile on Run's goroutine (after Attach)
 
+	// leaseMu guards lease and handover: the session's lease, and whether
+	// the session ends for a handover (its lease is kept, not revoked).
+	leaseMu  sync.Mutex
+	lease    clientv3.LeaseID
+	handover bool
+
 	// Run's goroutine only:
+	inherit   clientv3.LeaseID  // InheritLease, until the first session used it
 	applied   map[string]string // by name: the digest last loaded or reloaded here
 	failed    map[string]string // by name: the digest that failed here
 	lastErr   map[string]string // by name: the last failure, for the status
@@ -118,9 +130,29 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	return &Agent{
 		cfg: cfg, keys: newKeys(cfg.Prefix), log: cfg.Logger.With("component", "fleet", "node", cfg.Node),
 		desired: map[string]*pb.FleetPlugin{}, targets: map[string]*pb.FleetTarget{}, managed: map[string]bool{},
-		detached: map[string]bool{}, kick: make(chan string, 16),
+		detached: map[string]bool{}, kick: make(chan string, 16), inherit: clientv3.LeaseID(cfg.InheritLease),
 		applied: map[string]string{}, failed: map[string]string{}, lastErr: map[string]string{}, published: map[string]string{},
 	}, nil
+}
+
+// Handover makes the session end without revoking the node's lease when
+// Run's context ends next: a plugind reloading in place hands the lease to
+// its next image (AgentConfig.InheritLease), so the node and its status
+// stay in the fleet. It returns the lease (0 when no session holds one).
+// Call it before cancelling Run's context, and read the lease again with
+// Lease after Run returned.
+func (a *Agent) Handover() int64 {
+	a.leaseMu.Lock()
+	defer a.leaseMu.Unlock()
+	a.handover = true
+	return int64(a.lease)
+}
+
+// Lease is the node's current lease (0: none).
+func (a *Agent) Lease() int64 {
+	a.leaseMu.Lock()
+	defer a.leaseMu.Unlock()
+	return int64(a.lease)
 }
 
 // Managed reports whether the fleet manages the plugin name on this node,
@@ -231,11 +263,36 @@ var errLeaseLost = errors.New("the node's lease was lost")
 
 // session is one lease's lifetime: register, resync, then follow changes.
 func (a *Agent) session(ctx context.Context) error {
-	sess, err := newSession(ctx, a.cfg.Client, a.cfg.LeaseTTL)
+	var sess *concurrency.Session
+	var err error
+	if inherit := a.inherit; inherit != 0 {
+		// A reload in place: keep the lease of the image before.
+		a.inherit = 0
+		sess, err = concurrency.NewSession(a.cfg.Client, concurrency.WithLease(inherit), concurrency.WithContext(ctx))
+		if err == nil {
+			a.log.Info("fleet node lease kept across the reload", "lease", fmt.Sprintf("%x", int64(inherit)))
+		}
+	}
+	if sess == nil {
+		sess, err = newSession(ctx, a.cfg.Client, a.cfg.LeaseTTL)
+	}
 	if err != nil {
 		return fmt.Errorf("granting the node lease: %w", err)
 	}
+	a.leaseMu.Lock()
+	a.lease = sess.Lease()
+	a.leaseMu.Unlock()
 	defer func() {
+		a.leaseMu.Lock()
+		handover := a.handover
+		if !handover {
+			a.lease = 0
+		}
+		a.leaseMu.Unlock()
+		if handover {
+			sess.Orphan() // the next image keeps the lease alive
+			return
+		}
 		// Revoke: a node that stops cleanly leaves at once.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()

@@ -75,7 +75,7 @@ func (m *Manager) startBake(e *entry, inst, old *instance, prevSpec Spec, prevNa
 	}
 	e.mu.Lock()
 	e.bake = b
-	b.timer = time.AfterFunc(d, func() { m.startBackground(func() { m.endBake(e, gen) }) })
+	b.timer = time.AfterFunc(d, func() { m.startBackground(func() { m.gated(func() { m.endBake(e, gen) }) }) })
 	_ = m.transitionLocked(e, evUpdated, "")
 	e.mu.Unlock()
 	m.log.Info("bake started", slog.String("plugin", e.name), slog.Uint64("generation", gen),
@@ -202,6 +202,7 @@ func (m *Manager) revert(e *entry, gen uint64, why string) {
 	e.mu.Unlock()
 	m.log.Warn("plugin reverted", slog.String("plugin", e.name), slog.Uint64("failed_generation", gen),
 		slog.Uint64("generation", newGen), slog.Int("pid", prev.pid), slog.String("reason", why))
+	m.saveRuntime(e)
 	if failed != nil && failed != prev {
 		failed.drain(m.cfg.DrainTimeout)
 		failed.stop()

@@ -68,14 +68,20 @@ func (m *Manager) setupContainment() {
 		m.containID = hex.EncodeToString(b)
 	}
 	// Processes of a killed manager of this id that left their group and
-	// session (their mark says whose they are).
-	if n := proc.KillMarked(m.containID + "/"); n > 0 {
-		m.log.Warn("killed processes left by plugins of a killed daemon", slog.Int("processes", n))
+	// session (their mark says whose they are), but those of the
+	// generations handed over (Restore adopts them, or kills them).
+	// With a handover, Restore's end does it (dropInherited), knowing
+	// what it took over: the scan of every process is not paid twice.
+	_, keepCgroups := m.inheritedMarks()
+	if m.cfg.Inherit == nil {
+		if n := proc.KillMarked(m.containID + "/"); n > 0 {
+			m.log.Warn("killed processes left by plugins of a killed daemon", slog.Int("processes", n))
+		}
 	}
 	m.reaper.AddMark(m.containID + "/")
 	switch m.cfg.Containment {
 	case ContainAuto:
-		cg, err := proc.OpenCgroups(m.containID)
+		cg, err := proc.OpenCgroups(m.containID, keepCgroups)
 		if err == nil {
 			m.cgroups = cg
 			m.reaper.AddCgroup(cg.Root)

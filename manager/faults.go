@@ -227,13 +227,13 @@ func (m *Manager) recordFault(e *entry, gen uint64, class FailureClass, rec *Pan
 		_ = m.transitionLocked(e, evFaultLimit, why)
 		if b := e.bake; b != nil && b.Result == BakeBaking && b.Generation == gen {
 			m.log.Error("plugin unhealthy during its bake: reverting", slog.String("plugin", e.name), slog.Uint64("generation", gen), slog.String("reason", why))
-			m.startBackground(func() { m.revert(e, gen, why) })
+			m.startBackground(func() { m.gated(func() { m.revert(e, gen, why) }) })
 			return
 		}
 		m.log.Error("plugin unhealthy", slog.String("plugin", e.name), slog.Uint64("generation", gen),
 			slog.String("reason", why), slog.String("action", p.OnUnhealthy.String()))
 		if p.OnUnhealthy != ActionNone {
-			m.startBackground(func() { m.onUnhealthy(e, gen, p.OnUnhealthy) })
+			m.startBackground(func() { m.gated(func() { m.onUnhealthy(e, gen, p.OnUnhealthy) }) })
 		}
 	default:
 		_ = m.transitionLocked(e, evFault, fmt.Sprintf("generation %d: %s failure in the window", gen, class))
@@ -292,6 +292,8 @@ func (m *Manager) armRecovery(e *entry) {
 	}
 	gen := t.gen
 	t.recovery = time.AfterFunc(max(wait, time.Millisecond), func() {
+		m.gate.RLock()
+		defer m.gate.RUnlock()
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		if e.state != StateDegraded || t.gen != gen {

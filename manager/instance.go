@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"crypto/tls"
 	"os"
 	"os/exec"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	goplugin "github.com/hashicorp/go-plugin"
 	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
+	"github.com/plugincontrol/plugincontrol/internal/launch"
 	"github.com/plugincontrol/plugincontrol/internal/proc"
 	"google.golang.org/grpc"
 )
@@ -44,6 +46,21 @@ type instance struct {
 	cgroup     *proc.Cgroup // the generation's cgroup (ContainAuto); nil: none
 	stopped    func(error)  // the manager's bookkeeping once the process is gone (with the cgroup's kill error)
 	pipes      []string     // the plugin's stdout and stderr pipes, "pipe:[inode]"
+	// Kept for a handover: the negotiated go-plugin protocol version,
+	// go-plugin's AutoMTLS config and the plugin's certificate (seen at
+	// the TLS handshake), the generation's mark (proc.MarkEnv) and the
+	// process's start time in ticks.
+	protocolVersion int
+	tls             *tls.Config
+	serverCert      atomic.Pointer[[]byte]
+	mark            string
+	startTicks      uint64
+	// attached is set for a process this manager did not start (a reload
+	// or a crash adoption handed it over): its runner knows how it exited.
+	attached *launch.Runner
+	// stdio are the daemon's ends of an attached process's stdout and
+	// stderr (go-plugin holds those of a process it started).
+	stdio []*os.File
 
 	// gone is cancelled once the generation is being stopped: leases
 	// still out (calls the drain gave up on) end with Unavailable.
@@ -57,6 +74,18 @@ type instance struct {
 	idle     chan struct{} // closed when draining and inflight reaches 0
 
 	stopOnce sync.Once
+}
+
+// exitDescription says how the process ended ("" while it runs, or when
+// unknown).
+func (i *instance) exitDescription() string {
+	if i.attached != nil {
+		return i.attached.Exit()
+	}
+	if i.cmd != nil {
+		return proc.ExitDescription(i.cmd.ProcessState)
+	}
+	return ""
 }
 
 // generation is the generation number the process serves as.
@@ -165,8 +194,12 @@ func (i *instance) stop() {
 		}
 		if i.reap != nil {
 			i.reap.Remove(i.pid)
+			i.reap.Release(i.mark)
 		}
 		removeSockDir(i.sockDir)
+		for _, f := range i.stdio {
+			f.Close()
+		}
 		if i.stderr != nil {
 			i.stderr.Close() // a panic still being collected is logged
 		}

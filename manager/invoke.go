@@ -29,7 +29,7 @@ func (m *Manager) Invoke(ctx context.Context, name, method string, payload []byt
 	if err != nil {
 		return nil, err
 	}
-	inst, err := admit(e)
+	inst, err := admit(ctx, e)
 	if err != nil {
 		return nil, err
 	}
@@ -78,13 +78,22 @@ func (m *Manager) recordCallError(e *entry, gen uint64, err error) *PanicInfo {
 // generation refuses calls once it drains; a swap publishes the new one
 // before draining the old, so retrying on the new pointer always makes
 // progress.
-func admit(e *entry) (*instance, error) {
+func admit(ctx context.Context, e *entry) (*instance, error) {
 	for {
 		inst := e.active.Load()
 		if inst == nil {
 			e.mu.Lock()
-			st, reason := e.state, e.lastError
+			st, reason, attaching := e.state, e.lastError, e.attaching
 			e.mu.Unlock()
+			if attaching != nil {
+				// A reload's takeover of the serving process: wait for it.
+				select {
+				case <-attaching:
+					continue
+				case <-ctx.Done():
+					return nil, fmt.Errorf("plugin %q: waiting for the reloaded daemon to take it over: %w", e.name, ctx.Err())
+				}
+			}
 			if reason != "" {
 				return nil, fmt.Errorf("plugin %q is %s (%s): %w", e.name, st, reason, ErrUnavailable)
 			}

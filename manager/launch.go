@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -105,7 +106,7 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 			died := stage > StageStart && inst.pid > 0 && proc.ExitedWithin(inst.pid, 100*time.Millisecond)
 			inst.stop()
 			if died {
-				ce.Err = fmt.Errorf("the plugin process %s%s (%w)", proc.ExitDescription(inst.cmd.ProcessState), lastWords(inst.stderr), err)
+				ce.Err = fmt.Errorf("the plugin process %s%s (%w)", inst.exitDescription(), lastWords(inst.stderr), err)
 			}
 			ce.StderrTail = inst.stderr.PluginTail()
 		}
@@ -147,18 +148,21 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	inst.gen.Store(c.gen)
 	inst.gone, inst.cancelGone = context.WithCancel(context.Background())
 	genID := fmt.Sprintf("%s.g%d.%s", c.spec.Name, c.gen, filepath.Base(sockDir))
+	inst.mark = m.mark(genID)
 	inst.stopped = func(cgErr error) {
 		if cgErr != nil {
 			log.Error("the generation's cgroup could not be emptied and removed: processes of it may be left", slog.String("error", cgErr.Error()))
 		}
 		m.pids.remove(inst.pid)
-		m.sweeper.stopped(m.mark(genID))
+		m.sweeper.stopped(inst.mark)
 	}
 
 	cmd := exec.Command(path, c.spec.Args...)
-	cmd.Env = pluginEnv(c.spec.Env, sockDir, m.mark(genID))
+	cmd.Env = pluginEnv(c.spec.Env, sockDir, inst.mark)
 	cmd.Dir = m.pluginDir
-	cmd.SysProcAttr = proc.SysProcAttr()
+	// Without a reaper the plugin dies with this process (Pdeathsig); with
+	// one, the reaper sees to it, and the process may exec itself in place.
+	cmd.SysProcAttr = proc.SysProcAttr(m.reaper == nil)
 	switch {
 	case m.cgroups != nil:
 		// Its own cgroup, which it starts in: a stop kills everything it
@@ -235,12 +239,28 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 		inst.pid = rc.Pid
 	}
 	// From here on, a SIGKILLed daemon's reaper kills the plugin's group
-	// (with cgroups, the reaper kills the whole subtree anyway).
+	// (with cgroups, the reaper kills the whole subtree anyway), or, with
+	// live restore, keeps it and its stdio.
+	inst.pipes = proc.StdioPipes(inst.pid)
 	if m.cgroups == nil {
 		m.reaper.Add(inst.pid)
-		inst.reap = m.reaper
 	}
-	inst.pipes = proc.StdioPipes(inst.pid)
+	inst.reap = m.reaper
+	if m.cfg.LiveRestore != nil && len(inst.pipes) == 2 {
+		ends := proc.PipeEnds(inst.pipes)
+		m.reaper.Hold(inst.mark, c.spec.Name, ends[inst.pipes[0]], ends[inst.pipes[1]])
+	}
+	if cfg.TLSConfig != nil {
+		// The plugin's certificate, for a handover: go-plugin keeps it only
+		// in a CertPool.
+		cfg.TLSConfig.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) > 0 {
+				der := cs.PeerCertificates[0].Raw
+				inst.serverCert.Store(&der)
+			}
+			return nil
+		}
+	}
 	clock.r.CandidatePID = inst.pid
 	if c.spec.SHA256 != "" {
 		clock.done(StageChecksum)
@@ -250,30 +270,15 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 
 	// 3. handshake: connect and dispense; reject a launch without a client
 	// or adapter.
-	rpc, err := client.Client()
+	conn, err := inst.connect(client.NegotiatedVersion())
 	if err != nil {
-		return fail(StageHandshake, fmt.Errorf("connect: %w", err), inst)
-	}
-	gc, ok := rpc.(*goplugin.GRPCClient)
-	if !ok || gc == nil || gc.Conn == nil {
-		return fail(StageHandshake, fmt.Errorf("go-plugin returned %T, not a gRPC client", rpc), inst)
-	}
-	hc, err := gc.Dispense(connPluginName)
-	if err != nil {
-		return fail(StageHandshake, fmt.Errorf("dispense: %w", err), inst)
-	}
-	inst.done, inst.rpc = hc.(*hostConn).done, gc.Conn
-	raw, err := gc.Dispense(p.Dispense)
-	if err != nil {
-		return fail(StageHandshake, fmt.Errorf("dispense %q: %w", p.Dispense, err), inst)
-	}
-	if err := p.validate(raw); err != nil {
 		return fail(StageHandshake, err, inst)
 	}
-	inst.dispensed = raw
-	inst.native = nativeClient(raw)
-	conn := Conn{Dispensed: raw, GRPC: gc.Conn, ProtocolVersion: client.NegotiatedVersion()}
-	inst.hooks = conn
+	if cfg.TLSConfig != nil {
+		// go-plugin's AutoMTLS material, for a handover (it writes it into
+		// the config it was given).
+		inst.tls = cfg.TLSConfig
+	}
 	clock.done(StageHandshake)
 
 	// 4. describe
@@ -321,6 +326,9 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 		}
 	}
 	inst.startedAt = time.Now()
+	// What names the process for a handover (read once it is ready: the
+	// stages above run as soon as the handshake is in).
+	inst.startTicks, _ = proc.StartTicks(inst.pid)
 	return inst, clock.r, nil
 }
 
@@ -384,4 +392,36 @@ func lastWords(sink *proc.StderrSink) string {
 		return ": " + w
 	}
 	return ""
+}
+
+// connect is stage 3 of a started or attached generation: go-plugin's
+// connection, the hidden conn plugin (exit context) and the protocol's
+// dispensed value, validated.
+func (i *instance) connect(protocolVersion int) (Conn, error) {
+	rpc, err := i.client.Client()
+	if err != nil {
+		return Conn{}, fmt.Errorf("connect: %w", err)
+	}
+	gc, ok := rpc.(*goplugin.GRPCClient)
+	if !ok || gc == nil || gc.Conn == nil {
+		return Conn{}, fmt.Errorf("go-plugin returned %T, not a gRPC client", rpc)
+	}
+	hc, err := gc.Dispense(connPluginName)
+	if err != nil {
+		return Conn{}, fmt.Errorf("dispense: %w", err)
+	}
+	i.done, i.rpc = hc.(*hostConn).done, gc.Conn
+	raw, err := gc.Dispense(i.proto.Dispense)
+	if err != nil {
+		return Conn{}, fmt.Errorf("dispense %q: %w", i.proto.Dispense, err)
+	}
+	if err := i.proto.validate(raw); err != nil {
+		return Conn{}, err
+	}
+	i.dispensed = raw
+	i.native = nativeClient(raw)
+	i.protocolVersion = protocolVersion
+	conn := Conn{Dispensed: raw, GRPC: gc.Conn, ProtocolVersion: protocolVersion}
+	i.hooks = conn
+	return conn, nil
 }

@@ -55,7 +55,7 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	inst, err := admit(e)
+	inst, err := admit(ctx, e)
 	if err != nil {
 		return nil, err
 	}

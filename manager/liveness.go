@@ -37,12 +37,14 @@ func (m *Manager) startLiveness(e *entry, inst *instance) {
 			case <-m.ctx.Done():
 				return
 			}
+			m.gate.RLock()
 			if e.active.Load() == inst {
 				ctx, cancel := context.WithTimeout(inst.gone, timeout)
 				err := inst.proto.live(ctx, inst.hooks, inst.spec.Config)
 				cancel()
 				switch {
 				case inst.gone.Err() != nil:
+					m.gate.RUnlock()
 					return // stopped during the probe: not a hang
 				case err != nil:
 					failures++
@@ -58,6 +60,7 @@ func (m *Manager) startLiveness(e *entry, inst *instance) {
 							inst.generation(), inst.pid, p.LivenessFailures, p.LivenessInterval, timeout, err))
 				}
 			}
+			m.gate.RUnlock()
 			t.Reset(untilTick(p.LivenessInterval))
 		}
 	})

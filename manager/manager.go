@@ -81,6 +81,29 @@ type Config struct {
 	// (Spec.Protocol is a Go value and is not stored). Nil, or a nil
 	// result: the spec's Handshake or the native contract.
 	RestoreProtocol func(Spec) *Protocol
+	// Inherit, if set, is what the manager before this one handed over
+	// (see Freeze): Restore attaches to its running plugins instead of
+	// launching them. The manager owns its files from New on.
+	Inherit *Handover
+	// LiveRestore, if set, keeps the plugins running when this process
+	// dies (kill -9, an OOM kill, a crash): needs Reaper. See LiveRestore.
+	LiveRestore *LiveRestore
+}
+
+// LiveRestore is how a manager leaves its plugins for the next one when
+// its process dies: the reaper keeps them (it kills nothing) and drains
+// their stdout and stderr until the next process takes them from Handoff;
+// Save records each active generation's process (Remove forgets a
+// plugin's), for the next manager's Config.Inherit. Save and Remove are
+// called after each change of a plugin's active process, under its
+// operation lock, never under a lock readers take.
+type LiveRestore struct {
+	// Handoff is the path of the reaper's handoff socket.
+	Handoff string
+	// Save records p (its Active process; Full is false).
+	Save func(p *PluginHandover)
+	// Remove forgets plugin name's record.
+	Remove func(name string)
 }
 
 // Manager runs plugin instances. Create it with New; Close stops every plugin.
@@ -104,9 +127,19 @@ type Manager struct {
 	pids           pidSet    // plugin processes started and not stopped
 	native         *Protocol // the protocol of specs with neither Protocol nor Handshake
 
-	mu      sync.RWMutex // guards plugins and closed
+	mu      sync.RWMutex // guards plugins, closed, frozen, frozenDone and frozenEntries
 	plugins map[string]*entry
 	closed  bool
+	// frozen: Freeze began; no plugin is registered. frozenDone: it
+	// completed, and frozenEntries' operation locks (and the gate) are
+	// held until Thaw.
+	frozen        bool
+	frozenDone    bool
+	frozenEntries []*entry
+	// gate is held (read side) by background actions while they act, and
+	// (write side) by Freeze: a frozen manager acts on nothing. Taken
+	// before an entry's operation lock, never after it.
+	gate sync.RWMutex
 
 	// ctx is cancelled by Close; background work (restarts, actions on
 	// unhealthy) runs under it.
@@ -127,20 +160,23 @@ type entry struct {
 	// active is the serving generation; nil while starting or stopped.
 	active atomic.Pointer[instance]
 
-	mu          sync.Mutex // guards the fields below
-	spec        Spec
-	generation  uint64 // of the active (or last active) generation
-	pluginName  string // what the plugin described itself as
-	state       State  // changed only by transitionLocked, with since and reason
-	since       time.Time
-	reason      string // why the plugin is in state ("" when SERVING)
-	lastError   string // the last failure of any kind, for the status
-	endpoint    string // address of the plugin's own API ("" without Endpoints)
-	restarts    int
-	removed     bool // unloaded, or a failed first Load
-	unreadable  bool // restored from a stored record that could not be read: no spec
-	revision    uint64
-	faults      tracker     // failure windows and lifetime counts, per class
+	mu         sync.Mutex // guards the fields below
+	spec       Spec
+	generation uint64 // of the active (or last active) generation
+	pluginName string // what the plugin described itself as
+	state      State  // changed only by transitionLocked, with since and reason
+	since      time.Time
+	reason     string // why the plugin is in state ("" when SERVING)
+	lastError  string // the last failure of any kind, for the status
+	endpoint   string // address of the plugin's own API ("" without Endpoints)
+	restarts   int
+	removed    bool // unloaded, or a failed first Load
+	unreadable bool // restored from a stored record that could not be read: no spec
+	revision   uint64
+	faults     tracker // failure windows and lifetime counts, per class
+	// attaching, while open, says a reload's takeover of the plugin's
+	// process is under way: calls wait on it rather than fail.
+	attaching   chan struct{}
 	restartLog  []time.Time // supervisor restarts within the restart period
 	consecutive int         // restarts since the plugin last stayed up a period
 	bake        *bake       // the current or last bake (nil: none yet)
@@ -219,6 +255,16 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: reading the revision mark: %w", err)
 	}
 	m.events.rev, m.events.hwm = prev, prev
+	if h := cfg.Inherit; h != nil && h.Hub != nil {
+		// A reload: the hub continues where it was, below the mark
+		// reserved for it.
+		m.events.rev = h.Hub.Revision
+		m.events.hwm = max(prev, h.Hub.Revision)
+		m.events.history = append([]Event(nil), h.Hub.History...)
+		for _, hl := range h.Hub.Latest {
+			m.events.latest[hl.Name] = hl
+		}
+	}
 	m.events.reserve = m.store.ReserveRevisions
 	m.events.log = func(err error) { log.Error("persisting the revision mark failed", slog.String("error", err.Error())) }
 	if cfg.SocketDir == "" {
@@ -238,8 +284,8 @@ func New(cfg Config) (*Manager, error) {
 		}
 		m.sockRoot = d
 	}
-	if cfg.Reaper {
-		m.reaper = proc.StartReaper(log)
+	if err := m.startReaper(); err != nil {
+		return nil, err
 	}
 	m.setupContainment()
 	m.native = NativeProtocol()
@@ -293,6 +339,7 @@ func (m *Manager) Get(name string) (Status, error) {
 // Close stops every plugin (draining calls up to ctx's deadline) and refuses
 // further operations. It is safe to call more than once.
 func (m *Manager) Close(ctx context.Context) error {
+	m.Thaw() // a manager frozen for a handover that did not happen
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -342,7 +389,8 @@ func (m *Manager) Close(ctx context.Context) error {
 	m.bg.Wait()
 	m.events.close()
 	m.closeContainment()
-	m.reaper.Close()
+	// Every plugin stopped: the reaper leaves keep mode and ends.
+	m.reaper.Stop()
 	if m.ownSock {
 		_ = os.RemoveAll(m.sockRoot)
 	}

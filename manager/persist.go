@@ -83,10 +83,29 @@ func (m *Manager) Audit(name string, before uint64, limit int) (AuditPage, error
 // holds a spec this daemon refuses) is listed UNHEALTHY with the reason,
 // kept on disk, until an operator unloads it or loads a spec over it.
 // Restore returns when every launch is decided.
+//
+// With Config.Inherit, a plugin handed over is taken over (see Freeze)
+// rather than launched.
 func (m *Manager) Restore(ctx context.Context) error {
+	done, err := m.RestoreInBackground(ctx)
+	if err != nil {
+		return err
+	}
+	<-done
+	return nil
+}
+
+// RestoreInBackground is Restore returning as soon as every stored plugin
+// is registered (List, Health and Watch know them all, with the state a
+// reload handed over), while the launches and takeovers go on; done is
+// closed once every one is decided. A call (Invoke, Acquire) to a plugin
+// being taken over waits for it, within its context, rather than failing:
+// a reload in place serves at once, its plugins attached in the
+// background.
+func (m *Manager) RestoreInBackground(ctx context.Context) (done <-chan struct{}, err error) {
 	recs, err := m.store.Plugins()
 	if err != nil {
-		return fmt.Errorf("reading desired state: %w", err)
+		return nil, fmt.Errorf("reading desired state: %w", err)
 	}
 	var wg sync.WaitGroup
 	for _, r := range recs {
@@ -107,17 +126,34 @@ func (m *Manager) Restore(ctx context.Context) error {
 			e.spec = Spec{Name: name}
 			e.unreadable = true
 		}
+		inh := m.inherited(name)
+		if r.Unreadable != "" || (inh != nil && inh.Spec.Name != "" && inh.Spec.Name != name) {
+			inh = nil
+		}
+		// A reload's handover carries the plugin's state: it continues,
+		// and nothing is published for it.
+		full := inh != nil && inh.Full
+		if full {
+			e.restoreState(inh)
+		}
+		adopt := inh != nil && inh.Active != nil && !r.HeldUnhealthy
+		if adopt && full {
+			// Calls wait for the takeover, not fail: the plugin serves.
+			e.attaching = make(chan struct{})
+		}
 		m.mu.Lock()
 		if m.closed {
 			m.mu.Unlock()
-			return ErrClosed
+			return nil, ErrClosed
 		}
 		if _, dup := m.plugins[e.name]; dup {
 			m.mu.Unlock()
 			continue
 		}
 		m.plugins[e.name] = e
-		_ = m.transition(e, evLaunch, "restoring after daemon start")
+		if !full {
+			_ = m.transition(e, evLaunch, "restoring after daemon start")
+		}
 		m.mu.Unlock()
 		if r.Unreadable != "" {
 			why := "stored record unreadable: " + r.Unreadable
@@ -129,18 +165,30 @@ func (m *Manager) Restore(ctx context.Context) error {
 			e.mu.Unlock()
 			continue
 		}
-		if err := m.openEndpoint(e); err != nil {
-			// The plugin is restored without its endpoint; say why.
-			m.log.Error("endpoint not served", slog.String("plugin", e.name), slog.String("error", err.Error()))
-			e.mu.Lock()
-			e.lastError = err.Error()
-			e.mu.Unlock()
+		openEndpoint := func() {
+			if err := m.openEndpoint(e); err != nil {
+				// The plugin is restored without its endpoint; say why.
+				m.log.Error("endpoint not served", slog.String("plugin", e.name), slog.String("error", err.Error()))
+				e.mu.Lock()
+				e.lastError = err.Error()
+				e.mu.Unlock()
+			}
 		}
-		if r.HeldUnhealthy {
+		if !adopt {
+			openEndpoint()
+		}
+		switch {
+		case r.HeldUnhealthy && full:
+			continue // UNHEALTHY, as handed over
+		case r.HeldUnhealthy:
 			e.mu.Lock()
 			e.lastError = r.Reason
 			_ = m.transitionLocked(e, evGaveUp, r.Reason)
 			e.mu.Unlock()
+			continue
+		case full && inh.Active == nil && e.state != StateStarting:
+			// Stopped by its health policy, or given up on: as handed
+			// over. (STARTING: a restart was due; it is made now.)
 			continue
 		}
 		e.op <- struct{}{}
@@ -148,17 +196,31 @@ func (m *Manager) Restore(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			defer e.unlock()
+			if adopt {
+				// The endpoint opens once the plugin is taken over: calls
+				// that waited in its backlog through a reload find it
+				// serving.
+				m.adoptOne(ctx, e, r, inh)
+				e.attached()
+				openEndpoint()
+				return
+			}
 			m.restoreOne(ctx, e, r)
 		}()
 	}
-	wg.Wait()
-	return nil
+	ch := make(chan struct{})
+	go func() {
+		wg.Wait()
+		m.dropInherited()
+		close(ch)
+	}()
+	return ch, nil
 }
 
 // restoreOne relaunches one stored plugin; the caller holds e's operation
 // lock.
 func (m *Manager) restoreOne(ctx context.Context, e *entry, r PluginRecord) {
-	inst, _, err := m.launch(ctx, candidate{action: "restore", spec: e.spec, gen: r.Generation + 1, expectName: r.PluginName})
+	inst, _, err := m.launch(ctx, candidate{action: "restore", spec: e.spec, gen: max(r.Generation, e.generation) + 1, expectName: r.PluginName})
 	if err != nil {
 		m.auditFailure(ctx, "restore", e.name, r.Generation, nil, e.spec, err)
 	} else {

@@ -95,6 +95,9 @@ func (m *Manager) register(ctx context.Context, e *entry) (replaced *entry, err 
 		if m.closed {
 			return nil, ErrClosed
 		}
+		if m.frozen {
+			return nil, ErrFrozen
+		}
 		old, ok := m.plugins[e.name]
 		if !ok {
 			break
@@ -149,6 +152,7 @@ func (m *Manager) activate(e *entry, inst *instance, operator bool) bool {
 		_ = m.transitionLocked(e, evActivated, "")
 		e.mu.Unlock()
 		m.startLiveness(e, inst)
+		m.saveRuntime(e)
 	})
 }
 
@@ -365,6 +369,7 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 		inst.stop()
 	}
 	m.closeEndpoint(e)
+	m.forgetRuntime(name)
 	e.mu.Lock()
 	e.faults.reset(0)
 	_ = m.transitionLocked(e, evRemoved, "unloaded")

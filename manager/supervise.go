@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
-
-	"github.com/plugincontrol/plugincontrol/internal/proc"
 )
 
 // startBackground runs f in a goroutine tracked by Close, after running
@@ -42,11 +40,17 @@ func (m *Manager) watchExit(e *entry, inst *instance) {
 	if inst.intended() {
 		return
 	}
+	m.gate.RLock()
+	defer m.gate.RUnlock()
+	if inst.intended() {
+		return // stopped while a handover held the gate
+	}
 	gen := inst.generation()
-	exit := "exited"
-	if inst.cmd != nil && inst.cmd.ProcessState != nil {
-		// Written by go-plugin's cmd.Wait before it cancels the done context.
-		exit = proc.ExitDescription(inst.cmd.ProcessState)
+	// Written by go-plugin's cmd.Wait (or an attached process's runner)
+	// before the done context is cancelled.
+	exit := inst.exitDescription()
+	if exit == "" {
+		exit = "exited"
 	}
 	rec := panicFromStderr(inst.stderr.Tail())
 	reason := fmt.Sprintf("generation %d (pid %d) crashed: %s", gen, inst.pid, exit)
@@ -115,7 +119,7 @@ func (m *Manager) scheduleRestartLocked(e *entry, gen uint64, reason string) {
 		m.log.Error("plugin unhealthy", slog.String("plugin", e.name), slog.Uint64("generation", gen), slog.String("reason", why))
 		// Held across daemon restarts until an operator reloads it; the
 		// store is written under the operation lock, never under e.mu.
-		m.startBackground(func() { m.persistHold(e, gen, why) })
+		m.startBackground(func() { m.gated(func() { m.persistHold(e, gen, why) }) })
 		return
 	}
 	delay := p.BackoffInitial << min(e.consecutive, 30)
@@ -166,6 +170,8 @@ func (m *Manager) restartAfter(e *entry, gen uint64, delay time.Duration) {
 	case <-m.ctx.Done():
 		return
 	}
+	m.gate.RLock()
+	defer m.gate.RUnlock()
 	if err := e.lock(m.ctx); err != nil {
 		return
 	}

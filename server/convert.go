@@ -58,31 +58,7 @@ func reportToProto(r *manager.Report) *pb.CandidateReport {
 	return out
 }
 
-func healthToProto(h manager.Health) *pb.PluginHealth {
-	out := &pb.PluginHealth{
-		Name:           h.Name,
-		State:          pb.PluginState(h.State),
-		Generation:     h.Generation,
-		PanicsInWindow: uint32(h.PanicsInWindow),
-		LifetimePanics: h.LifetimePanics,
-		Crashes:        h.Crashes,
-		Restarts:       uint32(h.Restarts),
-		Reason:         h.Reason,
-		Since:          timestamp(h.Since),
-		Revision:       h.Revision,
-	}
-	if p := h.LastPanic; p != nil {
-		out.LastPanic = &pb.PanicRecord{Message: p.Message, Fingerprint: p.Fingerprint, Time: timestamp(p.Time), Generation: p.Generation}
-	}
-	for _, f := range h.Failures {
-		out.Failures = append(out.Failures, &pb.FailureCount{Class: pb.FailureClass(f.Class), InWindow: uint32(f.InWindow), Lifetime: f.Lifetime})
-	}
-	if b := h.Bake; b != nil {
-		out.Bake = &pb.Bake{Generation: b.Generation, PreviousGeneration: b.PreviousGeneration, Until: timestamp(b.Until),
-			Result: pb.BakeResult(b.Result), Reason: b.Reason, RevertedTo: b.RevertedTo}
-	}
-	return out
-}
+func healthToProto(h manager.Health) *pb.PluginHealth { return wire.HealthProto(h) }
 
 // compactEvent reduces the health in r to HEALTH_VIEW_COMPACT: name, state,
 // generation and revision.
@@ -93,11 +69,7 @@ func compactEvent(r *pb.WatchHealthResponse) {
 }
 
 func eventToProto(e manager.Event) *pb.WatchHealthResponse {
-	ev := &pb.HealthEvent{Type: pb.HealthEventType(e.Type), Revision: e.Revision, Reset_: e.Reset}
-	if e.Type != manager.EventSynced && e.Type != manager.EventBookmark {
-		ev.Health = healthToProto(e.Health)
-	}
-	return &pb.WatchHealthResponse{Event: ev}
+	return &pb.WatchHealthResponse{Event: wire.EventProto(e)}
 }
 
 // duration converts an optional Duration field of a request (unset is 0)

@@ -41,6 +41,10 @@ type fleetService struct {
 	pb.UnimplementedFleetServiceServer
 	store *fleet.Store // nil: fleet disabled
 	node  FleetNode
+	// shutdown is closed when the server drains: WatchFleet streams end
+	// with ended's status (Unavailable), to be resumed.
+	shutdown <-chan struct{}
+	ended    func() error
 }
 
 func (f *fleetService) check(ctx context.Context) (context.Context, context.CancelFunc, error) {
@@ -216,9 +220,23 @@ func (f *fleetService) WatchFleet(req *pb.WatchFleetRequest, stream pb.FleetServ
 		_, _, err := f.check(stream.Context())
 		return err
 	}
-	err := f.store.Watch(stream.Context(), req.GetSinceRevision(), req.GetPlugin(), func(ev *pb.FleetEvent) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-f.shutdown:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := f.store.Watch(ctx, req.GetSinceRevision(), req.GetPlugin(), func(ev *pb.FleetEvent) error {
 		return stream.Send(&pb.WatchFleetResponse{Event: ev})
 	})
+	select {
+	case <-f.shutdown:
+		return f.ended()
+	default:
+	}
 	switch {
 	case err == nil || stream.Context().Err() != nil:
 		return nil

@@ -113,6 +113,7 @@ type Server struct {
 
 	shutdown     chan struct{} // closed by Shutdown (under mu): no new streams, streams end
 	shutdownOnce sync.Once
+	reloading    atomic.Bool // set by Handover before shutdown is closed
 	mirrorDone   chan struct{}
 
 	healthAll atomic.Pointer[healthAll] // cached Health of all plugins
@@ -189,11 +190,11 @@ func New(m *manager.Manager, opts ...Option) *Server {
 	s.grpc = grpc.NewServer(append(gopts, o.grpcOpts...)...)
 	pb.RegisterPluginControlServiceServer(s.grpc, &control{s: s})
 	pb.RegisterPluginGatewayServiceServer(s.grpc, &gateway{s: s})
-	pb.RegisterFleetServiceServer(s.grpc, &fleetService{store: o.fleet, node: o.fleetNode})
+	pb.RegisterFleetServiceServer(s.grpc, &fleetService{store: o.fleet, node: o.fleetNode, shutdown: s.shutdown, ended: s.ended})
 	s.health = health.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, s.health)
+	healthpb.RegisterHealthServer(s.grpc, healthService{s.health, s})
 	reflection.Register(s.grpc)
-	go s.mirrorHealth()
+	s.startMirror()
 	return s
 }
 
@@ -207,9 +208,26 @@ func (s *Server) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
 // Unavailable, then stops gracefully, falling back to a hard stop when ctx
 // ends first (grpc's GracefulStop has no deadline of its own). It does not
 // close the manager.
-func (s *Server) Shutdown(ctx context.Context) {
+func (s *Server) Shutdown(ctx context.Context) { s.stop(ctx, true) }
+
+// Handover drains the server for a reload in place: every stream
+// (WatchHealth, grpc.health.v1 Watch, WatchFleet) ends with Unavailable,
+// which clients resume from their last revision; existing connections get
+// a GOAWAY (grpc-go's GracefulStop) and unary calls in flight finish, up to
+// ctx, then the rest is cut. Health stays SERVING: nothing a prober sees
+// changes. Serve's listeners are closed: the caller keeps copies of the
+// listening sockets for the next image (set unix listeners not to unlink
+// their socket file on close), where connections wait in the backlog.
+func (s *Server) Handover(ctx context.Context) {
+	s.reloading.Store(true)
+	s.stop(ctx, false)
+}
+
+func (s *Server) stop(ctx context.Context, notServing bool) {
 	s.shutdownOnce.Do(func() {
-		s.health.Shutdown()
+		if notServing {
+			s.health.Shutdown()
+		}
 		s.mu.Lock()
 		close(s.shutdown)
 		for w := range s.watches {

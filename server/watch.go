@@ -20,6 +20,18 @@ import (
 // reconnect (to this daemon once it is back) with their last revision.
 var errShuttingDown = status.Error(codes.Unavailable, "plugind is shutting down; reconnect with since_revision set to the last revision received")
 
+// errReloading ends streams when plugind reloads in place: reconnect at once
+// (the connection waits in the socket's backlog for the new image).
+var errReloading = rpcerr.New(codes.Unavailable, rpcerr.ReasonReloading, "plugind is reloading in place; reconnect now with since_revision set to the last revision received", nil)
+
+// ended is the status a stream ends with when the server drains.
+func (s *Server) ended() error {
+	if s.reloading.Load() {
+		return errReloading
+	}
+	return errShuttingDown
+}
+
 // WatchHealth streams a snapshot or replay, SYNCED, then live events. A
 // watch evicted for falling behind (manager.Watch) ends, once the events
 // taken before are sent, with ResourceExhausted (reason WATCH_EVICTED):
@@ -43,18 +55,18 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 		return invalid("view", fmt.Sprintf("unknown health view %d", int32(v)))
 	}
 	if s.isDraining() {
-		return errShuttingDown
+		return s.ended()
 	}
 	w, err := s.m.Watch(req.GetNames(), req.GetSinceRevision())
 	if err != nil {
 		if errors.Is(err, manager.ErrClosed) {
-			return errShuttingDown
+			return s.ended()
 		}
 		return toStatus(err)
 	}
 	defer w.Close()
 	if !s.track(w) {
-		return errShuttingDown
+		return s.ended()
 	}
 	defer s.untrack(w)
 
@@ -83,7 +95,7 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 				return rpcerr.New(codes.ResourceExhausted, rpcerr.ReasonWatchEvicted, ev.Error(),
 					map[string]string{"last_revision": strconv.FormatUint(ev.LastRevision, 10), "lag_limit": ev.LagLimit.String()})
 			}
-			return errShuttingDown
+			return s.ended()
 		}
 		<-w.Ready()
 		if err := ctx.Err(); err != nil {
@@ -91,7 +103,7 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 		}
 		select {
 		case <-s.shutdown:
-			return errShuttingDown
+			return s.ended()
 		default:
 		}
 		if bookmarkDue.Swap(false) {

@@ -68,6 +68,11 @@ type config struct {
 	fleetCert     string
 	fleetKey      string
 	fleetLeaseTTL time.Duration
+	// liveRestore keeps plugins running when plugind dies (see
+	// manager.LiveRestore); checkConfig only checks the configuration
+	// (a reload runs the new binary so).
+	liveRestore bool
+	checkConfig bool
 }
 
 // containmentFlag is --containment.
@@ -155,15 +160,22 @@ delegated) memory_max_bytes at least 1 MiB, cpu_max "QUOTA PERIOD". All in
 docs/api.md (PluginSpec).
 
 systemd: with Type=notify, READY=1 is sent once the plugins are restored and
-the listeners serve, STOPPING=1 at shutdown; with WatchdogSec, WATCHDOG=1 at
-half the interval while the manager answers. --metrics-listen also serves
-/healthz (200 while serving) and /readyz (200 once ready, until shutdown)
-for HTTP probes.
+the listeners serve, RELOADING=1 then READY=1 around a reload, STOPPING=1 at
+shutdown; with WatchdogSec, WATCHDOG=1 at half the interval while the
+manager answers. --metrics-listen also serves /healthz (200 while serving)
+and /readyz (200 once ready, until shutdown) for HTTP probes.
 
-Signals: SIGHUP is logged and ignored (there is no configuration reload:
-restart to apply a changed config). SIGTERM or SIGINT: health goes NOT_SERVING, WatchHealth streams end
-with Unavailable, calls in flight finish (up to --shutdown-timeout), plugins
-stop, then plugind exits 0.
+Signals: SIGHUP reloads plugind in place ("systemctl reload"): the binary at
+its path (upgraded or not) checks the configuration, then plugind
+re-executes it with the same pid, handing over its plugins (none restarts,
+no call fails: connections wait in the sockets' backlog, streams end with
+Unavailable and clients resume). A configuration or binary that fails the
+check leaves plugind running unchanged, saying why. SIGTERM or SIGINT:
+health goes NOT_SERVING, WatchHealth streams end with Unavailable, calls in
+flight finish (up to --shutdown-timeout), plugins stop, then plugind exits
+0. A crash (SIGKILL, an OOM kill) stops the plugins too, unless
+--live-restore: then they keep running and the next plugind on the same
+--state-dir adopts them.
 Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration,
 3 the store file is damaged (see plugind store).
 
@@ -221,6 +233,8 @@ Store commands (stop plugind first):
 	fs.StringVar(&cfg.fleetCA, "fleet-etcd-ca", "", "CA bundle (PEM) verifying the etcd servers")
 	fs.StringVar(&cfg.fleetCert, "fleet-etcd-cert", "", "client certificate (PEM) for etcd")
 	fs.StringVar(&cfg.fleetKey, "fleet-etcd-key", "", "client private key (PEM) for etcd")
+	fs.BoolVar(&cfg.liveRestore, "live-restore", false, "keep plugins running when plugind dies (kill -9, an OOM kill, a crash): its reaper keeps draining their output, and the next plugind on this --state-dir adopts them (same pids and generations) instead of restarting them; a clean stop (SIGTERM) still stops them")
+	fs.BoolVar(&cfg.checkConfig, "check-config", false, "check the configuration (flags, environment, --config file and the files it names), print what a reload needs to know as JSON and exit (0: fine, 2: not)")
 	fs.DurationVar(&cfg.fleetLeaseTTL, "fleet-lease-ttl", 10*time.Second, "TTL of this node's etcd lease: a node that stops renewing it leaves the fleet's node list after that long (whole seconds, at least 2s)")
 	return fs
 }

@@ -26,6 +26,7 @@ import (
 // fleetMember is this plugind's part in a fleet (--fleet-etcd): the etcd
 // client, the store FleetService serves and the agent.
 type fleetMember struct {
+	node       string
 	cli        *clientv3.Client
 	store      *fleet.Store
 	agent      *fleet.Agent
@@ -36,7 +37,10 @@ type fleetMember struct {
 
 // joinFleet connects to etcd (lazily: an unreachable etcd does not stop
 // plugind from starting) and prepares the agent; nil without --fleet-etcd.
-func joinFleet(cfg config, m *manager.Manager, log *slog.Logger) (*fleetMember, error) {
+//
+// lease, when not 0, is the node lease of the image this one replaced (a
+// reload), granted to node: the agent keeps it.
+func joinFleet(cfg config, m *manager.Manager, log *slog.Logger, lease int64, leaseNode string) (*fleetMember, error) {
 	if cfg.fleetEtcd == "" {
 		return nil, nil
 	}
@@ -76,16 +80,19 @@ func joinFleet(cfg config, m *manager.Manager, log *slog.Logger) (*fleetMember, 
 	}
 	labels, _ := cfg.labels() // checked by config.check
 	v, _ := version.Get()
+	if leaseNode != node {
+		lease = 0 // another node name: a new lease
+	}
 	agent, err := fleet.NewAgent(fleet.AgentConfig{
 		Client: cli, Prefix: cfg.fleetPrefix, Node: node, Labels: labels, Version: v,
-		Manager: m, Logger: log, LeaseTTL: cfg.fleetLeaseTTL,
+		Manager: m, Logger: log, LeaseTTL: cfg.fleetLeaseTTL, InheritLease: lease,
 	})
 	if err != nil {
 		cli.Close()
 		return nil, err
 	}
 	ctrl := fleet.NewController(fleet.ControllerConfig{Client: cli, Prefix: cfg.fleetPrefix, Node: node, Logger: log, LeaseTTL: cfg.fleetLeaseTTL})
-	return &fleetMember{cli: cli, store: fleet.NewStore(cli, cfg.fleetPrefix), agent: agent, controller: ctrl, done: make(chan struct{})}, nil
+	return &fleetMember{node: node, cli: cli, store: fleet.NewStore(cli, cfg.fleetPrefix), agent: agent, controller: ctrl, done: make(chan struct{})}, nil
 }
 
 // start runs the agent and the controller (which campaigns to lead the
@@ -106,4 +113,17 @@ func (f *fleetMember) close() {
 		<-f.done
 	}
 	f.cli.Close()
+}
+
+// handover stops the agent and the controller for a reload in place,
+// keeping the node's lease (the next image's agent takes it over), and
+// returns the lease (0: none).
+func (f *fleetMember) handover() int64 {
+	f.agent.Handover()
+	if f.stop != nil {
+		f.stop()
+		<-f.done
+		f.stop = nil
+	}
+	return f.agent.Lease()
 }

@@ -19,6 +19,7 @@ import (
 
 // listener is one open --listen address.
 type listener struct {
+	key  string // the address as configured (a reload hands it over under it)
 	addr string
 	lis  net.Listener
 	path string // unix socket file, removed at exit
@@ -36,7 +37,10 @@ func (l listener) cleanup() {
 	}
 }
 
-func openListeners(cfg config, haveTLS, haveAuth bool) ([]listener, error) {
+// openListeners opens every --listen address, or takes the socket an
+// earlier image of this daemon handed over for it (inherited, by
+// "listen:"+address; taken ones are removed from the map).
+func openListeners(cfg config, haveTLS, haveAuth bool, inherited map[string]net.Listener) ([]listener, error) {
 	var out []listener
 	fail := func(err error) ([]listener, error) {
 		for _, l := range out {
@@ -46,6 +50,19 @@ func openListeners(cfg config, haveTLS, haveAuth bool) ([]listener, error) {
 		return nil, err
 	}
 	for _, addr := range cfg.listen {
+		if l, ok := inherited["listen:"+addr]; ok {
+			delete(inherited, "listen:"+addr)
+			path := ""
+			if p, ok := strings.CutPrefix(addr, "unix://"); ok {
+				path = p
+			}
+			shown := addr
+			if strings.HasPrefix(addr, "tcp://") {
+				shown = "tcp://" + l.Addr().String()
+			}
+			out = append(out, listener{key: addr, addr: shown, lis: l, path: path})
+			continue
+		}
 		switch {
 		case strings.HasPrefix(addr, "unix://"):
 			l, err := listenUnix(addr)
@@ -54,7 +71,7 @@ func openListeners(cfg config, haveTLS, haveAuth bool) ([]listener, error) {
 			}
 			out = append(out, l)
 		case strings.HasPrefix(addr, "tcp://"):
-			l, err := openTCP("--listen", addr, cfg, haveTLS, haveAuth)
+			l, err := openTCP("--listen", addr, cfg, haveTLS, haveAuth, nil)
 			if err != nil {
 				return fail(err)
 			}
@@ -69,7 +86,7 @@ func openListeners(cfg config, haveTLS, haveAuth bool) ([]listener, error) {
 // openTCP opens a tcp:// address of flag: TLS, or a loopback address with
 // --auth-file or --insecure-tcp (plaintext TCP is never opened to the
 // network).
-func openTCP(flag, addr string, cfg config, haveTLS, haveAuth bool) (listener, error) {
+func openTCP(flag, addr string, cfg config, haveTLS, haveAuth bool, inherited net.Listener) (listener, error) {
 	hostport := strings.TrimPrefix(addr, "tcp://")
 	if !haveTLS {
 		host, _, err := net.SplitHostPort(hostport)
@@ -85,11 +102,14 @@ func openTCP(flag, addr string, cfg config, haveTLS, haveAuth bool) (listener, e
 			return listener{}, fmt.Errorf("%s %q: plaintext TCP on loopback is open to every local user; set --auth-file, TLS, or --insecure-tcp", flag, addr)
 		}
 	}
-	lis, err := listenTCP(hostport)
-	if err != nil {
-		return listener{}, fmt.Errorf("%s %q: %w", flag, addr, err)
+	lis := inherited
+	if lis == nil {
+		var err error
+		if lis, err = listenTCP(hostport); err != nil {
+			return listener{}, fmt.Errorf("%s %q: %w", flag, addr, err)
+		}
 	}
-	return listener{addr: "tcp://" + lis.Addr().String(), lis: lis}, nil
+	return listener{key: addr, addr: "tcp://" + lis.Addr().String(), lis: lis}, nil
 }
 
 func listenTCP(hostport string) (net.Listener, error) { return net.Listen("tcp", hostport) }
@@ -127,7 +147,7 @@ func listenUnix(addr string) (listener, error) {
 		return listener{}, err
 	}
 	// net.UnixListener removes the file on Close; keep our own cleanup too.
-	return listener{addr: addr, lis: lis, path: path}, nil
+	return listener{key: addr, addr: addr, lis: lis, path: path}, nil
 }
 
 // serverTLS builds the TLS config for TCP listeners, with client

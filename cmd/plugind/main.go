@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -23,6 +24,8 @@ import (
 	"time"
 
 	"github.com/plugincontrol/plugincontrol/endpoint"
+	"github.com/plugincontrol/plugincontrol/internal/handover"
+	"github.com/plugincontrol/plugincontrol/internal/proc"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/plugincontrol/plugincontrol/metrics"
 	"github.com/plugincontrol/plugincontrol/server"
@@ -48,8 +51,9 @@ const maxSockRoot = 107 - 1 - 10 - 1 - 16
 // is short enough, else a directory of this state directory's own under
 // $TMPDIR), a short directory for endpoints whose path would be too long,
 // and the id of this state directory (the name of its cgroup subtree).
-// Socket directories left by a daemon that was killed are removed.
-func socketDirs(stateDir string) (sockDir, shortDir, id string, err error) {
+// Socket directories left by a daemon that was killed are removed when
+// wipe is set (nothing is handed over).
+func socketDirs(stateDir string, wipe bool) (sockDir, shortDir, id string, err error) {
 	abs, err := filepath.Abs(stateDir)
 	if err != nil {
 		return "", "", "", err
@@ -61,7 +65,12 @@ func socketDirs(stateDir string) (sockDir, shortDir, id string, err error) {
 	if len(sockDir) > maxSockRoot {
 		sockDir = filepath.Join(shortDir, "sockets")
 	}
+	// A handover (reload, live restore) keeps them: the plugins taken over
+	// serve there (the manager removes what no plugin took).
 	for _, d := range []string{filepath.Join(abs, "sockets"), shortDir} {
+		if !wipe {
+			break
+		}
 		if err := os.RemoveAll(d); err != nil {
 			return "", "", "", fmt.Errorf("removing stale plugin sockets: %w", err)
 		}
@@ -84,23 +93,41 @@ func run(args []string, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "store" {
 		return runStore(args[1:], os.Stdout, stderr)
 	}
+	// A reload in place: the image before this one handed over on a
+	// descriptor. Read first, whatever happens next (a refused handover
+	// still hands over descriptors that must not leak into plugins).
+	inh, inhErr := readInheritance()
+	// SIGHUP asks for a reload. Caught from here on (one that arrives while
+	// this image starts is handled once it serves); an image started by a
+	// reload ignored it until now (the previous image set SIG_IGN, which
+	// the exec keeps), so a second "systemctl reload" never kills it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, err := parseFlags(args, stderr, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "plugind: %v\n", err)
+		inh.close()
 		return exitUsage
+	}
+	if cfg.checkConfig {
+		return checkConfig(cfg, os.Stdout, stderr)
 	}
 	log, err := newLogger(cfg.logLevel, cfg.logFormat, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "plugind: %v\n", err)
+		inh.close()
 		return exitUsage
+	}
+	if inhErr != nil {
+		log.Error("the handover of the previous image could not be read: its plugins are relaunched", slog.String("error", inhErr.Error()))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	ignoreHangup(ctx, log)
-	if err := serve(ctx, cfg, log); err != nil {
+	if err := serve(ctx, cfg, log, inh, hup); err != nil {
 		var de *store.DamagedError
 		if errors.As(err, &de) {
 			fmt.Fprintf(stderr, "plugind: %v\n%s", err, recoverHint(cfg.stateDir))
@@ -136,7 +163,28 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	}
 }
 
-func serve(ctx context.Context, cfg config, log *slog.Logger) error {
+// image is one running plugind image: what serve builds, and what a
+// reload drains and hands over.
+type image struct {
+	cfg       config
+	log       *slog.Logger
+	exe       string // this binary's path when it started: a reload execs the file there
+	m         *manager.Manager
+	srv       *server.Server
+	eps       *endpoint.Server
+	listeners []listener
+	tcpEP     *listener // --endpoint-listen
+	metrics   *http.Server
+	metricsL  net.Listener
+	fm        *fleetMember
+	records   *handover.Records // --live-restore records; nil without
+}
+
+func serve(ctx context.Context, cfg config, log *slog.Logger, inh *inheritance, hup <-chan os.Signal) error {
+	reloadStart := time.Now()
+	d := &image{cfg: cfg, log: log}
+	d.exe, _ = os.Executable()
+	defer inh.close() // what is left of it once everything took its part
 	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
@@ -163,7 +211,22 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	defer st.Close()
 
-	sockDir, shortDir, id, err := socketDirs(cfg.stateDir)
+	// With live restore, a plugind that starts after a crash adopts what
+	// the crashed one left; without, what it left is killed (by the
+	// manager, as before).
+	var lr *manager.LiveRestore
+	if cfg.liveRestore {
+		if d.records, err = handover.NewRecords(cfg.stateDir, proc.BootID()); err != nil {
+			return err
+		}
+		lr = &manager.LiveRestore{Handoff: handover.HandoffPath(cfg.stateDir), Save: d.saveRecord, Remove: d.removeRecord}
+		if inh.manager == nil {
+			inh.manager = adoptAfterCrash(d.records, cfg.stateDir, log)
+		}
+	} else {
+		clearLiveRestore(cfg.stateDir)
+	}
+	sockDir, shortDir, id, err := socketDirs(cfg.stateDir, inh.manager == nil)
 	if err != nil {
 		return err
 	}
@@ -176,23 +239,24 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		endpoint.WithCallObserver(met.ObserveCall),
 		endpoint.WithMaxMessageBytes(cfg.endpointMaxMsg),
 		endpoint.WithServerOptions(grpc.ChainStreamInterceptor(server.EndpointInterceptors(authCfg, log)...)),
+		endpoint.WithInherited(inh.endpoints()),
 	}
 	if authCfg != nil {
 		// The daemon's bearer tokens are not the plugins' business.
 		epOpts = append(epOpts, endpoint.WithStrippedMetadata("authorization"))
 	}
 	epOpts = append(epOpts, endpoint.WithShortDir(filepath.Join(shortDir, "endpoints")))
-	eps, err := endpoint.New(cfg.endpointDir, epOpts...)
+	d.eps, err = endpoint.New(cfg.endpointDir, epOpts...)
 	if err != nil {
 		return err
 	}
-	defer eps.Shutdown()
-	if p := eps.Path(strings.Repeat("x", 63)); len(p) > 107 {
+	defer d.eps.Shutdown()
+	if p := d.eps.Path(strings.Repeat("x", 63)); len(p) > 107 {
 		// Only when $TMPDIR itself is very long.
 		return fmt.Errorf("endpoint socket paths do not fit 107 bytes (%s): set a shorter --endpoint-dir or TMPDIR", p)
 	}
 
-	m, err := manager.New(manager.Config{
+	d.m, err = manager.New(manager.Config{
 		PluginDir:     cfg.pluginDir,
 		SocketDir:     sockDir,
 		Logger:        log,
@@ -217,31 +281,41 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 			return cfg.watchLagLimit
 		}(),
 		OnCandidate: met.ObserveCandidate,
-		Endpoints:   eps,
+		Endpoints:   d.eps,
+		Inherit:     inh.manager,
+		LiveRestore: lr,
 	})
 	if err != nil {
 		return err
 	}
-	met.Attach(m)
+	inh.manager = nil // the manager owns what it was handed
+	met.Attach(d.m)
 	closeManager := func() {
 		cctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 		defer cancel()
-		_ = m.Close(cctx)
+		_ = d.m.Close(cctx)
+		if d.records != nil {
+			_ = d.records.Clear() // nothing runs any more
+		}
 	}
 
-	listeners, err := openListeners(cfg, tlsCfg != nil, authCfg != nil)
+	d.listeners, err = openListeners(cfg, tlsCfg != nil, authCfg != nil, inh.listeners)
 	if err != nil {
 		closeManager()
 		return err
 	}
-	fm, err := joinFleet(cfg, m, log)
+	d.fm, err = joinFleet(cfg, d.m, log, inh.daemon.FleetLease, inh.daemon.FleetNode)
 	if err != nil {
 		closeManager()
+		for _, l := range d.listeners {
+			l.lis.Close()
+			l.cleanup()
+		}
 		return err
 	}
 	defer func() {
-		if fm != nil {
-			fm.close()
+		if d.fm != nil {
+			d.fm.close()
 		}
 	}()
 	metU, metS := met.ServerInterceptors()
@@ -259,110 +333,182 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if tlsCfg != nil {
 		opts = append(opts, server.WithTLS(tlsCfg))
 	}
-	if fm != nil {
-		opts = append(opts, server.WithFleet(fm.store, fm.agent))
+	if d.fm != nil {
+		opts = append(opts, server.WithFleet(d.fm.store, d.fm.agent))
 	}
-	srv := server.New(m, opts...)
-	met.InitializeServer(srv.GRPCServer())
-	serveErr := make(chan error, len(listeners)+1)
-	for _, l := range listeners {
-		go func() { serveErr <- srv.Serve(l.wrap()) }()
+	reloaded := inh.reloaded
+	var restored <-chan struct{}
+	if reloaded {
+		// A reload: every plugin is registered with the state handed over
+		// before this image serves, and taken over in the background; a
+		// call to one not yet taken over waits for it (the manager's
+		// RestoreInBackground), so the calls that waited in the listen
+		// backlog succeed.
+		restored = d.startRestore(ctx)
+	}
+	d.srv = server.New(d.m, opts...)
+	met.InitializeServer(d.srv.GRPCServer())
+	serveErr := make(chan error, len(d.listeners)+2)
+	for _, l := range d.listeners {
+		go func() { serveErr <- d.srv.Serve(l.wrap()) }()
 		log.Info("plugind serving", slog.String("listen", l.addr))
 	}
 	if cfg.endpointListen != "" {
-		l, err := openTCP("--endpoint-listen", cfg.endpointListen, cfg, tlsCfg != nil, authCfg != nil)
+		l, err := openTCP("--endpoint-listen", cfg.endpointListen, cfg, tlsCfg != nil, authCfg != nil, inh.take("endpoint-tcp"))
 		if err != nil {
-			srv.Shutdown(context.Background())
+			d.srv.Shutdown(context.Background())
 			closeManager()
 			return err
 		}
+		d.tcpEP = &l
 		var creds []grpc.ServerOption
 		if tlsCfg != nil {
 			creds = append(creds, grpc.Creds(credentials.NewTLS(tlsCfg)))
 		}
 		go func() {
-			if err := eps.ServeTCP(l.lis, creds...); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			if err := d.eps.ServeTCP(l.lis, creds...); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				serveErr <- fmt.Errorf("--endpoint-listen: %w", err)
 			}
 		}()
 		log.Info("plugin endpoints serving", slog.String("listen", l.addr), slog.String("select_with", endpoint.PluginKey))
 	}
-	var metricsSrv *http.Server
 	var ready atomic.Bool // /readyz: restored and serving, until shutdown
 	if cfg.metricsListen != "" {
-		metricsSrv, err = serveMetrics(cfg.metricsListen, met, srv, &ready, log)
+		d.metrics, d.metricsL, err = serveMetrics(cfg.metricsListen, met, d.srv, &ready, log, inh.take("metrics"))
 		if err != nil {
-			srv.Shutdown(context.Background())
+			d.srv.Shutdown(context.Background())
 			closeManager()
 			return err
 		}
 	}
-	log.Info("plugind started", slog.String("plugin_dir", m.PluginDir()), slog.String("state_dir", cfg.stateDir), slog.Int("pid", os.Getpid()),
-		slog.String("containment", m.Containment()))
+	inh.closeUnused(log)
+	servingAt := time.Now()
+	log.Info("plugind started", slog.String("plugin_dir", d.m.PluginDir()), slog.String("state_dir", cfg.stateDir), slog.Int("pid", os.Getpid()),
+		slog.String("containment", d.m.Containment()), slog.Bool("live_restore", cfg.liveRestore))
 
-	// Relaunch what was loaded before, then what --load asks for.
-	start := time.Now()
-	if err := m.Restore(ctx); err != nil {
-		log.Error("restore failed", slog.String("error", err.Error()))
+	if !reloaded {
+		<-d.startRestore(ctx)
+	} else {
+		<-restored
 	}
-	log.Info("desired state restored", slog.Int("plugins", len(m.List())), slog.Duration("took", time.Since(start)))
-	for _, l := range cfg.loads {
-		name, binary, ok := strings.Cut(l, "=")
-		if !ok {
-			binary = name
-		}
-		if _, err := m.Get(name); err == nil {
-			continue // restored from the store
-		}
-		if _, err := m.Load(manager.WithCaller(ctx, "plugind --load"), manager.Spec{Name: name, Binary: binary}); err != nil {
-			log.Error("--load failed", slog.String("plugin", name), slog.String("error", err.Error()))
-		}
-	}
-
-	if fm != nil {
+	d.afterRestore(ctx)
+	if d.fm != nil {
 		// After the restore: the agent adopts what the node already runs.
-		fm.start(ctx)
+		d.fm.start(ctx)
 		log.Info("fleet agent started", slog.String("etcd", cfg.fleetEtcd), slog.String("prefix", cfg.fleetPrefix))
 	}
 	ready.Store(true)
-	notifyReady(log, len(m.List()))
+	if reloaded {
+		// What the previous image left open for us to close (its
+		// connections to the plugins), now that the reload is done.
+		go closeFDs(inh.daemon.CloseFDs)
+		took := time.Since(inh.daemon.ReloadStarted)
+		log.Info("plugind reloaded in place", slog.String("from_version", inh.daemon.Version), slog.String("version", versionString()),
+			slog.Int("plugins", len(d.m.List())), slog.Duration("took", took),
+			slog.Duration("drain", inh.daemon.Written.Sub(inh.daemon.ReloadStarted)), slog.Duration("exec", reloadStart.Sub(inh.daemon.Written)),
+			slog.Duration("serving_after", servingAt.Sub(inh.daemon.ReloadStarted)), slog.Duration("this_image", time.Since(reloadStart)))
+		notifyReady(log, fmt.Sprintf("serving %d plugins (reloaded from %s in %v)", len(d.m.List()), inh.daemon.Version, took.Round(time.Millisecond)))
+	} else {
+		notifyReady(log, fmt.Sprintf("serving %d plugins", len(d.m.List())))
+	}
 	wctx, stopWatchdog := context.WithCancel(ctx)
 	defer stopWatchdog()
-	go watchdog(wctx, log, m)
+	go watchdog(wctx, log, d.m)
 
 	var runErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case runErr = <-serveErr:
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+			break loop
+		case runErr = <-serveErr:
+			break loop
+		case <-hup:
+			// Only returns when the reload did not happen: the running
+			// image carries on (or, past the point of no return, stops).
+			if err := d.reload(ctx); err != nil {
+				var fatal *fatalReloadError
+				if errors.As(err, &fatal) && cfg.liveRestore {
+					// As after a crash: the reaper keeps the plugins, and
+					// the service manager's restart adopts them.
+					log.Error("plugind exits; with live restore its plugins keep running for the next plugind", slog.String("error", err.Error()))
+					os.Exit(exitFailed)
+				}
+				if errors.As(err, &fatal) {
+					runErr = err
+					break loop
+				}
+				log.Error("reload refused: plugind carries on unchanged", slog.String("error", err.Error()))
+				notifyReady(log, "reload failed: "+err.Error())
+			}
+		}
 	}
 	ready.Store(false)
 	stopWatchdog()
 	notifyStopping()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
-	if fm != nil {
-		fm.close() // the node leaves the fleet before its plugins stop
-		fm = nil
+	if d.fm != nil {
+		d.fm.close() // the node leaves the fleet before its plugins stop
+		d.fm = nil
 	}
-	srv.Shutdown(sctx) // NOT_SERVING, streams end, calls in flight finish
-	if metricsSrv != nil {
-		_ = metricsSrv.Shutdown(sctx)
+	d.srv.Shutdown(sctx) // NOT_SERVING, streams end, calls in flight finish
+	if d.metrics != nil {
+		_ = d.metrics.Shutdown(sctx)
 	}
 	closeManager() // plugins stop (desired state stays in the store)
-	eps.Shutdown()
-	for _, l := range listeners {
+	d.eps.Shutdown()
+	for _, l := range d.listeners {
 		l.cleanup()
+	}
+	if cfg.liveRestore {
+		clearLiveRestore(cfg.stateDir)
 	}
 	log.Info("plugind stopped")
 	return runErr
+}
+
+// startRestore relaunches (or, after a reload or a crash with live
+// restore, takes over) what was loaded before; the channel is closed once
+// every plugin is decided.
+func (d *image) startRestore(ctx context.Context) <-chan struct{} {
+	start := time.Now()
+	done, err := d.m.RestoreInBackground(ctx)
+	out := make(chan struct{})
+	go func() {
+		defer close(out)
+		if err != nil {
+			d.log.Error("restore failed", slog.String("error", err.Error()))
+			return
+		}
+		<-done
+		d.log.Info("desired state restored", slog.Int("plugins", len(d.m.List())), slog.Duration("took", time.Since(start)))
+	}()
+	return out
+}
+
+// afterRestore loads what --load asks for and the store did not have.
+func (d *image) afterRestore(ctx context.Context) {
+	for _, l := range d.cfg.loads {
+		name, binary, ok := strings.Cut(l, "=")
+		if !ok {
+			binary = name
+		}
+		if _, err := d.m.Get(name); err == nil {
+			continue // restored from the store
+		}
+		if _, err := d.m.Load(manager.WithCaller(ctx, "plugind --load"), manager.Spec{Name: name, Binary: binary}); err != nil {
+			d.log.Error("--load failed", slog.String("plugin", name), slog.String("error", err.Error()))
+		}
+	}
 }
 
 // serveMetrics serves /metrics (Prometheus text or OpenMetrics, as the
 // scraper asks), and for HTTP probes (Kubernetes httpGet) /healthz (200
 // while the gRPC server serves, 503 once it shuts down) and /readyz (200
 // once the plugins are restored and the listeners serve, until shutdown).
-func serveMetrics(addr string, met *metrics.Metrics, srv *server.Server, ready *atomic.Bool, log *slog.Logger) (*http.Server, error) {
+func serveMetrics(addr string, met *metrics.Metrics, srv *server.Server, ready *atomic.Bool, log *slog.Logger, inherited net.Listener) (*http.Server, net.Listener, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(met, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 	probe := func(ok func() bool, what string) http.HandlerFunc {
@@ -379,9 +525,12 @@ func serveMetrics(addr string, met *metrics.Metrics, srv *server.Server, ready *
 	mux.HandleFunc("/healthz", probe(srv.Serving, "serving"))
 	mux.HandleFunc("/readyz", probe(ready.Load, "ready"))
 	hs := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	lis, err := listenTCP(addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-listen: %w", err)
+	lis := inherited
+	if lis == nil {
+		var err error
+		if lis, err = listenTCP(addr); err != nil {
+			return nil, nil, fmt.Errorf("--metrics-listen: %w", err)
+		}
 	}
 	go func() {
 		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -389,5 +538,5 @@ func serveMetrics(addr string, met *metrics.Metrics, srv *server.Server, ready *
 		}
 	}()
 	log.Info("metrics serving", slog.String("listen", "http://"+lis.Addr().String()+"/metrics"), slog.String("probes", "/healthz /readyz"))
-	return hs, nil
+	return hs, lis, nil
 }

@@ -5,11 +5,11 @@ package main
 import (
 	"context"
 	"log/slog"
-	"os"
-	"os/signal"
 	"strconv"
-	"syscall"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/plugincontrol/plugincontrol/manager"
@@ -20,11 +20,22 @@ import (
 // WatchdogSec it is restarted when plugind stops answering. Outside
 // systemd (no NOTIFY_SOCKET) all of it does nothing.
 
-// notifyReady tells the service manager that plugind serves.
-func notifyReady(log *slog.Logger, plugins int) {
-	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS=serving "+strconv.Itoa(plugins)+" plugins"); err != nil {
+// notifyReady tells the service manager that plugind serves (after a
+// start or a reload, or after a reload it refused), with a status line.
+func notifyReady(log *slog.Logger, status string) {
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS="+strings.ReplaceAll(status, "\n", " ")); err != nil {
 		log.Warn("sd_notify READY", slog.String("error", err.Error()))
 	}
+}
+
+// notifyReloading tells the service manager that a reload began
+// (RELOADING=1, with MONOTONIC_USEC as Type=notify-reload wants): READY=1
+// ends it.
+func notifyReloading() {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	usec := ts.Nano() / 1000
+	_, _ = daemon.SdNotify(false, "RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC="+strconv.FormatInt(usec, 10))
 }
 
 // notifyStopping tells the service manager that plugind is stopping.
@@ -59,24 +70,4 @@ func watchdog(ctx context.Context, log *slog.Logger, m *manager.Manager) {
 			return
 		}
 	}
-}
-
-// ignoreHangup makes SIGHUP harmless: plugind has no configuration reload
-// (a changed config file needs a restart; plugins are reloaded through the
-// API), and a hangup from a closing terminal must not stop it. Each one is
-// logged.
-func ignoreHangup(ctx context.Context, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		defer signal.Stop(hup)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				log.Info("SIGHUP ignored: plugind has no configuration reload; restart it to apply a changed config, reload plugins with pluginctl reload")
-			}
-		}
-	}()
 }

@@ -31,10 +31,11 @@ type Cgroups struct {
 // OpenCgroups finds the cgroup v2 hierarchy (the unified one, or the
 // cgroup2 mount of a hybrid host), creates the subtree of daemon id under
 // the daemon's own cgroup, and kills and removes what a daemon of the same
-// id left there (it was killed). It fails when there is no cgroup v2 or the
-// daemon may not create cgroups (not delegated, not root): the caller
-// falls back to ContainSubreaper.
-func OpenCgroups(id string) (*Cgroups, error) {
+// id left there (it was killed), but the generations named in keep (the
+// cgroups of plugins a handover adopts). It fails when there is no cgroup
+// v2 or the daemon may not create cgroups (not delegated, not root): the
+// caller falls back to ContainSubreaper.
+func OpenCgroups(id string, keep map[string]bool) (*Cgroups, error) {
 	mount, err := cgroup2Mount()
 	if err != nil {
 		return nil, err
@@ -49,7 +50,7 @@ func OpenCgroups(id string) (*Cgroups, error) {
 	}
 	c := &Cgroups{Root: root}
 	// Leftovers of a daemon that was killed: kill, then remove.
-	if err := c.killAll(); err != nil {
+	if err := c.KillExcept(keep); err != nil {
 		return nil, err
 	}
 	if b, err := os.ReadFile(filepath.Join(root, "cgroup.controllers")); err == nil {
@@ -71,13 +72,17 @@ func OpenCgroups(id string) (*Cgroups, error) {
 }
 
 // killAll kills every process in the subtree and removes its children.
-func (c *Cgroups) killAll() error {
+func (c *Cgroups) killAll() error { return c.KillExcept(nil) }
+
+// KillExcept kills the processes of every generation's cgroup in the
+// subtree but those named in keep, and removes those cgroups.
+func (c *Cgroups) KillExcept(keep map[string]bool) error {
 	ents, err := os.ReadDir(c.Root)
 	if err != nil {
 		return err
 	}
 	for _, e := range ents {
-		if e.IsDir() {
+		if e.IsDir() && !keep[e.Name()] {
 			g := &Cgroup{path: filepath.Join(c.Root, e.Name())}
 			if err := g.Kill(); err != nil {
 				return fmt.Errorf("removing the leftover cgroup %s: %w", g.path, err)
@@ -158,6 +163,10 @@ func orNone(xs []string) string {
 	}
 	return strings.Join(xs, " ")
 }
+
+// CgroupAt is the generation cgroup at path, made by this or an earlier
+// image of the daemon (a handover): it can be killed, not started into.
+func CgroupAt(path string) *Cgroup { return &Cgroup{path: path, fd: -1} }
 
 // Path is the cgroup's directory.
 func (g *Cgroup) Path() string { return g.path }

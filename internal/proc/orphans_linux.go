@@ -133,14 +133,18 @@ func ReapAdopted(keep func(pid int) bool, all bool) int {
 // KillMarked kills every process (whatever its parent) whose MarkEnv value
 // starts with prefix: the plugins of a killed daemon of the same id, and
 // their descendants, wherever they went. It returns how many.
-func KillMarked(prefix string) int {
+func KillMarked(prefix string) int { return KillMarkedExcept(prefix, nil) }
+
+// KillMarkedExcept is KillMarked sparing the processes whose mark is in
+// keep (the generations a handover adopts).
+func KillMarkedExcept(prefix string, keep map[string]bool) int {
 	self := os.Getpid()
 	n := 0
 	for _, pid := range pids() {
 		if pid == self {
 			continue
 		}
-		if m := Mark(pid); m != "" && strings.HasPrefix(m, prefix) {
+		if m := Mark(pid); m != "" && strings.HasPrefix(m, prefix) && !keep[m] {
 			if syscall.Kill(pid, syscall.SIGKILL) == nil {
 				n++
 			}

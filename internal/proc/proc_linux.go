@@ -9,10 +9,22 @@ import (
 )
 
 // SysProcAttr returns the attributes every plugin starts with: its own
-// process group (so a kill reaches the plugin's children) and Pdeathsig (so
-// the plugin dies with the daemon; go-plugin sets neither).
-func SysProcAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+// process group (so a kill reaches the plugin's children) and, with
+// deathSignal, Pdeathsig (so the plugin dies with the daemon; go-plugin
+// sets neither).
+//
+// Pdeathsig fires when the thread that forked the plugin exits, and exec
+// ends every thread but the one that execs: a daemon that re-executes
+// itself in place (a reload) would kill the plugins its other threads
+// started. So a daemon with a reaper (which kills what the daemon ran
+// when it dies, or, with live restore, keeps it) starts plugins without
+// it.
+func SysProcAttr(deathSignal bool) *syscall.SysProcAttr {
+	a := &syscall.SysProcAttr{Setpgid: true}
+	if deathSignal {
+		a.Pdeathsig = syscall.SIGKILL
+	}
+	return a
 }
 
 // KillGroup SIGKILLs the process group led by pid (plugins start with

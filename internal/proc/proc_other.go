@@ -14,7 +14,40 @@ import (
 // embedder's manager.New fails when it would start a plugin.
 
 // SysProcAttr returns no attributes.
-func SysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{} }
+func SysProcAttr(bool) *syscall.SysProcAttr { return &syscall.SysProcAttr{} }
+
+// BootID is "".
+func BootID() string { return "" }
+
+// StartTicks fails.
+func StartTicks(int) (uint64, error) { return 0, ErrUnsupported }
+
+// SameProcess reports false.
+func SameProcess(int, uint64) (bool, string) { return false, ErrUnsupported.Error() }
+
+// IsChild reports false.
+func IsChild(int) bool { return false }
+
+// ClearCloexec fails.
+func ClearCloexec(int) error { return ErrUnsupported }
+
+// PipeEnds finds nothing.
+func PipeEnds([]string) map[string]int { return map[string]int{} }
+
+// WaitExit cannot wait.
+func WaitExit(int, <-chan struct{}) (string, bool) { return "exited (status unknown)", true }
+
+// HeldStdio is never held off Linux.
+type HeldStdio struct {
+	Plugin         string
+	Stdout, Stderr *os.File
+}
+
+// TakeHeld takes nothing.
+func TakeHeld(string, time.Duration) (map[string]HeldStdio, error) { return nil, nil }
+
+// AdoptReaper fails.
+func AdoptReaper(*slog.Logger, int, int) (*Reaper, error) { return nil, ErrUnsupported }
 
 // KillGroup kills pid alone.
 func KillGroup(pid int) {
@@ -65,6 +98,15 @@ func ReapAdopted(func(int) bool, bool) int { return 0 }
 // KillMarked does nothing.
 func KillMarked(string) int { return 0 }
 
+// KillMarkedExcept does nothing.
+func KillMarkedExcept(string, map[string]bool) int { return 0 }
+
+// CgroupAt returns a Cgroup that does nothing.
+func CgroupAt(string) *Cgroup { return &Cgroup{} }
+
+// KillExcept does nothing.
+func (c *Cgroups) KillExcept(map[string]bool) error { return nil }
+
 // NotifyChildExit does nothing.
 func NotifyChildExit(chan<- os.Signal) {}
 
@@ -78,7 +120,7 @@ type Cgroups struct {
 }
 
 // OpenCgroups fails.
-func OpenCgroups(string) (*Cgroups, error) { return nil, ErrUnsupported }
+func OpenCgroups(string, map[string]bool) (*Cgroups, error) { return nil, ErrUnsupported }
 
 // New fails.
 func (c *Cgroups) New(string, Limits) (*Cgroup, error) { return nil, ErrUnsupported }
@@ -130,3 +172,18 @@ func (r *Reaper) RemoveCgroup(string) {}
 
 // Close does nothing.
 func (r *Reaper) Close() {}
+
+// Stop does nothing.
+func (r *Reaper) Stop() {}
+
+// Keep does nothing.
+func (r *Reaper) Keep(string) {}
+
+// Hold does nothing.
+func (r *Reaper) Hold(string, string, int, int) {}
+
+// Release does nothing.
+func (r *Reaper) Release(string) {}
+
+// Inherit has nothing to inherit.
+func (r *Reaper) Inherit() (int, int) { return 0, 0 }

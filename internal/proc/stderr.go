@@ -1,11 +1,14 @@
 package proc
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log"
 	"log/slog"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -345,4 +348,89 @@ func (s *StderrSink) Tail() string {
 		t = t[len(t)-stderrTailSize:]
 	}
 	return string(t)
+}
+
+// Follow reads a plugin's stderr pipe until EOF the way go-plugin does for
+// the plugins it starts (go-plugin's Client.logStderr): each line is kept
+// for the tail, hclog JSON lines are logged with their level and fields,
+// "[LEVEL]" prefixes set the level, a Go panic and the lines after it are
+// errors, and everything else is logged at debug. It is for a plugin
+// attached rather than started (a reload re-executed plugind, or a
+// plugind adopted the plugins of a crashed one): go-plugin does not read
+// the stderr of those.
+func (s *StderrSink) Follow(r io.Reader) {
+	l := s.Logger().Named("stderr")
+	pipe := s.Pipe()
+	br := bufio.NewReaderSize(r, 64<<10) // go-plugin's PluginLogBufferSize
+	continuation, inPanic := false, false
+	for {
+		line, isPrefix, err := br.ReadLine()
+		if err != nil {
+			return
+		}
+		_, _ = pipe.Write(line)
+		if isPrefix || continuation {
+			l.Debug(string(line))
+			if !isPrefix {
+				_, _ = pipe.Write([]byte{'\n'})
+			}
+			continuation = isPrefix
+			continue
+		}
+		_, _ = pipe.Write([]byte{'\n'})
+		if lvl, msg, args, ok := hclogLine(line); ok {
+			l.Log(lvl, msg, args...)
+			continue
+		}
+		switch text := string(line); {
+		case strings.HasPrefix(text, "[TRACE]"):
+			l.Trace(text)
+		case strings.HasPrefix(text, "[DEBUG]"):
+			l.Debug(text)
+		case strings.HasPrefix(text, "[INFO]"):
+			l.Info(text)
+		case strings.HasPrefix(text, "[WARN]"):
+			l.Warn(text)
+		case strings.HasPrefix(text, "[ERROR]"):
+			l.Error(text)
+		case strings.HasPrefix(text, "panic: ") || strings.HasPrefix(text, "fatal error: "):
+			inPanic = true
+			l.Error(text)
+		case inPanic:
+			l.Error(text)
+		default:
+			l.Debug(text)
+		}
+	}
+}
+
+// hclogLine parses an hclog JSON line ({"@level":..., "@message":...,
+// fields...}) as go-plugin's parseJSON does; ok is false for anything
+// else.
+func hclogLine(line []byte) (level hclog.Level, msg string, args []any, ok bool) {
+	if len(line) == 0 || line[0] != '{' {
+		return 0, "", nil, false
+	}
+	var raw map[string]any
+	if json.Unmarshal(line, &raw) != nil {
+		return 0, "", nil, false
+	}
+	lv, _ := raw["@level"].(string)
+	level = hclog.LevelFromString(lv)
+	if level == hclog.NoLevel {
+		return 0, "", nil, false
+	}
+	msg, _ = raw["@message"].(string)
+	delete(raw, "@level")
+	delete(raw, "@message")
+	delete(raw, "@timestamp")
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		args = append(args, k, raw[k])
+	}
+	return level, msg, args, true
 }

@@ -37,6 +37,9 @@ const (
 	ReasonPluginUnavailable  = "PLUGIN_UNAVAILABLE"
 	ReasonNotNative          = "NOT_NATIVE"
 	ReasonShuttingDown       = "SHUTTING_DOWN"
+	// ReasonReloading: a stream ended because plugind reloads in place
+	// (SIGHUP): resume it at once, the new image is about to serve.
+	ReasonReloading = "DAEMON_RELOADING"
 	ReasonDeadlineExceeded   = "DEADLINE_EXCEEDED"
 	ReasonCanceled           = "CANCELED"
 	ReasonInternal           = "INTERNAL"

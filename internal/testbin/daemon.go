@@ -2,6 +2,7 @@ package testbin
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,17 +96,44 @@ func StartDaemon(t testing.TB, opts DaemonOptions) *Daemon {
 	}
 	args = append(args, opts.Args...)
 	d.Cmd = exec.Command(filepath.Join(opts.Bin, "plugind"), args...)
-	d.Cmd.Stderr = d.Stderr
+	// Its stderr is a pipe of our own, copied into Stderr, rather than
+	// os/exec's: with --live-restore plugind's reaper keeps writing to it
+	// after plugind is killed, and Cmd.Wait would wait for that.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Cmd.Stderr = pw
 	if len(opts.Env) > 0 {
 		d.Cmd.Env = append(os.Environ(), opts.Env...)
 	}
-	if err := d.Cmd.Start(); err != nil {
+	err = d.Cmd.Start()
+	pw.Close()
+	if err != nil {
+		pr.Close()
 		t.Fatal(err)
 	}
+	copied := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(d.Stderr, pr)
+		close(copied)
+	}()
 	go func() {
 		d.err = d.Cmd.Wait()
 		close(d.exited)
 	}()
+	t.Cleanup(func() {
+		// Once every writer is gone (plugind, and a reaper that outlived
+		// it), the copy ends; a writer still there past 10 seconds is a
+		// leak the test reports on its own (processes left).
+		<-d.exited
+		select {
+		case <-copied:
+		case <-time.After(10 * time.Second):
+		}
+		pr.Close()
+		<-copied
+	})
 	t.Cleanup(func() {
 		select {
 		case <-d.exited:
@@ -170,16 +198,45 @@ func (d *Daemon) Stop(t testing.TB) {
 }
 
 // Buffer is a bytes.Buffer that is safe to read while a process writes
-// to it.
+// to it, and that a test can wait on (WaitFor).
 type Buffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex // guards b and written
+	b       bytes.Buffer
+	written chan struct{} // closed (and replaced) at every Write
 }
 
 func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.written != nil {
+		close(b.written)
+		b.written = nil
+	}
 	return b.b.Write(p)
+}
+
+// WaitFor waits until what has been written holds substr at least n times,
+// woken by each write (no polling), and reports whether it did within d.
+func (b *Buffer) WaitFor(substr string, n int, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		b.mu.Lock()
+		if strings.Count(b.b.String(), substr) >= n {
+			b.mu.Unlock()
+			return true
+		}
+		if b.written == nil {
+			b.written = make(chan struct{})
+		}
+		w := b.written
+		b.mu.Unlock()
+		select {
+		case <-w:
+		case <-t.C:
+			return strings.Count(b.String(), substr) >= n
+		}
+	}
 }
 
 // String returns what has been written so far.

@@ -3,6 +3,7 @@ package testbin
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Loop is n callers calling call back to back until Stop: the load a test
@@ -52,4 +53,21 @@ func (l *Loop) Stop() (calls, failed int64, first error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.calls.Load(), l.fails.Load(), l.first
+}
+
+// Calls is how many calls the callers have made so far.
+func (l *Loop) Calls() int64 { return l.calls.Load() }
+
+// WaitCalls waits up to d until the callers have made n calls in all, and
+// reports whether they did: a test uses it to have calls in flight when it
+// acts. It checks every millisecond (the count is the event).
+func (l *Loop) WaitCalls(n int64, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for l.calls.Load() < n {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
 }

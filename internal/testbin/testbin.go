@@ -3,6 +3,8 @@
 package testbin
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -128,6 +130,42 @@ func ProcessesIn(dir string) []int {
 		}
 		if strings.HasPrefix(exe, dir+string(filepath.Separator)) && Alive(pid) {
 			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// PluginCgroups lists the plugin cgroup subtree of the plugind whose state
+// directory is stateDir (plugind-<12 hex digits of the SHA-256 of its
+// absolute path>, under the cgroup v2 mount), when it is still there.
+// Other tests' daemons, running in parallel, have subtrees of their own.
+func PluginCgroups(stateDir string) []string {
+	abs, err := filepath.Abs(stateDir)
+	if err != nil {
+		return nil
+	}
+	sum := sha256.Sum256([]byte(abs))
+	name := "plugind-" + hex.EncodeToString(sum[:6])
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		for i, x := range f {
+			if x == "-" && i+1 < len(f) && f[i+1] == "cgroup2" && len(f) > 4 {
+				_ = filepath.WalkDir(f[4], func(p string, d os.DirEntry, err error) error {
+					if err != nil || !d.IsDir() {
+						return nil
+					}
+					if d.Name() == name {
+						out = append(out, p)
+						return filepath.SkipDir
+					}
+					return nil
+				})
+			}
 		}
 	}
 	return out

@@ -10,8 +10,20 @@ import "runtime/debug"
 // Header is the response header in which plugind sends its version.
 const Header = "plugincontrol-version"
 
-// Get returns the version and the VCS revision ("unknown" without VCS
-// stamping).
+// Stamped at build time by a release build (-ldflags "-X
+// github.com/plugincontrol/plugincontrol/internal/version.stamp=v0.3.0
+// -X ...version.commit=REV -X ...version.date=DATE"); empty otherwise.
+// They are set by the linker only, never written at run time.
+var (
+	stamp  string
+	commit string
+	date   string
+)
+
+// Get returns the version and the VCS revision: the stamped ones when the
+// build stamped them, else the module version of the main package
+// ("(devel)" from a checkout) and the VCS revision Go recorded ("unknown"
+// without VCS stamping).
 func Get() (version, revision string) {
 	version, revision = "(devel)", "unknown"
 	if bi, ok := debug.ReadBuildInfo(); ok {
@@ -24,8 +36,17 @@ func Get() (version, revision string) {
 			}
 		}
 	}
+	if stamp != "" {
+		version = stamp
+	}
+	if commit != "" {
+		revision = commit
+	}
 	return version, revision
 }
+
+// Date is the build date a release build stamped ("" otherwise).
+func Date() string { return date }
 
 // String is "VERSION (REVISION)", the revision cut to 12 characters.
 func String() string {

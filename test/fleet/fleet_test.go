@@ -142,7 +142,7 @@ func startNode(t *testing.T, etcd *etcdServer, name string, labels ...string) *n
 // pluginDir as its plugin directory ("": the built plugins).
 func startNodeAt(t *testing.T, endpoints, pluginDir, name string, labels ...string) *node {
 	t.Helper()
-	args := []string{"--fleet-etcd", endpoints, "--node-name", name, "--fleet-lease-ttl", "2s", "--log-level", "warn"}
+	args := []string{"--fleet-etcd", endpoints, "--node-name", name, "--fleet-lease-ttl", "2s", "--log-level", "info"}
 	for _, l := range labels {
 		args = append(args, "--node-label", l)
 	}

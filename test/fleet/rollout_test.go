@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -275,6 +276,49 @@ func TestRollouts(t *testing.T) {
 		st, err := f.FleetStatus(ctx, &pb.FleetStatusRequest{Plugin: "p1"})
 		if err != nil || st.GetPlugins()[0].GetSpec().GetEnv()["VERSION"] != "2" || st.GetPlugins()[0].GetSelector()["role"] != "web" {
 			t.Errorf("the fleet plugin after the rollout: %v %v", st.GetPlugins(), err)
+		}
+	})
+
+	t.Run("a node reloaded mid-rollout is not lost and the rollout goes on", func(t *testing.T) {
+		apply(spec("p9", "1"))
+		n3 := nodes["n3"]
+		before, err := n3.c.Get(ctx, "p9")
+		if err != nil {
+			t.Fatal(err)
+		}
+		start(spec("p9", "2"), strategy(1, 2, 1500*time.Millisecond), false)
+		reloaded := false
+		r, _ := follow(ctx, t, f, "p9", 60*time.Second, func(r *pb.Rollout) {
+			for _, n := range r.GetNodes() {
+				if n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_LOST {
+					t.Fatalf("node %s is LOST during the rollout (%s)", n.GetNode(), nodeStates(r))
+				}
+			}
+			if !reloaded && r.GetWave() >= 1 {
+				// n3 is in the wave being updated or baked: reload its
+				// plugind in place (SIGHUP), as a package upgrade would.
+				reloaded = true
+				if err := n3.d.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+		if !reloaded {
+			t.Fatal("the rollout ended before n3 was reloaded")
+		}
+		if !n3.d.Stderr.WaitFor("plugind reloaded in place", 1, 20*time.Second) {
+			t.Fatalf("n3 did not reload:\n%s", n3.d.Stderr)
+		}
+		if r.GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+			t.Fatalf("rollout: %s %s (%s)", r.GetState(), r.GetReason(), nodeStates(r))
+		}
+		for _, n := range all() {
+			if err := runs(ctx, n, "p9", "2", 0); err != nil {
+				t.Error(err)
+			}
+		}
+		if before.GetPid() == 0 {
+			t.Fatal("no pid")
 		}
 	})
 

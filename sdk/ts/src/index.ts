@@ -173,7 +173,7 @@ function newTransport(addr: string, options: ClientOptions, extra: Interceptor[]
     sessionOptions = { ca: t.ca, cert: t.cert, key: t.key, servername: t.serverName };
   }
   const sessionManager = new Http2SessionManager(baseUrl, { pingIntervalMs, pingTimeoutMs: 10_000 }, sessionOptions);
-  const interceptors: Interceptor[] = [...extra];
+  const interceptors: Interceptor[] = [retryRefused, ...extra];
   const token = options.token;
   if (token !== undefined) {
     interceptors.push((next) => (req) => {
@@ -183,6 +183,26 @@ function newTransport(addr: string, options: ClientOptions, extra: Interceptor[]
   }
   return { transport: createGrpcTransport({ baseUrl, sessionManager, interceptors }), close: () => sessionManager.abort() };
 }
+
+/**
+ * retryRefused sends a unary call again when the server refused its HTTP/2
+ * stream (REFUSED_STREAM): the server did not process it, so sending it
+ * again is safe for any method. A daemon that drains its connections (a
+ * reload in place, a shutdown) refuses the streams that raced its GOAWAY;
+ * grpc-go's clients retry those by themselves, Node's HTTP/2 client does
+ * not. At most three attempts; the retry goes to a new connection.
+ */
+const retryRefused: Interceptor = (next) => async (req) => {
+  if (req.stream) return next(req);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await next(req);
+    } catch (e) {
+      const err = ConnectError.from(e);
+      if (attempt >= 3 || !/REFUSED_STREAM/.test(err.rawMessage)) throw e;
+    }
+  }
+};
 
 /**
  * Lists plugins, sorted by name, following ListPlugins' pages to the last
@@ -265,6 +285,13 @@ export async function* watchHealth(
       const err = ConnectError.from(e);
       if (!retryable.has(err.code)) throw err;
       if (received > 0) delay = initial;
+      if (errorReason(err) === "DAEMON_RELOADING") {
+        // The daemon reloads in place: its next image takes the new stream
+        // within a few hundred milliseconds (the connection waits in the
+        // socket's backlog). Nothing went wrong: no onReconnect, no backoff.
+        await sleep(10, signal);
+        continue;
+      }
       options.onReconnect?.(err, delay);
     }
     if (signal?.aborted) return;
@@ -272,6 +299,58 @@ export async function* watchHealth(
     if (signal?.aborted) return;
     delay = Math.min(delay * 2, maxDelay);
   }
+}
+
+/**
+ * The reason of the google.rpc.ErrorInfo an error of the daemon carries
+ * (such as "PLUGIN_NOT_FOUND", or "DAEMON_RELOADING" for a stream the daemon
+ * ended to reload itself in place); "" without one.
+ */
+export function errorReason(err: ConnectError): string {
+  for (const d of err.details) {
+    // Details the client did not decode arrive as their type name and bytes.
+    if ("type" in d && d.type === "google.rpc.ErrorInfo" && d.value instanceof Uint8Array) return firstStringField(d.value);
+  }
+  return "";
+}
+
+// firstStringField reads field 1 (a string: ErrorInfo.reason) of an
+// encoded message.
+function firstStringField(b: Uint8Array): string {
+  let i = 0;
+  const varint = (): number => {
+    let v = 0;
+    for (let shift = 0; i < b.length; shift += 7) {
+      const x = b[i++];
+      v += (x & 0x7f) * 2 ** shift;
+      if (x < 0x80) break;
+    }
+    return v;
+  };
+  while (i < b.length) {
+    const key = varint();
+    const field = Math.floor(key / 8);
+    switch (key & 7) {
+      case 0:
+        varint();
+        break;
+      case 1:
+        i += 8;
+        break;
+      case 2: {
+        const n = varint();
+        if (field === 1) return new TextDecoder().decode(b.subarray(i, i + n));
+        i += n;
+        break;
+      }
+      case 5:
+        i += 4;
+        break;
+      default:
+        return "";
+    }
+  }
+  return "";
 }
 
 /**

@@ -54,6 +54,8 @@ interface Daemon {
   proc: ChildProcess;
   addr: string;
   stop(): Promise<void>;
+  /** What plugind wrote to its stderr so far. */
+  stderr(): string;
 }
 
 // startDaemon runs plugind with echo loaded and waits until echo serves (as
@@ -91,7 +93,7 @@ async function startDaemon(stateDir: string, listen?: string, extraArgs: string[
   } finally {
     c.close();
   }
-  return { proc, addr, stop };
+  return { proc, addr, stop, stderr: () => stderr };
 }
 
 function freePort(): Promise<number> {
@@ -217,6 +219,65 @@ test("watchHealth streams, and resumes after a daemon restart", async () => {
   } finally {
     ac.abort();
     await events.return(undefined);
+    c.close();
+    await d.stop();
+  }
+});
+
+test("a reload in place (SIGHUP): calls and a watch ride through it", async () => {
+  const state = fs.mkdtempSync(path.join(tmp, "state-"));
+  const d = await startDaemon(state);
+  const c = createClient(d.addr);
+  const ac = new AbortController();
+  const reconnects: string[] = [];
+  const seen: HealthEvent[] = [];
+  const watching = (async () => {
+    for await (const ev of watchHealth(c.control, { names: ["echo"], signal: ac.signal, onReconnect: (err) => reconnects.push(err.message) })) {
+      seen.push(ev);
+    }
+  })();
+  try {
+    const before = (await c.control.listPlugins({})).plugins.find((p) => p.name === "echo");
+    assert.ok(before && before.pid > 0);
+    // Callers invoke echo back to back while plugind reloads twice.
+    let calls = 0;
+    const failures: string[] = [];
+    let stop = false;
+    const callers = Array.from({ length: 2 }, async () => {
+      while (!stop) {
+        try {
+          const r = await c.gateway.invoke({ plugin: "echo", method: "echo", payload: new TextEncoder().encode("x") }, { timeoutMs: 10_000 });
+          assert.equal(new TextDecoder().decode(r.payload), "x");
+        } catch (e) {
+          failures.push(ConnectError.from(e).message);
+        }
+        calls++;
+      }
+    });
+    for (let i = 1; i <= 2; i++) {
+      const want = calls + 20;
+      while (calls < want) await new Promise((r) => setTimeout(r, 5));
+      d.proc.kill("SIGHUP");
+      const deadline = Date.now() + 20_000;
+      while (d.stderr().split("plugind reloaded in place").length - 1 < i) {
+        if (Date.now() > deadline) throw new Error(`reload ${i} did not complete:\n${d.stderr()}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    const want = calls + 20;
+    while (calls < want) await new Promise((r) => setTimeout(r, 5));
+    stop = true;
+    await Promise.all(callers);
+    assert.deepEqual(failures, [], `${failures.length} of ${calls} calls failed across the reloads`);
+    const after = (await c.control.listPlugins({})).plugins.find((p) => p.name === "echo");
+    assert.equal(after?.pid, before.pid, "echo's pid changed");
+    assert.equal(after?.generation, before.generation, "echo's generation changed");
+    assert.deepEqual(reconnects, [], "the watch reported reconnects for a reload");
+    assert.ok(!seen.some((ev) => ev.reset), "the watch got a reset");
+    assert.ok(seen.filter((ev) => ev.type === HealthEventType.SYNCED).length >= 3, "the watch did not resume after each reload");
+  } finally {
+    ac.abort();
+    await watching;
     c.close();
     await d.stop();
   }

@@ -1,0 +1,117 @@
+//go:build linux
+
+package proc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// A pid alone does not name a process: once it exits its pid is free for
+// the next fork. A process is named by its pid, its start time (clock
+// ticks since boot, field 22 of /proc/PID/stat) and the boot it started in
+// (the kernel's boot id). This is how a plugind that starts after a crash
+// tells the plugins it left from processes that happen to have their pids.
+
+// BootID is the kernel's boot id ("" when it cannot be read).
+func BootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// StartTicks returns pid's start time in clock ticks since boot. It fails
+// for a process that does not exist or has exited (a zombie).
+func StartTicks(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("process %d: %w", pid, err)
+	}
+	// PID (COMM) STATE PPID ... ; COMM may hold spaces and ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("process %d: unreadable /proc stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state): field 22 (starttime) is f[19].
+	if len(f) < 20 {
+		return 0, fmt.Errorf("process %d: short /proc stat", pid)
+	}
+	if f[0] == "Z" || f[0] == "X" {
+		return 0, fmt.Errorf("process %d has exited", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// SameProcess reports whether pid runs and is the process that started at
+// ticks; why says otherwise.
+func SameProcess(pid int, ticks uint64) (ok bool, why string) {
+	if pid <= 0 {
+		return false, "no pid recorded"
+	}
+	got, err := StartTicks(pid)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return false, fmt.Sprintf("process %d is gone", pid)
+	case err != nil:
+		return false, err.Error()
+	case got != ticks:
+		return false, fmt.Sprintf("pid %d now belongs to another process (started at tick %d, the plugin at %d)", pid, got, ticks)
+	}
+	return true, ""
+}
+
+// IsChild reports whether pid is a child of this process.
+func IsChild(pid int) bool {
+	p, ok := stat(pid)
+	return ok && p.ppid == os.Getpid()
+}
+
+// ClearCloexec makes fd survive an exec: Go opens every descriptor
+// close-on-exec.
+func ClearCloexec(fd int) error {
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	if err != nil {
+		return err
+	}
+	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFD, flags&^unix.FD_CLOEXEC)
+	return err
+}
+
+// PipeEnds returns this process's descriptors of the pipes named (as
+// StdioPipes names them, "pipe:[inode]"), by pipe: the daemon's read ends
+// of a plugin's stdout and stderr, which go-plugin holds and does not
+// show. Each pipe maps to the lowest descriptor found.
+func PipeEnds(pipes []string) map[string]int {
+	out := make(map[string]int, len(pipes))
+	if len(pipes) == 0 {
+		return out
+	}
+	want := make(map[string]bool, len(pipes))
+	for _, p := range pipes {
+		want[p] = true
+	}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		l, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil || !want[l] {
+			continue
+		}
+		if cur, ok := out[l]; !ok || fd < cur {
+			out[l] = fd
+		}
+	}
+	return out
+}
