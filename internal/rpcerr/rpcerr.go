@@ -39,10 +39,10 @@ const (
 	ReasonShuttingDown       = "SHUTTING_DOWN"
 	// ReasonReloading: a stream ended because plugind reloads in place
 	// (SIGHUP): resume it at once, the new image is about to serve.
-	ReasonReloading = "DAEMON_RELOADING"
-	ReasonDeadlineExceeded   = "DEADLINE_EXCEEDED"
-	ReasonCanceled           = "CANCELED"
-	ReasonInternal           = "INTERNAL"
+	ReasonReloading        = "DAEMON_RELOADING"
+	ReasonDeadlineExceeded = "DEADLINE_EXCEEDED"
+	ReasonCanceled         = "CANCELED"
+	ReasonInternal         = "INTERNAL"
 	// ReasonGenerationStopped: the generation a forwarded call or stream
 	// ran on was stopped under it (the drain timed out, or the process
 	// exited).
