@@ -16,6 +16,7 @@ import (
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/etcdtest"
 	"github.com/plugincontrol/plugincontrol/internal/fleetsim"
+	"github.com/plugincontrol/plugincontrol/spec"
 )
 
 // runFleet measures a rollout driven by the real controller across
@@ -51,7 +52,7 @@ func runFleet(e *env) ([]row, error) {
 
 	var counters fleetsim.Counters
 	actx, stopAgents := context.WithCancel(ctx)
-	nodes, err := fleetsim.Nodes(actx, agents, newClient, prefix, "greet", fleet.Digest(from), &counters)
+	nodes, err := fleetsim.Nodes(actx, agents, newClient, prefix, "greet", spec.Digest(from), &counters)
 	defer func() { stopAgents(); nodes.Wait() }()
 	if err != nil {
 		return nil, err

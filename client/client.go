@@ -112,7 +112,8 @@ const (
 // Retry of unary calls: only the idempotent reads ListPlugins and Health
 // are retried, only on codes.Unavailable (the daemon is restarting or not
 // up yet, or a connection broke), up to retryAttempts attempts in all with
-// exponential backoff (100ms, 200ms, 400ms, 800ms: 1.5s in all), within
+// exponential backoff (50ms, 100ms, 200ms, 400ms between them, each ±20%:
+// 750ms in all; go-grpc-middleware's BackoffExponentialWithJitter), within
 // the caller's deadline. The connection's own reconnect backoff starts at
 // reconnectBaseDelay (grpc-go's default, 1s, would make every retry inside
 // that window fail fast while the daemon restarts).

@@ -109,7 +109,9 @@ func plugindFlags(plugind string) (map[string]bool, error) {
 		return nil, fmt.Errorf("plugind --help: %v\n%s", err, out.String())
 	}
 	flags := map[string]bool{}
-	re := regexp.MustCompile(`^  -([a-z0-9-]+)(?:\s+(\S+))?$`)
+	// pflag's format: "      --name TYPE   usage" ("--name   usage" for a
+	// boolean).
+	re := regexp.MustCompile(`^\s+(?:-[a-z], )?--([a-z0-9-]+)(?: ([a-zA-Z]+))?\s{2,}`)
 	for _, line := range strings.Split(out.String(), "\n") {
 		if m := re.FindStringSubmatch(line); m != nil {
 			flags[m[1]] = m[2] != ""

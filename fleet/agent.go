@@ -17,6 +17,7 @@ import (
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/wire"
 	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/spec"
 )
 
 // AgentConfig configures an Agent.
@@ -511,7 +512,7 @@ func (a *Agent) reconcile(ctx context.Context, name string) {
 		a.managed[name] = true
 		a.mu.Unlock()
 	}
-	if loaded && Digest(wire.SpecProto(st.Spec)) == w.digest {
+	if loaded && spec.Digest(wire.SpecProto(st.Spec)) == w.digest {
 		if a.failed[name] != w.digest {
 			delete(a.failed, name)
 			a.lastErr[name] = ""
@@ -521,16 +522,16 @@ func (a *Agent) reconcile(ctx context.Context, name string) {
 	if a.failed[name] == w.digest {
 		return // failed here already; not again until the spec changes
 	}
-	spec, err := wire.Spec(w.spec)
+	ms, err := wire.Spec(w.spec)
 	if err == nil {
 		if loaded {
 			bake := manager.NoBake
 			if w.bake > 0 {
 				bake = w.bake
 			}
-			_, err = a.cfg.Manager.Reload(mctx, manager.ReloadRequest{Name: name, Spec: &spec, Bake: bake})
+			_, err = a.cfg.Manager.Reload(mctx, manager.ReloadRequest{Name: name, Spec: &ms, Bake: bake})
 		} else {
-			_, err = a.cfg.Manager.Load(mctx, spec)
+			_, err = a.cfg.Manager.Load(mctx, ms)
 		}
 	}
 	if err != nil {
@@ -566,7 +567,7 @@ func (a *Agent) publish(ctx context.Context, lease clientv3.LeaseID) {
 		if s, err := a.cfg.Manager.Get(name); err == nil {
 			st.Generation = s.Generation
 			st.State = pb.PluginState(s.State)
-			st.SpecDigest = Digest(wire.SpecProto(s.Spec))
+			st.SpecDigest = spec.Digest(wire.SpecProto(s.Spec))
 			// Applied here, and now the node runs something else: its bake
 			// reverted it. Not tried again until the spec changes.
 			if wanted && a.applied[name] == w.digest && st.SpecDigest != w.digest && a.failed[name] != w.digest {

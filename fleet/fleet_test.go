@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/spec"
 )
 
 func TestPlanWaves(t *testing.T) {
@@ -156,7 +157,7 @@ func TestStep(t *testing.T) {
 // would strand every fleet's keys.
 func TestRecordEncoding(t *testing.T) {
 	p := &pb.FleetPlugin{Spec: &pb.PluginSpec{Name: "greet", Binary: "echo", Sha256: strings.Repeat("ab", 32)}, Selector: map[string]string{"role": "web"}}
-	p.SpecDigest = Digest(p.GetSpec())
+	p.SpecDigest = spec.Digest(p.GetSpec())
 	for _, tt := range []struct {
 		name string
 		got  string

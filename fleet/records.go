@@ -2,8 +2,6 @@ package fleet
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"path"
@@ -16,7 +14,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
-	"github.com/plugincontrol/plugincontrol/internal/wire"
 )
 
 // SchemaVersion is the layout version of the keys, stored at P/schema.
@@ -50,30 +47,6 @@ func (k keys) detached(node, name string) string { return k.detachedOf(node) + n
 
 // base is the last element of a key.
 func base(key string) string { return path.Base(key) }
-
-// canonicalSpec is spec as a node's manager will hold it (validated and
-// converted both ways), so that digests and comparisons agree with what
-// nodes report. A spec the manager refuses is an error naming the field.
-func canonicalSpec(spec *pb.PluginSpec) (*pb.PluginSpec, error) {
-	s, err := wire.Spec(spec)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Validate(); err != nil {
-		return nil, err
-	}
-	return wire.SpecProto(s), nil
-}
-
-// Digest is the hex SHA-256 of spec's deterministic encoding.
-func Digest(spec *pb.PluginSpec) string {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(spec)
-	if err != nil {
-		return ""
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
-}
 
 // decode parses a record of key into m, naming the key when it fails.
 func decode(key string, b []byte, m proto.Message) error {

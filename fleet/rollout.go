@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/spec"
 )
 
 // Rollout errors.
@@ -78,9 +79,9 @@ func planWaves(nodes []string, s *pb.RolloutStrategy) ([]*pb.RolloutNode, uint32
 	return out, wave
 }
 
-// StartRollout starts a rollout of the fleet plugin spec.name to spec.
-func (s *Store) StartRollout(ctx context.Context, spec *pb.PluginSpec, strategy *pb.RolloutStrategy, allowUnpinned bool) (*pb.Rollout, error) {
-	to, err := canonicalSpec(spec)
+// StartRollout starts a rollout of the fleet plugin ps.name to ps.
+func (s *Store) StartRollout(ctx context.Context, ps *pb.PluginSpec, strategy *pb.RolloutStrategy, allowUnpinned bool) (*pb.Rollout, error) {
+	to, err := spec.Canonical(ps)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +122,7 @@ func (s *Store) StartRollout(ctx context.Context, spec *pb.PluginSpec, strategy 
 		}
 		rolloutRev = rkvs[0].ModRevision
 	}
-	toDigest := Digest(to)
+	toDigest := spec.Digest(to)
 	if toDigest == plugin.GetSpecDigest() {
 		return nil, fmt.Errorf("%w: the fleet plugin %q already has this spec", ErrNothingToRoll, name)
 	}

@@ -15,6 +15,7 @@ import (
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/etcdtest"
 	"github.com/plugincontrol/plugincontrol/internal/fleetsim"
+	"github.com/plugincontrol/plugincontrol/spec"
 )
 
 func TestMain(m *testing.M) {
@@ -59,7 +60,7 @@ func TestRolloutBeyondOneTransaction(t *testing.T) {
 	from := &pb.PluginSpec{Name: "greet", Binary: "echo", Env: map[string]string{"VERSION": "1"}}
 	var counters fleetsim.Counters
 	nctx, stopNodes := context.WithCancel(ctx)
-	group, err := fleetsim.Nodes(nctx, nodes, func() (*clientv3.Client, error) { return newClient(), nil }, prefix, "greet", fleet.Digest(from), &counters)
+	group, err := fleetsim.Nodes(nctx, nodes, func() (*clientv3.Client, error) { return newClient(), nil }, prefix, "greet", spec.Digest(from), &counters)
 	defer func() { stopNodes(); group.Wait() }()
 	if err != nil {
 		t.Fatal(err)

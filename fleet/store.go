@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/spec"
 )
 
 // Store reads and writes the fleet's keys: what FleetService serves. It
@@ -111,31 +112,31 @@ func (s *Store) Status(ctx context.Context, name string) (*pb.FleetStatusRespons
 // field), its digest and selector. A spec without sha256 needs
 // allowUnpinned. It returns the stored plugin with its revision.
 func (s *Store) Apply(ctx context.Context, p *pb.FleetPlugin, allowUnpinned bool) (*pb.FleetPlugin, error) {
-	spec, err := canonicalSpec(p.GetSpec())
+	want, err := spec.Canonical(p.GetSpec())
 	if err != nil {
 		return nil, err
 	}
-	if spec.GetSha256() == "" && !allowUnpinned {
-		return nil, fmt.Errorf("%w: every node would run whatever file %q is in its plugin directory; pin it (sha256) or allow an unpinned spec explicitly", ErrUnpinned, spec.GetBinary())
+	if want.GetSha256() == "" && !allowUnpinned {
+		return nil, fmt.Errorf("%w: every node would run whatever file %q is in its plugin directory; pin it (sha256) or allow an unpinned spec explicitly", ErrUnpinned, want.GetBinary())
 	}
-	r, rev, err := s.getRollout(ctx, spec.GetName())
+	r, rev, err := s.getRollout(ctx, want.GetName())
 	switch {
 	case errors.Is(err, ErrNoRollout):
 	case err != nil:
 		return nil, err
 	case active(r):
-		return nil, fmt.Errorf("%w: it moves %s to another spec; abort it first (pluginctl fleet rollout abort %s)", ErrRolloutActive, spec.GetName(), spec.GetName())
+		return nil, fmt.Errorf("%w: it moves %s to another spec; abort it first (pluginctl fleet rollout abort %s)", ErrRolloutActive, want.GetName(), want.GetName())
 	}
-	stored := &pb.FleetPlugin{Spec: spec, Selector: p.GetSelector(), SpecDigest: Digest(spec)}
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.keys.rollout(spec.GetName())), "=", rev)).Then(
+	stored := &pb.FleetPlugin{Spec: want, Selector: p.GetSelector(), SpecDigest: spec.Digest(want)}
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.keys.rollout(want.GetName())), "=", rev)).Then(
 		clientv3.OpPut(s.keys.schema(), SchemaVersion),
-		clientv3.OpPut(s.keys.plugin(spec.GetName()), encode(stored)),
+		clientv3.OpPut(s.keys.plugin(want.GetName()), encode(stored)),
 	).Commit()
 	if err != nil {
 		return nil, err
 	}
 	if !resp.Succeeded {
-		return nil, fmt.Errorf("%w: a rollout of %s started meanwhile", ErrRolloutActive, spec.GetName())
+		return nil, fmt.Errorf("%w: a rollout of %s started meanwhile", ErrRolloutActive, want.GetName())
 	}
 	stored.Revision = uint64(resp.Header.GetRevision())
 	return stored, nil

@@ -173,17 +173,25 @@ func (m *Manager) revert(e *entry, gen uint64, why string) {
 
 	reason := fmt.Sprintf("generation %d failed during its bake (%s): reverted to the previous generation's process (pid %d), now generation %d",
 		gen, why, prev.pid, newGen)
+	// The revert is one step that cannot leave the store and memory apart:
+	// the warm process is made ready to serve first (it cannot be once it
+	// is stopping, and then nothing is recorded), then the revert is
+	// recorded (when that fails, the process is held again, as it was),
+	// and only then does it become the active generation.
+	prevGen := prev.generation()
+	if !prev.revive(newGen) {
+		m.log.Error("revert not possible: the previous process is stopping", slog.String("plugin", e.name))
+		return
+	}
 	if err := m.commit("the revert of "+e.name, Change{Put: &rec, Audit: auditRecord(m.ctx, "revert", e.name, gen, newGen, prev, rec.Spec, nil)}); err != nil {
+		prev.hold()
+		prev.gen.Store(prevGen)
 		m.log.Error("revert not possible: it cannot be recorded; the bake is cancelled", slog.String("plugin", e.name), slog.String("error", err.Error()))
 		m.auditFailure(m.ctx, "revert", e.name, gen, prev, rec.Spec, err)
 		e.mu.Lock()
 		e.lastError = err.Error()
 		e.mu.Unlock()
 		m.cancelBake(e, err.Error())
-		return
-	}
-	if !prev.revive(newGen) {
-		m.log.Error("revert not possible: the previous process is stopping", slog.String("plugin", e.name))
 		return
 	}
 	failed := e.active.Load()

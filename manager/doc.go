@@ -100,6 +100,11 @@
 // never wait behind a reload, and a mutex (entry.mu) for its state, counts
 // and spec, held only for memory updates: the store is written under the
 // operation semaphore, never under entry.mu, so List and Health never wait
-// on an fsync. Lock order: Manager.mu, then entry.mu; events.mu is taken
-// under entry.mu (publishing never blocks).
+// on an fsync. Lock order: Manager.gate (background actions, read side;
+// Freeze, write side), then an entry's operation semaphore, then
+// Manager.mu, then entry.mu; events.mu is taken under entry.mu and
+// Manager.mu (publishing never blocks and never touches the disk: the
+// durable revision mark is raised half a block ahead, in the background;
+// TestReadersNeverWaitForTheStore holds the store and shows List, Health
+// and Watch still answering).
 package manager

@@ -48,10 +48,12 @@ const defaultHistory = 4096
 
 // events is the health hub: a daemon-wide revision counter, the latest
 // record per plugin, a bounded history for resuming watchers, and the
-// watchers. Publishing never blocks: each watcher keeps at most one pending
-// event per plugin (the latest), so a stalled watcher costs bounded memory.
+// watchers. Publishing never blocks and never touches the disk: each
+// watcher keeps at most one pending event per plugin (the latest), so a
+// stalled watcher costs bounded memory, and the durable revision mark is
+// raised in the background, half a block ahead of need.
 type events struct {
-	mu      sync.Mutex // guards every field but coalesced (atomic)
+	mu      sync.Mutex // guards every field but coalesced (atomic) and reserving's goroutine
 	rev     uint64
 	latest  map[string]Health
 	history []Event // the last events, oldest first, at most 2*size
@@ -65,6 +67,11 @@ type events struct {
 	hwm     uint64
 	reserve func(upTo uint64) (uint64, error)
 	log     func(error)
+	// reserving: a reservation runs (in reservations' goroutine); short:
+	// revisions ran past the mark before one finished (logged once).
+	reserving    bool
+	short        bool
+	reservations sync.WaitGroup
 	// coalesced counts events replaced in a watcher's pending set before
 	// it read them (a slow watcher's skipped intermediate states).
 	coalesced atomic.Uint64
@@ -89,15 +96,7 @@ func newEvents(size int) *events {
 func (ev *events) publish(t EventType, h Health) uint64 {
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
-	if ev.reserve != nil && ev.rev+1 > ev.hwm {
-		if _, err := ev.reserve(ev.rev + revisionBlock); err != nil {
-			// Keep going in memory: health must not stop because the disk
-			// did; a restart may then reuse revisions, which watchers
-			// handle as a reset.
-			ev.log(err)
-		}
-		ev.hwm = ev.rev + revisionBlock
-	}
+	ev.reserveAheadLocked()
 	ev.rev++
 	h.Revision = ev.rev
 	if t == EventRemoved {
@@ -117,6 +116,41 @@ func (ev *events) publish(t EventType, h Health) uint64 {
 		w.offer(e, now)
 	}
 	return ev.rev
+}
+
+// reserveAheadLocked starts raising the durable revision mark by a block,
+// in the background, once less than half a block of it is left: the store's
+// fsync never runs under ev.mu, which every reader of health takes. Should
+// revisions overtake the mark (a failed or very slow store), publishing
+// goes on in memory all the same (health must not stop because the disk
+// did): a restart may then reuse revisions, which watchers handle as a
+// reset. ev.mu is held.
+func (ev *events) reserveAheadLocked() {
+	if ev.reserve == nil {
+		return
+	}
+	if ev.rev+1 > ev.hwm && !ev.short {
+		ev.short = true
+		ev.log(fmt.Errorf("health revision %d passed the durable mark %d before the store raised it", ev.rev+1, ev.hwm))
+	}
+	if ev.reserving || ev.closed || ev.hwm > ev.rev+revisionBlock/2 {
+		return
+	}
+	ev.reserving = true
+	upTo := max(ev.hwm, ev.rev) + revisionBlock
+	ev.reservations.Add(1)
+	go func() {
+		defer ev.reservations.Done()
+		_, err := ev.reserve(upTo)
+		ev.mu.Lock()
+		defer ev.mu.Unlock()
+		ev.reserving = false
+		if err != nil {
+			ev.log(err)
+			return
+		}
+		ev.hwm, ev.short = max(ev.hwm, upTo), false
+	}()
 }
 
 // revision returns the current revision.
@@ -143,13 +177,14 @@ func (ev *events) snapshot(names map[string]bool) ([]Health, uint64) {
 
 func (ev *events) close() {
 	ev.mu.Lock()
-	defer ev.mu.Unlock()
 	ev.closed = true
 	for w := range ev.subs {
 		w.end()
 	}
 	ev.subs = map[*Watch]struct{}{}
 	ev.counted = 0
+	ev.mu.Unlock()
+	ev.reservations.Wait()
 }
 
 // Watch is a subscription to health events. Read it with Next; Close it when

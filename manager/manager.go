@@ -250,6 +250,8 @@ func New(cfg Config) (*Manager, error) {
 		m.store = newMemStore()
 	}
 	// Revisions continue above anything an earlier run may have handed out.
+	// The first block is reserved here, before any lock is held; the hub
+	// reserves the next ones in the background (events.reserveAheadLocked).
 	prev, err := m.store.ReserveRevisions(0)
 	if err != nil {
 		return nil, fmt.Errorf("manager: reading the revision mark: %w", err)
@@ -263,6 +265,15 @@ func New(cfg Config) (*Manager, error) {
 		m.events.history = append([]Event(nil), h.Hub.History...)
 		for _, hl := range h.Hub.Latest {
 			m.events.latest[hl.Name] = hl
+		}
+	}
+	if m.events.hwm <= m.events.rev+revisionBlock/2 {
+		upTo := m.events.rev + revisionBlock
+		if _, err := m.store.ReserveRevisions(upTo); err != nil {
+			// Health goes on in memory; the hub retries in the background.
+			log.Error("persisting the revision mark failed", slog.String("error", err.Error()))
+		} else {
+			m.events.hwm = upTo
 		}
 	}
 	m.events.reserve = m.store.ReserveRevisions

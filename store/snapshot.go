@@ -262,15 +262,19 @@ func Check(path string) Report {
 	return rep
 }
 
+// ErrNotDamaged is Recover refusing to replace a store that is not damaged
+// (without force).
+var ErrNotDamaged = errors.New("is not damaged")
+
 // Recover puts the newest snapshot that passes Check in place of the store
 // file in stateDir, keeping the damaged file beside it
 // (plugind.db.damaged-<time>), and returns the snapshot used. It refuses
-// when the store file is not damaged (force overrides that) and when no
-// snapshot passes.
+// when the store file is not damaged (ErrNotDamaged; force overrides that)
+// and when no snapshot passes.
 func Recover(stateDir string, force bool) (SnapshotInfo, error) {
 	path := filepath.Join(stateDir, FileName)
 	if rep := Check(path); rep.Problem == "" && !force {
-		return SnapshotInfo{}, fmt.Errorf("store %s is not damaged: nothing to recover (force replaces it with the newest snapshot anyway)", path)
+		return SnapshotInfo{}, fmt.Errorf("store %s %w: nothing to recover (force replaces it with the newest snapshot anyway)", path, ErrNotDamaged)
 	}
 	snaps, err := ListSnapshots(stateDir)
 	if err != nil {

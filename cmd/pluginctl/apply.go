@@ -13,11 +13,11 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
 	"github.com/plugincontrol/plugincontrol/client"
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/spec"
 )
 
 // A spec file is the desired state of plugins: YAML documents separated by
@@ -126,10 +126,12 @@ func plan(desired []*plugincontrolv1.PluginSpec, current []*plugincontrolv1.Plug
 		switch {
 		case !ok:
 			out = append(out, change{kind: changeLoad, name: d.GetName(), desired: d})
-		case proto.Equal(cur, d):
+		case spec.Equal(cur, d):
+			// The same plugin, however each was spelled (the daemon
+			// reports specs in canonical form, see package spec).
 			out = append(out, change{kind: changeNone, name: d.GetName(), desired: d})
 		default:
-			out = append(out, change{kind: changeReload, name: d.GetName(), desired: d, fields: specDiff(cur, d)})
+			out = append(out, change{kind: changeReload, name: d.GetName(), desired: d, fields: spec.Diff(cur, d)})
 		}
 	}
 	var extra []string
@@ -147,56 +149,6 @@ func plan(desired []*plugincontrolv1.PluginSpec, current []*plugincontrolv1.Plug
 		out = append(out, change{kind: k, name: name})
 	}
 	return out
-}
-
-// specDiff lists the top-level fields that differ, as "field: old → new"
-// in compact JSON.
-func specDiff(a, b *plugincontrolv1.PluginSpec) []string {
-	ma, mb := specFields(a), specFields(b)
-	var keys []string
-	for k := range ma {
-		keys = append(keys, k)
-	}
-	for k := range mb {
-		if _, ok := ma[k]; !ok {
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
-	var out []string
-	for _, k := range keys {
-		va, vb := ma[k], mb[k]
-		if !bytes.Equal(va, vb) {
-			out = append(out, fmt.Sprintf("%s: %s → %s", k, shorten(va), shorten(vb)))
-		}
-	}
-	return out
-}
-
-// specFields is the compact protojson of each set field of spec.
-func specFields(spec *plugincontrolv1.PluginSpec) map[string]json.RawMessage {
-	b, _ := jsonLineOptions.Marshal(spec)
-	m := map[string]json.RawMessage{}
-	_ = json.Unmarshal(b, &m)
-	for k, v := range m {
-		var buf bytes.Buffer
-		if json.Compact(&buf, v) == nil {
-			m[k] = buf.Bytes()
-		}
-	}
-	return m
-}
-
-// shorten is v, or "(unset)", cut to 60 characters.
-func shorten(v json.RawMessage) string {
-	if v == nil {
-		return "(unset)"
-	}
-	s := string(v)
-	if len(s) > 60 {
-		s = s[:59] + "…"
-	}
-	return s
 }
 
 // renderPlan writes the plan, one line per plugin (and one per changed

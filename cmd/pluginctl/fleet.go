@@ -36,11 +36,6 @@ reach.`,
 	return cmd
 }
 
-// fleetCall runs fn with the FleetService stub.
-func (c *cli) fleetCall(ctx context.Context, fn func(ctx context.Context, f plugincontrolv1.FleetServiceClient) error) error {
-	return c.call(ctx, func(ctx context.Context, cl *client.Client) error { return fn(ctx, cl.Fleet()) })
-}
-
 func labelsString(m map[string]string) string {
 	if len(m) == 0 {
 		return "-"
@@ -70,11 +65,12 @@ func (c *cli) fleetNodesCmd() *cobra.Command {
 		Long:  "List the fleet's live nodes (those whose etcd lease holds): NAME LABELS VERSION REGISTERED.",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: c.body(func(ctx context.Context, _ *cobra.Command, _ []string) error {
-			return c.fleetCall(ctx, func(ctx context.Context, f plugincontrolv1.FleetServiceClient) error {
-				resp, err := f.ListNodes(ctx, &plugincontrolv1.ListNodesRequest{})
+			return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+				nodes, err := cl.ListNodes(ctx)
 				if err != nil {
 					return err
 				}
+				resp := &plugincontrolv1.ListNodesResponse{Nodes: nodes}
 				return c.show(resp, func() error {
 					var t table
 					t.header("NAME", "LABELS", "VERSION", "REGISTERED")
@@ -98,12 +94,12 @@ of them (PLUGIN NODE GEN STATE CONVERGED LAST ERROR): CONVERGED is "yes" when
 the node runs the plugin's spec (the same digest).`,
 		Args: maxArgs(1, "[PLUGIN]"),
 		RunE: c.body(func(ctx context.Context, _ *cobra.Command, args []string) error {
-			req := &plugincontrolv1.FleetStatusRequest{}
+			plugin := ""
 			if len(args) == 1 {
-				req.Plugin = args[0]
+				plugin = args[0]
 			}
-			return c.fleetCall(ctx, func(ctx context.Context, f plugincontrolv1.FleetServiceClient) error {
-				resp, err := f.FleetStatus(ctx, req)
+			return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+				resp, err := cl.FleetStatus(ctx, plugin)
 				if err != nil {
 					return err
 				}
@@ -194,12 +190,13 @@ To move nodes in stages with health gates, use "fleet rollout start".`,
 			if err != nil {
 				return err
 			}
-			return c.fleetCall(ctx, func(ctx context.Context, f plugincontrolv1.FleetServiceClient) error {
+			return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
 				for _, p := range plugins {
-					resp, err := f.ApplyFleetPlugin(ctx, &plugincontrolv1.ApplyFleetPluginRequest{Plugin: p, AllowUnpinned: allowUnpinned})
+					stored, err := cl.ApplyFleetPlugin(ctx, p, allowUnpinned)
 					if err != nil {
 						return err
 					}
+					resp := &plugincontrolv1.ApplyFleetPluginResponse{Plugin: stored}
 					if err := c.show(resp, func() error {
 						_, err := fmt.Fprintf(c.stdout, "applied %s: digest %s, revision %d\n", p.GetSpec().GetName(), short(resp.GetPlugin().GetSpecDigest()), resp.GetPlugin().GetRevision())
 						return err
@@ -222,12 +219,11 @@ func (c *cli) fleetDeleteCmd() *cobra.Command {
 		Short: "remove a fleet plugin (every node unloads it)",
 		Args:  exactArgs(1, "PLUGIN"),
 		RunE: c.body(func(ctx context.Context, _ *cobra.Command, args []string) error {
-			return c.fleetCall(ctx, func(ctx context.Context, f plugincontrolv1.FleetServiceClient) error {
-				resp, err := f.DeleteFleetPlugin(ctx, &plugincontrolv1.DeleteFleetPluginRequest{Name: args[0]})
-				if err != nil {
+			return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+				if err := cl.DeleteFleetPlugin(ctx, args[0]); err != nil {
 					return err
 				}
-				return c.show(resp, func() error {
+				return c.show(&plugincontrolv1.DeleteFleetPluginResponse{}, func() error {
 					_, err := fmt.Fprintf(c.stdout, "deleted %s: the nodes running it unload it\n", args[0])
 					return err
 				})
@@ -249,12 +245,12 @@ and unload of it work again, and rollouts do not move it; the node remembers
 it (in etcd) across restarts.`,
 		Args: exactArgs(1, "PLUGIN"),
 		RunE: c.body(func(ctx context.Context, _ *cobra.Command, args []string) error {
-			return c.fleetCall(ctx, func(ctx context.Context, f plugincontrolv1.FleetServiceClient) error {
+			return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
 				var err error
 				if op == "detach" {
-					_, err = f.DetachFleetPlugin(ctx, &plugincontrolv1.DetachFleetPluginRequest{Name: args[0]})
+					err = cl.DetachFleetPlugin(ctx, args[0])
 				} else {
-					_, err = f.AttachFleetPlugin(ctx, &plugincontrolv1.AttachFleetPluginRequest{Name: args[0]})
+					err = cl.AttachFleetPlugin(ctx, args[0])
 				}
 				if err != nil {
 					return err
@@ -389,16 +385,21 @@ when it halted or was rolled back.`,
 			req := &plugincontrolv1.StartRolloutRequest{Spec: plugins[0].GetSpec(), AllowUnpinned: allowUnpinned,
 				Strategy: &plugincontrolv1.RolloutStrategy{Canary: canary, WaveSize: waveSize, WavePercent: wavePct,
 					Bake: durationpb.New(bake), MaxFailed: maxFailed, ManualRollback: manual}}
-			return c.fleetCall(ctx, func(rctx context.Context, f plugincontrolv1.FleetServiceClient) error {
-				resp, err := f.StartRollout(rctx, req)
-				if err != nil {
-					return err
-				}
-				if err := c.show(resp, func() error { return renderRollout(c.stdout, c.pal, resp.GetRollout()) }); err != nil || !wait {
-					return err
-				}
-				return c.followRollout(ctx, f, req.GetSpec().GetName())
-			})
+			cl, err := c.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			rctx, cancel := c.withTimeout(ctx)
+			r, err := cl.StartRollout(rctx, req)
+			cancel()
+			if err != nil {
+				return err
+			}
+			if err := c.show(&plugincontrolv1.StartRolloutResponse{Rollout: r}, func() error { return renderRollout(c.stdout, c.pal, r) }); err != nil || !wait {
+				return err
+			}
+			return c.followRollout(ctx, cl, req.GetSpec().GetName())
 		}),
 	}
 	f := cmd.Flags()
@@ -432,15 +433,15 @@ func (c *cli) rolloutShowCmd(name string) *cobra.Command {
 			}
 			defer cl.Close()
 			if name == "watch" {
-				return c.followRollout(ctx, cl.Fleet(), args[0])
+				return c.followRollout(ctx, cl, args[0])
 			}
 			rctx, cancel := c.withTimeout(ctx)
 			defer cancel()
-			resp, err := cl.Fleet().GetRollout(rctx, &plugincontrolv1.GetRolloutRequest{Plugin: args[0]})
+			r, err := cl.GetRollout(rctx, args[0])
 			if err != nil {
 				return err
 			}
-			return c.show(resp, func() error { return renderRollout(c.stdout, c.pal, resp.GetRollout()) })
+			return c.show(&plugincontrolv1.GetRolloutResponse{Rollout: r}, func() error { return renderRollout(c.stdout, c.pal, r) })
 		}),
 	}
 }
@@ -451,23 +452,9 @@ func (c *cli) rolloutOpCmd(op string) *cobra.Command {
 		Short: map[string]string{"pause": "stop a rollout from starting new waves", "resume": "continue a paused rollout", "abort": "end a rollout and roll its nodes back"}[op],
 		Args:  exactArgs(1, "PLUGIN"),
 		RunE: c.body(func(ctx context.Context, _ *cobra.Command, args []string) error {
-			return c.fleetCall(ctx, func(ctx context.Context, f plugincontrolv1.FleetServiceClient) error {
-				var r *plugincontrolv1.Rollout
-				var err error
-				switch op {
-				case "pause":
-					var resp *plugincontrolv1.PauseRolloutResponse
-					resp, err = f.PauseRollout(ctx, &plugincontrolv1.PauseRolloutRequest{Plugin: args[0]})
-					r = resp.GetRollout()
-				case "resume":
-					var resp *plugincontrolv1.ResumeRolloutResponse
-					resp, err = f.ResumeRollout(ctx, &plugincontrolv1.ResumeRolloutRequest{Plugin: args[0]})
-					r = resp.GetRollout()
-				default:
-					var resp *plugincontrolv1.AbortRolloutResponse
-					resp, err = f.AbortRollout(ctx, &plugincontrolv1.AbortRolloutRequest{Plugin: args[0]})
-					r = resp.GetRollout()
-				}
+			return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+				action := map[string]client.RolloutAction{"pause": client.PauseRollout, "resume": client.ResumeRollout, "abort": client.AbortRollout}[op]
+				r, err := cl.SetRollout(ctx, args[0], action)
 				if err != nil {
 					return err
 				}
@@ -483,41 +470,25 @@ type rolloutEnded = bakeError
 
 // followRollout prints the rollout of plugin each time it changes until it
 // ends (a poll every 500ms; --timeout does not apply).
-func (c *cli) followRollout(ctx context.Context, f plugincontrolv1.FleetServiceClient, plugin string) error {
-	var last uint64
-	for {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		resp, err := f.GetRollout(rctx, &plugincontrolv1.GetRolloutRequest{Plugin: plugin})
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+// followRollout prints the rollout of plugin each time it changes (followed
+// through WatchFleet by the client) until it ends: nil when it succeeded, a
+// *rolloutEnded (exit 8) when it halted or was rolled back.
+func (c *cli) followRollout(ctx context.Context, cl *client.Client, plugin string) error {
+	r, err := cl.FollowRollout(ctx, plugin, func(r *plugincontrolv1.Rollout) error {
+		if c.structured() {
+			return c.print(&plugincontrolv1.GetRolloutResponse{Rollout: r})
 		}
-		r := resp.GetRollout()
-		if r.GetRevision() != last {
-			last = r.GetRevision()
-			if c.structured() {
-				if err := c.print(resp); err != nil {
-					return err
-				}
-			} else if err := renderRollout(c.stdout, c.pal, r); err != nil {
-				return err
-			}
-		}
-		switch r.GetState() {
-		case plugincontrolv1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
-			return nil
-		case plugincontrolv1.RolloutState_ROLLOUT_STATE_HALTED, plugincontrolv1.RolloutState_ROLLOUT_STATE_ROLLED_BACK:
-			return &rolloutEnded{msg: fmt.Sprintf("the rollout of %s ended %s: %s", plugin, strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_"), r.GetReason())}
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(500 * time.Millisecond):
-		}
+		return renderRollout(c.stdout, c.pal, r)
+	}, func(err error, retryIn time.Duration) {
+		fmt.Fprintf(c.stderr, "pluginctl: rollout watch: %s; reconnecting in %s\n", reconnectReason(err), retryIn)
+	})
+	switch {
+	case err != nil:
+		return err
+	case r == nil, r.GetState() == plugincontrolv1.RolloutState_ROLLOUT_STATE_SUCCEEDED:
+		return nil
 	}
+	return &rolloutEnded{msg: fmt.Sprintf("the rollout of %s ended %s: %s", plugin, strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_"), r.GetReason())}
 }
 
 func renderRollout(w io.Writer, p palette, r *plugincontrolv1.Rollout) error {

@@ -4,18 +4,21 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/knadh/koanf/parsers/yaml"
+	envprovider "github.com/knadh/koanf/providers/env/v2"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/v2"
+	"github.com/spf13/pflag"
+
 	"github.com/plugincontrol/plugincontrol/client"
 	"github.com/plugincontrol/plugincontrol/manager"
-	"sigs.k8s.io/yaml"
 )
 
 // config is plugind's configuration. Every field is a flag; the same names
@@ -91,6 +94,8 @@ func (c containmentFlag) String() string {
 	return "auto"
 }
 
+func (c containmentFlag) Type() string { return "mode" }
+
 func (c containmentFlag) Set(s string) error {
 	switch s {
 	case "auto":
@@ -105,17 +110,6 @@ func (c containmentFlag) Set(s string) error {
 	return nil
 }
 
-// listFlag is a repeatable string flag.
-type listFlag struct{ v *[]string }
-
-func (l listFlag) String() string {
-	if l.v == nil {
-		return ""
-	}
-	return strings.Join(*l.v, ",")
-}
-func (l listFlag) Set(s string) error { *l.v = append(*l.v, s); return nil }
-
 const usage = `plugind: the plugincontrol daemon.
 
 Runs plugin binaries from --plugin-dir under hashicorp/go-plugin, reloads them
@@ -125,31 +119,26 @@ and server reflection) on every --listen address. Desired state and the audit
 record live in <state-dir>/plugind.db; plugins loaded before a restart are
 relaunched at start.
 
-Usage:
-  plugind [flags]
+"plugind" and "plugind serve" run the daemon; "plugind store check" and
+"plugind store recover" check and recover the store with plugind stopped.
 
 Every flag can also be set in the environment as PLUGIND_<NAME> (upper
 case, "-" as "_"), for example PLUGIND_LOG_LEVEL=debug, and every one but
 --config in the --config YAML file (same name as the key). The command line wins over the
 environment, which wins over the file. See deploy/plugind.yaml for an example file.
+Every subcommand reads the same configuration: "plugind store check --config
+/etc/plugind/plugind.yaml" checks the state directory the daemon uses.`
 
-Flags:
-`
-
-func newFlagSet(cfg *config, out io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("plugind", flag.ContinueOnError)
-	fs.SetOutput(out)
-	fs.Usage = func() {
-		fmt.Fprint(out, usage)
-		fs.PrintDefaults()
-		fmt.Fprint(out, `
+// moreHelp follows the flags in --help.
+const moreHelp = `
 Containment (--containment): the mode in use is in the "plugind started" log
 line. auto: a cgroup v2 per plugin generation under plugind's own cgroup,
 stopped with cgroup.kill (root with cgroup v2 mounted, or systemd
 Delegate=yes); else subreaper: plugind is a child subreaper and kills what
 stopped plugins left behind (told apart by PLUGINCONTROL_CONTAIN in their
 environment). Either way a killed plugind's reaper and the next plugind on the
-same --state-dir kill the leftovers.
+same --state-dir kill the leftovers (unless --live-restore: then it adopts
+them).
 
 Spec limits (InvalidArgument naming the field): name ^[a-z][a-z0-9-]{0,62}$;
 binary 255 bytes; 64 args of 4 KiB; 128 env variables, names of 256 bytes,
@@ -176,27 +165,21 @@ flight finish (up to --shutdown-timeout), plugins stop, then plugind exits
 0. A crash (SIGKILL, an OOM kill) stops the plugins too, unless
 --live-restore: then they keep running and the next plugind on the same
 --state-dir adopts them.
+
 Exit codes: 0 clean stop, 1 runtime failure, 2 bad flags or configuration,
 3 the store file is damaged (see plugind store).
+`
 
-Store commands (stop plugind first):
-  plugind store check [--state-dir D]     check <state-dir>/plugind.db: bbolt's
-                                          consistency check, every record, the
-                                          audit chain; exit 0 ok, 3 damaged
-  plugind store recover [--state-dir D] [--force]
-                                          put the newest good snapshot of
-                                          <state-dir>/snapshots in place of a
-                                          damaged store (kept beside it as
-                                          plugind.db.damaged-TIME)
-`)
-	}
+// bindFlags defines plugind's flags on fs, bound to cfg: the one place
+// their names, defaults and help live.
+func bindFlags(fs *pflag.FlagSet, cfg *config) {
 	fs.StringVar(&cfg.configFile, "config", "", "YAML file with flag values (keys are flag names)")
 	fs.StringVar(&cfg.pluginDir, "plugin-dir", "plugins", "directory plugin binaries are resolved in (nothing outside it is ever run)")
 	fs.StringVar(&cfg.stateDir, "state-dir", client.DefaultStateDir(), "directory for the socket, the store and plugin sockets (created mode 0700)")
-	fs.Var(listFlag{&cfg.listen}, "listen", "address to serve on, repeatable: unix://PATH or tcp://HOST:PORT (TCP needs --tls-cert, or loopback with --auth-file or --insecure-tcp) (default unix://<state-dir>/plugind.sock)")
+	fs.StringArrayVar(&cfg.listen, "listen", nil, "address to serve on, repeatable: unix://PATH or tcp://HOST:PORT (TCP needs --tls-cert, or loopback with --auth-file or --insecure-tcp) (default unix://<state-dir>/plugind.sock)")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
-	fs.Var(listFlag{&cfg.loads}, "load", "load a plugin at start unless restored: NAME or NAME=BINARY (repeatable)")
+	fs.StringArrayVar(&cfg.loads, "load", nil, "load a plugin at start unless restored: NAME or NAME=BINARY (repeatable)")
 	fs.DurationVar(&cfg.startTimeout, "start-timeout", 10*time.Second, "default launch+handshake timeout of a plugin")
 	fs.DurationVar(&cfg.readyTimeout, "ready-timeout", 5*time.Second, "default timeout of a candidate's readiness probe (a spec's ready_timeout overrides it)")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "default time in-flight calls get to finish before a generation is stopped")
@@ -220,7 +203,7 @@ Store commands (stop plugind first):
 	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 4<<20, "largest message received or sent (requests and responses)")
 	fs.UintVar(&cfg.maxStreams, "max-streams-per-conn", 1024, "concurrent streams per client connection")
 	cfg.containment = manager.ContainAuto
-	fs.Var(containmentFlag{&cfg.containment}, "containment", "how plugin processes and everything they start are kept from outliving them: auto (a cgroup v2 per generation, killed with cgroup.kill, when plugind may create cgroups: root, or systemd Delegate=yes; else subreaper), subreaper (plugind is a child subreaper and kills what stopped plugins left) or process-group (default auto; the mode in use is in the \"plugind started\" log line: containment=...)")
+	fs.Var(containmentFlag{&cfg.containment}, "containment", "how plugin processes and everything they start are kept from outliving them: auto (a cgroup v2 per generation, killed with cgroup.kill, when plugind may create cgroups: root, or systemd Delegate=yes; else subreaper), subreaper (plugind is a child subreaper and kills what stopped plugins left) or process-group (the mode in use is in the \"plugind started\" log line: containment=...)")
 	fs.IntVar(&cfg.auditRetention, "audit-retention", 100000, "audit records kept; older ones are removed, a checkpoint keeping the chain verifiable")
 	fs.DurationVar(&cfg.auditMaxAge, "audit-max-age", 0, "also remove audit records older than this (0: keep by count only)")
 	fs.StringVar(&cfg.endpointDir, "endpoint-dir", "", "directory of the plugin endpoints: each plugin's own gRPC API is served at DIR/NAME.sock (mode 0600), forwarded to its active generation (default <state-dir>/plugins)")
@@ -229,51 +212,90 @@ Store commands (stop plugind first):
 	fs.StringVar(&cfg.fleetEtcd, "fleet-etcd", "", "join a fleet: etcd endpoints (comma-separated URLs) holding the fleet's desired plugins; this node converges to those that select it (unset: no fleet)")
 	fs.StringVar(&cfg.fleetPrefix, "fleet-prefix", "/plugincontrol", "prefix of the fleet's etcd keys")
 	fs.StringVar(&cfg.nodeName, "node-name", "", "this node's name in the fleet (default: the host name)")
-	fs.Var(listFlag{&cfg.nodeLabels}, "node-label", "a label K=V of this node, matched by fleet selectors (repeatable)")
+	fs.StringArrayVar(&cfg.nodeLabels, "node-label", nil, "a label K=V of this node, matched by fleet selectors (repeatable)")
 	fs.StringVar(&cfg.fleetCA, "fleet-etcd-ca", "", "CA bundle (PEM) verifying the etcd servers")
 	fs.StringVar(&cfg.fleetCert, "fleet-etcd-cert", "", "client certificate (PEM) for etcd")
 	fs.StringVar(&cfg.fleetKey, "fleet-etcd-key", "", "client private key (PEM) for etcd")
 	fs.BoolVar(&cfg.liveRestore, "live-restore", false, "keep plugins running when plugind dies (kill -9, an OOM kill, a crash): its reaper keeps draining their output, and the next plugind on this --state-dir adopts them (same pids and generations) instead of restarting them; a clean stop (SIGTERM) still stops them")
 	fs.BoolVar(&cfg.checkConfig, "check-config", false, "check the configuration (flags, environment, --config file and the files it names), print what a reload needs to know as JSON and exit (0: fine, 2: not)")
 	fs.DurationVar(&cfg.fleetLeaseTTL, "fleet-lease-ttl", 10*time.Second, "TTL of this node's etcd lease: a node that stops renewing it leaves the fleet's node list after that long (whole seconds, at least 2s)")
-	return fs
 }
 
-// parseFlags applies the command line, then the environment, then the
-// config file to the flags not set before.
-func parseFlags(args []string, out io.Writer, env func(string) string) (config, error) {
-	var cfg config
-	fs := newFlagSet(&cfg, out)
-	if err := fs.Parse(args); err != nil {
-		return cfg, err
+// envPrefix prefixes the environment variable of every flag.
+const envPrefix = "PLUGIND_"
+
+// resolve completes cfg, whose flags were parsed into fs from the command
+// line: every flag not set there takes its PLUGIND_<NAME> environment
+// variable, else its key of the --config YAML file, else its default.
+// koanf reads the environment and the file; each value is then set through
+// the flag itself, so it is parsed and checked the one way, and an error
+// names where it came from.
+func resolve(fs *pflag.FlagSet, cfg *config, environ []string) error {
+	isList := func(f *pflag.Flag) bool { return f.Value.Type() == "stringArray" }
+	env := koanf.New(".")
+	if err := env.Load(envprovider.Provider(".", envprovider.Opt{
+		Prefix:      envPrefix,
+		EnvironFunc: func() []string { return environ },
+		TransformFunc: func(k, v string) (string, any) {
+			name := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(k, envPrefix), "_", "-"))
+			f := fs.Lookup(name)
+			if f == nil || v == "" {
+				return "", nil // not one of plugind's flags
+			}
+			if isList(f) {
+				return name, strings.Split(v, ",")
+			}
+			return name, v
+		},
+	}), nil); err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
+	conf := koanf.New(".")
+	if cfg.configFile != "" {
+		if err := conf.Load(file.Provider(cfg.configFile), yaml.Parser()); err != nil {
+			return fmt.Errorf("--config %s: %w", cfg.configFile, err)
+		}
+		for _, k := range conf.Keys() {
+			if f := fs.Lookup(k); f == nil || k == "config" {
+				return fmt.Errorf("--config %s: unknown key %q (keys are plugind's flag names)", cfg.configFile, k)
+			}
+		}
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		key := "PLUGIND_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		v := env(key)
-		if set[f.Name] || v == "" || envErr != nil {
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || errs != nil {
 			return
 		}
-		for _, item := range splitList(f, v) {
-			if err := fs.Set(f.Name, item); err != nil {
-				envErr = fmt.Errorf("%s=%q: %w", key, v, err)
+		var (
+			from string
+			v    any
+		)
+		switch key := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")); {
+		case env.Exists(f.Name):
+			from, v = key, env.Get(f.Name)
+		case conf.Exists(f.Name) && f.Name != "config":
+			from, v = "--config "+cfg.configFile+": "+f.Name, conf.Get(f.Name)
+		default:
+			return
+		}
+		items, err := values(v, isList(f))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", from, err))
+			return
+		}
+		if isList(f) {
+			// The environment or the file replaces the default list.
+			_ = f.Value.(pflag.SliceValue).Replace(nil)
+		}
+		for _, it := range items {
+			if err := f.Value.Set(it); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", from, err))
 				return
 			}
 		}
-		set[f.Name] = true
 	})
-	if envErr != nil {
-		return cfg, envErr
-	}
-	if cfg.configFile != "" {
-		if err := applyFile(fs, cfg.configFile, set); err != nil {
-			return cfg, err
-		}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	if len(cfg.listen) == 0 {
 		cfg.listen = []string{"unix://" + cfg.stateDir + "/plugind.sock"}
@@ -281,67 +303,36 @@ func parseFlags(args []string, out io.Writer, env func(string) string) (config, 
 	if cfg.endpointDir == "" {
 		cfg.endpointDir = filepath.Join(cfg.stateDir, "plugins")
 	}
-	return cfg, cfg.check()
+	return cfg.check()
 }
 
-// splitList splits comma-separated environment values of repeatable flags.
-func splitList(f *flag.Flag, v string) []string {
-	if _, ok := f.Value.(listFlag); ok {
-		return strings.Split(v, ",")
+// values are the flag values of v, a value from the file or the
+// environment: a list only for a repeatable flag.
+func values(v any, list bool) ([]string, error) {
+	switch x := v.(type) {
+	case nil:
+		return nil, nil
+	case []any:
+		if !list {
+			return nil, errors.New("takes one value, not a list")
+		}
+		out := make([]string, 0, len(x))
+		for _, it := range x {
+			out = append(out, scalar(it))
+		}
+		return out, nil
+	case []string:
+		return slices.Clone(x), nil
+	case map[string]any:
+		return nil, errors.New("takes a value, not a mapping")
 	}
-	return []string{v}
+	return []string{scalar(v)}, nil
 }
 
-func applyFile(fs *flag.FlagSet, path string, set map[string]bool) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("--config: %w", err)
-	}
-	var doc map[string]any
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		return fmt.Errorf("--config %s: %w", path, err)
-	}
-	keys := make([]string, 0, len(doc))
-	for k := range doc {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		f := fs.Lookup(k)
-		if f == nil || k == "config" {
-			return fmt.Errorf("--config %s: unknown key %q (keys are plugind's flag names)", path, k)
-		}
-		if set[k] {
-			continue
-		}
-		var items []string
-		switch v := doc[k].(type) {
-		case []any:
-			if _, ok := f.Value.(listFlag); !ok {
-				return fmt.Errorf("--config %s: %s takes one value, not a list", path, k)
-			}
-			for _, it := range v {
-				items = append(items, fmt.Sprint(it))
-			}
-		case nil:
-			continue
-		case float64:
-			items = []string{formatNumber(v)}
-		default:
-			items = []string{fmt.Sprint(v)}
-		}
-		for _, it := range items {
-			if err := fs.Set(k, it); err != nil {
-				return fmt.Errorf("--config %s: %s: %w", path, k, err)
-			}
-		}
-	}
-	return nil
-}
-
-func formatNumber(v float64) string {
-	if v == float64(int64(v)) {
-		return fmt.Sprint(int64(v))
+// scalar is a YAML scalar as a flag value: integers without a fraction.
+func scalar(v any) string {
+	if f, ok := v.(float64); ok && f == float64(int64(f)) {
+		return fmt.Sprint(int64(f))
 	}
 	return fmt.Sprint(v)
 }
@@ -416,4 +407,21 @@ func (c *config) check() error {
 		errs = append(errs, fmt.Errorf("--endpoint-listen %q: want tcp://HOST:PORT", c.endpointListen))
 	}
 	return errors.Join(errs...)
+}
+
+// parseConfig is the configuration a command line and an environment give
+// (what "plugind ARGS" would run with): a reload checks the configuration
+// it would re-execute with this way.
+func parseConfig(args []string, environ []string) (config, error) {
+	var cfg config
+	fs := pflag.NewFlagSet("plugind", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	bindFlags(fs, &cfg)
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 && fs.Arg(0) != "serve" {
+		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return cfg, resolve(fs, &cfg, environ)
 }

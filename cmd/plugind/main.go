@@ -9,18 +9,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/plugincontrol/plugincontrol/endpoint"
@@ -39,7 +36,7 @@ func main() {
 	// When started as the reaper of a plugind (see manager.Config.Reaper),
 	// be that and nothing else.
 	manager.ReaperMain()
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // maxSockRoot is the longest directory plugin sockets can go in: go-plugin
@@ -79,64 +76,6 @@ func socketDirs(stateDir string, wipe bool) (sockDir, shortDir, id string, err e
 		return "", "", "", err
 	}
 	return sockDir, shortDir, id, nil
-}
-
-// Exit codes.
-const (
-	exitOK      = 0
-	exitFailed  = 1 // a runtime failure
-	exitUsage   = 2 // bad flags or configuration
-	exitDamaged = 3 // the store file is damaged: plugind store recover
-)
-
-func run(args []string, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "store" {
-		return runStore(args[1:], os.Stdout, stderr)
-	}
-	// A reload in place: the image before this one handed over on a
-	// descriptor. Read first, whatever happens next (a refused handover
-	// still hands over descriptors that must not leak into plugins).
-	inh, inhErr := readInheritance()
-	// SIGHUP asks for a reload. Caught from here on (one that arrives while
-	// this image starts is handled once it serves); an image started by a
-	// reload ignored it until now (the previous image set SIG_IGN, which
-	// the exec keeps), so a second "systemctl reload" never kills it.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	cfg, err := parseFlags(args, stderr, os.Getenv)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "plugind: %v\n", err)
-		inh.close()
-		return exitUsage
-	}
-	if cfg.checkConfig {
-		return checkConfig(cfg, os.Stdout, stderr)
-	}
-	log, err := newLogger(cfg.logLevel, cfg.logFormat, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "plugind: %v\n", err)
-		inh.close()
-		return exitUsage
-	}
-	if inhErr != nil {
-		log.Error("the handover of the previous image could not be read: its plugins are relaunched", slog.String("error", inhErr.Error()))
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := serve(ctx, cfg, log, inh, hup); err != nil {
-		var de *store.DamagedError
-		if errors.As(err, &de) {
-			fmt.Fprintf(stderr, "plugind: %v\n%s", err, recoverHint(cfg.stateDir))
-			return exitDamaged
-		}
-		log.Error("plugind failed", slog.String("error", err.Error()))
-		return exitFailed
-	}
-	return exitOK
 }
 
 func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {

@@ -128,6 +128,16 @@ func versionString() string {
 	return v
 }
 
+// versionDetail is "VERSION (REVISION)", with the build date when a release
+// build stamped it.
+func versionDetail() string {
+	s := version.String()
+	if d := version.Date(); d != "" {
+		s += " built " + d
+	}
+	return s
+}
+
 // checkNewImage runs the binary at this image's path in --check-config
 // mode with this command line and environment: the binary must start, read
 // the handover schema this image writes, and accept its configuration.
@@ -139,7 +149,7 @@ func (d *image) checkNewImage(ctx context.Context) (checkResult, error) {
 	if sameFile(d.exe, "/proc/self/exe") {
 		// The binary did not change: check the configuration here, as the
 		// same code would at start (40 ms less than running it).
-		cfg, err := parseFlags(os.Args[1:], io.Discard, os.Getenv)
+		cfg, err := parseConfig(os.Args[1:], os.Environ())
 		if err == nil {
 			res, err = validateConfig(cfg)
 		}

@@ -14,6 +14,7 @@ import (
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
+	"github.com/plugincontrol/plugincontrol/spec"
 	"github.com/plugincontrol/plugincontrol/store"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -78,10 +79,11 @@ func TestUpgradeFromSchema1(t *testing.T) {
 	}
 	for name, want := range wantSpecs {
 		st := got[name]
-		// The specs the old daemon listed, field for field (the new fields
-		// empty).
-		if a, b := protojson.Format(st.GetSpec()), protojson.Format(want); a != b {
-			t.Errorf("%s: spec after the upgrade\n%s\nwant\n%s", name, a, b)
+		// The specs the old daemon listed, the same plugins (the new
+		// fields empty; package spec decides what is the same: the old
+		// daemon spelled "no unhealthy action" NONE).
+		if !spec.Equal(st.GetSpec(), want) {
+			t.Errorf("%s: spec after the upgrade differs: %v", name, spec.Diff(want, st.GetSpec()))
 		}
 		if st.GetGeneration() < wantGen[name] {
 			t.Errorf("%s: generation %d, was %d", name, st.GetGeneration(), wantGen[name])
@@ -152,6 +154,20 @@ func TestDamagedStoreRefusedAndRecovered(t *testing.T) {
 	out2, code := run(t, "plugind", "store", "check", "--state-dir", d.StateDir)
 	if code != 3 || !strings.Contains(out2, "is damaged") {
 		t.Fatalf("store check: exit %d\n%s", code, out2)
+	}
+	// The same configuration as the daemon's: the state directory from
+	// the --config file, or from PLUGIND_STATE_DIR.
+	conf := filepath.Join(t.TempDir(), "plugind.yaml")
+	if err := os.WriteFile(conf, []byte("state-dir: "+d.StateDir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out2, code = run(t, "plugind", "store", "check", "--config", conf); code != 3 || !strings.Contains(out2, path) {
+		t.Fatalf("store check --config: exit %d (want 3: the configured store is damaged)\n%s", code, out2)
+	}
+	env := exec.Command(filepath.Join(bins, "plugind"), "store", "check")
+	env.Env = append(os.Environ(), "PLUGIND_STATE_DIR="+d.StateDir)
+	if out, err := env.CombinedOutput(); !strings.Contains(string(out), path) {
+		t.Fatalf("store check with PLUGIND_STATE_DIR: %v\n%s", err, out)
 	}
 	out2, code = run(t, "plugind", "store", "recover", "--state-dir", d.StateDir)
 	if code != 0 || !strings.Contains(out2, "recovered from snapshot") {

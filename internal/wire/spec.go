@@ -148,9 +148,13 @@ func SpecProto(s manager.Spec) *pb.PluginSpec {
 	p := s.Policy
 	if p != (manager.HealthPolicy{}) {
 		out.HealthPolicy = &pb.HealthPolicy{
-			PanicThreshold:  uint32(p.PanicThreshold),
-			RestartLimit:    uint32(p.RestartLimit),
-			UnhealthyAction: pb.UnhealthyAction(int32(p.OnUnhealthy) + 1),
+			PanicThreshold: uint32(p.PanicThreshold),
+			RestartLimit:   uint32(p.RestartLimit),
+		}
+		// None is written UNSPECIFIED (both mean none): one spelling, so
+		// that a spec applied without an action reads back the same.
+		if p.OnUnhealthy != manager.ActionNone {
+			out.HealthPolicy.UnhealthyAction = pb.UnhealthyAction(int32(p.OnUnhealthy) + 1)
 		}
 		for _, f := range []struct {
 			d   time.Duration

@@ -1,0 +1,76 @@
+//go:build linux
+
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestConfigLayers: the command line wins over PLUGIND_* variables, which
+// win over the --config file, which wins over the defaults; lists from the
+// environment are comma-separated and replace the default.
+func TestConfigLayers(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "plugind.yaml")
+	if err := os.WriteFile(conf, []byte("state-dir: "+dir+"/from-file\nlog-level: warn\ndrain-timeout: 7s\nload:\n  - a\n  - b\nmax-plugins: 12\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseConfig([]string{"--config", conf, "--log-level", "debug"},
+		[]string{"PLUGIND_DRAIN_TIMEOUT=9s", "PLUGIND_LISTEN=unix:///tmp/a.sock,unix:///tmp/b.sock", "PLUGIND_UNKNOWN=1", "HOME=/root"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case cfg.logLevel != "debug":
+		t.Errorf("log-level %q: the command line wins", cfg.logLevel)
+	case cfg.drainTimeout != 9*time.Second:
+		t.Errorf("drain-timeout %v: the environment wins over the file", cfg.drainTimeout)
+	case cfg.stateDir != dir+"/from-file":
+		t.Errorf("state-dir %q: from the file", cfg.stateDir)
+	case !slices.Equal(cfg.loads, []string{"a", "b"}):
+		t.Errorf("load %q: the file's list", cfg.loads)
+	case !slices.Equal(cfg.listen, []string{"unix:///tmp/a.sock", "unix:///tmp/b.sock"}):
+		t.Errorf("listen %q: the environment's list", cfg.listen)
+	case cfg.maxPlugins != 12 || cfg.maxWatchers != 10000:
+		t.Errorf("max-plugins %d (file), max-watchers %d (default)", cfg.maxPlugins, cfg.maxWatchers)
+	case cfg.endpointDir != filepath.Join(dir, "from-file", "plugins"):
+		t.Errorf("endpoint-dir %q: derived from the state directory", cfg.endpointDir)
+	}
+}
+
+// TestConfigErrorsNameTheirSource: a bad value says where it came from; an
+// unknown key in the file is refused.
+func TestConfigErrorsNameTheirSource(t *testing.T) {
+	dir := t.TempDir()
+	n := 0
+	write := func(body string) string {
+		n++
+		p := filepath.Join(dir, "c"+strings.Repeat("x", n)+".yaml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tt := range []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{[]string{"--config", write("no-such-flag: 1\n")}, nil, `unknown key "no-such-flag"`},
+		{[]string{"--config", write("drain-timeout: soon\n")}, nil, "drain-timeout"},
+		{[]string{"--config", write("log-level: [a, b]\n")}, nil, "takes one value, not a list"},
+		{nil, []string{"PLUGIND_MAX_PLUGINS=many"}, "PLUGIND_MAX_PLUGINS"},
+		{nil, []string{"PLUGIND_CONTAINMENT=jail"}, "want auto, subreaper or process-group"},
+		{[]string{"--shutdown-timeout", "0s"}, nil, "--shutdown-timeout must be positive"},
+	} {
+		_, err := parseConfig(tt.args, tt.env)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q %q: %v, want an error with %q", tt.args, tt.env, err, tt.want)
+		}
+	}
+}
