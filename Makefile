@@ -1,9 +1,11 @@
 # plugincontrol: build, run, test and contract checks.
 # Tools (buf, protoc-gen-go, protoc-gen-go-grpc, grpcurl, grpc-health-probe)
-# are pinned in tools/go.mod and run with `go tool -modfile=tools/go.mod`.
+# are pinned in tools/go.mod and run with `go tool -modfile=tools/go.mod`,
+# outside the workspace (go.work: -modfile is for one module, and the
+# tools' dependencies must not move the daemon's).
 
 GO       ?= go
-TOOL     := $(GO) tool -modfile=tools/go.mod
+TOOL     := GOWORK=off $(GO) tool -modfile=tools/go.mod
 BIN      := bin
 STATE    ?= .plugind
 BASELINE := proto/baseline.binpb
@@ -14,14 +16,18 @@ BREAKING_REF ?= HEAD~1
 # The nested modules: the published SDK (client, plugin) and generated code.
 MODULES  := gen client plugin
 
-.PHONY: all build run test test-deps check promtool tidy-check lint format breaking gen gen-check baseline grpcurl tools ci clean
+.PHONY: all build plugins run test test-deps check promtool tidy tidy-check release-snapshot lint format breaking gen gen-check baseline grpcurl tools ci clean
 
-all: build
+all: build plugins
 
-## build: plugind, pluginctl and the example plugins into bin/ (with go-plugin's own KV example as bin/plugins/kv)
+## build: plugind, pluginctl and the echo example plugin into bin/ (what make run runs)
 build:
 	$(GO) build -o $(BIN)/ ./cmd/plugind ./cmd/pluginctl
-	$(GO) build -o $(BIN)/plugins/ ./examples/plugins/...
+	$(GO) build -o $(BIN)/plugins/ ./examples/plugins/echo
+
+## plugins: every example plugin (examples/plugins), go-plugin's own KV example (bin/plugins/kv) and the misbehaving test plugins (test/plugins) the README's walkthrough uses, into bin/plugins
+plugins:
+	$(GO) build -o $(BIN)/plugins/ ./examples/plugins/... ./test/plugins/...
 	$(GO) build -o $(BIN)/plugins/kv github.com/hashicorp/go-plugin/examples/grpc/plugin-go-grpc
 
 ## run: build, then start plugind on unix://.plugind/plugind.sock with echo loaded
@@ -39,13 +45,13 @@ check: lint format breaking gen-check tidy-check gofmt-check
 	$(GO) vet ./...
 	for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
 
-## tidy-check: every module's go.mod and go.sum are tidy
+## tidy-check: every module's go.mod and go.sum are tidy (make/tidy.sh says how the siblings are mapped)
 tidy-check:
-	@t=$$(mktemp -d) && trap 'rm -rf "$$t"' EXIT && for m in . $(MODULES); do \
-	  (cd $$m && cp go.mod $$t/go.mod && cp go.sum $$t/go.sum && $(GO) mod tidy && \
-	   if ! cmp -s go.mod $$t/go.mod || ! cmp -s go.sum $$t/go.sum; then \
-	     cp $$t/go.mod go.mod; cp $$t/go.sum go.sum; echo "$$m: go.mod/go.sum are not tidy (run go mod tidy there)"; exit 1; fi) || exit 1; \
-	done; echo "go.mod files are tidy"
+	make/tidy.sh check
+
+## tidy: go mod tidy in each module (not plain go mod tidy: see make/tidy.sh)
+tidy:
+	make/tidy.sh fix
 
 ## gofmt-check: every Go file is gofmt'ed
 gofmt-check:
@@ -79,7 +85,7 @@ baseline:
 
 ## grpcurl: build the pinned grpcurl into bin/ for the README walkthrough
 grpcurl:
-	$(GO) build -modfile=tools/go.mod -o $(BIN)/ github.com/fullstorydev/grpcurl/cmd/grpcurl
+	GOWORK=off $(GO) build -modfile=tools/go.mod -o $(BIN)/ github.com/fullstorydev/grpcurl/cmd/grpcurl
 
 ## test-deps: what the tests need besides Go: systemd-analyze (Debian's systemd, installed when missing) and promtool
 test-deps: promtool
@@ -95,6 +101,10 @@ promtool: $(BIN)/tools/promtool
 $(BIN)/tools/promtool:
 	@tmp=$$(mktemp -d) && cd $$tmp && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } && \
 	  dpkg -x prometheus_*.deb x && mkdir -p $(CURDIR)/$(BIN)/tools && cp x/usr/bin/promtool $(CURDIR)/$@ && rm -rf $$tmp && $(CURDIR)/$@ --version | head -1
+
+## release-snapshot: the release build of this tree, offline, into dist/ (archives, .deb, .rpm, checksums.txt; make/release.sh)
+release-snapshot:
+	make/release.sh snapshot
 
 ## tools: build every pinned tool once (warms the cache)
 tools:
@@ -112,4 +122,4 @@ ci: tools check ts-install node-install ts-gen-check docs-check test ts-test ben
 -include bench/bench.mk
 
 clean:
-	rm -rf $(BIN) $(STATE)
+	rm -rf $(BIN) $(STATE) dist

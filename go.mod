@@ -32,6 +32,7 @@ require (
 	go.etcd.io/etcd/client/v3 v3.7.3
 	go.etcd.io/etcd/server/v3 v3.7.3
 	go.uber.org/zap v1.27.1
+	golang.org/x/mod v0.41.0
 	k8s.io/api v0.37.2
 )
 
@@ -109,9 +110,3 @@ require (
 	golang.org/x/net v0.61.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
-
-replace github.com/plugincontrol/plugincontrol/gen => ./gen
-
-replace github.com/plugincontrol/plugincontrol/client => ./client
-
-replace github.com/plugincontrol/plugincontrol/plugin => ./plugin

@@ -28,8 +28,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	for _, b := range [][]string{{dir + "/", "./cmd/plugind"}, {filepath.Join(dir, "plugins") + "/", "./examples/plugins/..."}} {
-		cmd := exec.Command("go", "build", "-o", b[0], b[1])
+	for _, b := range [][]string{{dir + "/", "./cmd/plugind"}, {filepath.Join(dir, "plugins") + "/", "./examples/plugins/...", "./test/plugins/..."}} {
+		cmd := exec.Command("go", append([]string{"build", "-o", b[0]}, b[1:]...)...)
 		cmd.Dir = ".."
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", b[1], err, out)

@@ -16,5 +16,3 @@ require (
 	golang.org/x/sys v0.28.0 // indirect
 	golang.org/x/text v0.21.0 // indirect
 )
-
-replace github.com/plugincontrol/plugincontrol/gen => ../gen

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -16,10 +17,12 @@ import (
 // lost); resume from the last revision received.
 var ErrWatchEnded = errors.New("fleet: the watch of etcd ended")
 
-// recordOf decodes the fleet record at key into an event's record; ok
-// false for keys that are not nodes, plugins, reports or rollouts (or not
-// plugin's when plugin is set).
-func (s *Store) recordOf(key string, value []byte, plugin string) (ev *pb.FleetEvent, ok bool, err error) {
+// recordOf decodes the fleet record kv into an event's record; ok false
+// for keys that are not nodes, plugins, reports or rollouts (or not
+// plugin's when plugin is set). A plugin's and a rollout's revision (output
+// only: never stored in the value) is kv's ModRevision, as Get reports it.
+func (s *Store) recordOf(kv *mvccpb.KeyValue, plugin string) (ev *pb.FleetEvent, ok bool, err error) {
+	key, value := string(kv.Key), kv.Value
 	ev = &pb.FleetEvent{}
 	rel := strings.TrimPrefix(key, s.keys.prefix+"/")
 	kind, rest, _ := strings.Cut(rel, "/")
@@ -32,6 +35,7 @@ func (s *Store) recordOf(key string, value []byte, plugin string) (ev *pb.FleetE
 	case "plugins":
 		m := &pb.FleetPlugin{}
 		err, ev.Record = decode(key, value, m), &pb.FleetEvent_Plugin{Plugin: m}
+		m.Revision = uint64(kv.ModRevision)
 	case "status":
 		name, _, _ = strings.Cut(rest, "/")
 		m := &pb.FleetPluginStatus{}
@@ -39,6 +43,7 @@ func (s *Store) recordOf(key string, value []byte, plugin string) (ev *pb.FleetE
 	case "rollouts":
 		m := &pb.Rollout{}
 		err, ev.Record = decode(key, value, m), &pb.FleetEvent_Rollout{Rollout: m}
+		m.Revision = uint64(kv.ModRevision)
 	default:
 		return nil, false, nil
 	}
@@ -59,7 +64,7 @@ func (s *Store) Watch(ctx context.Context, since uint64, plugin string, send fun
 		}
 		rev := resp.Header.GetRevision()
 		for _, kv := range resp.Kvs {
-			ev, ok, err := s.recordOf(string(kv.Key), kv.Value, plugin)
+			ev, ok, err := s.recordOf(kv, plugin)
 			if err != nil || !ok {
 				continue // an unreadable record is skipped, as the agents skip it
 			}
@@ -104,7 +109,7 @@ func (s *Store) Watch(ctx context.Context, since uint64, plugin string, send fun
 						}
 						kv = e.PrevKv
 					}
-					ev, ok, err := s.recordOf(string(kv.Key), kv.Value, plugin)
+					ev, ok, err := s.recordOf(kv, plugin)
 					if err != nil || !ok {
 						continue
 					}

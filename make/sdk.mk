@@ -6,7 +6,7 @@
 # (the Go side, client/ and test/contract, runs in `make test`).
 
 GO      ?= go
-TOOL    ?= $(GO) tool -modfile=tools/go.mod
+TOOL    ?= GOWORK=off $(GO) tool -modfile=tools/go.mod
 TS      := sdk/ts
 NPM     ?= npm
 

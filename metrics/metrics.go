@@ -134,14 +134,15 @@ func New() *Metrics {
 }
 
 // buildInfo is plugincontrol_build_info: 1, labelled with the daemon's
-// version (its module version, "(devel)" from a checkout), VCS revision
-// (when built with VCS stamping) and Go version.
+// version (stamped by a release build, else its module version, "(devel)"
+// from a checkout), VCS revision, build date (a release build's; empty
+// otherwise) and Go version.
 func buildInfo() prometheus.Collector {
 	version, revision := buildversion.Get()
 	g := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "plugincontrol_build_info",
-		Help:        "1, labelled with the version, VCS revision and Go version plugind was built with.",
-		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()},
+		Help:        "1, labelled with the version, VCS revision, build date and Go version plugind was built with.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "date": buildversion.Date(), "goversion": runtime.Version()},
 	})
 	g.Set(1)
 	return g

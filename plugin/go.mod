@@ -23,5 +23,3 @@ require (
 	google.golang.org/protobuf v1.36.5 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )
-
-replace github.com/plugincontrol/plugincontrol/gen => ../gen

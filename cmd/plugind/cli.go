@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/plugincontrol/plugincontrol/internal/version"
 	"github.com/plugincontrol/plugincontrol/store"
 )
 
@@ -87,7 +88,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Short:         "the plugincontrol daemon",
 		Long:          usage,
 		Args:          noArgs,
-		Version:       versionLine(),
+		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE:          serveCmd,
@@ -104,7 +105,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		&cobra.Command{Use: "serve", Short: "run the daemon (the default)", Args: noArgs, RunE: serveCmd},
 		storeCmd(&cfg, stdout),
 		&cobra.Command{Use: "version", Short: "print plugind's version", Args: noArgs, RunE: func(*cobra.Command, []string) error {
-			_, err := fmt.Fprintf(stdout, "plugind %s\n", versionLine())
+			_, err := fmt.Fprintf(stdout, "plugind %s\n", version.String())
 			return err
 		}},
 	)
@@ -133,9 +134,6 @@ func noArgs(cmd *cobra.Command, args []string) error {
 	}
 	return nil
 }
-
-// versionLine is "VERSION (REVISION)", and the build date when stamped.
-func versionLine() string { return versionDetail() }
 
 // storeCmd is "plugind store check|recover": tools for the store file,
 // run with plugind stopped, on the state directory of the configuration.

@@ -128,16 +128,6 @@ func versionString() string {
 	return v
 }
 
-// versionDetail is "VERSION (REVISION)", with the build date when a release
-// build stamped it.
-func versionDetail() string {
-	s := version.String()
-	if d := version.Date(); d != "" {
-		s += " built " + d
-	}
-	return s
-}
-
 // checkNewImage runs the binary at this image's path in --check-config
 // mode with this command line and environment: the binary must start, read
 // the handover schema this image writes, and accept its configuration.

@@ -21,12 +21,13 @@ func Root() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// Plugins builds every example plugin into dir (one binary per directory of
-// examples/plugins, named after it) and, as "kv", go-plugin's own gRPC
-// example plugin (a real third-party plugin: its KV service, handshake
-// cookie BASIC_PLUGIN=hello, protocol 1).
+// Plugins builds every example plugin (examples/plugins) and every test
+// plugin (test/plugins: the misbehaving ones) into dir, one binary per
+// directory, named after it, and, as "kv", go-plugin's own gRPC example
+// plugin (a real third-party plugin: its KV service, handshake cookie
+// BASIC_PLUGIN=hello, protocol 1).
 func Plugins(dir string) error {
-	if err := goBuild(dir, "", "./examples/plugins/..."); err != nil {
+	if err := goBuild(dir, "", "./examples/plugins/...", "./test/plugins/..."); err != nil {
 		return err
 	}
 	return goBuildAs(filepath.Join(dir, "kv"), KVPluginPackage)
@@ -75,6 +76,9 @@ func goBuild(dir, modfile string, pkgs ...string) error {
 	args = append(args, pkgs...)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = Root()
+	if modfile != "" {
+		cmd.Env = append(os.Environ(), "GOWORK=off") // -modfile is for one module, not the workspace
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)

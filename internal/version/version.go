@@ -48,11 +48,16 @@ func Get() (version, revision string) {
 // Date is the build date a release build stamped ("" otherwise).
 func Date() string { return date }
 
-// String is "VERSION (REVISION)", the revision cut to 12 characters.
+// String is "VERSION (REVISION)", the revision cut to 12 characters, and
+// " built DATE" when a release build stamped the date.
 func String() string {
 	v, r := Get()
 	if len(r) > 12 {
 		r = r[:12]
 	}
-	return v + " (" + r + ")"
+	s := v + " (" + r + ")"
+	if date != "" {
+		s += " built " + date
+	}
+	return s
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -36,6 +37,7 @@ func TestMain(m *testing.M) {
 		image = filepath.Join(dir, "image.binpb")
 		cmd := exec.Command("go", "tool", "-modfile=tools/go.mod", "buf", "build", "-o", image)
 		cmd.Dir = testbin.Root()
+		cmd.Env = append(os.Environ(), "GOWORK=off") // tools are outside the workspace
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("buf build: %v\n%s", err, out)
 		}

@@ -467,6 +467,16 @@ func TestFleet(t *testing.T) {
 		}
 	}
 	t.Logf("WatchFleet: %d events, %d resumes across the etcd outage", len(evs), w.resumed)
+	// A plugin's and a rollout's revision is that of their change, as
+	// GetRollout and ListFleetPlugins report it (FollowRollout resumes by it).
+	for _, ev := range evs {
+		if r := ev.GetRollout(); r != nil && ev.GetType() == pb.FleetEventType_FLEET_EVENT_TYPE_PUT && r.GetRevision() != ev.GetRevision() {
+			t.Errorf("rollout %s in an event of revision %d says revision %d", r.GetPlugin(), ev.GetRevision(), r.GetRevision())
+		}
+		if p := ev.GetPlugin(); p != nil && ev.GetType() == pb.FleetEventType_FLEET_EVENT_TYPE_PUT && p.GetRevision() != ev.GetRevision() {
+			t.Errorf("plugin %s in an event of revision %d says revision %d", p.GetSpec().GetName(), ev.GetRevision(), p.GetRevision())
+		}
+	}
 	for i := 1; i < len(evs); i++ {
 		if evs[i].GetType() != pb.FleetEventType_FLEET_EVENT_TYPE_SNAPSHOT && evs[i].GetRevision() < evs[i-1].GetRevision() {
 			t.Fatalf("revisions went back: %d after %d", evs[i].GetRevision(), evs[i-1].GetRevision())

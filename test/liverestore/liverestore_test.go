@@ -34,7 +34,7 @@ import (
 )
 
 // bins holds plugind, pluginctl, the example plugins (bins/plugins, with
-// the chatter fixture of this directory), and bins/alt/plugind, the same
+// the test plugins of test/plugins, chatter among them), and bins/alt/plugind, the same
 // daemon stamped with another version.
 var bins string
 
@@ -53,9 +53,6 @@ func TestMain(m *testing.M) {
 				return fmt.Errorf("go build %v: %v\n%s", args, err, b)
 			}
 			return nil
-		}
-		if err := build(filepath.Join(dir, "plugins", "chatter"), "./test/liverestore/chatter"); err != nil {
-			return err
 		}
 		return build(filepath.Join(dir, "alt", "plugind"), "-ldflags", "-X github.com/plugincontrol/plugincontrol/internal/version.stamp="+altVersion, "./cmd/plugind")
 	})

@@ -43,7 +43,7 @@ before(() => {
   }
   bins = path.join(tmp, "bin");
   execFileSync("go", ["build", "-o", bins + "/", "./cmd/plugind", "./internal/testbin/etcd"], { cwd: root, stdio: "inherit" });
-  execFileSync("go", ["build", "-o", path.join(bins, "plugins") + "/", "./examples/plugins/..."], { cwd: root, stdio: "inherit" });
+  execFileSync("go", ["build", "-o", path.join(bins, "plugins") + "/", "./examples/plugins/...", "./test/plugins/..."], { cwd: root, stdio: "inherit" });
 });
 
 after(() => {

@@ -6,7 +6,7 @@ package main
 import (
 	"context"
 
-	"github.com/plugincontrol/plugincontrol/examples/plugins/internal/echo"
+	"github.com/plugincontrol/plugincontrol/internal/echo"
 	"github.com/plugincontrol/plugincontrol/plugin"
 )
 

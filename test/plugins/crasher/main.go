@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/plugincontrol/plugincontrol/examples/plugins/internal/echo"
+	"github.com/plugincontrol/plugincontrol/internal/echo"
 	"github.com/plugincontrol/plugincontrol/plugin"
 )
 

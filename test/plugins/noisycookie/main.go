@@ -9,7 +9,7 @@ import (
 	"bytes"
 	"os"
 
-	"github.com/plugincontrol/plugincontrol/examples/plugins/internal/echo"
+	"github.com/plugincontrol/plugincontrol/internal/echo"
 	"github.com/plugincontrol/plugincontrol/plugin"
 )
 

@@ -5,7 +5,7 @@ package main
 import (
 	"fmt"
 
-	"github.com/plugincontrol/plugincontrol/examples/plugins/internal/echo"
+	"github.com/plugincontrol/plugincontrol/internal/echo"
 	"github.com/plugincontrol/plugincontrol/plugin"
 )
 

@@ -11,7 +11,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/plugincontrol/plugincontrol/examples/plugins/internal/echo"
+	"github.com/plugincontrol/plugincontrol/internal/echo"
 	"github.com/plugincontrol/plugincontrol/plugin"
 )
 
