@@ -306,11 +306,49 @@ func (a *Agent) session(ctx context.Context) error {
 		return fmt.Errorf("registering the node: %w", err)
 	}
 	clear(a.published) // this lease's status keys are new
-	rev, err := a.resync(ctx)
-	if err != nil {
-		return err
+	a.log.Info("fleet node registered", "lease_ttl", a.cfg.LeaseTTL)
+	// Resync and follow the fleet's changes until the lease ends. A watch
+	// that ends (a compaction past it, a lost leader, etcd out of reach for
+	// a while) or a failed read is followed by a resync and a new watch in
+	// the same lease: only the lease's end (or ctx's) ends the session, so
+	// the node never drops out of the fleet for a watch error.
+	backoff := retryInitial
+	for {
+		start := time.Now()
+		rev, err := a.resync(ctx)
+		if err == nil {
+			err = a.follow(ctx, sess, rev)
+		}
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, errLeaseLost):
+			return err
+		}
+		if time.Since(start) > time.Minute {
+			backoff = retryInitial
+		}
+		a.log.Warn("fleet watch ended; resyncing within the node's lease", "error", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-sess.Done():
+			t.Stop()
+			return errLeaseLost
+		case <-t.C:
+		}
+		backoff = min(2*backoff, retryMax)
 	}
-	a.log.Info("fleet node registered", "lease_ttl", a.cfg.LeaseTTL, "revision", rev)
+}
+
+// follow watches the fleet's plugins and this node's targets from after
+// rev and reconciles each change, publishing the status under the
+// session's lease, until ctx ends, the lease is lost (errLeaseLost) or a
+// watch ends (its error).
+func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64) error {
+	lease := sess.Lease()
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := a.cfg.Client.Watch(wctx, a.keys.plugins(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -26,13 +27,19 @@ import (
 //	current wave not started (nodes PENDING), RUNNING -> write the nodes'
 //	    targets (new spec, bake); nodes UPDATING
 //	UPDATING node: its lease gone          -> LOST (not a failure)
+//	    no status (not yet republished)    -> unknown: stays UPDATING
 //	    reports the new spec as failed     -> FAILED (candidate or bake revert)
 //	    runs it UNHEALTHY                  -> FAILED
 //	    ran it, runs another now           -> FAILED (reverted)
 //	    runs it SERVING for the bake       -> UPDATED
+//	LOST node: its lease back              -> UPDATING, its bake from scratch
 //	failed nodes > max_failed             -> HALTED (manual_rollback) or
 //	                                          ROLLED_BACK (targets deleted)
-//	wave done (no UPDATING), RUNNING      -> next wave, or SUCCEEDED: the
+//	no node of the wave settled for the
+//	  progress_deadline (some UPDATING
+//	  or LOST)                             -> HALTED or ROLLED_BACK, likewise
+//	wave done (none UPDATING or LOST),
+//	  RUNNING                              -> next wave, or SUCCEEDED: the
 //	                                          plugin's spec becomes the new
 //	                                          one and the targets go
 type Controller struct {
@@ -184,15 +191,23 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp) error {
 	return nil
 }
 
+// defaultProgressDeadline is RolloutStrategy.progress_deadline's default,
+// beyond the bake (a node settles only after its bake).
+const defaultProgressDeadline = 10 * time.Minute
+
 // step advances r given the live nodes and their statuses, and returns the
 // target writes and deletes that go with the change (see Controller).
 func (c *Controller) step(r *pb.Rollout, selector map[string]string, live map[string]bool, statuses map[string]*pb.FleetPluginStatus, now time.Time) []clientv3.Op {
 	bake := r.GetStrategy().GetBake().AsDuration()
-	failed := 0
+	failed, progressed := 0, false
 	current := []*pb.RolloutNode{}
 	for _, n := range r.GetNodes() {
 		if n.GetWave() == r.GetWave() {
 			current = append(current, n)
+		}
+		if n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_LOST && live[n.GetNode()] {
+			// Back: judged again from now on, its bake from scratch.
+			n.State, n.Reason, n.ServingSince = pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING, "", nil
 		}
 		if n.GetState() != pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING {
 			if n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_FAILED {
@@ -200,10 +215,13 @@ func (c *Controller) step(r *pb.Rollout, selector map[string]string, live map[st
 			}
 			continue
 		}
-		st := statuses[n.GetNode()+"/"+r.GetPlugin()]
+		st, reported := statuses[n.GetNode()+"/"+r.GetPlugin()]
 		switch {
 		case !live[n.GetNode()]:
 			n.State, n.Reason = pb.RolloutNodeState_ROLLOUT_NODE_STATE_LOST, "its lease expired (dead or cut off from etcd)"
+		case !reported:
+			// Live, but its status is not (yet) there: a new lease's
+			// status is written after it registers. Unknown, not reverted.
 		case st.GetFailedSpecDigest() == r.GetToDigest():
 			n.State, n.Reason = pb.RolloutNodeState_ROLLOUT_NODE_STATE_FAILED, st.GetLastError()
 			failed++
@@ -221,29 +239,47 @@ func (c *Controller) step(r *pb.Rollout, selector map[string]string, live map[st
 				n.State = pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATED
 			}
 		}
+		if s := n.GetState(); s == pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATED || s == pb.RolloutNodeState_ROLLOUT_NODE_STATE_FAILED {
+			progressed = true
+		}
 	}
-	if failed > int(r.GetStrategy().GetMaxFailed()) {
-		reason := fmt.Sprintf("%d node(s) failed (max_failed %d)", failed, r.GetStrategy().GetMaxFailed())
+	if progressed || r.GetProgressedAt() == nil {
+		r.ProgressedAt = timestamppb.New(now)
+	}
+	halt := func(reason string) []clientv3.Op {
 		if r.GetStrategy().GetManualRollback() {
 			r.State, r.Reason = pb.RolloutState_ROLLOUT_STATE_HALTED, reason+"; the updated nodes stay (manual rollback)"
 			return nil
 		}
 		return rollBack(c.keys, r, reason+"; rolled back")
 	}
-	if r.GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING {
-		return nil // paused: the current wave settles, no new one starts
+	if failed > int(r.GetStrategy().GetMaxFailed()) {
+		return halt(fmt.Sprintf("%d node(s) failed (max_failed %d)", failed, r.GetStrategy().GetMaxFailed()))
 	}
 	started, settled := false, true
+	var waiting []string
 	for _, n := range current {
 		switch n.GetState() {
 		case pb.RolloutNodeState_ROLLOUT_NODE_STATE_PENDING:
-		case pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING:
+		case pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING, pb.RolloutNodeState_ROLLOUT_NODE_STATE_LOST:
 			started, settled = true, false
+			waiting = append(waiting, n.GetNode()+" "+strings.ToLower(strings.TrimPrefix(n.GetState().String(), "ROLLOUT_NODE_STATE_")))
 		default:
 			started = true
 		}
 	}
+	deadline := r.GetStrategy().GetProgressDeadline().AsDuration()
+	if deadline == 0 {
+		deadline = bake + defaultProgressDeadline
+	}
+	if r.GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING {
+		return nil // paused: the current wave settles, no new one starts, no deadline runs
+	}
+	if !settled && now.Sub(r.GetProgressedAt().AsTime()) > deadline {
+		return halt(fmt.Sprintf("no progress for %s (progress_deadline): %s", deadline, strings.Join(waiting, ", ")))
+	}
 	if !started {
+		r.ProgressedAt = timestamppb.New(now)
 		return c.startWave(r, r.GetWave(), bake)
 	}
 	if !settled {
@@ -251,6 +287,7 @@ func (c *Controller) step(r *pb.Rollout, selector map[string]string, live map[st
 	}
 	if r.GetWave()+1 < r.GetWaves() {
 		r.Wave++
+		r.ProgressedAt = timestamppb.New(now)
 		return c.startWave(r, r.GetWave(), bake)
 	}
 	// The last wave is done: the new spec becomes the plugin's, and the

@@ -34,9 +34,13 @@
 //	      v                                                  |
 //	[session] --lease granted--> [register] --> [resync] --> [watch]
 //	      ^                                        ^           |  |
-//	      |                      compaction, lost  |           |  | plugin key changed:
-//	      |                      leader, error ----+-----------+  | reconcile that plugin
-//	      +---- lease lost, etcd unreachable (backoff) -----------+
+//	      |           a watch ended (compaction,   |           |  | plugin key changed:
+//	      |           lost leader), a failed read: +-----------+  | reconcile that plugin
+//	      |           same lease, backoff                         |
+//	      +---- lease lost (etcd out of reach past its TTL), backoff
+//
+// Only the lease's end ends a session (and, on a clean stop, revokes the
+// lease: the node leaves ListNodes at once); a watch error never does.
 //
 // Reconciling a plugin compares the desired spec (the node's target when a
 // rollout set one, else the plugin's spec when this node's labels match the

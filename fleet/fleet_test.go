@@ -48,12 +48,14 @@ func TestCheckStrategy(t *testing.T) {
 		{WavePercent: 101},
 		{Bake: durationpb.New(-time.Second)},
 		{Bake: durationpb.New(25 * time.Hour)},
+		{ProgressDeadline: durationpb.New(-time.Second)},
+		{Bake: durationpb.New(time.Minute), ProgressDeadline: durationpb.New(time.Minute)},
 	} {
 		if err := checkStrategy(s); err == nil {
 			t.Errorf("%v accepted", s)
 		}
 	}
-	if err := checkStrategy(&pb.RolloutStrategy{Canary: 1, WavePercent: 100, Bake: durationpb.New(time.Minute)}); err != nil {
+	if err := checkStrategy(&pb.RolloutStrategy{Canary: 1, WavePercent: 100, Bake: durationpb.New(time.Minute), ProgressDeadline: durationpb.New(2 * time.Minute)}); err != nil {
 		t.Error(err)
 	}
 }
@@ -102,9 +104,31 @@ func TestStep(t *testing.T) {
 	}{
 		{"a new rollout starts its first wave", mk(pending, pending, pending), nil, live, "RUNNING UPDATING,PENDING,PENDING", 1},
 		{"serving the new spec, bake not over", mk(updating, pending, pending), map[string]*pb.FleetPluginStatus{"a/p": serving(to)}, live, "RUNNING UPDATING,PENDING,PENDING", 0},
-		{"a failed candidate halts and rolls back", mk(updating, pending, pending), map[string]*pb.FleetPluginStatus{"a/p": {SpecDigest: from, FailedSpecDigest: to, LastError: "stage ready"}}, live, "ROLLED_BACK FAILED,PENDING,PENDING", 1},
-		{"UNHEALTHY on the new spec fails", mk(updating, pending, pending), map[string]*pb.FleetPluginStatus{"a/p": {SpecDigest: to, State: pb.PluginState_PLUGIN_STATE_UNHEALTHY}}, live, "ROLLED_BACK FAILED,PENDING,PENDING", 1},
-		{"a dead node is lost and the wave settles", mk(updating, pending, pending), nil, map[string]bool{"b": true, "c": true}, "RUNNING LOST,UPDATING,UPDATING", 2},
+		// A rollback deletes every planned node's target, PENDING ones too.
+		{"a failed candidate halts and rolls back", mk(updating, pending, pending), map[string]*pb.FleetPluginStatus{"a/p": {SpecDigest: from, FailedSpecDigest: to, LastError: "stage ready"}}, live, "ROLLED_BACK FAILED,PENDING,PENDING", 3},
+		{"UNHEALTHY on the new spec fails", mk(updating, pending, pending), map[string]*pb.FleetPluginStatus{"a/p": {SpecDigest: to, State: pb.PluginState_PLUGIN_STATE_UNHEALTHY}}, live, "ROLLED_BACK FAILED,PENDING,PENDING", 3},
+		// LOST holds its wave: it is judged when it comes back.
+		{"a dead node is lost and holds its wave", mk(updating, pending, pending), nil, map[string]bool{"b": true, "c": true}, "RUNNING LOST,PENDING,PENDING", 0},
+		{"a lost node back is updating again", mk(pb.RolloutNodeState_ROLLOUT_NODE_STATE_LOST, pending, pending), nil, live, "RUNNING UPDATING,PENDING,PENDING", 0},
+		{"a lost canary past the progress deadline halts", func() *pb.Rollout {
+			r := mk(pb.RolloutNodeState_ROLLOUT_NODE_STATE_LOST, pending, pending)
+			r.Strategy.ProgressDeadline = durationpb.New(time.Minute)
+			r.ProgressedAt = timestamppb.New(now.Add(-time.Minute - time.Second))
+			return r
+		}(), nil, map[string]bool{"b": true, "c": true}, "ROLLED_BACK LOST,PENDING,PENDING", 3},
+		{"within the progress deadline it waits", func() *pb.Rollout {
+			r := mk(pb.RolloutNodeState_ROLLOUT_NODE_STATE_LOST, pending, pending)
+			r.Strategy.ProgressDeadline = durationpb.New(time.Minute)
+			r.ProgressedAt = timestamppb.New(now.Add(-time.Minute + time.Second))
+			return r
+		}(), nil, map[string]bool{"b": true, "c": true}, "RUNNING LOST,PENDING,PENDING", 0},
+		// A live node with no status (a new lease, not yet republished)
+		// is unknown, not reverted.
+		{"no status yet is not a revert", func() *pb.Rollout {
+			r := mk(updating, pending, pending)
+			r.Nodes[0].ServingSince = timestamppb.New(now)
+			return r
+		}(), nil, live, "RUNNING UPDATING,PENDING,PENDING", 0},
 		{"a settled wave starts the next", mk(updated, pending, pending), nil, live, "RUNNING UPDATED,UPDATING,UPDATING", 2},
 		{"the last wave done: succeeded", func() *pb.Rollout { r := mk(updated, updated, updated); r.Wave = 1; return r }(), nil, live, "SUCCEEDED UPDATED,UPDATED,UPDATED", 4},
 		{"paused: no new wave", func() *pb.Rollout {
@@ -149,6 +173,22 @@ func TestStep(t *testing.T) {
 	c.step(r, nil, live, map[string]*pb.FleetPluginStatus{"a/p": serving(from)}, now)
 	if got := states(r); got != "ROLLED_BACK FAILED,PENDING,PENDING" || !strings.Contains(r.GetNodes()[0].GetReason(), "reverted") {
 		t.Fatalf("a reverted node: %s (%s)", got, r.GetNodes()[0].GetReason())
+	}
+	// A node lost while serving and back starts its bake over.
+	r = mk(updating, pending, pending)
+	c.step(r, nil, live, st, now)
+	c.step(r, nil, map[string]bool{"b": true, "c": true}, st, now.Add(500*time.Millisecond))
+	c.step(r, nil, live, st, now.Add(time.Second))
+	if n := r.GetNodes()[0]; n.GetState() != updating || !n.GetServingSince().AsTime().Equal(now.Add(time.Second)) {
+		t.Fatalf("a node back from LOST: %s serving since %v, want UPDATING from its return", states(r), n.GetServingSince().AsTime())
+	}
+	// The deadline message names the waiting nodes.
+	r = mk(pb.RolloutNodeState_ROLLOUT_NODE_STATE_LOST, pending, pending)
+	r.Strategy.ManualRollback = true
+	r.ProgressedAt = timestamppb.New(now.Add(-11 * time.Minute))
+	c.step(r, nil, map[string]bool{"b": true, "c": true}, nil, now)
+	if got := states(r); got != "HALTED LOST,PENDING,PENDING" || !strings.Contains(r.GetReason(), "no progress for 10m1s") || !strings.Contains(r.GetReason(), "a lost") {
+		t.Fatalf("the default deadline: %s (%s)", got, r.GetReason())
 	}
 }
 

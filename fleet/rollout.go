@@ -32,9 +32,28 @@ var (
 	ErrStrategy = errors.New("fleet: invalid rollout strategy")
 )
 
-// active reports whether a rollout still moves nodes.
+// active reports whether a rollout still moves nodes (the controller steps
+// it).
 func active(r *pb.Rollout) bool {
 	return r.GetState() == pb.RolloutState_ROLLOUT_STATE_RUNNING || r.GetState() == pb.RolloutState_ROLLOUT_STATE_PAUSED
+}
+
+// holding reports whether a rollout still holds nodes on its targets: an
+// active one, or a HALTED one (with manual_rollback its updated nodes stay
+// on the new spec until it is aborted). Apply, Delete and a new rollout of
+// the plugin wait for it to end: each would leave those nodes' targets
+// behind, running a spec no record points at.
+func holding(r *pb.Rollout) bool {
+	return active(r) || r.GetState() == pb.RolloutState_ROLLOUT_STATE_HALTED
+}
+
+// errHolding is ErrRolloutActive for a rollout that holds nodes, saying
+// what ends it.
+func errHolding(r *pb.Rollout) error {
+	if r.GetState() == pb.RolloutState_ROLLOUT_STATE_HALTED {
+		return fmt.Errorf("%w: the rollout of %s halted and keeps its updated nodes on its spec; abort it first (pluginctl fleet rollout abort %s rolls them back)", ErrRolloutActive, r.GetPlugin(), r.GetPlugin())
+	}
+	return fmt.Errorf("%w: it moves %s to another spec; abort it first (pluginctl fleet rollout abort %s)", ErrRolloutActive, r.GetPlugin(), r.GetPlugin())
 }
 
 // checkStrategy validates a strategy.
@@ -46,6 +65,10 @@ func checkStrategy(s *pb.RolloutStrategy) error {
 		return fmt.Errorf("%w: wave_percent %d: at most 100", ErrStrategy, s.GetWavePercent())
 	case s.GetBake().AsDuration() < 0 || s.GetBake().AsDuration() > 24*time.Hour:
 		return fmt.Errorf("%w: bake must be within 0..24h", ErrStrategy)
+	case s.GetProgressDeadline().AsDuration() < 0 || s.GetProgressDeadline().AsDuration() > 7*24*time.Hour:
+		return fmt.Errorf("%w: progress_deadline must be within 0..168h (0: 10m)", ErrStrategy)
+	case s.GetProgressDeadline() != nil && s.GetProgressDeadline().AsDuration() > 0 && s.GetProgressDeadline().AsDuration() <= s.GetBake().AsDuration():
+		return fmt.Errorf("%w: progress_deadline %s must be longer than the bake %s (a node settles only after its bake)", ErrStrategy, s.GetProgressDeadline().AsDuration(), s.GetBake().AsDuration())
 	}
 	return nil
 }
@@ -117,8 +140,8 @@ func (s *Store) StartRollout(ctx context.Context, ps *pb.PluginSpec, strategy *p
 		if err := decode(string(rkvs[0].Key), rkvs[0].Value, prev); err != nil {
 			return nil, err
 		}
-		if active(prev) {
-			return nil, fmt.Errorf("%w: %s (state %s)", ErrRolloutActive, name, prev.GetState())
+		if holding(prev) {
+			return nil, errHolding(prev)
 		}
 		rolloutRev = rkvs[0].ModRevision
 	}
@@ -222,7 +245,9 @@ func (s *Store) ChangeRollout(ctx context.Context, name string, op RolloutOp) (*
 		case op == Pause && r.GetState() == pb.RolloutState_ROLLOUT_STATE_RUNNING:
 			r.State, r.Reason = pb.RolloutState_ROLLOUT_STATE_PAUSED, "paused by an operator"
 		case op == Resume && r.GetState() == pb.RolloutState_ROLLOUT_STATE_PAUSED:
-			r.State, r.Reason = pb.RolloutState_ROLLOUT_STATE_RUNNING, ""
+			// The progress deadline runs from the resume, not from before
+			// the pause.
+			r.State, r.Reason, r.ProgressedAt = pb.RolloutState_ROLLOUT_STATE_RUNNING, "", timestamppb.Now()
 		case op == Abort && (active(r) || r.GetState() == pb.RolloutState_ROLLOUT_STATE_HALTED):
 			ops = rollBack(s.keys, r, "aborted by an operator")
 		default:
@@ -255,13 +280,11 @@ func withoutRevision(r *pb.Rollout) *pb.Rollout {
 // rollBack marks r ROLLED_BACK and returns the deletes of its nodes'
 // targets: they fall back to the fleet plugin's spec, still the previous
 // one. Nodes told to update are marked ROLLED_BACK; failed and lost ones
-// keep their state.
+// keep their state. Every planned node's target is deleted, PENDING ones
+// too: none may be left from an earlier rollout.
 func rollBack(k keys, r *pb.Rollout, reason string) []clientv3.Op {
 	var ops []clientv3.Op
 	for _, n := range r.GetNodes() {
-		if n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_PENDING {
-			continue
-		}
 		ops = append(ops, clientv3.OpDelete(k.target(n.GetNode(), r.GetPlugin())))
 		if n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING || n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATED {
 			n.State = pb.RolloutNodeState_ROLLOUT_NODE_STATE_ROLLED_BACK

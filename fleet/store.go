@@ -124,8 +124,8 @@ func (s *Store) Apply(ctx context.Context, p *pb.FleetPlugin, allowUnpinned bool
 	case errors.Is(err, ErrNoRollout):
 	case err != nil:
 		return nil, err
-	case active(r):
-		return nil, fmt.Errorf("%w: it moves %s to another spec; abort it first (pluginctl fleet rollout abort %s)", ErrRolloutActive, want.GetName(), want.GetName())
+	case holding(r):
+		return nil, errHolding(r)
 	}
 	stored := &pb.FleetPlugin{Spec: want, Selector: p.GetSelector(), SpecDigest: spec.Digest(want)}
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.keys.rollout(want.GetName())), "=", rev)).Then(
@@ -142,26 +142,33 @@ func (s *Store) Apply(ctx context.Context, p *pb.FleetPlugin, allowUnpinned bool
 	return stored, nil
 }
 
-// Delete removes a fleet plugin; every node running it unloads it.
-// A plugin with a rollout under way is not deleted (ErrRolloutActive).
+// Delete removes a fleet plugin and its last rollout's targets; every node
+// running it unloads it. A plugin whose rollout is under way or halted is
+// not deleted (ErrRolloutActive).
 func (s *Store) Delete(ctx context.Context, name string) error {
 	r, rev, err := s.getRollout(ctx, name)
 	switch {
 	case errors.Is(err, ErrNoRollout):
 	case err != nil:
 		return err
-	case active(r):
-		return fmt.Errorf("%w: abort it first (pluginctl fleet rollout abort %s)", ErrRolloutActive, name)
+	case holding(r):
+		return errHolding(r)
 	}
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.keys.rollout(name)), "=", rev)).
-		Then(clientv3.OpDelete(s.keys.plugin(name))).Commit()
+	// A finished rollout deleted its targets; one left by a crash between
+	// steps must not outlive the plugin. The plugin's key goes last.
+	var targets []clientv3.Op
+	for _, n := range r.GetNodes() {
+		targets = append(targets, clientv3.OpDelete(s.keys.target(n.GetNode(), name)))
+	}
+	ok, resp, err := commitChunked(ctx, s.cli, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.keys.rollout(name)), "=", rev)},
+		targets, []clientv3.Op{clientv3.OpDelete(s.keys.plugin(name))})
 	if err != nil {
 		return err
 	}
-	if !resp.Succeeded {
+	if !ok {
 		return fmt.Errorf("%w: a rollout of %s changed meanwhile; try again", ErrRolloutActive, name)
 	}
-	if resp.Responses[0].GetResponseDeleteRange().GetDeleted() == 0 {
+	if resp.Responses[len(resp.Responses)-1].GetResponseDeleteRange().GetDeleted() == 0 {
 		return fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
 	return nil

@@ -341,7 +341,10 @@ node that fails its candidate, reverts in its bake or turns UNHEALTHY fails
 the rollout past --max-failed: it halts and, unless --manual-rollback, the
 nodes it moved go back to the previous spec. A node whose lease expires
 (dead, or cut off from etcd) is LOST: not a failure, and not rolled back
-blindly. One plugind, elected in etcd, drives every rollout; another takes
+blindly; its wave waits for it (back, it is judged and baked again), and a
+wave that makes no progress for --progress-deadline halts the rollout the
+same way. A halted rollout keeps its nodes until aborted: fleet apply,
+fleet delete and a new rollout of the plugin wait for that. One plugind, elected in etcd, drives every rollout; another takes
 over where it stopped when it dies.`,
 		Args: exactArgs(0, "a subcommand"),
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
@@ -355,7 +358,7 @@ func (c *cli) rolloutStartCmd() *cobra.Command {
 		files                     []string
 		canary, waveSize, wavePct uint32
 		maxFailed                 uint32
-		bake                      time.Duration
+		bake, deadline            time.Duration
 		manual, allowUnpinned     bool
 		wait                      bool
 	)
@@ -382,9 +385,15 @@ when it halted or was rolled back.`,
 			if bake < 0 {
 				return usagef("--bake must not be negative")
 			}
+			if deadline < 0 {
+				return usagef("--progress-deadline must not be negative")
+			}
 			req := &plugincontrolv1.StartRolloutRequest{Spec: plugins[0].GetSpec(), AllowUnpinned: allowUnpinned,
 				Strategy: &plugincontrolv1.RolloutStrategy{Canary: canary, WaveSize: waveSize, WavePercent: wavePct,
 					Bake: durationpb.New(bake), MaxFailed: maxFailed, ManualRollback: manual}}
+			if deadline > 0 {
+				req.Strategy.ProgressDeadline = durationpb.New(deadline)
+			}
 			cl, err := c.connect(ctx)
 			if err != nil {
 				return err
@@ -409,6 +418,7 @@ when it halted or was rolled back.`,
 	f.Uint32Var(&wavePct, "wave-percent", 0, "nodes per wave as a percentage of the selected nodes")
 	durationFlag(f, &bake, "bake", 0, "each node must stay SERVING on the new spec this long (its reload bakes, reverting on a failure)")
 	f.Uint32Var(&maxFailed, "max-failed", 0, "failed nodes tolerated before the rollout halts")
+	durationFlag(f, &deadline, "progress-deadline", 0, "halt when no node of a wave settles this long (UPDATING or LOST ones waited for; default: the bake plus 10m)")
 	f.BoolVar(&manual, "manual-rollback", false, "when it halts, leave the updated nodes on the new spec")
 	f.BoolVar(&allowUnpinned, "allow-unpinned", false, "accept a spec without sha256")
 	f.BoolVar(&wait, "wait", false, "follow the rollout to its end (exit 8 when it halts or rolls back)")

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -396,7 +397,7 @@ func TestRollouts(t *testing.T) {
 		}
 	})
 
-	t.Run("a partitioned node is lost, not failed", func(t *testing.T) {
+	t.Run("a partitioned node is lost, holds its wave, and is judged when back", func(t *testing.T) {
 		start(spec("p1", "3"), strategy(1, 2, time.Second), false)
 		eventually(t, 20*time.Second, "wave 1 started", func() error {
 			if w := rolloutOf(ctx, t, f, "p1").GetWave(); w < 1 {
@@ -405,19 +406,77 @@ func TestRollouts(t *testing.T) {
 			return nil
 		})
 		px.block()
-		r, _ := follow(ctx, t, f, "p1", 60*time.Second, nil)
-		if r.GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
-			t.Fatalf("rollout: %s %s (%s)", r.GetState(), r.GetReason(), nodeStates(r))
-		}
-		if got := nodeStates(r); !strings.Contains(got, "n5:LOST") || strings.Contains(got, "FAILED") {
-			t.Errorf("nodes %s: want n5 LOST and none FAILED", got)
+		eventually(t, 30*time.Second, "n5 LOST", func() error {
+			if got := nodeStates(rolloutOf(ctx, t, f, "p1")); !strings.Contains(got, "n5:LOST") {
+				return fmt.Errorf("nodes %s", got)
+			}
+			return nil
+		})
+		// n5's wave waits for it: the rollout neither succeeds nor fails
+		// while n5 is away (n4, in the same wave, bakes meanwhile).
+		eventually(t, 20*time.Second, "n4 UPDATED", func() error {
+			if got := nodeStates(rolloutOf(ctx, t, f, "p1")); !strings.Contains(got, "n4:UPDATED") {
+				return fmt.Errorf("nodes %s", got)
+			}
+			return nil
+		})
+		if r := rolloutOf(ctx, t, f, "p1"); r.GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING || !strings.Contains(nodeStates(r), "n5:LOST") {
+			t.Fatalf("with n5 away: %s (%s), want RUNNING with n5 LOST", r.GetState(), nodeStates(r))
 		}
 		// Cut off, n5 serves what it had, untouched.
 		if err := runs(ctx, nodes["n5"], "p1", "2", 0); err != nil {
 			t.Errorf("the partitioned node: %v", err)
 		}
 		px.unblock()
+		r, _ := follow(ctx, t, f, "p1", 60*time.Second, nil)
+		if r.GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+			t.Fatalf("rollout: %s %s (%s)", r.GetState(), r.GetReason(), nodeStates(r))
+		}
+		if got := nodeStates(r); got != "n1:UPDATED,n2:UPDATED,n3:UPDATED,n4:UPDATED,n5:UPDATED" {
+			t.Errorf("nodes %s: want all UPDATED (n5 judged once back)", got)
+		}
 		eventually(t, 30*time.Second, "n5 converged after the partition healed", func() error { return runs(ctx, nodes["n5"], "p1", "3", 0) })
+	})
+
+	t.Run("a wave stuck on a lost node halts at the progress deadline; halted, the plugin is deleted only after the abort", func(t *testing.T) {
+		apply(spec("p4", "1"))
+		// n1 is the canary; n2-n5 the second wave. n5 is cut off while the
+		// canary bakes: told to update, it never can, and goes LOST.
+		s := strategy(1, 0, time.Second)
+		s.ProgressDeadline, s.ManualRollback = durationpb.New(3*time.Second), true
+		start(spec("p4", "2"), s, false)
+		px.block()
+		r, _ := follow(ctx, t, f, "p4", 90*time.Second, nil)
+		if r.GetState() != pb.RolloutState_ROLLOUT_STATE_HALTED || !strings.Contains(r.GetReason(), "no progress for 3s") || !strings.Contains(r.GetReason(), "n5 lost") {
+			t.Fatalf("rollout with n5 cut off: %s %q (%s), want HALTED at the progress deadline naming n5", r.GetState(), r.GetReason(), nodeStates(r))
+		}
+		if got := nodeStates(r); got != "n1:UPDATED,n2:UPDATED,n3:UPDATED,n4:UPDATED,n5:LOST" {
+			t.Errorf("nodes %s", got)
+		}
+		// Halted, it holds its nodes on the new spec: delete and a new
+		// rollout wait for the abort (which rolls them back).
+		if _, err := f.DeleteFleetPlugin(ctx, &pb.DeleteFleetPluginRequest{Name: "p4"}); codeReason(err) != "FailedPrecondition ROLLOUT_ACTIVE" || !strings.Contains(err.Error(), "halted") {
+			t.Errorf("deleting a plugin whose rollout halted: %v", err)
+		}
+		if _, err := f.StartRollout(ctx, &pb.StartRolloutRequest{Spec: spec("p4", "3"), Strategy: s}); codeReason(err) != "FailedPrecondition ROLLOUT_ACTIVE" {
+			t.Errorf("a new rollout over a halted one: %v", err)
+		}
+		if resp, err := f.AbortRollout(ctx, &pb.AbortRolloutRequest{Plugin: "p4"}); err != nil || resp.GetRollout().GetState() != pb.RolloutState_ROLLOUT_STATE_ROLLED_BACK {
+			t.Fatalf("abort: %v %v", resp, err)
+		}
+		px.unblock()
+		if _, err := f.DeleteFleetPlugin(ctx, &pb.DeleteFleetPluginRequest{Name: "p4"}); err != nil {
+			t.Fatalf("delete after the abort: %v", err)
+		}
+		// Nothing left anywhere: no node runs p4 (n5 included, once back).
+		for _, n := range all() {
+			eventually(t, 30*time.Second, n.name+" unloaded p4", func() error {
+				if _, err := n.c.Get(ctx, "p4"); err == nil {
+					return errors.New("still loaded")
+				}
+				return nil
+			})
+		}
 	})
 
 	t.Run("etcd down for 10s mid-rollout", func(t *testing.T) {

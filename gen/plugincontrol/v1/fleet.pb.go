@@ -108,7 +108,9 @@ const (
 	// bake, or it turned UNHEALTHY.
 	RolloutNodeState_ROLLOUT_NODE_STATE_FAILED RolloutNodeState = 4
 	// ROLLOUT_NODE_STATE_LOST: its lease expired (dead or partitioned): not
-	// counted as failed, and not rolled back blindly.
+	// counted as failed, and not rolled back blindly. Its wave does not
+	// settle while it is LOST: back, it is UPDATING again and its bake
+	// starts over; the strategy's progress_deadline bounds the wait.
 	RolloutNodeState_ROLLOUT_NODE_STATE_LOST RolloutNodeState = 5
 	// ROLLOUT_NODE_STATE_ROLLED_BACK: told to go back to the previous spec.
 	RolloutNodeState_ROLLOUT_NODE_STATE_ROLLED_BACK RolloutNodeState = 6
@@ -576,8 +578,14 @@ type RolloutStrategy struct {
 	// manual_rollback leaves the updated nodes on the new spec when the
 	// rollout halts (default: they are rolled back).
 	ManualRollback bool `protobuf:"varint,6,opt,name=manual_rollback,json=manualRollback,proto3" json:"manual_rollback,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// progress_deadline is how long a wave may go without any of its nodes
+	// settling (UPDATED or FAILED) while some are UPDATING or LOST; past it
+	// the rollout halts as for too many failures (0: the bake plus 10m;
+	// else longer than the bake). A LOST node holds its wave: it is judged
+	// when it comes back.
+	ProgressDeadline *durationpb.Duration `protobuf:"bytes,7,opt,name=progress_deadline,json=progressDeadline,proto3" json:"progress_deadline,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RolloutStrategy) Reset() {
@@ -650,6 +658,13 @@ func (x *RolloutStrategy) GetManualRollback() bool {
 		return x.ManualRollback
 	}
 	return false
+}
+
+func (x *RolloutStrategy) GetProgressDeadline() *durationpb.Duration {
+	if x != nil {
+		return x.ProgressDeadline
+	}
+	return nil
 }
 
 // RolloutNode is one node's part in a rollout.
@@ -766,7 +781,10 @@ type Rollout struct {
 	// controller names the node whose controller last advanced it.
 	Controller string `protobuf:"bytes,14,opt,name=controller,proto3" json:"controller,omitempty"`
 	// revision is the etcd revision of its last change (output only).
-	Revision      uint64 `protobuf:"varint,15,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,15,opt,name=revision,proto3" json:"revision,omitempty"`
+	// progressed_at is when a node of the current wave last settled, or the
+	// wave started: the strategy's progress_deadline runs from it.
+	ProgressedAt  *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=progressed_at,json=progressedAt,proto3" json:"progressed_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -904,6 +922,13 @@ func (x *Rollout) GetRevision() uint64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *Rollout) GetProgressedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ProgressedAt
+	}
+	return nil
 }
 
 // StartRolloutRequest starts a rollout.
@@ -2221,7 +2246,7 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\x04spec\x18\x01 \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\x04spec\x12\x1f\n" +
 	"\vspec_digest\x18\x02 \x01(\tR\n" +
 	"specDigest\x12-\n" +
-	"\x04bake\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04bake\"\xe0\x01\n" +
+	"\x04bake\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04bake\"\xa8\x02\n" +
 	"\x0fRolloutStrategy\x12\x16\n" +
 	"\x06canary\x18\x01 \x01(\rR\x06canary\x12\x1b\n" +
 	"\twave_size\x18\x02 \x01(\rR\bwaveSize\x12!\n" +
@@ -2229,13 +2254,14 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\x04bake\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x04bake\x12\x1d\n" +
 	"\n" +
 	"max_failed\x18\x05 \x01(\rR\tmaxFailed\x12'\n" +
-	"\x0fmanual_rollback\x18\x06 \x01(\bR\x0emanualRollback\"\xc8\x01\n" +
+	"\x0fmanual_rollback\x18\x06 \x01(\bR\x0emanualRollback\x12F\n" +
+	"\x11progress_deadline\x18\a \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadline\"\xc8\x01\n" +
 	"\vRolloutNode\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04wave\x18\x02 \x01(\rR\x04wave\x128\n" +
 	"\x05state\x18\x03 \x01(\x0e2\".plugincontrol.v1.RolloutNodeStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12?\n" +
-	"\rserving_since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fservingSince\"\xef\x04\n" +
+	"\rserving_since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fservingSince\"\xb0\x05\n" +
 	"\aRollout\x12\x16\n" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x129\n" +
 	"\tfrom_spec\x18\x02 \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\bfromSpec\x125\n" +
@@ -2257,7 +2283,8 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"controller\x18\x0e \x01(\tR\n" +
 	"controller\x12\x1a\n" +
-	"\brevision\x18\x0f \x01(\x04R\brevision\"\xad\x01\n" +
+	"\brevision\x18\x0f \x01(\x04R\brevision\x12?\n" +
+	"\rprogressed_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\fprogressedAt\"\xad\x01\n" +
 	"\x13StartRolloutRequest\x120\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\x04spec\x12=\n" +
 	"\bstrategy\x18\x02 \x01(\v2!.plugincontrol.v1.RolloutStrategyR\bstrategy\x12%\n" +
@@ -2423,63 +2450,65 @@ var file_plugincontrol_v1_fleet_proto_depIdxs = []int32{
 	38, // 6: plugincontrol.v1.FleetTarget.spec:type_name -> plugincontrol.v1.PluginSpec
 	40, // 7: plugincontrol.v1.FleetTarget.bake:type_name -> google.protobuf.Duration
 	40, // 8: plugincontrol.v1.RolloutStrategy.bake:type_name -> google.protobuf.Duration
-	1,  // 9: plugincontrol.v1.RolloutNode.state:type_name -> plugincontrol.v1.RolloutNodeState
-	37, // 10: plugincontrol.v1.RolloutNode.serving_since:type_name -> google.protobuf.Timestamp
-	38, // 11: plugincontrol.v1.Rollout.from_spec:type_name -> plugincontrol.v1.PluginSpec
-	38, // 12: plugincontrol.v1.Rollout.to_spec:type_name -> plugincontrol.v1.PluginSpec
-	7,  // 13: plugincontrol.v1.Rollout.strategy:type_name -> plugincontrol.v1.RolloutStrategy
-	0,  // 14: plugincontrol.v1.Rollout.state:type_name -> plugincontrol.v1.RolloutState
-	8,  // 15: plugincontrol.v1.Rollout.nodes:type_name -> plugincontrol.v1.RolloutNode
-	37, // 16: plugincontrol.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	37, // 17: plugincontrol.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	38, // 18: plugincontrol.v1.StartRolloutRequest.spec:type_name -> plugincontrol.v1.PluginSpec
-	7,  // 19: plugincontrol.v1.StartRolloutRequest.strategy:type_name -> plugincontrol.v1.RolloutStrategy
-	9,  // 20: plugincontrol.v1.StartRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
-	9,  // 21: plugincontrol.v1.GetRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
-	9,  // 22: plugincontrol.v1.PauseRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
-	9,  // 23: plugincontrol.v1.ResumeRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
-	9,  // 24: plugincontrol.v1.AbortRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
-	3,  // 25: plugincontrol.v1.ListNodesResponse.nodes:type_name -> plugincontrol.v1.FleetNode
-	4,  // 26: plugincontrol.v1.FleetStatusResponse.plugins:type_name -> plugincontrol.v1.FleetPlugin
-	5,  // 27: plugincontrol.v1.FleetStatusResponse.statuses:type_name -> plugincontrol.v1.FleetPluginStatus
-	3,  // 28: plugincontrol.v1.FleetStatusResponse.nodes:type_name -> plugincontrol.v1.FleetNode
-	4,  // 29: plugincontrol.v1.ApplyFleetPluginRequest.plugin:type_name -> plugincontrol.v1.FleetPlugin
-	4,  // 30: plugincontrol.v1.ApplyFleetPluginResponse.plugin:type_name -> plugincontrol.v1.FleetPlugin
-	2,  // 31: plugincontrol.v1.FleetEvent.type:type_name -> plugincontrol.v1.FleetEventType
-	3,  // 32: plugincontrol.v1.FleetEvent.node:type_name -> plugincontrol.v1.FleetNode
-	4,  // 33: plugincontrol.v1.FleetEvent.plugin:type_name -> plugincontrol.v1.FleetPlugin
-	5,  // 34: plugincontrol.v1.FleetEvent.status:type_name -> plugincontrol.v1.FleetPluginStatus
-	9,  // 35: plugincontrol.v1.FleetEvent.rollout:type_name -> plugincontrol.v1.Rollout
-	33, // 36: plugincontrol.v1.WatchFleetResponse.event:type_name -> plugincontrol.v1.FleetEvent
-	20, // 37: plugincontrol.v1.FleetService.ListNodes:input_type -> plugincontrol.v1.ListNodesRequest
-	22, // 38: plugincontrol.v1.FleetService.FleetStatus:input_type -> plugincontrol.v1.FleetStatusRequest
-	24, // 39: plugincontrol.v1.FleetService.ApplyFleetPlugin:input_type -> plugincontrol.v1.ApplyFleetPluginRequest
-	26, // 40: plugincontrol.v1.FleetService.DeleteFleetPlugin:input_type -> plugincontrol.v1.DeleteFleetPluginRequest
-	10, // 41: plugincontrol.v1.FleetService.StartRollout:input_type -> plugincontrol.v1.StartRolloutRequest
-	12, // 42: plugincontrol.v1.FleetService.GetRollout:input_type -> plugincontrol.v1.GetRolloutRequest
-	14, // 43: plugincontrol.v1.FleetService.PauseRollout:input_type -> plugincontrol.v1.PauseRolloutRequest
-	16, // 44: plugincontrol.v1.FleetService.ResumeRollout:input_type -> plugincontrol.v1.ResumeRolloutRequest
-	18, // 45: plugincontrol.v1.FleetService.AbortRollout:input_type -> plugincontrol.v1.AbortRolloutRequest
-	28, // 46: plugincontrol.v1.FleetService.DetachFleetPlugin:input_type -> plugincontrol.v1.DetachFleetPluginRequest
-	30, // 47: plugincontrol.v1.FleetService.AttachFleetPlugin:input_type -> plugincontrol.v1.AttachFleetPluginRequest
-	32, // 48: plugincontrol.v1.FleetService.WatchFleet:input_type -> plugincontrol.v1.WatchFleetRequest
-	21, // 49: plugincontrol.v1.FleetService.ListNodes:output_type -> plugincontrol.v1.ListNodesResponse
-	23, // 50: plugincontrol.v1.FleetService.FleetStatus:output_type -> plugincontrol.v1.FleetStatusResponse
-	25, // 51: plugincontrol.v1.FleetService.ApplyFleetPlugin:output_type -> plugincontrol.v1.ApplyFleetPluginResponse
-	27, // 52: plugincontrol.v1.FleetService.DeleteFleetPlugin:output_type -> plugincontrol.v1.DeleteFleetPluginResponse
-	11, // 53: plugincontrol.v1.FleetService.StartRollout:output_type -> plugincontrol.v1.StartRolloutResponse
-	13, // 54: plugincontrol.v1.FleetService.GetRollout:output_type -> plugincontrol.v1.GetRolloutResponse
-	15, // 55: plugincontrol.v1.FleetService.PauseRollout:output_type -> plugincontrol.v1.PauseRolloutResponse
-	17, // 56: plugincontrol.v1.FleetService.ResumeRollout:output_type -> plugincontrol.v1.ResumeRolloutResponse
-	19, // 57: plugincontrol.v1.FleetService.AbortRollout:output_type -> plugincontrol.v1.AbortRolloutResponse
-	29, // 58: plugincontrol.v1.FleetService.DetachFleetPlugin:output_type -> plugincontrol.v1.DetachFleetPluginResponse
-	31, // 59: plugincontrol.v1.FleetService.AttachFleetPlugin:output_type -> plugincontrol.v1.AttachFleetPluginResponse
-	34, // 60: plugincontrol.v1.FleetService.WatchFleet:output_type -> plugincontrol.v1.WatchFleetResponse
-	49, // [49:61] is the sub-list for method output_type
-	37, // [37:49] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	40, // 9: plugincontrol.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	1,  // 10: plugincontrol.v1.RolloutNode.state:type_name -> plugincontrol.v1.RolloutNodeState
+	37, // 11: plugincontrol.v1.RolloutNode.serving_since:type_name -> google.protobuf.Timestamp
+	38, // 12: plugincontrol.v1.Rollout.from_spec:type_name -> plugincontrol.v1.PluginSpec
+	38, // 13: plugincontrol.v1.Rollout.to_spec:type_name -> plugincontrol.v1.PluginSpec
+	7,  // 14: plugincontrol.v1.Rollout.strategy:type_name -> plugincontrol.v1.RolloutStrategy
+	0,  // 15: plugincontrol.v1.Rollout.state:type_name -> plugincontrol.v1.RolloutState
+	8,  // 16: plugincontrol.v1.Rollout.nodes:type_name -> plugincontrol.v1.RolloutNode
+	37, // 17: plugincontrol.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	37, // 18: plugincontrol.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	37, // 19: plugincontrol.v1.Rollout.progressed_at:type_name -> google.protobuf.Timestamp
+	38, // 20: plugincontrol.v1.StartRolloutRequest.spec:type_name -> plugincontrol.v1.PluginSpec
+	7,  // 21: plugincontrol.v1.StartRolloutRequest.strategy:type_name -> plugincontrol.v1.RolloutStrategy
+	9,  // 22: plugincontrol.v1.StartRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
+	9,  // 23: plugincontrol.v1.GetRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
+	9,  // 24: plugincontrol.v1.PauseRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
+	9,  // 25: plugincontrol.v1.ResumeRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
+	9,  // 26: plugincontrol.v1.AbortRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
+	3,  // 27: plugincontrol.v1.ListNodesResponse.nodes:type_name -> plugincontrol.v1.FleetNode
+	4,  // 28: plugincontrol.v1.FleetStatusResponse.plugins:type_name -> plugincontrol.v1.FleetPlugin
+	5,  // 29: plugincontrol.v1.FleetStatusResponse.statuses:type_name -> plugincontrol.v1.FleetPluginStatus
+	3,  // 30: plugincontrol.v1.FleetStatusResponse.nodes:type_name -> plugincontrol.v1.FleetNode
+	4,  // 31: plugincontrol.v1.ApplyFleetPluginRequest.plugin:type_name -> plugincontrol.v1.FleetPlugin
+	4,  // 32: plugincontrol.v1.ApplyFleetPluginResponse.plugin:type_name -> plugincontrol.v1.FleetPlugin
+	2,  // 33: plugincontrol.v1.FleetEvent.type:type_name -> plugincontrol.v1.FleetEventType
+	3,  // 34: plugincontrol.v1.FleetEvent.node:type_name -> plugincontrol.v1.FleetNode
+	4,  // 35: plugincontrol.v1.FleetEvent.plugin:type_name -> plugincontrol.v1.FleetPlugin
+	5,  // 36: plugincontrol.v1.FleetEvent.status:type_name -> plugincontrol.v1.FleetPluginStatus
+	9,  // 37: plugincontrol.v1.FleetEvent.rollout:type_name -> plugincontrol.v1.Rollout
+	33, // 38: plugincontrol.v1.WatchFleetResponse.event:type_name -> plugincontrol.v1.FleetEvent
+	20, // 39: plugincontrol.v1.FleetService.ListNodes:input_type -> plugincontrol.v1.ListNodesRequest
+	22, // 40: plugincontrol.v1.FleetService.FleetStatus:input_type -> plugincontrol.v1.FleetStatusRequest
+	24, // 41: plugincontrol.v1.FleetService.ApplyFleetPlugin:input_type -> plugincontrol.v1.ApplyFleetPluginRequest
+	26, // 42: plugincontrol.v1.FleetService.DeleteFleetPlugin:input_type -> plugincontrol.v1.DeleteFleetPluginRequest
+	10, // 43: plugincontrol.v1.FleetService.StartRollout:input_type -> plugincontrol.v1.StartRolloutRequest
+	12, // 44: plugincontrol.v1.FleetService.GetRollout:input_type -> plugincontrol.v1.GetRolloutRequest
+	14, // 45: plugincontrol.v1.FleetService.PauseRollout:input_type -> plugincontrol.v1.PauseRolloutRequest
+	16, // 46: plugincontrol.v1.FleetService.ResumeRollout:input_type -> plugincontrol.v1.ResumeRolloutRequest
+	18, // 47: plugincontrol.v1.FleetService.AbortRollout:input_type -> plugincontrol.v1.AbortRolloutRequest
+	28, // 48: plugincontrol.v1.FleetService.DetachFleetPlugin:input_type -> plugincontrol.v1.DetachFleetPluginRequest
+	30, // 49: plugincontrol.v1.FleetService.AttachFleetPlugin:input_type -> plugincontrol.v1.AttachFleetPluginRequest
+	32, // 50: plugincontrol.v1.FleetService.WatchFleet:input_type -> plugincontrol.v1.WatchFleetRequest
+	21, // 51: plugincontrol.v1.FleetService.ListNodes:output_type -> plugincontrol.v1.ListNodesResponse
+	23, // 52: plugincontrol.v1.FleetService.FleetStatus:output_type -> plugincontrol.v1.FleetStatusResponse
+	25, // 53: plugincontrol.v1.FleetService.ApplyFleetPlugin:output_type -> plugincontrol.v1.ApplyFleetPluginResponse
+	27, // 54: plugincontrol.v1.FleetService.DeleteFleetPlugin:output_type -> plugincontrol.v1.DeleteFleetPluginResponse
+	11, // 55: plugincontrol.v1.FleetService.StartRollout:output_type -> plugincontrol.v1.StartRolloutResponse
+	13, // 56: plugincontrol.v1.FleetService.GetRollout:output_type -> plugincontrol.v1.GetRolloutResponse
+	15, // 57: plugincontrol.v1.FleetService.PauseRollout:output_type -> plugincontrol.v1.PauseRolloutResponse
+	17, // 58: plugincontrol.v1.FleetService.ResumeRollout:output_type -> plugincontrol.v1.ResumeRolloutResponse
+	19, // 59: plugincontrol.v1.FleetService.AbortRollout:output_type -> plugincontrol.v1.AbortRolloutResponse
+	29, // 60: plugincontrol.v1.FleetService.DetachFleetPlugin:output_type -> plugincontrol.v1.DetachFleetPluginResponse
+	31, // 61: plugincontrol.v1.FleetService.AttachFleetPlugin:output_type -> plugincontrol.v1.AttachFleetPluginResponse
+	34, // 62: plugincontrol.v1.FleetService.WatchFleet:output_type -> plugincontrol.v1.WatchFleetResponse
+	51, // [51:63] is the sub-list for method output_type
+	39, // [39:51] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_fleet_proto_init() }
