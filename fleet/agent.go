@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -56,9 +57,11 @@ type Agent struct {
 	keys keys
 	log  *slog.Logger
 
-	// mu guards desired and managed, which the server's guard reads
-	// (Managed) while Run's goroutine changes them. No I/O under it.
+	// mu guards desired, targets, managed, detached and fenced, which the
+	// server reads (Managed, Fenced) while Run's goroutine changes them. No
+	// I/O under it.
 	mu       sync.Mutex
+	fenced   string                     // why the node refuses to act on the fleet's keys ("": it follows them)
 	desired  map[string]*pb.FleetPlugin // by name: the fleet plugins that select this node
 	targets  map[string]*pb.FleetTarget // by name: this node's rollout targets
 	managed  map[string]bool            // by name: the plugins this node runs for the fleet
@@ -324,6 +327,11 @@ func (a *Agent) session(ctx context.Context) error {
 			return ctx.Err()
 		case errors.Is(err, errLeaseLost):
 			return err
+		case errors.Is(err, errFenced):
+			if err := a.fence(ctx, sess, err); err != nil {
+				return err
+			}
+			continue // resync at once: the schema is back
 		}
 		if time.Since(start) > time.Minute {
 			backoff = retryInitial
@@ -367,6 +375,9 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 			if err != nil {
 				return err
 			}
+			if err := a.checkDeletes(ctx, evs); err != nil {
+				return err
+			}
 			for _, ev := range evs {
 				name := base(string(ev.Kv.Key))
 				var p *pb.FleetPlugin
@@ -383,6 +394,9 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 		case resp, ok := <-tch:
 			evs, err := watchEvents(resp, ok, "the node's targets")
 			if err != nil {
+				return err
+			}
+			if err := a.checkDeletes(ctx, evs); err != nil {
 				return err
 			}
 			for _, ev := range evs {
@@ -417,6 +431,126 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 			a.publish(ctx, lease)
 		}
 	}
+}
+
+// errFenced: the fleet's keys look wiped or foreign (no P/schema, or
+// another layout's): see fence.
+var errFenced = errors.New("fleet: the fleet's etcd has lost its schema key")
+
+// schemaOK checks the P/schema key as read (kvs: none, or the key).
+func schemaOK(kvs []*mvccpb.KeyValue) error {
+	switch {
+	case len(kvs) == 0:
+		return fmt.Errorf("%w: %s is missing (an etcdctl del --prefix, an etcd rebuilt or restored from a snapshot older than the fleet?)", errFenced, "schema")
+	case string(kvs[0].Value) != SchemaVersion:
+		return fmt.Errorf("%w: schema is %q, this plugind knows layout %q", errFenced, kvs[0].Value, SchemaVersion)
+	}
+	return nil
+}
+
+// checkDeletes returns errFenced when evs delete keys at a revision where
+// the schema key is gone too: a wiped prefix, not deleted plugins. Read at
+// the deletes' revision (now, when etcd compacted it).
+func (a *Agent) checkDeletes(ctx context.Context, evs []*clientv3.Event) error {
+	var rev int64
+	for _, ev := range evs {
+		if ev.Type == clientv3.EventTypeDelete {
+			rev = max(rev, ev.Kv.ModRevision)
+		}
+	}
+	if rev == 0 {
+		return nil
+	}
+	resp, err := a.cfg.Client.Get(ctx, a.keys.schema(), clientv3.WithRev(rev))
+	if err != nil {
+		if resp, err = a.cfg.Client.Get(ctx, a.keys.schema()); err != nil {
+			return fmt.Errorf("reading the fleet's schema key: %w", err)
+		}
+	}
+	return schemaOK(resp.Kvs)
+}
+
+// fence is the node's answer to an etcd whose fleet keys look wiped or
+// foreign while it runs fleet plugins (why: the errFenced error): it keeps
+// every plugin as it runs, acts on nothing, says so (an error log, Fenced,
+// plugind's FleetStatus), and waits in its lease until the schema key is
+// back, which the next "pluginctl fleet apply" writes: the operator's
+// word that the fleet's desired state is what etcd holds. Then it
+// registers again (the wipe took its node key) and resyncs.
+func (a *Agent) fence(ctx context.Context, sess *concurrency.Session, why error) error {
+	a.mu.Lock()
+	a.fenced = why.Error()
+	a.mu.Unlock()
+	a.log.Error("refusing to act on the fleet's keys: the node keeps every plugin as it runs until the schema key is back (pluginctl fleet apply writes it)", "reason", why)
+	backoff := retryInitial
+	for {
+		err := a.waitSchema(ctx, sess)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || errors.Is(err, errLeaseLost) {
+			return err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, retryMax)
+	}
+	node := &pb.FleetNode{Name: a.cfg.Node, Labels: a.cfg.Labels, Version: a.cfg.Version, RegisteredAt: timestamppb.Now()}
+	if _, err := a.cfg.Client.Put(ctx, a.keys.node(a.cfg.Node), encode(node), clientv3.WithLease(sess.Lease())); err != nil {
+		return fmt.Errorf("registering the node again: %w", err)
+	}
+	clear(a.published) // the wipe took the status keys
+	a.mu.Lock()
+	a.fenced = ""
+	a.mu.Unlock()
+	a.log.Info("the fleet's schema key is back: following the fleet again")
+	return nil
+}
+
+// waitSchema returns once the schema key holds this layout, errLeaseLost
+// when the lease ends first, or a read or watch error.
+func (a *Agent) waitSchema(ctx context.Context, sess *concurrency.Session) error {
+	resp, err := a.cfg.Client.Get(ctx, a.keys.schema())
+	if err != nil {
+		return err
+	}
+	if schemaOK(resp.Kvs) == nil {
+		return nil
+	}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := a.cfg.Client.Watch(wctx, a.keys.schema(), clientv3.WithRev(resp.Header.GetRevision()+1))
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sess.Done():
+			return errLeaseLost
+		case wr, ok := <-wch:
+			evs, err := watchEvents(wr, ok, "the schema key")
+			if err != nil {
+				return err
+			}
+			for _, ev := range evs {
+				if ev.Type == clientv3.EventTypePut && schemaOK([]*mvccpb.KeyValue{ev.Kv}) == nil {
+					return nil
+				}
+			}
+		}
+	}
+}
+
+// Fenced says why the node refuses to act on the fleet's keys ("" when it
+// follows them): see fence.
+func (a *Agent) Fenced() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.fenced
 }
 
 // refreshDesired reads the fleet plugin name as of revision rev (now,
@@ -457,9 +591,16 @@ func (a *Agent) resync(ctx context.Context) (int64, error) {
 		clientv3.OpGet(a.keys.managedOf(a.cfg.Node), clientv3.WithPrefix()),
 		clientv3.OpGet(a.keys.targetsOf(a.cfg.Node), clientv3.WithPrefix()),
 		clientv3.OpGet(a.keys.detachedOf(a.cfg.Node), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		clientv3.OpGet(a.keys.schema()),
 	).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("reading the fleet's plugins: %w", err)
+	}
+	a.mu.Lock()
+	managing := len(a.managed) > 0 || len(txn.Responses[1].GetResponseRange().GetKvs()) > 0
+	a.mu.Unlock()
+	if err := schemaOK(txn.Responses[4].GetResponseRange().GetKvs()); err != nil && managing {
+		return 0, err
 	}
 	desired := map[string]*pb.FleetPlugin{}
 	for _, kv := range txn.Responses[0].GetResponseRange().GetKvs() {

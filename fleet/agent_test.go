@@ -4,9 +4,9 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -72,16 +72,64 @@ func waitServing(ctx context.Context, t *testing.T, m *manager.Manager, plugin s
 	}
 }
 
-// TestWatchErrorKeepsTheLease: a watch that ends (here, compacted) makes
-// the node resync and watch again within the same lease; it never leaves
-// the fleet for it (its node key is neither deleted nor re-registered under
-// another lease) and it goes on following the fleet.
-func TestWatchErrorKeepsTheLease(t *testing.T) {
+// logTap is a slog handler that lets a test wait for a message.
+type logTap struct {
+	mu   sync.Mutex
+	msgs []string
+	more chan struct{} // closed and replaced at every record
+}
+
+func newLogTap() *logTap { return &logTap{more: make(chan struct{})} }
+
+func (h *logTap) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logTap) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logTap) WithGroup(string) slog.Handler            { return h }
+func (h *logTap) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.msgs = append(h.msgs, r.Message)
+	close(h.more)
+	h.more = make(chan struct{})
+	return nil
+}
+
+// wait returns once a record's message starts with prefix.
+func (h *logTap) wait(ctx context.Context, t *testing.T, prefix string) {
+	t.Helper()
+	for {
+		h.mu.Lock()
+		for _, m := range h.msgs {
+			if strings.HasPrefix(m, prefix) {
+				h.mu.Unlock()
+				return
+			}
+		}
+		more := h.more
+		h.mu.Unlock()
+		select {
+		case <-more:
+		case <-ctx.Done():
+			t.Fatalf("no log record %q", prefix)
+		}
+	}
+}
+
+// agentFixture is one node: a real manager with the echo plugin, and its
+// agent on a real etcd (its client's Watcher wrapped by brokenWatcher).
+type agentFixture struct {
+	m      *manager.Manager
+	admin  *clientv3.Client
+	store  *fleet.Store
+	agent  *fleet.Agent
+	bw     *brokenWatcher
+	logs   *logTap
+	prefix string
+}
+
+func startAgent(ctx context.Context, t *testing.T, failWatches int) *agentFixture {
+	t.Helper()
 	const prefix = "/agent"
 	newClient := startEtcd(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-
 	dir := t.TempDir()
 	build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, "plugins", "echo"), "./examples/plugins/echo")
 	build.Dir = testbin.Root()
@@ -92,77 +140,158 @@ func TestWatchErrorKeepsTheLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close(context.Background())
-
+	t.Cleanup(func() { m.Close(context.Background()) })
 	admin := newClient()
-	defer admin.Close()
-	st := fleet.NewStore(admin, prefix)
-	greet := func(v string) *pb.FleetPlugin {
-		return &pb.FleetPlugin{Spec: &pb.PluginSpec{Name: "greet", Binary: "echo", Env: map[string]string{"VERSION": v}}}
-	}
-	if _, err := st.Apply(ctx, greet("1"), true); err != nil {
-		t.Fatal(err)
-	}
-
+	t.Cleanup(func() { admin.Close() })
 	cli := newClient()
-	defer cli.Close()
-	// The agent opens two watches (plugins, its targets) per follow: both
-	// of the first follow end at once.
-	bw := &brokenWatcher{Watcher: cli.Watcher, fail: 2, opened: make(chan string, 16)}
+	t.Cleanup(func() { cli.Close() })
+	bw := &brokenWatcher{Watcher: cli.Watcher, fail: failWatches, opened: make(chan string, 16)}
 	cli.Watcher = bw
-	agent, err := fleet.NewAgent(fleet.AgentConfig{Client: cli, Prefix: prefix, Node: "n1", Manager: m, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	logs := newLogTap()
+	agent, err := fleet.NewAgent(fleet.AgentConfig{Client: cli, Prefix: prefix, Node: "n1", Manager: m, Logger: slog.New(logs)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	actx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); agent.Run(actx) }()
-	defer func() { stop(); <-done }()
+	t.Cleanup(func() { stop(); <-done })
+	return &agentFixture{m: m, admin: admin, store: fleet.NewStore(admin, prefix), agent: agent, bw: bw, logs: logs, prefix: prefix}
+}
 
-	waitServing(ctx, t, m, "greet", 1)
+func greet(v string) *pb.FleetPlugin {
+	return &pb.FleetPlugin{Spec: &pb.PluginSpec{Name: "greet", Binary: "echo", Env: map[string]string{"VERSION": v}}}
+}
+
+// TestWatchErrorKeepsTheLease: a watch that ends (here, compacted) makes
+// the node resync and watch again within the same lease; it never leaves
+// the fleet for it (its node key is neither deleted nor re-registered under
+// another lease) and it goes on following the fleet.
+func TestWatchErrorKeepsTheLease(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// The agent opens two watches (plugins, its targets) per follow: both
+	// of the first follow end at once.
+	f := startAgent(ctx, t, 2)
+	if _, err := f.store.Apply(ctx, greet("1"), true); err != nil {
+		t.Fatal(err)
+	}
+	waitServing(ctx, t, f.m, "greet", 1)
 	// Two broken watches, then two that work: the node resynced.
 	for range 4 {
 		select {
-		case <-bw.opened:
+		case <-f.bw.opened:
 		case <-ctx.Done():
 			t.Fatal("the agent did not watch again after its watch ended")
 		}
 	}
-	lease := agent.Lease()
+	f.logs.wait(ctx, t, "fleet watch ended; resyncing within the node's lease")
+	lease := f.agent.Lease()
 	if lease == 0 {
 		t.Fatal("no lease")
 	}
 
 	// It still follows the fleet.
-	if _, err := st.Apply(ctx, greet("2"), true); err != nil {
+	if _, err := f.store.Apply(ctx, greet("2"), true); err != nil {
 		t.Fatal(err)
 	}
-	waitServing(ctx, t, m, "greet", 2)
-	if s, err := m.Get("greet"); err != nil || s.Spec.Env["VERSION"] != "2" {
+	waitServing(ctx, t, f.m, "greet", 2)
+	if s, err := f.m.Get("greet"); err != nil || s.Spec.Env["VERSION"] != "2" {
 		t.Fatalf("greet after the change: %+v %v", s.Spec.Env, err)
 	}
 
 	// One registration, under the one lease, never deleted.
-	resp, err := admin.Get(ctx, prefix+"/nodes/n1")
+	resp, err := f.admin.Get(ctx, f.prefix+"/nodes/n1")
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("node key: %v %v", resp, err)
 	}
 	if got := resp.Kvs[0].Lease; got != lease || resp.Kvs[0].Version != 1 {
 		t.Errorf("node key under lease %x (version %d), want the agent's lease %x, written once", got, resp.Kvs[0].Version, lease)
 	}
-	if agent.Lease() != lease {
-		t.Errorf("the agent's lease moved from %x to %x", lease, agent.Lease())
+	if f.agent.Lease() != lease {
+		t.Errorf("the agent's lease moved from %x to %x", lease, f.agent.Lease())
 	}
-	wctx, wcancel := context.WithCancel(ctx)
-	defer wcancel()
-	for wr := range admin.Watch(wctx, prefix+"/nodes/n1", clientv3.WithRev(1)) {
+	if deletes := keyDeletes(ctx, t, f.admin, f.prefix+"/nodes/n1", resp.Header.Revision); len(deletes) > 0 {
+		t.Errorf("the node's key was deleted at revision %v: the node left the fleet", deletes)
+	}
+}
+
+// keyDeletes lists the revisions at which key was deleted, up to rev.
+func keyDeletes(ctx context.Context, t *testing.T, cli *clientv3.Client, key string, rev int64) []int64 {
+	t.Helper()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var out []int64
+	for wr := range cli.Watch(wctx, key, clientv3.WithRev(1)) {
 		for _, ev := range wr.Events {
 			if ev.Type == clientv3.EventTypeDelete {
-				t.Errorf("the node's key was deleted at revision %d: the node left the fleet", ev.Kv.ModRevision)
+				out = append(out, ev.Kv.ModRevision)
 			}
 		}
-		if wr.Header.Revision >= resp.Header.Revision {
+		if wr.Header.Revision >= rev {
 			break
 		}
+	}
+	return out
+}
+
+// TestWipedEtcdUnloadsNothing: "etcdctl del --prefix" of the fleet's keys
+// under a running node deletes its plugins' keys and the schema key in one
+// revision; the node keeps every plugin as it runs, says why (log,
+// Fenced), and follows the fleet again once a fleet apply writes the schema
+// back (registering again: the wipe took its node key).
+func TestWipedEtcdUnloadsNothing(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := startAgent(ctx, t, 0)
+	if _, err := f.store.Apply(ctx, greet("1"), true); err != nil {
+		t.Fatal(err)
+	}
+	waitServing(ctx, t, f.m, "greet", 1)
+	w, err := f.m.Watch([]string{"greet"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+
+	if _, err := f.admin.Delete(ctx, f.prefix+"/", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	f.logs.wait(ctx, t, "refusing to act on the fleet's keys")
+	if why := f.agent.Fenced(); !strings.Contains(why, "schema is missing") {
+		t.Errorf("Fenced: %q", why)
+	}
+	if s, err := f.m.Get("greet"); err != nil || s.Generation != 1 {
+		t.Fatalf("greet after the wipe: %+v %v", s, err)
+	}
+
+	// An operator applies the fleet's plugins again: the schema is back.
+	if _, err := f.store.Apply(ctx, greet("1"), true); err != nil {
+		t.Fatal(err)
+	}
+	f.logs.wait(ctx, t, "the fleet's schema key is back")
+	if why := f.agent.Fenced(); why != "" {
+		t.Errorf("still fenced: %q", why)
+	}
+	// It follows the fleet again: a new spec reloads it.
+	if _, err := f.store.Apply(ctx, greet("2"), true); err != nil {
+		t.Fatal(err)
+	}
+	waitServing(ctx, t, f.m, "greet", 2)
+	// Never unloaded on the way: no REMOVED among its events.
+	for {
+		evs, ended := w.Poll()
+		for _, ev := range evs {
+			if ev.Type == manager.EventRemoved {
+				t.Fatalf("greet was unloaded at revision %d", ev.Revision)
+			}
+		}
+		if len(evs) == 0 || ended {
+			break
+		}
+	}
+	nodes, err := f.store.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].GetName() != "n1" {
+		t.Errorf("the node did not register again: %v %v", nodes, err)
 	}
 }

@@ -57,4 +57,13 @@
 // failed_spec_digest.
 // Nothing is ever unloaded because etcd is unreachable: only a key read
 // from etcd makes a node unload.
+//
+// Nor because the keys vanished: P/schema is read with every resync and at
+// the revision of every delete a node sees. An etcd whose P/schema is gone
+// or names another layout (an etcdctl del --prefix, a cluster rebuilt or
+// restored from a snapshot older than the fleet) is not desired state. The
+// node is fenced: it logs why at Error, reports it (FleetStatus.fenced),
+// keeps every plugin it runs as it is and acts on nothing until P/schema is
+// back (`pluginctl fleet apply` writes it), then resyncs. A node that
+// manages no fleet plugin yet (a new fleet) is not fenced by a missing key.
 package fleet

@@ -22,6 +22,9 @@ type FleetNode interface {
 	// Detach and Attach stop and resume following the fleet for a plugin.
 	Detach(ctx context.Context, name string) error
 	Attach(ctx context.Context, name string) error
+	// Fenced says why the node refuses to act on the fleet's keys ("":
+	// it follows them).
+	Fenced() string
 }
 
 // WithFleet serves FleetService from store and node, and refuses local
@@ -113,7 +116,11 @@ func (f *fleetService) ListNodes(ctx context.Context, _ *pb.ListNodesRequest) (*
 
 func (f *fleetService) FleetStatus(ctx context.Context, req *pb.FleetStatusRequest) (*pb.FleetStatusResponse, error) {
 	return fleetCall(ctx, f, func(ctx context.Context) (*pb.FleetStatusResponse, error) {
-		return f.store.Status(ctx, req.GetPlugin())
+		st, err := f.store.Status(ctx, req.GetPlugin())
+		if err == nil && f.node != nil {
+			st.Fenced = f.node.Fenced()
+		}
+		return st, err
 	})
 }
 

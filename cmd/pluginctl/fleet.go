@@ -110,6 +110,11 @@ the node runs the plugin's spec (the same digest).`,
 }
 
 func renderFleetStatus(w io.Writer, p palette, resp *plugincontrolv1.FleetStatusResponse) error {
+	if f := resp.GetFenced(); f != "" {
+		if _, err := fmt.Fprintf(w, "FENCED: this node acts on nothing the fleet's keys say, keeping its plugins as they run: %s\n\n", f); err != nil {
+			return err
+		}
+	}
 	var t table
 	t.header("PLUGIN", "DIGEST", "SELECTOR", "BINARY")
 	digests := map[string]string{}

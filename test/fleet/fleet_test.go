@@ -666,3 +666,91 @@ func formatEvent(ev *pb.FleetEvent) string {
 	}
 	return typ
 }
+
+// TestWipedPrefix: an etcdctl del --prefix of the fleet's keys under
+// running nodes (or an etcd rebuilt empty) is not "unload everything":
+// every node keeps its fleet plugins in the same process, says it is fenced
+// (FleetStatus, pluginctl fleet status), and follows the fleet again once an
+// apply writes the keys back, adopting what it runs.
+func TestWipedPrefix(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	etcd := startEtcd(t)
+	nodes := []*node{startNode(t, etcd, "a", "role=web"), startNode(t, etcd, "b", "role=web")}
+	fleetc := nodes[0].c.Fleet()
+	pin := sha256Of(t, filepath.Join(bins, "plugins", "echo"))
+	greet := &pb.FleetPlugin{Spec: &pb.PluginSpec{Name: "greet", Binary: "echo", Sha256: pin, Env: map[string]string{"VERSION": "1"}}, Selector: map[string]string{"role": "web"}}
+	if _, err := fleetc.ApplyFleetPlugin(ctx, &pb.ApplyFleetPluginRequest{Plugin: greet}); err != nil {
+		t.Fatal(err)
+	}
+	pids := map[string]int64{}
+	for _, n := range nodes {
+		eventually(t, 15*time.Second, n.name+" runs greet", func() error { return runs(ctx, n, "greet", "1", 1) })
+		st, err := n.c.Get(ctx, "greet")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids[n.name] = st.GetPid()
+	}
+
+	ecli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ecli.Close()
+	del, err := ecli.Delete(ctx, "/plugincontrol", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if del.Deleted < 5 {
+		t.Fatalf("deleted %d keys, want the schema, plugin, nodes, statuses and managed records", del.Deleted)
+	}
+	for _, n := range nodes {
+		eventually(t, 15*time.Second, n.name+" fenced", func() error {
+			st, err := n.c.Fleet().FleetStatus(ctx, &pb.FleetStatusRequest{})
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(st.GetFenced(), "schema") {
+				return fmt.Errorf("fenced %q", st.GetFenced())
+			}
+			return nil
+		})
+		// Fenced once it has seen the deletes: it acted on none of them.
+		st, err := n.c.Get(ctx, "greet")
+		if err != nil || st.GetPid() != pids[n.name] || st.GetGeneration() != 1 || st.GetState() != pb.PluginState_PLUGIN_STATE_SERVING {
+			t.Fatalf("%s after the wipe: %v (%v), want greet generation 1 pid %d serving", n.name, st, err, pids[n.name])
+		}
+	}
+	out, err := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", nodes[1].d.Addr(), "fleet", "status").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "FENCED:") {
+		t.Fatalf("pluginctl fleet status of a fenced node: %v\n%s", err, out)
+	}
+
+	// The operator restores the desired state: the nodes follow again and
+	// adopt the plugin they kept.
+	if _, err := fleetc.ApplyFleetPlugin(ctx, &pb.ApplyFleetPluginRequest{Plugin: greet}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		eventually(t, 15*time.Second, n.name+" follows the fleet again", func() error {
+			st, err := n.c.Fleet().FleetStatus(ctx, &pb.FleetStatusRequest{Plugin: "greet"})
+			if err != nil {
+				return err
+			}
+			if st.GetFenced() != "" {
+				return fmt.Errorf("still fenced: %s", st.GetFenced())
+			}
+			for _, s := range st.GetStatuses() {
+				if s.GetNode() == n.name && s.GetState() == pb.PluginState_PLUGIN_STATE_SERVING {
+					return nil
+				}
+			}
+			return fmt.Errorf("no report of %s in %v", n.name, st.GetStatuses())
+		})
+		st, err := n.c.Get(ctx, "greet")
+		if err != nil || st.GetPid() != pids[n.name] || st.GetGeneration() != 1 {
+			t.Fatalf("%s after the restore: %v (%v), want greet generation 1 pid %d", n.name, st, err, pids[n.name])
+		}
+	}
+}

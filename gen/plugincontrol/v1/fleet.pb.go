@@ -1546,7 +1546,13 @@ type FleetStatusResponse struct {
 	// statuses are the live nodes' reports, sorted by plugin, then node.
 	Statuses []*FleetPluginStatus `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
 	// nodes are the live nodes, sorted by name.
-	Nodes         []*FleetNode `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Nodes []*FleetNode `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// fenced, when set, says why the node that answered refuses to act on
+	// the fleet's keys: etcd lost the fleet's schema key (a wiped prefix, an
+	// etcd rebuilt or restored from an older snapshot) while the node ran
+	// fleet plugins. It keeps them as they run until the schema is back
+	// (the next ApplyFleetPlugin writes it).
+	Fenced        string `protobuf:"bytes,4,opt,name=fenced,proto3" json:"fenced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1600,6 +1606,13 @@ func (x *FleetStatusResponse) GetNodes() []*FleetNode {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *FleetStatusResponse) GetFenced() string {
+	if x != nil {
+		return x.Fenced
+	}
+	return ""
 }
 
 // ApplyFleetPluginRequest sets a fleet plugin.
@@ -2311,11 +2324,12 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\x11ListNodesResponse\x121\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x1b.plugincontrol.v1.FleetNodeR\x05nodes\",\n" +
 	"\x12FleetStatusRequest\x12\x16\n" +
-	"\x06plugin\x18\x01 \x01(\tR\x06plugin\"\xc2\x01\n" +
+	"\x06plugin\x18\x01 \x01(\tR\x06plugin\"\xda\x01\n" +
 	"\x13FleetStatusResponse\x127\n" +
 	"\aplugins\x18\x01 \x03(\v2\x1d.plugincontrol.v1.FleetPluginR\aplugins\x12?\n" +
 	"\bstatuses\x18\x02 \x03(\v2#.plugincontrol.v1.FleetPluginStatusR\bstatuses\x121\n" +
-	"\x05nodes\x18\x03 \x03(\v2\x1b.plugincontrol.v1.FleetNodeR\x05nodes\"w\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x1b.plugincontrol.v1.FleetNodeR\x05nodes\x12\x16\n" +
+	"\x06fenced\x18\x04 \x01(\tR\x06fenced\"w\n" +
 	"\x17ApplyFleetPluginRequest\x125\n" +
 	"\x06plugin\x18\x01 \x01(\v2\x1d.plugincontrol.v1.FleetPluginR\x06plugin\x12%\n" +
 	"\x0eallow_unpinned\x18\x02 \x01(\bR\rallowUnpinned\"Q\n" +
