@@ -115,7 +115,7 @@ tools:
 	$(TOOL) grpc-health-probe --version
 
 ## ci: what .ci/run does
-ci: tools check ts-install node-install ts-gen-check docs-check test ts-test bench-short
+ci: tools check ts-install node-install ts-gen-check docs-check test ts-test bench-short bench-compare
 
 # SDK, docs and contract targets (make/sdk.mk), benchmarks (bench/bench.mk).
 -include make/*.mk

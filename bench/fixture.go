@@ -52,6 +52,7 @@ type daemon struct {
 	ctl     pb.PluginControlServiceClient
 	gw      pb.PluginGatewayServiceClient
 	sdk     *client.Client
+	direct  net.Listener // the direct socket
 }
 
 func startDaemon(e *env, tweaks ...func(*manager.Config)) (*daemon, error) {
@@ -93,15 +94,24 @@ func startDaemon(e *env, tweaks ...func(*manager.Config)) (*daemon, error) {
 		d.close()
 		return nil, err
 	}
+	directSock := filepath.Join(dir, "direct.sock")
+	dlis, err := net.Listen("unix", directSock)
+	if err != nil {
+		lis.Close()
+		d.close()
+		return nil, err
+	}
 	metU, metS := met.ServerInterceptors()
 	d.srv = server.New(d.m, server.WithLogger(e.log), server.WithLimits(4<<20, 1024),
 		server.WithInterceptors([]grpc.UnaryServerInterceptor{metU}, []grpc.StreamServerInterceptor{metS}),
-		server.WithCallObserver(met.ObserveCall))
+		server.WithCallObserver(met.ObserveCall), server.WithDirectSocket(directSock))
 	met.InitializeServer(d.srv.GRPCServer())
 	go func() {
 		defer close(d.done)
 		_ = d.srv.Serve(server.PeerCredListener(lis))
 	}()
+	d.direct = dlis
+	go func() { _ = d.srv.ServeDirect(dlis) }()
 	if d.conn, err = dialPlain(d.addr()); err != nil {
 		d.close()
 		return nil, err
@@ -133,6 +143,9 @@ func (d *daemon) close() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	if d.direct != nil {
+		_ = d.direct.Close()
+	}
 	if d.srv != nil {
 		d.srv.Shutdown(ctx)
 		select {

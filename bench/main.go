@@ -107,6 +107,7 @@ func scenarios() []scenario {
 		{"load", "Load of N plugins in parallel vs N raw go-plugin launches", runLoad},
 		{"liveness", "Liveness probing of N plugins at 1s: CPU with probing vs without", runLiveness},
 		{"passthrough", "A unary 1 KiB call through a plugin's endpoint vs direct to the plugin's socket vs nginx grpc_pass", runPassthrough},
+		{"direct", "A unary 1 KiB call on a direct connection (client.DialDirect) vs a plain connection to the plugin's socket; reloads under calls", runDirect},
 		{"fleet", "A staged rollout by the fleet controller across simulated agents on an embedded etcd", runFleet},
 		{"reexec", "Reload of plugind itself in place (SIGHUP, re-exec) with N plugins under calls", runReexec},
 		{"adopt", "Crash adoption: a --live-restore plugind started after a SIGKILL takes over N plugins", runAdopt},

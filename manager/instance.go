@@ -67,11 +67,14 @@ type instance struct {
 	gone       context.Context
 	cancelGone context.CancelFunc
 
-	mu       sync.Mutex    // guards inflight, draining, stopping, idle
-	inflight int           // calls and leases admitted and not finished
-	draining bool          // no new calls are admitted
-	stopping bool          // stop was called: an exit from now on is intended
-	idle     chan struct{} // closed when draining and inflight reaches 0
+	mu       sync.Mutex // guards inflight, draining, drainNote, stopping, idle
+	inflight int        // calls and leases admitted and not finished
+	draining bool       // no new calls are admitted
+	// drainNote is closed when draining begins (leases learn that calls
+	// should move on); nil until someone asks.
+	drainNote chan struct{}
+	stopping  bool          // stop was called: an exit from now on is intended
+	idle      chan struct{} // closed when draining and inflight reaches 0
 
 	stopOnce sync.Once
 }
@@ -120,6 +123,7 @@ func (i *instance) release() {
 func (i *instance) drain(timeout time.Duration) (pending int, timedOut bool) {
 	i.mu.Lock()
 	i.draining = true
+	i.noteDrainLocked()
 	pending = i.inflight
 	if pending == 0 {
 		i.mu.Unlock()
@@ -144,7 +148,32 @@ func (i *instance) drain(timeout time.Duration) (pending int, timedOut bool) {
 func (i *instance) hold() {
 	i.mu.Lock()
 	i.draining = true
+	i.noteDrainLocked()
 	i.mu.Unlock()
+}
+
+// noteDrainLocked tells the waiters of drained that draining began.
+func (i *instance) noteDrainLocked() {
+	if i.drainNote != nil {
+		close(i.drainNote)
+		i.drainNote = nil
+	}
+}
+
+// drained returns a channel closed once the instance stops admitting
+// calls (at once if it already has).
+func (i *instance) drained() <-chan struct{} {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.draining {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if i.drainNote == nil {
+		i.drainNote = make(chan struct{})
+	}
+	return i.drainNote
 }
 
 // revive makes a held instance serve again as generation gen (a revert). It

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync/atomic"
 
 	pluginv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/plugin/v1"
@@ -34,6 +35,12 @@ type Lease struct {
 	Value any
 	// Conn is go-plugin's connection to the generation's gRPC server.
 	Conn *grpc.ClientConn
+	// Addr is where the generation's gRPC server listens (go-plugin's
+	// unix socket); nil when unknown.
+	Addr net.Addr
+	// TLS is set when that server speaks go-plugin's AutoMTLS: a
+	// connection of someone else's needs its client certificate.
+	TLS bool
 
 	m        *Manager
 	e        *entry
@@ -59,7 +66,13 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Lease{Plugin: name, Generation: inst.generation(), Value: inst.dispensed, Conn: inst.rpc, m: m, e: e, inst: inst}, nil
+	l := &Lease{Plugin: name, Generation: inst.generation(), Value: inst.dispensed, Conn: inst.rpc, TLS: inst.tls != nil, m: m, e: e, inst: inst}
+	if inst.client != nil {
+		if rc := inst.client.ReattachConfig(); rc != nil {
+			l.Addr = rc.Addr
+		}
+	}
+	return l, nil
 }
 
 // Release ends the lease. It is idempotent.
@@ -76,6 +89,13 @@ func (l *Lease) Release() {
 //	ctx, cancel := context.WithCancel(ctx)
 //	defer context.AfterFunc(l.Context(), cancel)()
 func (l *Lease) Context() context.Context { return l.inst.gone }
+
+// Draining is closed once the generation stops admitting calls: a reload
+// made another active (or holds this one through a bake), or an unload
+// began. A holder that makes calls of its own on the generation (a direct
+// connection) should move new calls on and end the lease once those in
+// flight are done: the drain waits for it.
+func (l *Lease) Draining() <-chan struct{} { return l.inst.drained() }
 
 // Done is Context().Done().
 func (l *Lease) Done() <-chan struct{} { return l.inst.gone.Done() }

@@ -46,6 +46,7 @@ type Metrics struct {
 	lastReloadOK *prometheus.GaugeVec
 	calls        *prometheus.CounterVec
 	callTime     *prometheus.HistogramVec
+	leases       *prometheus.GaugeVec
 
 	// series caches the children of calls (code OK) and callTime per
 	// plugin and method: callKey -> *callSeries. Measured: looking both up
@@ -126,9 +127,13 @@ func New() *Metrics {
 			Help:    "Duration of calls to plugins (Invoke and endpoints; streams until they end), by plugin and method.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5},
 		}, []string{"plugin", "method"}),
+		leases: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "plugincontrol_plugin_direct_leases",
+			Help: "Direct connections (PluginDirectService leases) held on the plugin's generations: each keeps its generation alive through a reload until its calls end.",
+		}, []string{"plugin"}),
 		methods: map[string]map[string]bool{},
 	}
-	reg.MustRegister(m.GRPC, m.reloads, m.duration, m.lastReload, m.lastReloadOK, m.calls, m.callTime, buildInfo(),
+	reg.MustRegister(m.GRPC, m.reloads, m.duration, m.lastReload, m.lastReloadOK, m.calls, m.callTime, m.leases, buildInfo(),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -191,6 +196,17 @@ func (m *Metrics) ObserveCall(plugin, method string, code codes.Code, took time.
 	cs.took.Observe(took.Seconds())
 }
 
+// ObserveDirectLease counts a direct lease of plugin taken (delta 1) or
+// ended (-1). It matches server.WithDirectLeaseObserver.
+func (m *Metrics) ObserveDirectLease(plugin string, delta int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.methods[plugin] == nil {
+		m.methods[plugin] = map[string]bool{}
+	}
+	m.leases.WithLabelValues(plugin).Add(float64(delta))
+}
+
 // newSeries records that plugin has series and returns (and caches) those
 // of method: its label is "other" past maxMethods distinct methods.
 func (m *Metrics) newSeries(plugin, method string) *callSeries {
@@ -240,6 +256,7 @@ func (m *Metrics) forget(loaded map[string]bool) {
 		l := prometheus.Labels{"plugin": p}
 		m.calls.DeletePartialMatch(l)
 		m.callTime.DeletePartialMatch(l)
+		m.leases.DeletePartialMatch(l)
 		m.reloads.DeletePartialMatch(l)
 		m.lastReload.DeletePartialMatch(l)
 		m.lastReloadOK.DeletePartialMatch(l)

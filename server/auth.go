@@ -25,7 +25,8 @@ const (
 	RoleViewer = "viewer"
 	// RoleOperator may do what a viewer may, and Load, Reload and Unload.
 	RoleOperator = "operator"
-	// RoleInvoker may call PluginGatewayService.Invoke.
+	// RoleInvoker may call PluginGatewayService.Invoke and lease plugins
+	// for direct connections (PluginDirectService).
 	RoleInvoker = "invoker"
 )
 
@@ -157,7 +158,8 @@ func (a *authorizer) requiredRole(method string) string {
 			return ""
 		}
 		return RoleViewer
-	case method == "/plugincontrol.v1.PluginGatewayService/Invoke":
+	case method == "/plugincontrol.v1.PluginGatewayService/Invoke",
+		strings.HasPrefix(method, "/plugincontrol.v1.PluginDirectService/"):
 		return RoleInvoker
 	case strings.HasPrefix(method, "/plugincontrol.v1.PluginControlService/"):
 		switch strings.TrimPrefix(method, "/plugincontrol.v1.PluginControlService/") {

@@ -43,6 +43,8 @@ type options struct {
 	logger           *slog.Logger
 	bookmarkInterval time.Duration
 	grpcOpts         []grpc.ServerOption
+	directSocket     string
+	onLease          DirectLeaseObserver
 	unaryInts        []grpc.UnaryServerInterceptor
 	streamInts       []grpc.StreamServerInterceptor
 }
@@ -115,6 +117,8 @@ type Server struct {
 	shutdownOnce sync.Once
 	reloading    atomic.Bool // set by Handover before shutdown is closed
 	mirrorDone   chan struct{}
+
+	tickets tickets // the direct path's tickets not presented yet
 
 	healthAll atomic.Pointer[healthAll] // cached Health of all plugins
 	// Encoded health events, per view (events of the full view, and of
@@ -190,6 +194,7 @@ func New(m *manager.Manager, opts ...Option) *Server {
 	s.grpc = grpc.NewServer(append(gopts, o.grpcOpts...)...)
 	pb.RegisterPluginControlServiceServer(s.grpc, &control{s: s})
 	pb.RegisterPluginGatewayServiceServer(s.grpc, &gateway{s: s})
+	pb.RegisterPluginDirectServiceServer(s.grpc, &direct{s: s})
 	pb.RegisterFleetServiceServer(s.grpc, &fleetService{store: o.fleet, node: o.fleetNode, shutdown: s.shutdown, ended: s.ended})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, healthService{s.health, s})

@@ -51,6 +51,7 @@ type config struct {
 	maxMessageBytes int
 	maxStreams      uint
 	endpointDir     string
+	directSocket    string
 	auditRetention  int
 	containment     manager.Containment
 	readyTimeout    time.Duration
@@ -207,6 +208,7 @@ func bindFlags(fs *pflag.FlagSet, cfg *config) {
 	fs.IntVar(&cfg.auditRetention, "audit-retention", 100000, "audit records kept; older ones are removed, a checkpoint keeping the chain verifiable")
 	fs.DurationVar(&cfg.auditMaxAge, "audit-max-age", 0, "also remove audit records older than this (0: keep by count only)")
 	fs.StringVar(&cfg.endpointDir, "endpoint-dir", "", "directory of the plugin endpoints: each plugin's own gRPC API is served at DIR/NAME.sock (mode 0600), forwarded to its active generation (default <state-dir>/plugins)")
+	fs.StringVar(&cfg.directSocket, "direct-socket", "", "unix socket where local callers that leased a plugin (PluginDirectService, the Go client's DialDirect) receive a connection of their own to its process (mode 0600, like the control socket; \"off\": no direct path) (default <state-dir>/direct.sock)")
 	fs.StringVar(&cfg.endpointListen, "endpoint-listen", "", "also serve every plugin endpoint on tcp://HOST:PORT, the plugin named per call in the plugincontrol-plugin metadata key (same TLS and auth rules as --listen; unset: off)")
 	fs.IntVar(&cfg.endpointMaxMsg, "endpoint-max-message-bytes", 16<<20, "largest message forwarded through a plugin endpoint, either way")
 	fs.StringVar(&cfg.fleetEtcd, "fleet-etcd", "", "join a fleet: etcd endpoints (comma-separated URLs) holding the fleet's desired plugins; this node converges to those that select it (unset: no fleet)")
@@ -302,6 +304,12 @@ func resolve(fs *pflag.FlagSet, cfg *config, environ []string) error {
 	}
 	if cfg.endpointDir == "" {
 		cfg.endpointDir = filepath.Join(cfg.stateDir, "plugins")
+	}
+	switch cfg.directSocket {
+	case "":
+		cfg.directSocket = filepath.Join(cfg.stateDir, "direct.sock")
+	case "off":
+		cfg.directSocket = ""
 	}
 	return cfg.check()
 }

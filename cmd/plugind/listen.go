@@ -65,7 +65,7 @@ func openListeners(cfg config, haveTLS, haveAuth bool, inherited map[string]net.
 		}
 		switch {
 		case strings.HasPrefix(addr, "unix://"):
-			l, err := listenUnix(addr)
+			l, err := listenUnix("--listen", addr)
 			if err != nil {
 				return fail(err)
 			}
@@ -114,15 +114,15 @@ func openTCP(flag, addr string, cfg config, haveTLS, haveAuth bool, inherited ne
 
 func listenTCP(hostport string) (net.Listener, error) { return net.Listen("tcp", hostport) }
 
-// listenUnix opens the control socket mode 0600. A stale socket file from a
-// crashed daemon is replaced; a live one is not.
-func listenUnix(addr string) (listener, error) {
+// listenUnix opens a unix socket (of flag) mode 0600. A stale socket file
+// from a crashed daemon is replaced; a live one is not.
+func listenUnix(flag, addr string) (listener, error) {
 	path := strings.TrimPrefix(addr, "unix://")
 	if path == "" {
-		return listener{}, fmt.Errorf("--listen %q: empty socket path", addr)
+		return listener{}, fmt.Errorf("%s %q: empty socket path", flag, addr)
 	}
 	if len(path) > 107 {
-		return listener{}, fmt.Errorf("--listen %q: the path is %d bytes, more than the 107 a unix socket path holds: listen on a shorter path (the default is <state-dir>/plugind.sock)", addr, len(path))
+		return listener{}, fmt.Errorf("%s %q: the path is %d bytes, more than the 107 a unix socket path holds: listen on a shorter path (the default is <state-dir>/plugind.sock)", flag, addr, len(path))
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return listener{}, err
@@ -130,7 +130,7 @@ func listenUnix(addr string) (listener, error) {
 	if _, err := os.Stat(path); err == nil {
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
-			return listener{}, fmt.Errorf("--listen %q: another daemon is serving on this socket", addr)
+			return listener{}, fmt.Errorf("%s %q: another daemon is serving on this socket", flag, addr)
 		}
 		if err := os.Remove(path); err != nil {
 			return listener{}, fmt.Errorf("removing stale socket: %w", err)
@@ -148,6 +148,20 @@ func listenUnix(addr string) (listener, error) {
 	}
 	// net.UnixListener removes the file on Close; keep our own cleanup too.
 	return listener{key: addr, addr: addr, lis: lis, path: path}, nil
+}
+
+// openDirect opens the --direct-socket, or takes the one an earlier image
+// handed over ("direct").
+func openDirect(path string, inherited net.Listener) (*listener, error) {
+	if inherited != nil {
+		return &listener{key: "direct", addr: "unix://" + path, lis: inherited, path: path}, nil
+	}
+	l, err := listenUnix("--direct-socket", "unix://"+path)
+	if err != nil {
+		return nil, err
+	}
+	l.key = "direct"
+	return &l, nil
 }
 
 // serverTLS builds the TLS config for TCP listeners, with client

@@ -116,6 +116,7 @@ type image struct {
 	metrics   *http.Server
 	metricsL  net.Listener
 	fm        *fleetMember
+	direct    *listener         // --direct-socket; nil when off
 	records   *handover.Records // --live-restore records; nil without
 }
 
@@ -266,6 +267,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, inh *inheritance, 
 		server.WithCallObserver(met.ObserveCall),
 		server.WithPanicStacks(cfg.panicStacks),
 	}
+	if cfg.directSocket != "" {
+		opts = append(opts, server.WithDirectSocket(cfg.directSocket), server.WithDirectLeaseObserver(met.ObserveDirectLease))
+	}
 	if authCfg != nil {
 		opts = append(opts, server.WithAuth(authCfg))
 	}
@@ -319,6 +323,20 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, inh *inheritance, 
 			closeManager()
 			return err
 		}
+	}
+	if cfg.directSocket != "" {
+		d.direct, err = openDirect(cfg.directSocket, inh.take("direct"))
+		if err != nil {
+			d.srv.Shutdown(context.Background())
+			closeManager()
+			return err
+		}
+		go func() {
+			if err := d.srv.ServeDirect(d.direct.lis); err != nil {
+				serveErr <- fmt.Errorf("--direct-socket: %w", err)
+			}
+		}()
+		log.Info("direct connections served", slog.String("direct_socket", cfg.directSocket))
 	}
 	inh.closeUnused(log)
 	servingAt := time.Now()
@@ -400,6 +418,10 @@ loop:
 	d.eps.Shutdown()
 	for _, l := range d.listeners {
 		l.cleanup()
+	}
+	if d.direct != nil {
+		d.direct.lis.Close()
+		d.direct.cleanup()
 	}
 	if cfg.liveRestore {
 		clearLiveRestore(cfg.stateDir)

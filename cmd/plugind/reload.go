@@ -224,6 +224,15 @@ func (d *image) reload(ctx context.Context) error {
 		f, err := launch.ListenerFile(d.metricsL)
 		take("metrics", f, err)
 	}
+	if d.direct != nil {
+		f, err := launch.ListenerFile(d.direct.lis)
+		take("direct", f, err)
+		if err == nil {
+			// Tickets wait in the backlog for the next image (a lease's
+			// stream ends with this one anyway).
+			d.direct.lis.Close()
+		}
+	}
 	if d.fm != nil {
 		dm.FleetLease, dm.FleetNode = d.fm.handover(), d.fm.node
 	}
