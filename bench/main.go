@@ -272,7 +272,15 @@ func run() (code int) {
 		out = filepath.Join(testbin.Root(), "bench", "RESULTS.md")
 	}
 	if out != "-" {
-		if err := os.WriteFile(out, []byte(renderMarkdown(e, table, errs, took)), 0o644); err != nil {
+		md := renderMarkdown(e, table, errs, took)
+		// What follows keepMarker in the file (written by hand or by
+		// bench/compare) stays.
+		if old, err := os.ReadFile(out); err == nil {
+			if i := bytes.Index(old, []byte(keepMarker)); i >= 0 {
+				md += "\n" + string(old[i:])
+			}
+		}
+		if err := os.WriteFile(out, []byte(md), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			return 1
 		}
@@ -283,6 +291,9 @@ func run() (code int) {
 	}
 	return 0
 }
+
+// keepMarker starts the part of RESULTS.md that a run keeps as it is.
+const keepMarker = "<!-- kept by go run ./bench: the sections below are not written by it -->"
 
 func writeProfile(name, path string) {
 	f, err := os.Create(path)

@@ -403,14 +403,17 @@ func (d *daemon) sock() string { return filepath.Join(d.dir, "plugind.sock") }
 // start runs plugind (bin) on a state directory of its own, with the echo
 // and ticker plugins loaded.
 func start(ctx context.Context, name, bin, plugins, tmp string) (*daemon, error) {
-	d := &daemon{name: name, dir: filepath.Join(tmp, "d-"+name), done: make(chan struct{})}
+	dir, err := os.MkdirTemp(tmp, "d-"+name+"-")
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{name: name, dir: dir, done: make(chan struct{})}
 	d.cmd = exec.Command(bin, "--plugin-dir", plugins, "--state-dir", d.dir, "--log-level", "error", "--drain-timeout", "5s")
 	d.cmd.Stderr = os.Stderr
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
 	}
 	go func() { _ = d.cmd.Wait(); close(d.done) }()
-	var err error
 	if d.c, err = client.Dial(ctx, "unix://"+d.sock()); err != nil {
 		d.stop()
 		return nil, err
