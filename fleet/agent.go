@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -44,6 +45,14 @@ type AgentConfig struct {
 	// StatusInterval is how often the local state is compared with what
 	// was reported (default 1s); only changes are written.
 	StatusInterval time.Duration
+	// Instance identifies this plugind among processes that might use the
+	// same node name (plugind: its state directory's id and the boot id).
+	// A node key held under another lease by another instance is a twin:
+	// the agent refuses to register over it (and says so) until it is
+	// gone; held by the same instance (this plugind's previous run, whose
+	// lease has not expired yet), the old lease is revoked and the name
+	// taken back at once. "": no twin check (the key is overwritten).
+	Instance string
 	// InheritLease is the node lease of the plugind image this one
 	// replaced (a reload in place, see Agent.Handover): the first session
 	// keeps it, so the node never leaves the fleet. 0: grant a new one.
@@ -303,10 +312,8 @@ func (a *Agent) session(ctx context.Context) error {
 		_, _ = a.cfg.Client.Revoke(rctx, sess.Lease())
 		sess.Orphan()
 	}()
-	lease := sess.Lease()
-	node := &pb.FleetNode{Name: a.cfg.Node, Labels: a.cfg.Labels, Version: a.cfg.Version, RegisteredAt: timestamppb.Now()}
-	if _, err := a.cfg.Client.Put(ctx, a.keys.node(a.cfg.Node), encode(node), clientv3.WithLease(lease)); err != nil {
-		return fmt.Errorf("registering the node: %w", err)
+	if err := a.register(ctx, sess); err != nil {
+		return err
 	}
 	clear(a.published) // this lease's status keys are new
 	a.log.Info("fleet node registered", "lease_ttl", a.cfg.LeaseTTL)
@@ -349,6 +356,94 @@ func (a *Agent) session(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, retryMax)
 	}
+}
+
+// errTwin: another plugind holds this node's name.
+var errTwin = errors.New("fleet: another plugind holds this node name")
+
+// register writes the node key under the session's lease, unless another
+// instance holds it (a twin: wait until it is gone, fenced meanwhile). A
+// key of this instance under another lease is this plugind's previous run:
+// its lease is revoked (its status keys go with it) and the name taken.
+func (a *Agent) register(ctx context.Context, sess *concurrency.Session) error {
+	lease := sess.Lease()
+	key := a.keys.node(a.cfg.Node)
+	node := &pb.FleetNode{Name: a.cfg.Node, Labels: a.cfg.Labels, Version: a.cfg.Version, RegisteredAt: timestamppb.Now(), Instance: a.cfg.Instance}
+	twin := false
+	for {
+		resp, err := a.cfg.Client.Txn(ctx).If(
+			clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
+		).Then(clientv3.OpPut(key, encode(node), clientv3.WithLease(lease))).Else(clientv3.OpGet(key)).Commit()
+		if err != nil {
+			return fmt.Errorf("registering the node: %w", err)
+		}
+		if resp.Succeeded {
+			if twin {
+				a.setFenced("")
+				a.log.Warn("the other plugind with this node name is gone: registered", "node", a.cfg.Node)
+			}
+			return nil
+		}
+		kvs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 0 {
+			continue // gone meanwhile
+		}
+		kv := kvs[0]
+		var held pb.FleetNode
+		_ = decode(key, kv.Value, &held)
+		switch {
+		case clientv3.LeaseID(kv.Lease) == lease || a.cfg.Instance == "":
+			// Ours already (a reload in place), or no twin check.
+			if _, err := a.cfg.Client.Put(ctx, key, encode(node), clientv3.WithLease(lease)); err != nil {
+				return fmt.Errorf("registering the node: %w", err)
+			}
+			return nil
+		case held.GetInstance() == a.cfg.Instance:
+			a.log.Warn("this node's previous run still holds its name: revoking that lease", "node", a.cfg.Node, "lease", fmt.Sprintf("%x", kv.Lease))
+			if _, err := a.cfg.Client.Revoke(ctx, clientv3.LeaseID(kv.Lease)); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				return fmt.Errorf("revoking the previous run's lease: %w", err)
+			}
+			continue
+		}
+		if !twin {
+			twin = true
+			why := fmt.Sprintf("another plugind (instance %s, version %s, registered %s) holds node name %q: two nodes with one name would overwrite each other's reports; give one a --node-name of its own", held.GetInstance(), held.GetVersion(), held.GetRegisteredAt().AsTime().Format(time.RFC3339), a.cfg.Node)
+			a.setFenced(why)
+			a.log.Error("not joining the fleet: "+why, "node", a.cfg.Node, "instance", a.cfg.Instance)
+		}
+		// Wait for the key to go (the other plugind stops or its lease
+		// lapses), then try again.
+		wctx, cancel := context.WithCancel(ctx)
+		wch := a.cfg.Client.Watch(wctx, key, clientv3.WithRev(resp.Header.GetRevision()+1))
+		gone := false
+		for !gone {
+			select {
+			case wr, ok := <-wch:
+				if !ok || wr.Err() != nil {
+					gone = true // recheck
+				}
+				for _, ev := range wr.Events {
+					if ev.Type == clientv3.EventTypeDelete {
+						gone = true
+					}
+				}
+			case <-sess.Done():
+				cancel()
+				return errLeaseLost
+			case <-ctx.Done():
+				cancel()
+				return ctx.Err()
+			}
+		}
+		cancel()
+	}
+}
+
+// setFenced sets why the node refuses to act ("": it does not).
+func (a *Agent) setFenced(why string) {
+	a.mu.Lock()
+	a.fenced = why
+	a.mu.Unlock()
 }
 
 // follow watches the fleet's plugins and this node's targets from after
@@ -478,9 +573,7 @@ func (a *Agent) checkDeletes(ctx context.Context, evs []*clientv3.Event) error {
 // word that the fleet's desired state is what etcd holds. Then it
 // registers again (the wipe took its node key) and resyncs.
 func (a *Agent) fence(ctx context.Context, sess *concurrency.Session, why error) error {
-	a.mu.Lock()
-	a.fenced = why.Error()
-	a.mu.Unlock()
+	a.setFenced(why.Error())
 	a.log.Error("refusing to act on the fleet's keys: the node keeps every plugin as it runs until the schema key is back (pluginctl fleet apply writes it)", "reason", why)
 	backoff := retryInitial
 	for {
@@ -500,14 +593,11 @@ func (a *Agent) fence(ctx context.Context, sess *concurrency.Session, why error)
 		}
 		backoff = min(2*backoff, retryMax)
 	}
-	node := &pb.FleetNode{Name: a.cfg.Node, Labels: a.cfg.Labels, Version: a.cfg.Version, RegisteredAt: timestamppb.Now()}
-	if _, err := a.cfg.Client.Put(ctx, a.keys.node(a.cfg.Node), encode(node), clientv3.WithLease(sess.Lease())); err != nil {
+	a.setFenced("")
+	if err := a.register(ctx, sess); err != nil {
 		return fmt.Errorf("registering the node again: %w", err)
 	}
 	clear(a.published) // the wipe took the status keys
-	a.mu.Lock()
-	a.fenced = ""
-	a.mu.Unlock()
 	a.log.Info("the fleet's schema key is back: following the fleet again")
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/plugincontrol/plugincontrol/fleet"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
@@ -293,5 +294,91 @@ func TestWipedEtcdUnloadsNothing(t *testing.T) {
 	nodes, err := f.store.Nodes(ctx)
 	if err != nil || len(nodes) != 1 || nodes[0].GetName() != "n1" {
 		t.Errorf("the node did not register again: %v %v", nodes, err)
+	}
+}
+
+// runAgent runs an agent of node n1 with instance on cli until the
+// returned stop is called.
+func runAgent(ctx context.Context, t *testing.T, cli *clientv3.Client, m *manager.Manager, instance string) (*fleet.Agent, *logTap, func()) {
+	t.Helper()
+	logs := newLogTap()
+	agent, err := fleet.NewAgent(fleet.AgentConfig{Client: cli, Prefix: "/twins", Node: "n1", Manager: m, Logger: slog.New(logs), Instance: instance, LeaseTTL: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); agent.Run(actx) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return agent, logs, stop
+}
+
+// nodeKey returns the instance and lease of the node key of n1.
+func nodeKey(ctx context.Context, t *testing.T, admin *clientv3.Client) (string, int64) {
+	t.Helper()
+	resp, err := admin.Get(ctx, "/twins/nodes/n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", 0
+	}
+	var n pb.FleetNode
+	if err := proto.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
+		t.Fatal(err)
+	}
+	return n.GetInstance(), resp.Kvs[0].Lease
+}
+
+// TestTwinRefused: a second plugind with the same node name (a cloned VM)
+// does not overwrite the first's keys: it says why, is fenced, and takes
+// the name once the first is gone. The same instance after a crash (its
+// previous lease still alive) takes its name back at once.
+func TestTwinRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	newClient := startEtcd(t)
+	m, err := manager.New(manager.Config{PluginDir: t.TempDir(), SocketDir: filepath.Join(t.TempDir(), "sock"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(context.Background()) })
+	admin := newClient()
+	t.Cleanup(func() { admin.Close() })
+	cliA, cliB := newClient(), newClient()
+	t.Cleanup(func() { cliA.Close(); cliB.Close() })
+
+	_, logsA, stopA := runAgent(ctx, t, cliA, m, "a")
+	logsA.wait(ctx, t, "fleet node registered")
+	b, logsB, stopB := runAgent(ctx, t, cliB, m, "b")
+	logsB.wait(ctx, t, "not joining the fleet")
+	if inst, _ := nodeKey(ctx, t, admin); inst != "a" {
+		t.Fatalf("the node key is %q's, want a's: the twin overwrote it", inst)
+	}
+	if f := b.Fenced(); !strings.Contains(f, `holds node name "n1"`) {
+		t.Fatalf("the twin's Fenced: %q", f)
+	}
+	stopA() // revokes a's lease
+	logsB.wait(ctx, t, "the other plugind with this node name is gone")
+	if inst, _ := nodeKey(ctx, t, admin); inst != "b" || b.Fenced() != "" {
+		t.Fatalf("after a left: node key of %q, fenced %q", inst, b.Fenced())
+	}
+
+	// b "crashes": its client goes away without revoking, its lease lives
+	// on (30s). The next run of b takes the name back at once.
+	cliB.Close()
+	stopB()
+	_, oldLease := nodeKey(ctx, t, admin)
+	if oldLease == 0 {
+		t.Fatal("b's crash took its node key")
+	}
+	cliB2 := newClient()
+	t.Cleanup(func() { cliB2.Close() })
+	_, logsB2, _ := runAgent(ctx, t, cliB2, m, "b")
+	logsB2.wait(ctx, t, "fleet node registered")
+	if inst, lease := nodeKey(ctx, t, admin); inst != "b" || lease == oldLease || lease == 0 {
+		t.Fatalf("b's next run: node key of %q under lease %x (old %x)", inst, lease, oldLease)
 	}
 }

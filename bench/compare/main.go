@@ -44,7 +44,7 @@ import (
 var (
 	flagBase      = flag.String("base", "HEAD~1", "the commit to compare the working tree with")
 	flagRounds    = flag.Int("rounds", 7, "interleaved rounds per scenario")
-	flagTolerance = flag.Float64("tolerance", 0.25, "fail when a ratio exceeds 1 + tolerance")
+	flagTolerance = flag.Float64("tolerance", 0.30, "fail when a ratio exceeds 1 + tolerance (twice: a scenario past it is measured again)")
 	flagRuns      = flag.Int("runs", 1, "whole comparisons to run (the spread of ratios is printed with more than one)")
 	flagWatchers  = flag.Int("watchers", 500, "WatchHealth streams of the fan-out scenario")
 )
@@ -173,35 +173,53 @@ func compare(tmp, bins, plugins string) (map[string]float64, error) {
 			fmt.Printf("| %s | — | — | not compared: %s has no direct path |\n", s.name, map[bool]string{true: "base", false: "head"}[ds[0].dt == nil])
 			continue
 		}
-		samples := [2][]float64{}
-		// Warm-up, then rounds in alternating order.
-		for _, d := range ds {
-			if _, err := s.measure(ctx, d); err != nil {
-				return nil, fmt.Errorf("%s on %s: %w", s.name, d.name, err)
-			}
+		ratio, b, h, err := measure(ctx, s, ds, *flagRounds)
+		if err != nil {
+			return nil, err
 		}
-		for r := range *flagRounds {
-			order := []int{0, 1}
-			if r%2 == 1 {
-				order = []int{1, 0}
+		if ratio > 1+*flagTolerance && *flagRuns == 1 {
+			// Past the tolerance: measured again, twice as long, before it
+			// counts (a burst of other work on the machine passes; a
+			// regression stays).
+			fmt.Printf("| %s | %s | %s | %.2f: measuring again |\n", s.name, format(s, b), format(s, h), ratio)
+			if ratio, b, h, err = measure(ctx, s, ds, 2**flagRounds); err != nil {
+				return nil, err
 			}
-			for _, i := range order {
-				v, err := s.measure(ctx, ds[i])
-				if err != nil {
-					return nil, fmt.Errorf("%s on %s: %w", s.name, ds[i].name, err)
-				}
-				samples[i] = append(samples[i], v)
-			}
-		}
-		b, h := median(samples[0]), median(samples[1])
-		ratio := h / b
-		if s.rate {
-			ratio = b / h
 		}
 		out[s.name] = ratio
 		fmt.Printf("| %s | %s | %s | %.2f |\n", s.name, format(s, b), format(s, h), ratio)
 	}
 	return out, nil
+}
+
+// measure runs s on both daemons, a warm-up, then rounds in alternating
+// order, and returns the ratio (>1: head slower) and the two medians.
+func measure(ctx context.Context, s scenario, ds []*daemon, rounds int) (ratio, b, h float64, err error) {
+	samples := [2][]float64{}
+	for _, d := range ds {
+		if _, err := s.measure(ctx, d); err != nil {
+			return 0, 0, 0, fmt.Errorf("%s on %s: %w", s.name, d.name, err)
+		}
+	}
+	for r := range rounds {
+		order := []int{0, 1}
+		if r%2 == 1 {
+			order = []int{1, 0}
+		}
+		for _, i := range order {
+			v, err := s.measure(ctx, ds[i])
+			if err != nil {
+				return 0, 0, 0, fmt.Errorf("%s on %s: %w", s.name, ds[i].name, err)
+			}
+			samples[i] = append(samples[i], v)
+		}
+	}
+	b, h = median(samples[0]), median(samples[1])
+	ratio = h / b
+	if s.rate {
+		ratio = b / h
+	}
+	return ratio, b, h, nil
 }
 
 func format(s scenario, v float64) string {

@@ -3,11 +3,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +23,7 @@ import (
 	"google.golang.org/grpc/backoff"
 
 	"github.com/plugincontrol/plugincontrol/fleet"
+	"github.com/plugincontrol/plugincontrol/internal/proc"
 	"github.com/plugincontrol/plugincontrol/internal/version"
 	"github.com/plugincontrol/plugincontrol/manager"
 )
@@ -83,9 +88,18 @@ func joinFleet(cfg config, m *manager.Manager, log *slog.Logger, lease int64, le
 	if leaseNode != node {
 		lease = 0 // another node name: a new lease
 	}
+	id, err := stateID(cfg.stateDir)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
 	agent, err := fleet.NewAgent(fleet.AgentConfig{
 		Client: cli, Prefix: cfg.fleetPrefix, Node: node, Labels: labels, Version: v,
 		Manager: m, Logger: log, LeaseTTL: cfg.fleetLeaseTTL, InheritLease: lease,
+		// The state directory's id tells this plugind from a twin with a
+		// copy of its configuration; the boot id from a clone of the
+		// whole machine, state directory included.
+		Instance: id + "@" + proc.BootID(),
 	})
 	if err != nil {
 		cli.Close()
@@ -126,4 +140,22 @@ func (f *fleetMember) handover() int64 {
 		f.stop = nil
 	}
 	return f.agent.Lease()
+}
+
+// stateID returns the id of the state directory (<state-dir>/instance-id,
+// random, made on first use).
+func stateID(stateDir string) (string, error) {
+	path := filepath.Join(stateDir, "instance-id")
+	if b, err := os.ReadFile(path); err == nil && len(bytes.TrimSpace(b)) > 0 {
+		return string(bytes.TrimSpace(b)), nil
+	}
+	var r [16]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	id := hex.EncodeToString(r[:])
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("the state directory's instance id: %w", err)
+	}
+	return id, nil
 }

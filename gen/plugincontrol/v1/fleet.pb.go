@@ -241,7 +241,13 @@ type FleetNode struct {
 	// version is the node's plugind version.
 	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
 	// registered_at is when the node registered its current lease.
-	RegisteredAt  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
+	RegisteredAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
+	// instance identifies the plugind behind the name: its state directory's
+	// id and the host's boot id. A second plugind with the same name and
+	// another instance (a cloned VM, a copied configuration) is refused
+	// rather than overwriting this node's keys; the same instance after a
+	// crash takes its name back at once.
+	Instance      string `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -302,6 +308,13 @@ func (x *FleetNode) GetRegisteredAt() *timestamppb.Timestamp {
 		return x.RegisteredAt
 	}
 	return nil
+}
+
+func (x *FleetNode) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
 }
 
 // FleetPlugin is the desired state of one plugin across the fleet.
@@ -2223,12 +2236,13 @@ var File_plugincontrol_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1cplugincontrol/v1/fleet.proto\x12\x10plugincontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bplugincontrol/v1/spec.proto\"\xf6\x01\n" +
+	"\x1cplugincontrol/v1/fleet.proto\x12\x10plugincontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bplugincontrol/v1/spec.proto\"\x92\x02\n" +
 	"\tFleetNode\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12?\n" +
 	"\x06labels\x18\x02 \x03(\v2'.plugincontrol.v1.FleetNode.LabelsEntryR\x06labels\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12?\n" +
-	"\rregistered_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x1a9\n" +
+	"\rregistered_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x12\x1a\n" +
+	"\binstance\x18\x05 \x01(\tR\binstance\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x02\n" +
