@@ -837,6 +837,10 @@ func (a *Agent) publish(ctx context.Context, lease clientv3.LeaseID) {
 			st.Generation = s.Generation
 			st.State = pb.PluginState(s.State)
 			st.SpecDigest = spec.Digest(wire.SpecProto(s.Spec))
+			if hs, _, err := a.cfg.Manager.Health([]string{name}); err == nil && len(hs) == 1 {
+				b := hs[0].Bake
+				st.Baking = b != nil && b.Result == manager.BakeBaking && b.Generation == s.Generation
+			}
 			// Applied here, and now the node runs something else: its bake
 			// reverted it. Not tried again until the spec changes.
 			if wanted && a.applied[name] == w.digest && st.SpecDigest != w.digest && a.failed[name] != w.digest {

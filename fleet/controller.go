@@ -109,6 +109,11 @@ func (c *Controller) lead(ctx context.Context) error {
 	}
 	c.log.Info("leading the fleet's rollouts")
 	leader := clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev())
+	// The times in the records are the previous leader's clock: each
+	// active rollout's bakes and progress deadline start over on this
+	// one's the first time it steps it (longer, never shorter, when the
+	// clocks disagree).
+	rebased := map[string]bool{}
 	tick := time.NewTicker(c.interval)
 	defer tick.Stop()
 	for {
@@ -119,7 +124,7 @@ func (c *Controller) lead(ctx context.Context) error {
 			return errors.New("the election lease was lost")
 		case <-tick.C:
 		}
-		if err := c.stepAll(ctx, leader); err != nil {
+		if err := c.stepAll(ctx, leader, rebased); err != nil {
 			c.log.Debug("stepping rollouts", "error", err)
 		}
 	}
@@ -128,7 +133,7 @@ func (c *Controller) lead(ctx context.Context) error {
 // stepAll steps every active rollout once. With none active it reads the
 // rollouts only; with some, the live nodes (keys only) and, per active
 // rollout, its plugin and its nodes' reports.
-func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp) error {
+func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased map[string]bool) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, err := c.cli.Get(ctx, c.keys.rollouts(), clientv3.WithPrefix())
@@ -173,7 +178,11 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp) error {
 			}
 		}
 		before := encode(r)
-		writes := c.step(r, selector, live, statuses, time.Now())
+		now := time.Now()
+		if !rebased[name] {
+			rebase(r, now)
+		}
+		writes := c.step(r, selector, live, statuses, now)
 		if encode(r) == before && len(writes) == 0 {
 			continue
 		}
@@ -184,11 +193,28 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp) error {
 		if err != nil {
 			return err
 		}
+		if ok {
+			rebased[name] = true
+		}
 		if ok && !active(r) {
 			c.log.Info("rollout ended", "plugin", name, "state", r.GetState().String(), "reason", r.GetReason())
 		}
 	}
 	return nil
+}
+
+// rebase restarts, on a new leader's clock (now), what r timed on the
+// previous leader's: the bake of each node serving the new spec, and the
+// progress deadline.
+func rebase(r *pb.Rollout, now time.Time) {
+	for _, n := range r.GetNodes() {
+		if n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING && n.GetServingSince() != nil {
+			n.ServingSince = timestamppb.New(now)
+		}
+	}
+	if r.GetProgressedAt() != nil {
+		r.ProgressedAt = timestamppb.New(now)
+	}
 }
 
 // defaultProgressDeadline is RolloutStrategy.progress_deadline's default,
@@ -235,7 +261,11 @@ func (c *Controller) step(r *pb.Rollout, selector map[string]string, live map[st
 			if n.GetServingSince() == nil {
 				n.ServingSince = timestamppb.New(now)
 			}
-			if now.Sub(n.GetServingSince().AsTime()) >= bake {
+			// Both clocks: the leader's (a node that loaded the plugin
+			// afresh has no bake of its own) and, for a reload, the
+			// node's own bake, which a leader whose clock runs ahead
+			// cannot cut short.
+			if now.Sub(n.GetServingSince().AsTime()) >= bake && !st.GetBaking() {
 				n.State = pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATED
 			}
 		}

@@ -167,6 +167,31 @@ func TestStep(t *testing.T) {
 	if r.GetNodes()[0].GetState() != updated {
 		t.Fatalf("not updated after its bake: %s", states(r))
 	}
+	// A node still baking by its own clock is not updated, whatever the
+	// leader's clock says.
+	r = mk(updating, pending, pending)
+	r.Nodes[0].ServingSince = timestamppb.New(now.Add(-time.Hour))
+	bakingSt := serving(to)
+	bakingSt.Baking = true
+	c.step(r, nil, live, map[string]*pb.FleetPluginStatus{"a/p": bakingSt}, now)
+	if r.GetNodes()[0].GetState() != updating {
+		t.Fatalf("updated while the node bakes: %s", states(r))
+	}
+	c.step(r, nil, live, st, now)
+	if r.GetNodes()[0].GetState() != updated {
+		t.Fatalf("not updated once the node's bake ended: %s", states(r))
+	}
+	// A new leader times the bakes and the progress deadline on its own
+	// clock: a leader whose clock runs an hour ahead does not cut them.
+	r = mk(updating, pending, pending)
+	r.Nodes[0].ServingSince = timestamppb.New(now)
+	r.ProgressedAt = timestamppb.New(now)
+	ahead := now.Add(time.Hour)
+	rebase(r, ahead)
+	c.step(r, nil, live, st, ahead)
+	if r.GetNodes()[0].GetState() != updating || !r.GetProgressedAt().AsTime().Equal(ahead) {
+		t.Fatalf("a leader with its clock ahead: %s, progressed at %v", states(r), r.GetProgressedAt().AsTime())
+	}
 	// A node that served the new spec and runs the old one again reverted.
 	r = mk(updating, pending, pending)
 	r.Nodes[0].ServingSince = timestamppb.New(now)

@@ -415,8 +415,13 @@ type FleetPluginStatus struct {
 	// node (its candidate failed, or it was reverted during its bake); ""
 	// when none failed since the last success.
 	FailedSpecDigest string `protobuf:"bytes,8,opt,name=failed_spec_digest,json=failedSpecDigest,proto3" json:"failed_spec_digest,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// baking is set while the node bakes its current generation (a reload
+	// with a bake period: the previous process is kept warm and the node
+	// reverts by itself if the new one fails). A rollout counts the node as
+	// updated only once its bake ended, by the node's own clock.
+	Baking        bool `protobuf:"varint,9,opt,name=baking,proto3" json:"baking,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FleetPluginStatus) Reset() {
@@ -503,6 +508,13 @@ func (x *FleetPluginStatus) GetFailedSpecDigest() string {
 		return x.FailedSpecDigest
 	}
 	return ""
+}
+
+func (x *FleetPluginStatus) GetBaking() bool {
+	if x != nil {
+		return x.Baking
+	}
+	return false
 }
 
 // FleetTarget overrides, for one node, the spec it runs of a fleet plugin
@@ -2254,7 +2266,7 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"specDigest\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd5\x02\n" +
 	"\x11FleetPluginStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x1e\n" +
@@ -2268,7 +2280,8 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"last_error\x18\x06 \x01(\tR\tlastError\x129\n" +
 	"\n" +
 	"updated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12,\n" +
-	"\x12failed_spec_digest\x18\b \x01(\tR\x10failedSpecDigest\"\x8f\x01\n" +
+	"\x12failed_spec_digest\x18\b \x01(\tR\x10failedSpecDigest\x12\x16\n" +
+	"\x06baking\x18\t \x01(\bR\x06baking\"\x8f\x01\n" +
 	"\vFleetTarget\x120\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\x04spec\x12\x1f\n" +
 	"\vspec_digest\x18\x02 \x01(\tR\n" +
