@@ -366,9 +366,10 @@ func TestTwinRefused(t *testing.T) {
 		t.Fatalf("after a left: node key of %q, fenced %q", inst, b.Fenced())
 	}
 
-	// b "crashes": its client goes away without revoking, its lease lives
-	// on (30s). The next run of b takes the name back at once.
-	cliB.Close()
+	// b "crashes": it ends without revoking its lease, which lives on
+	// (30s) with nothing renewing it. The next run of b takes the name
+	// back at once.
+	b.Handover()
 	stopB()
 	_, oldLease := nodeKey(ctx, t, admin)
 	if oldLease == 0 {

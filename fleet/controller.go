@@ -143,7 +143,17 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased m
 	var live map[string]bool
 	for _, kv := range resp.Kvs {
 		r := &pb.Rollout{}
-		if err := decode(string(kv.Key), kv.Value, r); err != nil || !active(r) {
+		if err := decode(string(kv.Key), kv.Value, r); err != nil {
+			continue
+		}
+		if !active(r) {
+			if r.GetCleanupPending() {
+				// Ended, its targets not all deleted (a crash midway):
+				// finish.
+				if err := finishCleanup(ctx, c.cli, string(kv.Key), r, kv.ModRevision, targetDeletes(c.keys, r)); err != nil {
+					return err
+				}
+			}
 			continue
 		}
 		name := r.GetPlugin()
@@ -187,9 +197,26 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased m
 			continue
 		}
 		r.UpdatedAt, r.Controller = timestamppb.Now(), c.node
-		ok, _, err := commitChunked(ctx, c.cli,
-			[]clientv3.Cmp{leader, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)},
-			writes, []clientv3.Op{clientv3.OpPut(string(kv.Key), encode(r))})
+		guards := []clientv3.Cmp{leader, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)}
+		var ok bool
+		if active(r) {
+			// A wave's targets first, then the record: a step cut short
+			// is stepped again (target writes are idempotent), and an
+			// abort meanwhile (its record first) fails the guard.
+			ok, _, err = commitChunked(ctx, c.cli, guards, writes, []clientv3.Op{clientv3.OpPut(string(kv.Key), encode(r))})
+		} else {
+			// The end: the record (and the plugin's new spec) first,
+			// then the targets' deletes (commitEnded).
+			var head, deletes []clientv3.Op
+			for _, op := range writes {
+				if op.IsDelete() {
+					deletes = append(deletes, op)
+				} else {
+					head = append(head, op)
+				}
+			}
+			ok, _, err = commitEnded(ctx, c.cli, guards, string(kv.Key), r, head, deletes)
+		}
 		if err != nil {
 			return err
 		}

@@ -139,6 +139,64 @@ func commitChunked(ctx context.Context, cli *clientv3.Client, guards []clientv3.
 	return resp.Succeeded, resp, nil
 }
 
+// commitEnded commits the end of a rollout (r, at key; !active(r)): the
+// record first, with head (the plugin's new spec, on success), guarded by
+// guards, then deletes (its targets). When they do not all fit in one
+// transaction, the record is written with cleanup_pending, the deletes
+// follow in chunks guarded by that record's revision (a new rollout
+// rewriting it stops them: it deletes what it plans itself), and the
+// record is written again without the flag. With the record first, a
+// rollout's own writes (a wave's targets, in chunks) cannot land after its
+// end: their guard is the record's previous revision. A crash midway
+// leaves the flag, and the controller finishes the deletes. It reports
+// whether the first transaction's guards held.
+func commitEnded(ctx context.Context, cli *clientv3.Client, guards []clientv3.Cmp, key string, r *pb.Rollout, head, deletes []clientv3.Op) (bool, *clientv3.TxnResponse, error) {
+	if len(head)+len(deletes)+1 <= maxTxnOps {
+		r.CleanupPending = false
+		resp, err := cli.Txn(ctx).If(guards...).Then(append(append(head, deletes...), clientv3.OpPut(key, encode(r)))...).Commit()
+		if err != nil {
+			return false, nil, err
+		}
+		return resp.Succeeded, resp, nil
+	}
+	r.CleanupPending = true
+	first, err := cli.Txn(ctx).If(guards...).Then(append(head, clientv3.OpPut(key, encode(r)))...).Commit()
+	if err != nil || !first.Succeeded {
+		return false, first, err
+	}
+	return true, first, finishCleanup(ctx, cli, key, r, first.Header.GetRevision(), deletes)
+}
+
+// finishCleanup deletes an ended rollout's targets (deletes) in chunks
+// while its record (at key) is still at revision rev, then clears its
+// cleanup_pending.
+func finishCleanup(ctx context.Context, cli *clientv3.Client, key string, r *pb.Rollout, rev int64, deletes []clientv3.Op) error {
+	held := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
+	for len(deletes) > 0 {
+		n := min(len(deletes), maxTxnOps)
+		resp, err := cli.Txn(ctx).If(held).Then(deletes[:n]...).Commit()
+		if err != nil {
+			return err
+		}
+		if !resp.Succeeded {
+			return nil // rewritten meanwhile (a new rollout): its own
+		}
+		deletes = deletes[n:]
+	}
+	r.CleanupPending = false
+	_, err := cli.Txn(ctx).If(held).Then(clientv3.OpPut(key, encode(r))).Commit()
+	return err
+}
+
+// targetDeletes are the deletes of the targets of every node r planned.
+func targetDeletes(k keys, r *pb.Rollout) []clientv3.Op {
+	var ops []clientv3.Op
+	for _, n := range r.GetNodes() {
+		ops = append(ops, clientv3.OpDelete(k.target(n.GetNode(), r.GetPlugin())))
+	}
+	return ops
+}
+
 // grantTimeout bounds the grant of a session's lease: an etcd that cannot
 // be reached (or refuses the client's certificate) is reported and retried
 // rather than waited on forever.

@@ -44,12 +44,15 @@ func active(r *pb.Rollout) bool {
 // the plugin wait for it to end: each would leave those nodes' targets
 // behind, running a spec no record points at.
 func holding(r *pb.Rollout) bool {
-	return active(r) || r.GetState() == pb.RolloutState_ROLLOUT_STATE_HALTED
+	return active(r) || r.GetState() == pb.RolloutState_ROLLOUT_STATE_HALTED || r.GetCleanupPending()
 }
 
 // errHolding is ErrRolloutActive for a rollout that holds nodes, saying
 // what ends it.
 func errHolding(r *pb.Rollout) error {
+	if !active(r) && r.GetCleanupPending() {
+		return fmt.Errorf("%w: the rollout of %s ended and its targets are still being removed (the controller finishes that within a step); try again", ErrRolloutActive, r.GetPlugin())
+	}
 	if r.GetState() == pb.RolloutState_ROLLOUT_STATE_HALTED {
 		return fmt.Errorf("%w: the rollout of %s halted and keeps its updated nodes on its spec; abort it first (pluginctl fleet rollout abort %s rolls them back)", ErrRolloutActive, r.GetPlugin(), r.GetPlugin())
 	}
@@ -254,8 +257,16 @@ func (s *Store) ChangeRollout(ctx context.Context, name string, op RolloutOp) (*
 			return nil, fmt.Errorf("%w: cannot %s a rollout that is %s", ErrRolloutState, op, strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_"))
 		}
 		r.UpdatedAt = timestamppb.Now()
-		ok, resp, err := commitChunked(ctx, s.cli, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.keys.rollout(name)), "=", rev)},
-			ops, []clientv3.Op{clientv3.OpPut(s.keys.rollout(name), encode(withoutRevision(r)))})
+		guard := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.keys.rollout(name)), "=", rev)}
+		var ok bool
+		var resp *clientv3.TxnResponse
+		if active(r) || r.GetState() == pb.RolloutState_ROLLOUT_STATE_HALTED {
+			ok, resp, err = commitChunked(ctx, s.cli, guard, ops, []clientv3.Op{clientv3.OpPut(s.keys.rollout(name), encode(withoutRevision(r)))})
+		} else {
+			// Aborted: the record first, so that no wave of the controller
+			// (its targets written in chunks) lands after it.
+			ok, resp, err = commitEnded(ctx, s.cli, guard, s.keys.rollout(name), withoutRevision(r), nil, ops)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -2,6 +2,8 @@ package fleet_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,7 +86,7 @@ func TestRolloutBeyondOneTransaction(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if r.GetState() == state {
+			if r.GetState() == state && !r.GetCleanupPending() {
 				return r
 			}
 			if ctx.Err() != nil {
@@ -135,6 +137,58 @@ func TestRolloutBeyondOneTransaction(t *testing.T) {
 	}
 	if r.GetState() != pb.RolloutState_ROLLOUT_STATE_ROLLED_BACK || targets() != 0 {
 		t.Fatalf("aborted: %s, %d targets left", r.GetState(), targets())
+	}
+	if r, err := store.GetRollout(ctx, "greet"); err != nil || r.GetCleanupPending() {
+		t.Fatalf("the aborted record: cleanup pending %v (%v)", r.GetCleanupPending(), err)
+	}
+
+	// A controller that died between an end and its deletes left the
+	// record with cleanup_pending and the targets: a new rollout waits,
+	// and the controller finishes the deletes.
+	r.CleanupPending, r.Revision = true, 0
+	target, err := proto.Marshal(&pb.FleetTarget{Spec: to3, SpecDigest: spec.Digest(to3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []clientv3.Op
+	for _, n := range r.GetNodes() {
+		ops = append(ops, clientv3.OpPut(prefix+"/targets/"+n.GetNode()+"/greet", string(target)))
+	}
+	for len(ops) > 0 {
+		k := min(len(ops), 100)
+		if _, err := cli.Txn(ctx).Then(ops[:k]...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+		ops = ops[k:]
+	}
+	stopCtrl()
+	<-ctrlDone
+	rec, err := proto.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, prefix+"/rollouts/greet", string(rec)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.StartRollout(ctx, from, &pb.RolloutStrategy{}, true); !errors.Is(err, fleet.ErrRolloutActive) || !strings.Contains(err.Error(), "still being removed") {
+		t.Fatalf("a rollout while the last one's targets are removed: %v", err)
+	}
+	cctx2, stopCtrl2 := context.WithCancel(ctx)
+	ctrlDone2 := make(chan struct{})
+	go func() { defer close(ctrlDone2); _ = ctrl.Run(cctx2) }()
+	defer func() { stopCtrl2(); <-ctrlDone2 }()
+	for {
+		r, err := store.GetRollout(ctx, "greet")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.GetCleanupPending() && targets() == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("cleanup pending %v, %d targets left", r.GetCleanupPending(), targets())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("%d watch events and %d status writes by %d simulated nodes", counters.Events.Load(), counters.StatusWrites.Load(), nodes)
 }

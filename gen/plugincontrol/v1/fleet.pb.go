@@ -809,9 +809,16 @@ type Rollout struct {
 	Revision uint64 `protobuf:"varint,15,opt,name=revision,proto3" json:"revision,omitempty"`
 	// progressed_at is when a node of the current wave last settled, or the
 	// wave started: the strategy's progress_deadline runs from it.
-	ProgressedAt  *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=progressed_at,json=progressedAt,proto3" json:"progressed_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ProgressedAt *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=progressed_at,json=progressedAt,proto3" json:"progressed_at,omitempty"`
+	// cleanup_pending is set on an ended rollout (SUCCEEDED, ROLLED_BACK)
+	// whose per-node targets are still being deleted: more of them than one
+	// etcd transaction holds. The record is written first, so that nothing
+	// the rollout did can land after it; the controller finishes the
+	// deletes (again after a crash) and clears it. A new rollout of the
+	// plugin waits for it.
+	CleanupPending bool `protobuf:"varint,17,opt,name=cleanup_pending,json=cleanupPending,proto3" json:"cleanup_pending,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
@@ -954,6 +961,13 @@ func (x *Rollout) GetProgressedAt() *timestamppb.Timestamp {
 		return x.ProgressedAt
 	}
 	return nil
+}
+
+func (x *Rollout) GetCleanupPending() bool {
+	if x != nil {
+		return x.CleanupPending
+	}
+	return false
 }
 
 // StartRolloutRequest starts a rollout.
@@ -2301,7 +2315,7 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\x04wave\x18\x02 \x01(\rR\x04wave\x128\n" +
 	"\x05state\x18\x03 \x01(\x0e2\".plugincontrol.v1.RolloutNodeStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12?\n" +
-	"\rserving_since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fservingSince\"\xb0\x05\n" +
+	"\rserving_since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fservingSince\"\xd9\x05\n" +
 	"\aRollout\x12\x16\n" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x129\n" +
 	"\tfrom_spec\x18\x02 \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\bfromSpec\x125\n" +
@@ -2324,7 +2338,8 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"controller\x18\x0e \x01(\tR\n" +
 	"controller\x12\x1a\n" +
 	"\brevision\x18\x0f \x01(\x04R\brevision\x12?\n" +
-	"\rprogressed_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\fprogressedAt\"\xad\x01\n" +
+	"\rprogressed_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\fprogressedAt\x12'\n" +
+	"\x0fcleanup_pending\x18\x11 \x01(\bR\x0ecleanupPending\"\xad\x01\n" +
 	"\x13StartRolloutRequest\x120\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\x04spec\x12=\n" +
 	"\bstrategy\x18\x02 \x01(\v2!.plugincontrol.v1.RolloutStrategyR\bstrategy\x12%\n" +
