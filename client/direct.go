@@ -14,6 +14,7 @@ import (
 
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
@@ -77,6 +78,13 @@ func (c *Client) DialDirect(ctx context.Context, name string, opts ...grpc.DialO
 		grpc.WithResolvers(d.res),
 		grpc.WithContextDialer(d.dial),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// A dial is a local round trip to plugind: one that failed (the
+		// daemon restarting, a generation replaced under it) is tried
+		// again soon, not after gRPC's default second.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 		grpc.WithChainUnaryInterceptor(d.stats.unary),
 		grpc.WithChainStreamInterceptor(d.stats.stream),
 	}, opts...)...)
@@ -267,8 +275,9 @@ func (d *directConn) keep(l *directLease) {
 			if resp.GetDraining() {
 				// A reload or an unload: dial again (the active
 				// generation, or none); gRPC closes this connection once
-				// its calls are done, which ends the lease.
-				d.res.update("drain-" + strconv.FormatUint(l.gen, 10))
+				// its calls are done, which ends the lease. In a goroutine:
+				// gRPC may be closing a connection of this lease meanwhile.
+				go d.res.update("drain-" + strconv.FormatUint(l.gen, 10))
 			}
 		}
 		l.mu.Lock()
@@ -394,7 +403,10 @@ func (c *leasedConn) Close() error {
 			}
 		}
 		c.d.mu.Unlock()
-		c.l.close(c.d.stats)
+		// Not here: gRPC closes the connection from its own goroutines
+		// (a balancer switching generations), which the lease's last
+		// report and the daemon's answer must not hold up.
+		go c.l.close(c.d.stats)
 	})
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/plugincontrol/plugincontrol/client"
+	examplev1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/example/v1"
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
 
@@ -140,6 +141,32 @@ func ExampleClient_Load() {
 	// again: true
 	// invalid field: name
 	// unknown: true
+}
+
+// A connection of the caller's own to a plugin's process (the zero-hop
+// data path): calls do not pass through plugind, and the connection
+// follows the plugin's reloads.
+func ExampleClient_DialDirect() {
+	ctx, c, done := exampleClient()
+	defer done()
+	st, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "ticker", Binary: "ticker",
+		Handshake: &plugincontrolv1.Handshake{ProtocolVersion: 1, MagicCookieKey: "TICKER_PLUGIN", MagicCookieValue: "tick"}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	conn, err := c.DialDirect(ctx, "ticker")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	ticker := examplev1.NewTickerServiceClient(conn) // the plugin's own typed client
+	who, err := ticker.Whoami(ctx, &examplev1.WhoamiRequest{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("answered by the plugin's process:", who.GetPid() == st.GetPid())
+	// Output:
+	// answered by the plugin's process: true
 }
 
 // Connect to the local daemon (PLUGIND_ADDR, else the socket in the
