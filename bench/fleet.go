@@ -93,18 +93,20 @@ func runFleet(e *env) ([]row, error) {
 		if err != nil {
 			return nil, err
 		}
-		if got.GetWave() != lastWave || got.GetState() == pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		if got.GetWave() != lastWave || (got.GetState() == pb.RolloutState_ROLLOUT_STATE_SUCCEEDED && len(steps) < int(got.GetWaves())) {
 			progress("fleet: wave %d of %d, %s", got.GetWave(), got.GetWaves(), got.GetState())
 			now := time.Now()
 			steps = append(steps, now.Sub(waveStart[lastWave]))
 			lastWave = got.GetWave()
 			waveStart[lastWave] = now
 		}
-		if got.GetState() == pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		if got.GetState() == pb.RolloutState_ROLLOUT_STATE_SUCCEEDED && !got.GetCleanupPending() {
+			// Ended, and its targets deleted (written after the record
+			// when they do not fit in one transaction).
 			r = got
 			break
 		}
-		if got.GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING {
+		if got.GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING && got.GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
 			return nil, fmt.Errorf("fleet rollout ended %s: %s", got.GetState(), got.GetReason())
 		}
 		time.Sleep(10 * time.Millisecond)

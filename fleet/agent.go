@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -259,8 +260,9 @@ func runSessions(ctx context.Context, log *slog.Logger, ended string, session fu
 		if time.Since(start) > time.Minute {
 			backoff = retryInitial
 		}
-		log.Warn(ended, "error", err, "retry_in", backoff)
-		t := time.NewTimer(backoff)
+		wait := jittered(backoff)
+		log.Warn(ended, "error", err, "retry_in", wait)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -269,6 +271,12 @@ func runSessions(ctx context.Context, log *slog.Logger, ended string, session fu
 		}
 		backoff = min(2*backoff, retryMax)
 	}
+}
+
+// jittered spreads a retry of d over [d/2, 3d/2): a thousand nodes cut
+// off by one etcd blip do not all come back at the same instant.
+func jittered(d time.Duration) time.Duration {
+	return d/2 + rand.N(d)
 }
 
 // errLeaseLost ends a session whose lease expired or was revoked.
@@ -343,8 +351,9 @@ func (a *Agent) session(ctx context.Context) error {
 		if time.Since(start) > time.Minute {
 			backoff = retryInitial
 		}
-		a.log.Warn("fleet watch ended; resyncing within the node's lease", "error", err, "retry_in", backoff)
-		t := time.NewTimer(backoff)
+		wait := jittered(backoff)
+		a.log.Warn("fleet watch ended; resyncing within the node's lease", "error", err, "retry_in", wait)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -584,7 +593,7 @@ func (a *Agent) fence(ctx context.Context, sess *concurrency.Session, why error)
 		if ctx.Err() != nil || errors.Is(err, errLeaseLost) {
 			return err
 		}
-		t := time.NewTimer(backoff)
+		t := time.NewTimer(jittered(backoff))
 		select {
 		case <-ctx.Done():
 			t.Stop()
