@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/plugincontrol/plugincontrol/plugin"
 )
@@ -32,6 +33,13 @@ func main() {
 	// Serve prints it.
 	fmt.Printf("1|%d|unix|%s|grpc\n", plugin.HandshakeVersion, path)
 	lis.Close()
+	// Dies a moment later, not at once: the host's connect then meets a
+	// closed socket (Unavailable, which go-plugin's client tolerates) and
+	// its next stage fails, rather than go-plugin's own cancellation by
+	// the exit, which its Client() turns into an error that leaks its gRPC
+	// connection (the host then reports stage handshake). Well within the
+	// 100 ms the host gives an exit to show.
+	time.Sleep(30 * time.Millisecond)
 	if len(os.Args) > 1 && os.Args[1] == "-signal" {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {}
