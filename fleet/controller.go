@@ -116,12 +116,23 @@ func (c *Controller) lead(ctx context.Context) error {
 	rebased := map[string]bool{}
 	tick := time.NewTicker(c.interval)
 	defer tick.Stop()
+	// Leading ends when the election key goes (a wiped prefix), not only
+	// with the lease: a leader without its key fails every guarded write
+	// and would hold the rollouts forever.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	keyGone := c.cli.Watch(wctx, e.Key(), clientv3.WithRev(e.Rev()+1), clientv3.WithFilterPut())
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-sess.Done():
 			return errors.New("the election lease was lost")
+		case wr, ok := <-keyGone:
+			if !ok || wr.Err() != nil || len(wr.Events) > 0 {
+				return errors.New("the election key was deleted (or its watch ended): campaigning again")
+			}
+			continue
 		case <-tick.C:
 		}
 		if err := c.stepAll(ctx, leader, rebased); err != nil {

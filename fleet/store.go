@@ -54,7 +54,8 @@ func (s *Store) Nodes(ctx context.Context) ([]*pb.FleetNode, error) {
 }
 
 // Status returns the desired plugins (one when name is set), the live
-// nodes' reports of them and the live nodes, read at one revision.
+// nodes' reports of them, the live nodes and the controller's leader, read
+// at one revision.
 func (s *Store) Status(ctx context.Context, name string) (*pb.FleetStatusResponse, error) {
 	pluginKey, pluginOpts := s.keys.plugins(), []clientv3.OpOption{clientv3.WithPrefix()}
 	statusKey := s.keys.statuses()
@@ -65,11 +66,16 @@ func (s *Store) Status(ctx context.Context, name string) (*pb.FleetStatusRespons
 		clientv3.OpGet(pluginKey, pluginOpts...),
 		clientv3.OpGet(statusKey, clientv3.WithPrefix()),
 		clientv3.OpGet(s.keys.nodes(), clientv3.WithPrefix()),
+		// The election's leader: its oldest key (concurrency.Election).
+		clientv3.OpGet(s.keys.election()+"/", clientv3.WithFirstCreate()...),
 	).Commit()
 	if err != nil {
 		return nil, err
 	}
 	out := &pb.FleetStatusResponse{}
+	if kvs := txn.Responses[3].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		out.Leader = string(kvs[0].Value)
+	}
 	for _, kv := range txn.Responses[0].GetResponseRange().GetKvs() {
 		p, err := decodePlugin(kv)
 		if err != nil {

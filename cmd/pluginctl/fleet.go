@@ -137,7 +137,15 @@ func renderFleetStatus(w io.Writer, p palette, resp *plugincontrolv1.FleetStatus
 		}
 		s.add(txt(st.GetPlugin()), txt(st.GetNode()), txt(strconv.FormatUint(st.GetGeneration(), 10)), stateCell(st.GetState()), txt(conv), txt(cell(st.GetLastError())))
 	}
-	return s.write(w, p)
+	if err := s.write(w, p); err != nil {
+		return err
+	}
+	leader := resp.GetLeader()
+	if leader == "" {
+		leader = "none (no controller leads: rollouts wait)"
+	}
+	_, err := fmt.Fprintf(w, "\nrollouts led by: %s\n", leader)
+	return err
 }
 
 // readFleetPlugins reads FleetPlugin documents ({spec: ..., selector:

@@ -723,7 +723,7 @@ func TestWipedPrefix(t *testing.T) {
 		}
 	}
 	out, err := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", nodes[1].d.Addr(), "fleet", "status").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "FENCED:") {
+	if err != nil || !strings.Contains(string(out), "FENCED:") || !strings.Contains(string(out), "rollouts led by: ") {
 		t.Fatalf("pluginctl fleet status of a fenced node: %v\n%s", err, out)
 	}
 
@@ -753,4 +753,16 @@ func TestWipedPrefix(t *testing.T) {
 			t.Fatalf("%s after the restore: %v (%v), want greet generation 1 pid %d", n.name, st, err, pids[n.name])
 		}
 	}
+	// The wipe took the controllers' election too: one campaigned again
+	// and leads.
+	eventually(t, 30*time.Second, "a controller leads again", func() error {
+		st, err := fleetc.FleetStatus(ctx, &pb.FleetStatusRequest{})
+		if err != nil {
+			return err
+		}
+		if l := st.GetLeader(); l != "a" && l != "b" {
+			return fmt.Errorf("leader %q", l)
+		}
+		return nil
+	})
 }

@@ -1591,7 +1591,11 @@ type FleetStatusResponse struct {
 	// etcd rebuilt or restored from an older snapshot) while the node ran
 	// fleet plugins. It keeps them as they run until the schema is back
 	// (the next ApplyFleetPlugin writes it).
-	Fenced        string `protobuf:"bytes,4,opt,name=fenced,proto3" json:"fenced,omitempty"`
+	Fenced string `protobuf:"bytes,4,opt,name=fenced,proto3" json:"fenced,omitempty"`
+	// leader is the node whose controller drives the fleet's rollouts (the
+	// election's leader); "" when none leads (every controller is gone, or
+	// an election is under way).
+	Leader        string `protobuf:"bytes,5,opt,name=leader,proto3" json:"leader,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1650,6 +1654,13 @@ func (x *FleetStatusResponse) GetNodes() []*FleetNode {
 func (x *FleetStatusResponse) GetFenced() string {
 	if x != nil {
 		return x.Fenced
+	}
+	return ""
+}
+
+func (x *FleetStatusResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
 	}
 	return ""
 }
@@ -2366,12 +2377,13 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\x11ListNodesResponse\x121\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x1b.plugincontrol.v1.FleetNodeR\x05nodes\",\n" +
 	"\x12FleetStatusRequest\x12\x16\n" +
-	"\x06plugin\x18\x01 \x01(\tR\x06plugin\"\xda\x01\n" +
+	"\x06plugin\x18\x01 \x01(\tR\x06plugin\"\xf2\x01\n" +
 	"\x13FleetStatusResponse\x127\n" +
 	"\aplugins\x18\x01 \x03(\v2\x1d.plugincontrol.v1.FleetPluginR\aplugins\x12?\n" +
 	"\bstatuses\x18\x02 \x03(\v2#.plugincontrol.v1.FleetPluginStatusR\bstatuses\x121\n" +
 	"\x05nodes\x18\x03 \x03(\v2\x1b.plugincontrol.v1.FleetNodeR\x05nodes\x12\x16\n" +
-	"\x06fenced\x18\x04 \x01(\tR\x06fenced\"w\n" +
+	"\x06fenced\x18\x04 \x01(\tR\x06fenced\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\tR\x06leader\"w\n" +
 	"\x17ApplyFleetPluginRequest\x125\n" +
 	"\x06plugin\x18\x01 \x01(\v2\x1d.plugincontrol.v1.FleetPluginR\x06plugin\x12%\n" +
 	"\x0eallow_unpinned\x18\x02 \x01(\bR\rallowUnpinned\"Q\n" +
