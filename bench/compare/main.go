@@ -18,6 +18,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math"
@@ -51,11 +52,18 @@ var (
 
 func main() {
 	flag.Parse()
-	if err := run(); err != nil {
+	err := run()
+	switch {
+	case errors.Is(err, errSlower):
+		os.Exit(1) // said why already
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "bench-compare:", err)
 		os.Exit(2)
 	}
 }
+
+// errSlower: a scenario is slower than the base past the tolerance.
+var errSlower = errors.New("slower than the base")
 
 // daemon is one plugind under comparison.
 type daemon struct {
@@ -142,7 +150,7 @@ func run() error {
 	}
 	if len(worst) > 0 {
 		fmt.Printf("\nFAIL: slower than %s by more than %.0f%%: %s\n", *flagBase, *flagTolerance*100, strings.Join(worst, ", "))
-		os.Exit(1)
+		return errSlower // after the deferred cleanup of the worktree
 	}
 	fmt.Printf("\nok: no scenario slower than %s by more than %.0f%%\n", *flagBase, *flagTolerance*100)
 	return nil
