@@ -104,7 +104,7 @@ func startDaemon(e *env, tweaks ...func(*manager.Config)) (*daemon, error) {
 	metU, metS := met.ServerInterceptors()
 	d.srv = server.New(d.m, server.WithLogger(e.log), server.WithLimits(4<<20, 1024),
 		server.WithInterceptors([]grpc.UnaryServerInterceptor{metU}, []grpc.StreamServerInterceptor{metS}),
-		server.WithCallObserver(met.ObserveCall), server.WithDirectSocket(directSock))
+		server.WithCallObserver(met.ObserveCall), server.WithDirectSocket(directSock, metrics.CallDurationBuckets()))
 	met.InitializeServer(d.srv.GRPCServer())
 	go func() {
 		defer close(d.done)

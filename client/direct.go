@@ -66,7 +66,7 @@ func (c *Client) DialDirect(ctx context.Context, name string, opts ...grpc.DialO
 	d := &directConn{c: c, name: name, ctx: dctx, cancel: cancel, stats: newCallStats()}
 	// The first lease now: every reason not to connect shows here, not as
 	// failing calls.
-	first, err := d.lease(ctx, 0)
+	first, err := d.lease(ctx)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -175,7 +175,7 @@ func (d *directConn) dial(ctx context.Context, _ string) (net.Conn, error) {
 	d.mu.Unlock()
 	if l == nil {
 		var err error
-		if l, err = d.lease(ctx, 0); err != nil {
+		if l, err = d.lease(ctx); err != nil {
 			// Text only: a dial error carrying a status code would reach
 			// the callers as Internal; without one it is Unavailable.
 			return nil, errors.New(err.Error())
@@ -203,13 +203,13 @@ type directLease struct {
 	closed bool
 }
 
-// lease opens a Lease of generation gen (0: the active one) and, for a
-// new lease, receives its connection.
-func (d *directConn) lease(ctx context.Context, gen uint64) (*directLease, error) {
+// lease opens a Lease of the active generation and receives its
+// connection.
+func (d *directConn) lease(ctx context.Context) (*directLease, error) {
 	// Not d.ctx: a lease outlives the ClientConn's Close until gRPC closes
 	// its connection, after the calls on it ended.
 	lctx, cancel := context.WithCancel(context.Background())
-	stream, resp, err := d.openLease(ctx, lctx, gen)
+	stream, resp, err := d.openLease(ctx, lctx, 0)
 	if err != nil {
 		cancel()
 		return nil, err

@@ -147,8 +147,7 @@ func TestDialDirect(t *testing.T) {
 		if ctx.Err() != nil {
 			t.Fatalf("%s = %v, want %d", metric, scrape(t, metricsAddr, metric), calls.Load())
 		}
-		// Reports go every second: time is what this waits for.
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // time is what this waits for: reports go every second, and only /metrics shows them
 	}
 
 	// plugind dies (live restore keeps the plugin): the connection does
@@ -184,7 +183,7 @@ func TestDialDirect(t *testing.T) {
 		if ctx.Err() != nil {
 			t.Fatalf("%s stays 0 after plugind came back", leases)
 		}
-		time.Sleep(20 * time.Millisecond) // polls a metric: no event says the lease is back
+		time.Sleep(20 * time.Millisecond) // polls /metrics: no API event says the lease was taken again
 	}
 	rs, err := c.Reload(ctx, "ticker")
 	if err != nil {

@@ -367,9 +367,6 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 }
 
-// errTwin: another plugind holds this node's name.
-var errTwin = errors.New("fleet: another plugind holds this node name")
-
 // register writes the node key under the session's lease, unless another
 // instance holds it (a twin: wait until it is gone, fenced meanwhile). A
 // key of this instance under another lease is this plugind's previous run:
@@ -846,17 +843,18 @@ func (a *Agent) publish(ctx context.Context, lease clientv3.LeaseID) {
 			st.Generation = s.Generation
 			st.State = pb.PluginState(s.State)
 			st.SpecDigest = spec.Digest(wire.SpecProto(s.Spec))
+			var bake *manager.BakeStatus // the plugin's current or last bake
 			if hs, _, err := a.cfg.Manager.Health([]string{name}); err == nil && len(hs) == 1 {
-				b := hs[0].Bake
-				st.Baking = b != nil && b.Result == manager.BakeBaking && b.Generation == s.Generation
+				bake = hs[0].Bake
 			}
+			st.Baking = bake != nil && bake.Result == manager.BakeBaking && bake.Generation == s.Generation
 			// Applied here, and now the node runs something else: its bake
 			// reverted it. Not tried again until the spec changes.
 			if wanted && a.applied[name] == w.digest && st.SpecDigest != w.digest && a.failed[name] != w.digest {
 				a.failed[name] = w.digest
 				a.lastErr[name] = "reverted during its bake"
-				if hs, _, err := a.cfg.Manager.Health([]string{name}); err == nil && len(hs) == 1 && hs[0].Bake != nil && hs[0].Bake.Reason != "" {
-					a.lastErr[name] += ": " + hs[0].Bake.Reason
+				if bake != nil && bake.Reason != "" {
+					a.lastErr[name] += ": " + bake.Reason
 				}
 				a.log.Warn("the fleet's spec was reverted here during its bake", "plugin", name, "digest", w.digest, "reason", a.lastErr[name])
 			}

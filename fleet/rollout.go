@@ -294,13 +294,11 @@ func withoutRevision(r *pb.Rollout) *pb.Rollout {
 // keep their state. Every planned node's target is deleted, PENDING ones
 // too: none may be left from an earlier rollout.
 func rollBack(k keys, r *pb.Rollout, reason string) []clientv3.Op {
-	var ops []clientv3.Op
 	for _, n := range r.GetNodes() {
-		ops = append(ops, clientv3.OpDelete(k.target(n.GetNode(), r.GetPlugin())))
 		if n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING || n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATED {
 			n.State = pb.RolloutNodeState_ROLLOUT_NODE_STATE_ROLLED_BACK
 		}
 	}
 	r.State, r.Reason = pb.RolloutState_ROLLOUT_STATE_ROLLED_BACK, reason
-	return ops
+	return targetDeletes(k, r)
 }

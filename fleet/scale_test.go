@@ -173,6 +173,11 @@ func TestRolloutBeyondOneTransaction(t *testing.T) {
 	if _, err := store.StartRollout(ctx, from, &pb.RolloutStrategy{}, true); !errors.Is(err, fleet.ErrRolloutActive) || !strings.Contains(err.Error(), "still being removed") {
 		t.Fatalf("a rollout while the last one's targets are removed: %v", err)
 	}
+	// Every change under the prefix wakes the check (the controller's
+	// deletes and its record write).
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	changes := cli.Watch(wctx, prefix+"/", clientv3.WithPrefix())
 	cctx2, stopCtrl2 := context.WithCancel(ctx)
 	ctrlDone2 := make(chan struct{})
 	go func() { defer close(ctrlDone2); _ = ctrl.Run(cctx2) }()
@@ -185,10 +190,11 @@ func TestRolloutBeyondOneTransaction(t *testing.T) {
 		if !r.GetCleanupPending() && targets() == 0 {
 			break
 		}
-		if ctx.Err() != nil {
+		select {
+		case <-changes:
+		case <-ctx.Done():
 			t.Fatalf("cleanup pending %v, %d targets left", r.GetCleanupPending(), targets())
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("%d watch events and %d status writes by %d simulated nodes", counters.Events.Load(), counters.StatusWrites.Load(), nodes)
 }

@@ -125,7 +125,7 @@ func New() *Metrics {
 		callTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "plugincontrol_plugin_call_duration_seconds",
 			Help:    "Duration of calls to plugins (Invoke and endpoints; streams until they end), by plugin and method.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5},
+			Buckets: CallDurationBuckets(),
 		}, []string{"plugin", "method"}),
 		leases: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "plugincontrol_plugin_direct_leases",
@@ -194,6 +194,13 @@ func (m *Metrics) ObserveCall(plugin, method string, code codes.Code, took time.
 		m.calls.WithLabelValues(plugin, cs.method, code.String()).Inc()
 	}
 	cs.took.Observe(took.Seconds())
+}
+
+// CallDurationBuckets are the upper bounds, in seconds, of
+// plugincontrol_plugin_call_duration_seconds: direct callers count their
+// calls into them (server.WithDirectSocket).
+func CallDurationBuckets() []float64 {
+	return []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5}
 }
 
 // ObserveDirectLease counts a direct lease of plugin taken (delta 1) or

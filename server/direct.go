@@ -46,9 +46,13 @@ const DirectTicketTTL = 10 * time.Second
 const directTicketLen = 32
 
 // WithDirectSocket names the unix socket path ServeDirect listens on, told
-// to Lease callers. Without it PluginDirectService refuses leases
+// to Lease callers, and the upper bounds (seconds) of the call observer's
+// duration histogram (metrics.CallDurationBuckets), which direct callers
+// count their calls into. Without it PluginDirectService refuses leases
 // (FailedPrecondition).
-func WithDirectSocket(path string) Option { return func(o *options) { o.directSocket = path } }
+func WithDirectSocket(path string, buckets []float64) Option {
+	return func(o *options) { o.directSocket, o.directBuckets = path, buckets }
+}
 
 // DirectLeaseObserver is told when a direct lease of a plugin is taken
 // (delta 1) and ended (-1) (package metrics' ObserveDirectLease).
@@ -120,12 +124,6 @@ type direct struct {
 	s *Server
 }
 
-// durationBuckets returns the bounds sent to callers for their reports:
-// those of plugincontrol_plugin_call_duration_seconds.
-func durationBuckets() []float64 {
-	return []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5}
-}
-
 // Lease holds a generation for a direct caller; see the proto.
 func (d *direct) Lease(stream grpc.BidiStreamingServer[pb.LeaseRequest, pb.LeaseResponse]) error {
 	s := d.s
@@ -168,7 +166,7 @@ func (d *direct) Lease(stream grpc.BidiStreamingServer[pb.LeaseRequest, pb.Lease
 		f(l.Plugin, 1)
 		defer f(l.Plugin, -1)
 	}
-	if err := stream.Send(&pb.LeaseResponse{Plugin: l.Plugin, Generation: l.Generation, Ticket: id[:], DirectSocket: s.opts.directSocket, DurationBuckets: durationBuckets()}); err != nil {
+	if err := stream.Send(&pb.LeaseResponse{Plugin: l.Plugin, Generation: l.Generation, Ticket: id[:], DirectSocket: s.opts.directSocket, DurationBuckets: s.opts.directBuckets}); err != nil {
 		return err
 	}
 
@@ -221,20 +219,23 @@ func (d *direct) Lease(stream grpc.BidiStreamingServer[pb.LeaseRequest, pb.Lease
 
 // observeReport adds a caller's counts to the call metrics, as if each
 // call had taken its bucket's bound (the slowest bucket: twice the last
-// bound).
+// bound; with no bounds, 0).
 func (s *Server) observeReport(plugin string, r *pb.CallReport) {
 	if s.opts.onCall == nil {
 		return
 	}
-	bounds := durationBuckets()
+	bounds := s.opts.directBuckets
 	for _, c := range r.GetCalls() {
 		for i, n := range c.GetBuckets() {
 			if i > len(bounds) {
 				break
 			}
-			took := 2 * bounds[len(bounds)-1]
-			if i < len(bounds) {
+			took := 0.0
+			switch {
+			case i < len(bounds):
 				took = bounds[i]
+			case len(bounds) > 0:
+				took = 2 * bounds[len(bounds)-1]
 			}
 			for range min(n, 1<<20) {
 				s.opts.onCall(plugin, c.GetMethod(), codes.Code(c.GetCode()), time.Duration(took*float64(time.Second)))
@@ -313,23 +314,4 @@ func (s *Server) serveTicket(c *net.UnixConn) {
 	if _, _, err := c.WriteMsgUnix([]byte{0}, syscall.UnixRights(int(f.Fd())), nil); err != nil {
 		s.log.Warn("direct socket: sending the connection", slog.String("plugin", tk.plugin), slog.Any("error", err))
 	}
-}
-
-// peerCred returns the uid and pid of c's peer (SO_PEERCRED).
-func peerCred(c *net.UnixConn) (uint32, int32, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return 0, 0, err
-	}
-	var cred *syscall.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	}); err != nil {
-		return 0, 0, err
-	}
-	if cerr != nil {
-		return 0, 0, cerr
-	}
-	return cred.Uid, cred.Pid, nil
 }

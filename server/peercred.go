@@ -31,18 +31,30 @@ func (l *credListener) Accept() (net.Conn, error) {
 	if !ok {
 		return c, nil
 	}
-	raw, err := uc.SyscallConn()
+	uid, pid, err := peerCred(uc)
 	if err != nil {
 		return c, nil
 	}
-	var cred *syscall.Ucred
-	_ = raw.Control(func(fd uintptr) {
-		cred, _ = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	})
-	if cred == nil {
-		return c, nil
+	return &credConn{UnixConn: uc, addr: PeerAddr{UID: uid, PID: pid}}, nil
+}
+
+// peerCred returns the uid and pid of c's peer (SO_PEERCRED).
+func peerCred(c *net.UnixConn) (uint32, int32, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, 0, err
 	}
-	return &credConn{UnixConn: uc, addr: PeerAddr{UID: cred.Uid, PID: cred.Pid}}, nil
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return 0, 0, err
+	}
+	if cerr != nil {
+		return 0, 0, cerr
+	}
+	return cred.Uid, cred.Pid, nil
 }
 
 type credConn struct {

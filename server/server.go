@@ -44,6 +44,7 @@ type options struct {
 	bookmarkInterval time.Duration
 	grpcOpts         []grpc.ServerOption
 	directSocket     string
+	directBuckets    []float64
 	onLease          DirectLeaseObserver
 	unaryInts        []grpc.UnaryServerInterceptor
 	streamInts       []grpc.StreamServerInterceptor

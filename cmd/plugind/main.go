@@ -268,7 +268,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, inh *inheritance, 
 		server.WithPanicStacks(cfg.panicStacks),
 	}
 	if cfg.directSocket != "" {
-		opts = append(opts, server.WithDirectSocket(cfg.directSocket), server.WithDirectLeaseObserver(met.ObserveDirectLease))
+		opts = append(opts, server.WithDirectSocket(cfg.directSocket, metrics.CallDurationBuckets()), server.WithDirectLeaseObserver(met.ObserveDirectLease))
 	}
 	if authCfg != nil {
 		opts = append(opts, server.WithAuth(authCfg))
