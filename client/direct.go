@@ -261,8 +261,7 @@ func (d *directConn) keep(l *directLease) {
 	defer close(l.ended)
 	// Short: until the lease is back a reload would stop the generation
 	// without waiting for this connection's calls.
-	const initial, most = 20 * time.Millisecond, time.Second
-	backoff := initial
+	b := Backoff{Initial: 20 * time.Millisecond, Max: time.Second}
 	for {
 		l.mu.Lock()
 		stream := l.stream
@@ -287,9 +286,7 @@ func (d *directConn) keep(l *directLease) {
 		if closed || d.ctx.Err() != nil {
 			return
 		}
-		select {
-		case <-time.After(backoff):
-		case <-d.ctx.Done():
+		if b.Wait(d.ctx) != nil {
 			return
 		}
 		lctx, cancel := context.WithCancel(context.Background())
@@ -307,13 +304,12 @@ func (d *directConn) keep(l *directLease) {
 			l.cancel()
 			l.stream, l.cancel = s, cancel
 			l.mu.Unlock()
-			backoff = initial
+			b.Reset()
 		case status.Code(err) == codes.FailedPrecondition: // not the active generation any more
 			cancel()
 			return
 		default:
 			cancel()
-			backoff = min(2*backoff, most)
 		}
 	}
 }

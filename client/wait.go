@@ -142,7 +142,7 @@ func (w *waiter) run(ctx context.Context, judge func(*plugincontrolv1.PluginHeal
 		return &UnhealthyError{Name: w.name, Generation: w.generation, Health: last, Reason: reason, Err: err}
 	}
 	var since uint64
-	backoff := defaultBackoffInitial
+	var b Backoff
 	for {
 		n, done, err := w.stream(ctx, &since, &last, judge)
 		switch {
@@ -164,19 +164,9 @@ func (w *waiter) run(ctx context.Context, judge func(*plugincontrolv1.PluginHeal
 			return wrapError(err)
 		}
 		if n > 0 {
-			backoff = defaultBackoffInitial
+			b.Reset()
 		}
-		if errors.Is(wrapError(err), ErrReloading) {
-			_ = sleepCtx(ctx, reloadRetry) // a reload in place: reconnect at once
-			continue
-		}
-		if w.opts.onReconnect != nil {
-			w.opts.onReconnect(wrapError(err), backoff)
-		}
-		if sleepCtx(ctx, backoff) != nil {
-			continue // reported by the next turn
-		}
-		backoff = min(2*backoff, defaultBackoffMax)
+		_ = b.pause(ctx, err, w.opts.onReconnect) // ctx's end is reported by the next turn
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
 
-// Reconnect backoff of Watch and WaitServing: 100ms, doubling, at most 5s;
+// Reconnect backoff of Watch and WaitServing (Backoff): 100ms, doubling, ±20%, at most 5s;
 // back to 100ms once a stream delivered an event. After a stream the daemon
 // ended because it reloads in place, they reconnect after reloadRetry (the
 // old image may still be draining; the new one serves within 100-200ms).
@@ -65,7 +65,7 @@ func WithCompactView() WatchOption { return func(o *watchOptions) { o.compact = 
 func WithSinceRevision(rev uint64) WatchOption { return func(o *watchOptions) { o.since = rev } }
 
 // WithBackoff sets the reconnect delay: initial, doubling per consecutive
-// failure up to max (defaults 100ms and 5s).
+// failure, ±20%, up to max (defaults 100ms and 5s; see Backoff).
 func WithBackoff(initial, max time.Duration) WatchOption {
 	return func(o *watchOptions) { o.backoffInit, o.backoffMax = initial, max }
 }
@@ -217,7 +217,7 @@ func (w *Watcher) run(ctx context.Context) {
 		}
 		close(w.done)
 	}()
-	backoff := w.opts.backoffInit
+	b := Backoff{Initial: w.opts.backoffInit, Max: w.opts.backoffMax}
 	for {
 		n, err := w.stream(ctx)
 		if ctx.Err() != nil {
@@ -229,25 +229,12 @@ func (w *Watcher) run(ctx context.Context) {
 			return
 		}
 		if n > 0 {
-			backoff = w.opts.backoffInit
+			b.Reset()
 		}
-		if errors.Is(wrapError(err), ErrReloading) {
-			// The daemon reloads in place: its next image takes the new
-			// stream (the connection waits in the socket's backlog).
-			if sleepCtx(ctx, reloadRetry) != nil {
-				w.stop(ctx.Err())
-				return
-			}
-			continue
-		}
-		if w.opts.onReconnect != nil {
-			w.opts.onReconnect(wrapError(err), backoff)
-		}
-		if sleepCtx(ctx, backoff) != nil {
+		if b.pause(ctx, err, w.opts.onReconnect) != nil {
 			w.stop(ctx.Err())
 			return
 		}
-		backoff = min(2*backoff, w.opts.backoffMax)
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/plugincontrol/plugincontrol/client"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/wire"
 	"github.com/plugincontrol/plugincontrol/manager"
@@ -229,12 +229,13 @@ func (a *Agent) Attach(ctx context.Context, name string) error {
 	return nil
 }
 
-// Retry delays of Run after a lost lease or an unreachable etcd: 500ms,
-// doubling, at most 10s.
-const (
-	retryInitial = 500 * time.Millisecond
-	retryMax     = 10 * time.Second
-)
+// retries paces Run after a lost lease or an unreachable etcd, and a
+// resync after a watch error: 500ms, doubling, at most 10s, each spread
+// over ±50% of itself, so a thousand nodes cut off by one etcd blip do not
+// all come back at the same instant.
+func retries() client.Backoff {
+	return client.Backoff{Initial: 500 * time.Millisecond, Max: 10 * time.Second, Jitter: 0.5}
+}
 
 // Run registers the node and reconciles until ctx ends. While etcd cannot
 // be reached it retries with backoff and changes nothing locally (fail
@@ -246,11 +247,10 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // runSessions runs session until ctx ends: after it returns, it logs
-// ended with the error and runs it again after a backoff (retryInitial,
-// doubling to retryMax; back to retryInitial after a session that lasted a
-// minute).
+// ended with the error and runs it again after a backoff (retries; back
+// to its first delay after a session that lasted a minute).
 func runSessions(ctx context.Context, log *slog.Logger, ended string, session func(context.Context) error) {
-	backoff := retryInitial
+	b := retries()
 	for {
 		start := time.Now()
 		err := session(ctx)
@@ -258,9 +258,9 @@ func runSessions(ctx context.Context, log *slog.Logger, ended string, session fu
 			return
 		}
 		if time.Since(start) > time.Minute {
-			backoff = retryInitial
+			b.Reset()
 		}
-		wait := jittered(backoff)
+		wait := b.Next()
 		log.Warn(ended, "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
@@ -269,14 +269,7 @@ func runSessions(ctx context.Context, log *slog.Logger, ended string, session fu
 			return
 		case <-t.C:
 		}
-		backoff = min(2*backoff, retryMax)
 	}
-}
-
-// jittered spreads a retry of d over [d/2, 3d/2): a thousand nodes cut
-// off by one etcd blip do not all come back at the same instant.
-func jittered(d time.Duration) time.Duration {
-	return d/2 + rand.N(d)
 }
 
 // errLeaseLost ends a session whose lease expired or was revoked.
@@ -330,7 +323,7 @@ func (a *Agent) session(ctx context.Context) error {
 	// a while) or a failed read is followed by a resync and a new watch in
 	// the same lease: only the lease's end (or ctx's) ends the session, so
 	// the node never drops out of the fleet for a watch error.
-	backoff := retryInitial
+	b := retries()
 	for {
 		start := time.Now()
 		rev, err := a.resync(ctx)
@@ -349,9 +342,9 @@ func (a *Agent) session(ctx context.Context) error {
 			continue // resync at once: the schema is back
 		}
 		if time.Since(start) > time.Minute {
-			backoff = retryInitial
+			b.Reset()
 		}
-		wait := jittered(backoff)
+		wait := b.Next()
 		a.log.Warn("fleet watch ended; resyncing within the node's lease", "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
@@ -363,7 +356,6 @@ func (a *Agent) session(ctx context.Context) error {
 			return errLeaseLost
 		case <-t.C:
 		}
-		backoff = min(2*backoff, retryMax)
 	}
 }
 
@@ -581,7 +573,7 @@ func (a *Agent) checkDeletes(ctx context.Context, evs []*clientv3.Event) error {
 func (a *Agent) fence(ctx context.Context, sess *concurrency.Session, why error) error {
 	a.setFenced(why.Error())
 	a.log.Error("refusing to act on the fleet's keys: the node keeps every plugin as it runs until the schema key is back (pluginctl fleet apply writes it)", "reason", why)
-	backoff := retryInitial
+	b := retries()
 	for {
 		err := a.waitSchema(ctx, sess)
 		if err == nil {
@@ -590,14 +582,9 @@ func (a *Agent) fence(ctx context.Context, sess *concurrency.Session, why error)
 		if ctx.Err() != nil || errors.Is(err, errLeaseLost) {
 			return err
 		}
-		t := time.NewTimer(jittered(backoff))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if b.Wait(ctx) != nil {
 			return ctx.Err()
-		case <-t.C:
 		}
-		backoff = min(2*backoff, retryMax)
 	}
 	a.setFenced("")
 	if err := a.register(ctx, sess); err != nil {
