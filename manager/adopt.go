@@ -31,23 +31,6 @@ func (e *entry) attached() {
 	}
 }
 
-// restoreState puts the lifecycle state of a reload's handover into e, a
-// plugin being restored, without publishing anything: nothing changed.
-// e.mu is not held; nothing else knows e yet.
-func (e *entry) restoreState(p *PluginHandover) {
-	e.generation = max(e.generation, p.Generation)
-	if p.PluginName != "" {
-		e.pluginName = p.PluginName
-	}
-	e.state, e.since, e.reason = p.State, p.Since, p.Reason
-	e.lastError, e.restarts, e.revision, e.consecutive = p.LastError, p.Restarts, p.Revision, p.Consecutive
-	e.restartLog = append([]time.Time(nil), p.RestartLog...)
-	e.faults.restore(p.Faults)
-	if b := p.Bake; b != nil {
-		e.bake = &bake{BakeStatus: b.Status, prevSpec: b.PreviousSpec.clone(), prevPluginName: b.PreviousPluginName}
-	}
-}
-
 // adoptOne takes over the running process a handover names for e: attach,
 // connect, ready probe. When that fails (the process is gone, its pid was
 // reused, it does not answer), the failure is audited as reattach-failed
@@ -68,11 +51,11 @@ func (m *Manager) adoptOne(ctx context.Context, e *entry, r PluginRecord, p *Plu
 		m.log.Warn("plugin not adopted: relaunching it", slog.String("plugin", e.name), slog.String("reason", why))
 		m.auditFailure(ctx, "reattach-failed", e.name, e.generation, nil, spec, fmt.Errorf("%s", why))
 		e.mu.Lock()
-		e.lastError = why
 		if p.Full && e.state != StateStarting && e.state != StateStopped {
 			// It was serving as handed over: it no longer is.
-			_ = m.transitionLocked(e, evExited, why+"; relaunching")
+			m.transitionLocked(e, evExited, why+"; relaunching")
 		}
+		e.failedLocked(why)
 		e.mu.Unlock()
 		r.Generation = max(r.Generation, e.generation)
 		m.restoreOne(ctx, e, r)
@@ -98,7 +81,7 @@ func (m *Manager) adoptOne(ctx context.Context, e *entry, r PluginRecord, p *Plu
 	// A reload: everything continues as it was; nothing is published.
 	if !m.startBackground(func() { m.watchExit(e, inst) }, func() {
 		e.mu.Lock()
-		e.active.Store(inst)
+		e.resumeLocked(inst)
 		e.mu.Unlock()
 		m.startLiveness(e, inst)
 	}) {
@@ -137,7 +120,7 @@ func (m *Manager) resumeBake(ctx context.Context, e *entry, p *PluginHandover) *
 	defer e.mu.Unlock()
 	if err != nil {
 		b.Result, b.Reason = BakeCancelled, "the previous generation's process could not be taken over by the reloaded daemon: "+err.Error()
-		_ = m.transitionLocked(e, evUpdated, "")
+		m.transitionLocked(e, evUpdated, "")
 		return nil
 	}
 	held.hold()
@@ -155,11 +138,6 @@ func (m *Manager) resumeBake(ctx context.Context, e *entry, p *PluginHandover) *
 func (m *Manager) attach(ctx context.Context, name string, pr *ProcessHandover, spec Spec) (*instance, error) {
 	if pr.Spec.Name != "" {
 		spec = pr.Spec // what the process runs (a bake's held process: the previous spec)
-		if spec.Protocol == nil {
-			if f := m.cfg.RestoreProtocol; f != nil {
-				spec.Protocol = f(spec)
-			}
-		}
 	}
 	p := m.protocolFor(&spec)
 	log := m.log.With(slog.String("plugin", name), slog.Uint64("generation", pr.Generation))
@@ -339,7 +317,7 @@ func (m *Manager) saveRuntime(e *entry) {
 		return
 	}
 	e.mu.Lock()
-	p := &PluginHandover{Name: e.name, Spec: e.spec.clone(), Generation: e.generation, PluginName: e.pluginName, Restarts: e.restarts, Endpoint: e.endpoint}
+	p := &PluginHandover{Name: e.name, Spec: e.spec.Clone(), Generation: e.generation, PluginName: e.pluginName, Restarts: e.restarts, Endpoint: e.endpoint}
 	e.mu.Unlock()
 	p.Active = inst.runtime()
 	lr.Save(p)

@@ -76,7 +76,7 @@ func (m *Manager) startBake(e *entry, inst, old *instance, prevSpec Spec, prevNa
 	e.mu.Lock()
 	e.bake = b
 	b.timer = time.AfterFunc(d, func() { m.startBackground(func() { m.gated(func() { m.endBake(e, gen) }) }) })
-	_ = m.transitionLocked(e, evUpdated, "")
+	m.transitionLocked(e, evUpdated, "")
 	e.mu.Unlock()
 	m.log.Info("bake started", slog.String("plugin", e.name), slog.Uint64("generation", gen),
 		slog.Uint64("previous_generation", old.generation()), slog.Duration("bake", d))
@@ -97,7 +97,7 @@ func (m *Manager) endBake(e *entry, gen uint64) {
 	}
 	prev := b.prev
 	b.prev, b.Result = nil, BakeKept
-	_ = m.transitionLocked(e, evUpdated, "")
+	m.transitionLocked(e, evUpdated, "")
 	e.mu.Unlock()
 	m.log.Info("bake passed: previous generation stopped", slog.String("plugin", e.name), slog.Uint64("generation", gen))
 	if prev != nil {
@@ -122,7 +122,7 @@ func (m *Manager) cancelBake(e *entry, why string) {
 		b.timer.Stop()
 	}
 	if !e.removed {
-		_ = m.transitionLocked(e, evUpdated, "")
+		m.transitionLocked(e, evUpdated, "")
 	}
 	e.mu.Unlock()
 	if prev != nil {
@@ -145,7 +145,7 @@ func (m *Manager) bakePrevExited(e *entry, inst *instance, reason string) bool {
 	if b.timer != nil {
 		b.timer.Stop()
 	}
-	_ = m.transitionLocked(e, evUpdated, "")
+	m.transitionLocked(e, evUpdated, "")
 	return true
 }
 
@@ -168,7 +168,7 @@ func (m *Manager) revert(e *entry, gen uint64, why string) {
 		return
 	}
 	prev, newGen := b.prev, gen+1
-	rec := PluginRecord{Name: e.name, Spec: b.prevSpec.clone(), Generation: newGen, PluginName: b.prevPluginName}
+	rec := PluginRecord{Name: e.name, Spec: b.prevSpec.Clone(), Generation: newGen, PluginName: b.prevPluginName}
 	e.mu.Unlock()
 
 	reason := fmt.Sprintf("generation %d failed during its bake (%s): reverted to the previous generation's process (pid %d), now generation %d",
@@ -189,7 +189,7 @@ func (m *Manager) revert(e *entry, gen uint64, why string) {
 		m.log.Error("revert not possible: it cannot be recorded; the bake is cancelled", slog.String("plugin", e.name), slog.String("error", err.Error()))
 		m.auditFailure(m.ctx, "revert", e.name, gen, prev, rec.Spec, err)
 		e.mu.Lock()
-		e.lastError = err.Error()
+		e.failedLocked(err.Error())
 		e.mu.Unlock()
 		m.cancelBake(e, err.Error())
 		return
@@ -200,13 +200,8 @@ func (m *Manager) revert(e *entry, gen uint64, why string) {
 		b.timer.Stop()
 	}
 	b.prev, b.Result, b.Reason, b.RevertedTo = nil, BakeReverted, why, newGen
-	e.generation = newGen
-	e.spec = rec.Spec
-	e.pluginName = rec.PluginName
-	e.lastError = reason
-	e.faults.reset(newGen)
-	e.active.Store(prev)
-	_ = m.transitionLocked(e, evActivated, "")
+	e.failedLocked(reason)
+	m.activateLocked(e, prev) // prev.spec and pluginName are rec's: the bake kept them
 	e.mu.Unlock()
 	m.log.Warn("plugin reverted", slog.String("plugin", e.name), slog.Uint64("failed_generation", gen),
 		slog.Uint64("generation", newGen), slog.Int("pid", prev.pid), slog.String("reason", why))

@@ -61,7 +61,7 @@ func BenchmarkRecover(b *testing.B) {
 // the windows judged, and the counts of every class read (what a health
 // record costs).
 func BenchmarkTracker(b *testing.B) {
-	p := HealthPolicy{}.withDefaults()
+	p := HealthPolicy{}.WithDefaults()
 	b.Run("count+judge", func(b *testing.B) {
 		b.ReportAllocs()
 		var t tracker

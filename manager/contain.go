@@ -3,12 +3,9 @@ package manager
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/plugincontrol/plugincontrol/internal/proc"
@@ -237,44 +234,9 @@ func (s *pidSet) has(pid int) bool {
 	return s.pids[pid]
 }
 
-// Resources are resource limits of a plugin's processes, enforced by its
-// cgroup (Containment ContainAuto on a host that delegates the
-// controllers); zero fields are not limited.
-type Resources struct {
-	// MemoryMax caps memory in bytes (memory.max).
-	MemoryMax int64
-	// PidsMax caps the number of processes (pids.max).
-	PidsMax int64
-	// CPUMax caps CPU as cpu.max does: "QUOTA PERIOD" in microseconds
-	// ("50000 100000" is half a CPU).
-	CPUMax string
-}
-
-func (r Resources) limits() proc.Limits {
+// limitsOf is r as the cgroup code spells it.
+func limitsOf(r Resources) proc.Limits {
 	return proc.Limits{MemoryMax: r.MemoryMax, PidsMax: r.PidsMax, CPUMax: r.CPUMax}
-}
-
-func (r Resources) set() bool { return r != Resources{} }
-
-func (r Resources) validate() error {
-	switch {
-	case r.MemoryMax < 0 || (r.MemoryMax > 0 && r.MemoryMax < 1<<20):
-		return &InvalidError{Field: "resources.memory_max_bytes", Reason: fmt.Sprintf("%d: want 0 (unlimited) or at least 1 MiB", r.MemoryMax)}
-	case r.PidsMax < 0:
-		return &InvalidError{Field: "resources.pids_max", Reason: fmt.Sprintf("%d is negative", r.PidsMax)}
-	case r.CPUMax != "":
-		f := strings.Fields(r.CPUMax)
-		var quota, period uint64
-		var err1, err2 error
-		if len(f) == 2 {
-			quota, err1 = strconv.ParseUint(f[0], 10, 32)
-			period, err2 = strconv.ParseUint(f[1], 10, 32)
-		}
-		if len(f) != 2 || err1 != nil || err2 != nil || quota < 1000 || period < 1000 || period > 1000000 {
-			return &InvalidError{Field: "resources.cpu_max", Reason: fmt.Sprintf("%q: want \"QUOTA PERIOD\" in microseconds (quota at least 1000, period 1000..1000000), such as \"50000 100000\" for half a CPU", truncate(r.CPUMax, 40))}
-		}
-	}
-	return nil
 }
 
 // ReaperMain runs this process as a manager's reaper and exits, when it

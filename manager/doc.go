@@ -19,9 +19,10 @@
 //		Plugins:   goplugin.PluginSet{"kv": &shared.KVGRPCPlugin{}},  // your GRPCPlugin, broker and all
 //		Dispense:  "kv",
 //	}
-//	m, _ := manager.New(manager.Config{PluginDir: "plugins"})
+//	m, _ := manager.New(manager.Config{PluginDir: "plugins",
+//		Protocol: func(manager.Spec) *manager.Protocol { return kv }}) // chosen per spec, at every launch
 //	defer m.Close(ctx)
-//	_, err := m.Load(ctx, manager.Spec{Name: "kv", Binary: "kv", Protocol: kv})
+//	_, err := m.Load(ctx, manager.Spec{Name: "kv", Binary: "kv"})
 //
 //	l, err := m.Acquire(ctx, "kv") // the active generation, held until Release
 //	if err != nil { ... }
@@ -43,6 +44,13 @@
 // says which lifecycle event leads from which state to which, and
 // transitionLocked is the only code that changes a plugin's state, its
 // since and its reason, and the only code that publishes its health.
+// lifecycle.go also owns the rest of the lifecycle: activateLocked is the
+// one way a generation becomes active (its generation, spec and plugin name
+// with it), takeActive and deactivate the ways it stops being, and
+// failedLocked (or a failure event's reason) the last error. A refused
+// event is a bug: it is logged, counted (RefusedTransitions, the
+// plugincontrol_lifecycle_refused_transitions_total metric), and fails the
+// tests.
 //
 //	          launch (Load, restore)
 //	                    │

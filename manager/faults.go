@@ -9,51 +9,18 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-)
 
-// FailureClass is a kind of plugin failure. Each class is counted on its
-// own, over the plugin's lifetime and within a sliding window, and judged
-// against its own threshold (HealthPolicy).
-type FailureClass int
-
-// Failure classes, numbered as plugincontrol.v1.FailureClass.
-const (
-	FailureUnknown FailureClass = iota
-	// FailurePanic is a handler panic the plugin SDK recovered, reported
-	// on the failing call (or counted with Manager.Recover).
-	FailurePanic
-	// FailureCrash is an exit of the process the manager did not ask for
-	// (exit status, signal, OOM kill).
-	FailureCrash
-	// FailureHang is liveness_failures liveness probes in a row that
-	// failed or timed out.
-	FailureHang
-	// FailureTimeout is a call to the plugin that timed out inside it.
-	FailureTimeout
-	// FailureStart is a supervisor restart whose candidate failed.
-	FailureStart
+	"github.com/plugincontrol/plugincontrol/manager/record"
 )
 
 // numClasses bounds the FailureClass values.
-const numClasses = 6
-
-// Classes lists the failure classes in order.
-var Classes = []FailureClass{FailurePanic, FailureCrash, FailureHang, FailureTimeout, FailureStart}
-
-var classNames = [...]string{"unknown", "panic", "crash", "hang", "timeout", "start"}
-
-func (c FailureClass) String() string {
-	if c < 0 || int(c) >= len(classNames) {
-		return fmt.Sprintf("class(%d)", int(c))
-	}
-	return classNames[c]
-}
+const numClasses = record.NumClasses
 
 // perGeneration reports whether the class is counted per generation (a new
 // generation starts with an empty window) rather than across generations.
 // Crashes and failed restarts end or precede generations, so their windows
 // span them: they are what the supervisor judges before a restart.
-func (c FailureClass) perGeneration() bool {
+func perGeneration(c FailureClass) bool {
 	return c == FailurePanic || c == FailureHang || c == FailureTimeout
 }
 
@@ -79,15 +46,15 @@ type tracker struct {
 }
 
 // maxWindowEvents bounds each window: counts beyond it are reported as this
-// many (a threshold is at most maxPanicLimit).
-const maxWindowEvents = maxPanicLimit
+// many (a threshold is at most record.MaxFailureLimit).
+const maxWindowEvents = record.MaxFailureLimit
 
 // reset starts fresh per-generation windows for generation gen; lifetime
 // counts and the cross-generation windows (crashes, failed restarts) stay.
 func (t *tracker) reset(gen uint64) {
 	t.gen = gen
 	for _, c := range Classes {
-		if c.perGeneration() {
+		if perGeneration(c) {
 			t.windows[c] = t.windows[c][:0]
 		}
 	}
@@ -126,7 +93,7 @@ func prune(w []time.Time, now time.Time, window time.Duration) []time.Time {
 func (t *tracker) counts(now time.Time, p *HealthPolicy) []FailureCount {
 	out := make([]FailureCount, 0, len(Classes))
 	for _, c := range Classes {
-		t.windows[c] = prune(t.windows[c], now, p.limit(c).Window)
+		t.windows[c] = prune(t.windows[c], now, p.Limit(c).Window)
 		out = append(out, FailureCount{Class: c, InWindow: len(t.windows[c]), Lifetime: t.lifetime[c]})
 	}
 	return out
@@ -146,8 +113,8 @@ func (t *tracker) exceeded(now time.Time, p *HealthPolicy) string {
 		return fmt.Sprintf("%d panics or crashes within %v (panic_threshold %d)", n, p.PanicWindow, p.PanicThreshold)
 	}
 	for _, c := range Classes {
-		l := p.limit(c)
-		if !c.perGeneration() || l.Threshold <= 0 {
+		l := p.Limit(c)
+		if !perGeneration(c) || l.Threshold <= 0 {
 			continue
 		}
 		t.windows[c] = prune(t.windows[c], now, l.Window)
@@ -164,8 +131,8 @@ func (t *tracker) empty(now time.Time, p *HealthPolicy) bool {
 		return false
 	}
 	for _, c := range Classes {
-		if c.perGeneration() {
-			t.windows[c] = prune(t.windows[c], now, p.limit(c).Window)
+		if perGeneration(c) {
+			t.windows[c] = prune(t.windows[c], now, p.Limit(c).Window)
 			if len(t.windows[c]) > 0 {
 				return false
 			}
@@ -179,7 +146,7 @@ func (t *tracker) empty(now time.Time, p *HealthPolicy) bool {
 // restarting then.
 func (t *tracker) restartsExceeded(now time.Time, p *HealthPolicy) string {
 	for _, c := range []FailureClass{FailureCrash, FailureStart} {
-		l := p.limit(c)
+		l := p.Limit(c)
 		if l.Threshold <= 0 {
 			continue
 		}
@@ -208,23 +175,22 @@ func (t *tracker) restartsExceeded(now time.Time, p *HealthPolicy) string {
 func (m *Manager) recordFault(e *entry, gen uint64, class FailureClass, rec *PanicRecord, reason string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !m.countLocked(e, gen, class, rec, reason) || !class.perGeneration() {
-		_ = m.transitionLocked(e, evUpdated, "")
+	if !m.countLocked(e, gen, class, rec, reason) || !perGeneration(class) {
+		m.transitionLocked(e, evUpdated, "")
 		return
 	}
 	now := time.Now()
-	p := e.spec.Policy.withDefaults()
+	p := e.spec.Policy.WithDefaults()
 	switch why := e.faults.exceeded(now, &p); {
 	case e.state == StateUnhealthy || e.state == StateStopped || e.state == StateStarting,
-		class != FailurePanic && p.limit(class).Threshold <= 0:
+		class != FailurePanic && p.Limit(class).Threshold <= 0:
 		// Sticky, nothing serving, or a class counted without being
 		// judged (timeouts by default: a caller's tight deadline is not
 		// the plugin's fault until the policy says so): counted only.
-		_ = m.transitionLocked(e, evUpdated, "")
+		m.transitionLocked(e, evUpdated, "")
 	case why != "":
 		why = fmt.Sprintf("generation %d: %s", gen, why)
-		e.lastError = why
-		_ = m.transitionLocked(e, evFaultLimit, why)
+		m.transitionLocked(e, evFaultLimit, why)
 		if b := e.bake; b != nil && b.Result == BakeBaking && b.Generation == gen {
 			m.log.Error("plugin unhealthy during its bake: reverting", slog.String("plugin", e.name), slog.Uint64("generation", gen), slog.String("reason", why))
 			m.startBackground(func() { m.gated(func() { m.revert(e, gen, why) }) })
@@ -236,7 +202,7 @@ func (m *Manager) recordFault(e *entry, gen uint64, class FailureClass, rec *Pan
 			m.startBackground(func() { m.gated(func() { m.onUnhealthy(e, gen, p.OnUnhealthy) }) })
 		}
 	default:
-		_ = m.transitionLocked(e, evFault, fmt.Sprintf("generation %d: %s failure in the window", gen, class))
+		m.transitionLocked(e, evFault, fmt.Sprintf("generation %d: %s failure in the window", gen, class))
 		m.armRecovery(e)
 	}
 }
@@ -254,11 +220,11 @@ func (m *Manager) countLocked(e *entry, gen uint64, class FailureClass, rec *Pan
 		t.last = &r
 	}
 	if reason != "" {
-		e.lastError = reason
+		e.failedLocked(reason)
 	}
 	current = gen == e.generation && t.gen == gen
 	switch {
-	case !class.perGeneration():
+	case !perGeneration(class):
 		t.windows[class] = appendBounded(t.windows[class], now)
 		if class == FailureCrash && current {
 			t.combined = appendBounded(t.combined, now)
@@ -279,12 +245,12 @@ func (m *Manager) armRecovery(e *entry) {
 	if t.recovery != nil {
 		t.recovery.Stop()
 	}
-	p := e.spec.Policy.withDefaults()
+	p := e.spec.Policy.WithDefaults()
 	// The earliest moment the newest failure leaves its window.
 	wait := p.PanicWindow
 	for _, c := range Classes {
-		if w := t.windows[c]; c.perGeneration() && len(w) > 0 {
-			wait = max(wait, time.Until(w[len(w)-1].Add(p.limit(c).Window)))
+		if w := t.windows[c]; perGeneration(c) && len(w) > 0 {
+			wait = max(wait, time.Until(w[len(w)-1].Add(p.Limit(c).Window)))
 		}
 	}
 	if n := len(t.combined); n > 0 {
@@ -299,9 +265,9 @@ func (m *Manager) armRecovery(e *entry) {
 		if e.state != StateDegraded || t.gen != gen {
 			return
 		}
-		p := e.spec.Policy.withDefaults()
+		p := e.spec.Policy.WithDefaults()
 		if t.empty(time.Now(), &p) {
-			_ = m.transitionLocked(e, evRecovered, "")
+			m.transitionLocked(e, evRecovered, "")
 		} else {
 			m.armRecovery(e)
 		}

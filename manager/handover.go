@@ -300,7 +300,7 @@ func (m *Manager) handoverOf(e *entry, ends map[string]int) *PluginHandover {
 		return nil
 	}
 	p := &PluginHandover{
-		Name: e.name, Spec: e.spec.clone(), Generation: e.generation, PluginName: e.pluginName, Full: true,
+		Name: e.name, Spec: e.spec.Clone(), Generation: e.generation, PluginName: e.pluginName, Full: true,
 		State: e.state, Since: e.since, Reason: e.reason, LastError: e.lastError, Restarts: e.restarts,
 		Revision: e.revision, Endpoint: e.endpoint, RestartLog: append([]time.Time(nil), e.restartLog...),
 		Consecutive: e.consecutive, Faults: e.faults.handover(),
@@ -309,7 +309,7 @@ func (m *Manager) handoverOf(e *entry, ends map[string]int) *PluginHandover {
 		p.Active = active.handover(ends)
 	}
 	if b := e.bake; b != nil {
-		p.Bake = &BakeHandover{Status: b.status(), PreviousSpec: b.prevSpec.clone(), PreviousPluginName: b.prevPluginName}
+		p.Bake = &BakeHandover{Status: b.status(), PreviousSpec: b.prevSpec.Clone(), PreviousPluginName: b.prevPluginName}
 		if b.prev != nil && b.Result == BakeBaking {
 			p.Held = b.prev.handover(ends)
 		}
@@ -336,7 +336,7 @@ func (i *instance) runtime() *ProcessHandover {
 	p := &ProcessHandover{
 		Generation: i.generation(), PID: i.pid, StartTicks: i.startTicks, ProtocolVersion: i.protocolVersion,
 		SocketDir: i.sockDir, SHA256: i.sha256, Version: i.version, PluginName: i.pluginName,
-		Services: append([]string(nil), i.services...), StartedAt: i.startedAt, Spec: i.spec.clone(),
+		Services: append([]string(nil), i.services...), StartedAt: i.startedAt, Spec: i.spec.Clone(),
 	}
 	for m := range i.unary {
 		p.UnaryMethods = append(p.UnaryMethods, m)

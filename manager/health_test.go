@@ -29,6 +29,7 @@ func newManagerWith(t *testing.T, tweak func(*manager.Config)) (*manager.Manager
 	if err != nil {
 		t.Fatal(err)
 	}
+	noRefusedTransitions(t, m)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -167,14 +167,14 @@ func (m *Manager) runPipeline(ctx context.Context, c candidate) (*instance, *Rep
 	case m.cgroups != nil:
 		// Its own cgroup, which it starts in: a stop kills everything it
 		// started, wherever it went.
-		g, err := m.cgroups.New(genID, c.spec.Resources.limits())
+		g, err := m.cgroups.New(genID, limitsOf(c.spec.Resources))
 		if err != nil {
 			removeSockDir(sockDir)
 			return fail(StageStart, err, nil)
 		}
 		g.Into(cmd.SysProcAttr)
 		inst.cgroup = g
-	case c.spec.Resources.set():
+	case c.spec.Resources.Set():
 		removeSockDir(sockDir)
 		return fail(StageStart, fmt.Errorf("resource limits need cgroup containment, and this manager contains plugins with %s", m.containmentName()), nil)
 	}

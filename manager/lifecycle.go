@@ -129,18 +129,27 @@ func (e *TransitionError) Error() string {
 	return fmt.Sprintf("plugin %q: lifecycle event %s is not allowed in state %s", e.Plugin, e.Event, e.From)
 }
 
+// failures are the events whose reason is also the plugin's last error.
+var failures = map[lifecycleEvent]bool{evFaultLimit: true, evExited: true, evGaveUp: true}
+
 // transitionLocked applies ev to e: the one place where e.state, e.since
 // and e.reason change, and where every health change of e is published
 // (under e.mu, so that a plugin's events are in the order of its changes;
 // publishing never blocks). reason says why e is in its new state and is
-// kept only for states that are not SERVING. A refused event changes
-// nothing, is logged and returned. e.mu is held.
-func (m *Manager) transitionLocked(e *entry, ev lifecycleEvent, reason string) error {
+// kept only for states that are not SERVING; for a failure it is the last
+// error too. A refused event changes nothing: it is a bug in the manager,
+// logged at error level and counted (RefusedTransitions; the tests fail
+// on it). e.mu is held.
+func (m *Manager) transitionLocked(e *entry, ev lifecycleEvent, reason string) {
 	to, ok := nextState(e.state, ev)
 	if !ok {
 		err := &TransitionError{Plugin: e.name, From: e.state, Event: ev.String()}
-		m.log.Error("refused lifecycle transition", "plugin", e.name, "error", err.Error())
-		return err
+		m.refused.Add(1)
+		m.log.Error("refused lifecycle transition (a bug in plugind)", "plugin", e.name, "error", err.Error())
+		return
+	}
+	if failures[ev] && reason != "" {
+		e.lastError = reason
 	}
 	if to != e.state || ev == evActivated {
 		e.since = time.Now()
@@ -157,12 +166,65 @@ func (m *Manager) transitionLocked(e *entry, ev lifecycleEvent, reason string) e
 		t = EventRemoved
 	}
 	e.revision = m.events.publish(t, e.healthLocked())
-	return nil
 }
 
 // transition is transitionLocked taking e.mu.
-func (m *Manager) transition(e *entry, ev lifecycleEvent, reason string) error {
+func (m *Manager) transition(e *entry, ev lifecycleEvent, reason string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return m.transitionLocked(e, ev, reason)
+	m.transitionLocked(e, ev, reason)
+}
+
+// RefusedTransitions counts lifecycle events refused in a plugin's state
+// since New: each is a bug in the manager (logged with the plugin, the
+// state and the event), so anything but 0 is worth a report.
+func (m *Manager) RefusedTransitions() uint64 { return m.refused.Load() }
+
+// activateLocked makes inst the active generation of e, the one place a
+// generation becomes active (Load, Reload, a restart, a restore, an
+// adoption, a revert): its generation, spec and plugin name become e's, the
+// failure windows start over, and evActivated is published. e.mu is held.
+func (m *Manager) activateLocked(e *entry, inst *instance) {
+	gen := inst.generation()
+	e.generation = gen
+	e.spec = inst.spec
+	e.pluginName = inst.pluginName
+	e.faults.reset(gen)
+	e.active.Store(inst)
+	m.transitionLocked(e, evActivated, "")
+}
+
+// resumeLocked makes inst, a process taken over across a reload in place,
+// the active generation again: nothing changed, nothing is published.
+// e.mu is held.
+func (e *entry) resumeLocked(inst *instance) { e.active.Store(inst) }
+
+// deactivate makes inst no longer the active generation of e, if it still
+// is, and reports whether it was (its exit, a stop by the health policy).
+func (e *entry) deactivate(inst *instance) bool { return e.active.CompareAndSwap(inst, nil) }
+
+// takeActive ends the active generation of e (Unload, Close) and returns
+// it, nil if there was none.
+func (e *entry) takeActive() *instance { return e.active.Swap(nil) }
+
+// failedLocked records a failure that leaves e's state as it is (a reload
+// refused, a change that could not be recorded) as its last error. e.mu
+// is held.
+func (e *entry) failedLocked(msg string) { e.lastError = msg }
+
+// restoreState puts the lifecycle state of a reload's handover into e, a
+// plugin being restored, without publishing anything: nothing changed.
+// e.mu is not held; nothing else knows e yet.
+func (e *entry) restoreState(p *PluginHandover) {
+	e.generation = max(e.generation, p.Generation)
+	if p.PluginName != "" {
+		e.pluginName = p.PluginName
+	}
+	e.state, e.since, e.reason = p.State, p.Since, p.Reason
+	e.lastError, e.restarts, e.revision, e.consecutive = p.LastError, p.Restarts, p.Revision, p.Consecutive
+	e.restartLog = append([]time.Time(nil), p.RestartLog...)
+	e.faults.restore(p.Faults)
+	if b := p.Bake; b != nil {
+		e.bake = &bake{BakeStatus: b.Status, prevSpec: b.PreviousSpec.Clone(), prevPluginName: b.PreviousPluginName}
+	}
 }

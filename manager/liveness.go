@@ -20,7 +20,7 @@ import (
 // The prober is a goroutine per probed generation, tracked by Close, that
 // ends when the generation stops.
 func (m *Manager) startLiveness(e *entry, inst *instance) {
-	p := inst.spec.Policy.withDefaults()
+	p := inst.spec.Policy.WithDefaults()
 	if p.LivenessInterval <= 0 {
 		return
 	}

@@ -77,10 +77,14 @@ type Config struct {
 	// even by SIGKILL. It is the process's own binary run again: main
 	// must call ReaperMain first thing. Off by default.
 	Reaper bool
-	// RestoreProtocol, if set, gives Restore the protocol of a stored spec
-	// (Spec.Protocol is a Go value and is not stored). Nil, or a nil
-	// result: the spec's Handshake or the native contract.
-	RestoreProtocol func(Spec) *Protocol
+	// Protocol, if set, chooses the embedder's own protocol for a spec.
+	// It is asked whenever the manager speaks to a plugin it has not
+	// spoken to yet: at Load and Reload, at every restart, at Restore and
+	// when it attaches to a running plugin after a reload in place, so a
+	// spec stays data (stored and sent as is) and the protocol, a Go
+	// value, is resolved where it is used. Nil, or a nil result: the
+	// spec's Handshake (GRPCProtocol) or the native contract.
+	Protocol func(Spec) *Protocol
 	// Inherit, if set, is what the manager before this one handed over
 	// (see Freeze): Restore attaches to its running plugins instead of
 	// launching them. The manager owns its files from New on.
@@ -121,11 +125,12 @@ type Manager struct {
 	subreaper bool          // the process is a child subreaper (ContainSubreaper, or Auto's fallback)
 	// unsetSubreaper: New made the process a subreaper; Close undoes it.
 	unsetSubreaper bool
-	pid1           bool      // the process is PID 1: it reaps every orphan
-	containID      string    // Config.ContainID, or a random one
-	sweeper        *sweeper  // kills and reaps re-parented processes; nil: not needed
-	pids           pidSet    // plugin processes started and not stopped
-	native         *Protocol // the protocol of specs with neither Protocol nor Handshake
+	pid1           bool          // the process is PID 1: it reaps every orphan
+	containID      string        // Config.ContainID, or a random one
+	sweeper        *sweeper      // kills and reaps re-parented processes; nil: not needed
+	pids           pidSet        // plugin processes started and not stopped
+	native         *Protocol     // the protocol of specs with neither a Config.Protocol nor a Handshake
+	refused        atomic.Uint64 // lifecycle events refused (bugs): RefusedTransitions
 
 	mu      sync.RWMutex // guards plugins, closed, frozen, frozenDone and frozenEntries
 	plugins map[string]*entry
@@ -332,7 +337,7 @@ func (m *Manager) List() []Status {
 	m.mu.RUnlock()
 	out := make([]Status, 0, len(entries))
 	for _, e := range entries {
-		out = append(out, e.status())
+		out = append(out, m.status(e))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -344,7 +349,7 @@ func (m *Manager) Get(name string) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	return e.status(), nil
+	return m.status(e), nil
 }
 
 // Close stops every plugin (draining calls up to ctx's deadline) and refuses
@@ -382,11 +387,11 @@ func (m *Manager) Close(ctx context.Context) error {
 			_ = e.lock(context.Background())
 			defer e.unlock()
 			m.cancelBake(e, "the daemon is shutting down")
-			inst := e.active.Swap(nil)
+			inst := e.takeActive()
 			e.mu.Lock()
 			e.faults.reset(0)
 			if e.state != StateUnknown {
-				_ = m.transitionLocked(e, evStopped, "daemon shutting down")
+				m.transitionLocked(e, evStopped, "daemon shutting down")
 			}
 			e.mu.Unlock()
 			if inst != nil {

@@ -21,6 +21,16 @@ import (
 
 // newManager returns a Manager over dir (the built plugins when empty) that
 // is closed when the test ends, and its socket directory.
+// noRefusedTransitions fails t when m refused a lifecycle event (a bug in
+// the manager) during the test.
+func noRefusedTransitions(t *testing.T, m *manager.Manager) {
+	t.Cleanup(func() {
+		if n := m.RefusedTransitions(); n != 0 {
+			t.Errorf("the manager refused %d lifecycle transitions (see the log)", n)
+		}
+	})
+}
+
 func newManager(t *testing.T, dir string) (*manager.Manager, string) {
 	t.Helper()
 	if dir == "" {
@@ -38,6 +48,7 @@ func newManager(t *testing.T, dir string) (*manager.Manager, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	noRefusedTransitions(t, m)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

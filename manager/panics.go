@@ -12,18 +12,6 @@ import (
 	"github.com/plugincontrol/plugincontrol/plugin"
 )
 
-func (a Action) String() string {
-	switch a {
-	case ActionNone:
-		return "none"
-	case ActionRestart:
-		return "restart"
-	case ActionStop:
-		return "stop"
-	}
-	return fmt.Sprintf("action(%d)", int(a))
-}
-
 // Recover records a panic of the caller's goroutine against plugin, for
 // embedders' own goroutines that work on a plugin's behalf:
 //

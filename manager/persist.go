@@ -10,7 +10,7 @@ import (
 
 // recordLocked builds the durable record of e; e.mu is held.
 func (e *entry) recordLocked() PluginRecord {
-	return PluginRecord{Name: e.name, Spec: e.spec.clone(), Generation: e.generation, PluginName: e.pluginName}
+	return PluginRecord{Name: e.name, Spec: e.spec.Clone(), Generation: e.generation, PluginName: e.pluginName}
 }
 
 // commit makes c durable: the one way the manager changes the store. A
@@ -118,10 +118,7 @@ func (m *Manager) RestoreInBackground(ctx context.Context) (done <-chan struct{}
 		if name == "" {
 			name = r.Spec.Name
 		}
-		if f := m.cfg.RestoreProtocol; f != nil && r.Unreadable == "" {
-			r.Spec.Protocol = f(r.Spec)
-		}
-		e := &entry{name: name, op: make(chan struct{}, 1), spec: r.Spec.clone(), generation: r.Generation, pluginName: r.PluginName}
+		e := &entry{name: name, op: make(chan struct{}, 1), spec: r.Spec.Clone(), generation: r.Generation, pluginName: r.PluginName}
 		if r.Unreadable != "" {
 			e.spec = Spec{Name: name}
 			e.unreadable = true
@@ -152,7 +149,7 @@ func (m *Manager) RestoreInBackground(ctx context.Context) (done <-chan struct{}
 		}
 		m.plugins[e.name] = e
 		if !full {
-			_ = m.transition(e, evLaunch, "restoring after daemon start")
+			m.transition(e, evLaunch, "restoring after daemon start")
 		}
 		m.mu.Unlock()
 		if r.Unreadable != "" {
@@ -160,8 +157,7 @@ func (m *Manager) RestoreInBackground(ctx context.Context) (done <-chan struct{}
 			m.log.Error("plugin not restored", slog.String("plugin", name), slog.String("reason", why))
 			m.auditFailure(ctx, "restore", name, r.Generation, nil, e.spec, fmt.Errorf("%s", why))
 			e.mu.Lock()
-			e.lastError = why
-			_ = m.transitionLocked(e, evGaveUp, why)
+			m.transitionLocked(e, evGaveUp, why)
 			e.mu.Unlock()
 			continue
 		}
@@ -170,7 +166,7 @@ func (m *Manager) RestoreInBackground(ctx context.Context) (done <-chan struct{}
 				// The plugin is restored without its endpoint; say why.
 				m.log.Error("endpoint not served", slog.String("plugin", e.name), slog.String("error", err.Error()))
 				e.mu.Lock()
-				e.lastError = err.Error()
+				e.failedLocked(err.Error())
 				e.mu.Unlock()
 			}
 		}
@@ -182,8 +178,7 @@ func (m *Manager) RestoreInBackground(ctx context.Context) (done <-chan struct{}
 			continue // UNHEALTHY, as handed over
 		case r.HeldUnhealthy:
 			e.mu.Lock()
-			e.lastError = r.Reason
-			_ = m.transitionLocked(e, evGaveUp, r.Reason)
+			m.transitionLocked(e, evGaveUp, r.Reason)
 			e.mu.Unlock()
 			continue
 		case full && inh.Active == nil && e.state != StateStarting:
@@ -224,7 +219,7 @@ func (m *Manager) restoreOne(ctx context.Context, e *entry, r PluginRecord) {
 	if err != nil {
 		m.auditFailure(ctx, "restore", e.name, r.Generation, nil, e.spec, err)
 	} else {
-		rec := PluginRecord{Name: e.name, Spec: e.spec.clone(), Generation: inst.generation(), PluginName: inst.pluginName}
+		rec := PluginRecord{Name: e.name, Spec: e.spec.Clone(), Generation: inst.generation(), PluginName: inst.pluginName}
 		err = m.commit("the restore of "+e.name, Change{Put: &rec, Audit: auditRecord(ctx, "restore", e.name, r.Generation, inst.generation(), inst, e.spec, nil)})
 		switch {
 		case err != nil:
@@ -237,8 +232,7 @@ func (m *Manager) restoreOne(ctx context.Context, e *entry, r PluginRecord) {
 	if err != nil {
 		why := "restore failed: " + err.Error()
 		e.mu.Lock()
-		e.lastError = why
-		_ = m.transitionLocked(e, evGaveUp, why)
+		m.transitionLocked(e, evGaveUp, why)
 		e.mu.Unlock()
 		return
 	}

@@ -12,8 +12,8 @@ import (
 // Protocol says how the manager talks to one kind of plugin: go-plugin's
 // handshake and plugin set, the plugin to dispense, and the hooks of the
 // candidate pipeline's validate, describe and ready stages. A Protocol is
-// a value: the embedder builds one per plugin kind and hands it to Load in
-// Spec.Protocol. Two ship with the manager: NativeProtocol (the
+// a value: the embedder builds one per plugin kind and chooses it per spec
+// with Config.Protocol (a Spec is data and does not carry it). Two ship with the manager: NativeProtocol (the
 // plugincontrol.plugin.v1.PluginService contract of plugin.Serve) and
 // GRPCProtocol (any go-plugin gRPC plugin, in any language).
 //
@@ -201,14 +201,17 @@ func (p *Protocol) live(ctx context.Context, c Conn, config []byte) error {
 }
 
 // protocolFor returns the protocol a spec is launched with: the embedder's
-// (Spec.Protocol), else the generic gRPC protocol when the spec names a
+// (Config.Protocol), else the generic gRPC protocol when the spec names a
 // foreign handshake, else the native one.
 func (m *Manager) protocolFor(s *Spec) *Protocol {
+	if f := m.cfg.Protocol; f != nil {
+		if p := f(*s); p != nil {
+			return p
+		}
+	}
 	switch {
-	case s.Protocol != nil:
-		return s.Protocol
 	case s.Handshake != nil:
-		return GRPCProtocol(s.Handshake.goplugin(), s.ReadyService)
+		return GRPCProtocol(gopluginHandshake(s.Handshake), s.ReadyService)
 	default:
 		return m.native
 	}

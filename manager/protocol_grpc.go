@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 
 	goplugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -226,32 +225,7 @@ func listServicesV1alpha(ctx context.Context, conn *grpc.ClientConn) ([]string, 
 	return out, nil
 }
 
-// Handshake is a foreign plugin's go-plugin handshake (PluginSpec.handshake):
-// the plugin is launched with GRPCProtocol.
-type Handshake struct {
-	// ProtocolVersion is the application protocol version the plugin
-	// speaks (go-plugin's HandshakeConfig.ProtocolVersion), at least 1.
-	ProtocolVersion uint
-	// MagicCookieKey is the environment variable carrying the cookie.
-	MagicCookieKey string
-	// MagicCookieValue is the cookie.
-	MagicCookieValue string
-}
-
-func (h *Handshake) goplugin() goplugin.HandshakeConfig {
+// gopluginHandshake is h as go-plugin spells it.
+func gopluginHandshake(h *Handshake) goplugin.HandshakeConfig {
 	return goplugin.HandshakeConfig{ProtocolVersion: h.ProtocolVersion, MagicCookieKey: h.MagicCookieKey, MagicCookieValue: h.MagicCookieValue}
-}
-
-func (h *Handshake) validate() error {
-	switch {
-	case h.ProtocolVersion < 1 || h.ProtocolVersion > 1<<16:
-		return &InvalidError{Field: "handshake.protocol_version", Reason: fmt.Sprintf("%d is outside 1..65536 (the plugin's go-plugin ProtocolVersion)", h.ProtocolVersion)}
-	case !envKeyRE.MatchString(h.MagicCookieKey):
-		return &InvalidError{Field: "handshake.magic_cookie_key", Reason: fmt.Sprintf("%q must be an environment variable name (^[A-Za-z_][A-Za-z0-9_]*$)", truncate(h.MagicCookieKey, 80))}
-	case strings.HasPrefix(h.MagicCookieKey, "PLUGIN_"):
-		return &InvalidError{Field: "handshake.magic_cookie_key", Reason: fmt.Sprintf("%q: the PLUGIN_ prefix is reserved for go-plugin's own variables", h.MagicCookieKey)}
-	case h.MagicCookieValue == "" || len(h.MagicCookieValue) > maxEnvLen || strings.ContainsRune(h.MagicCookieValue, 0):
-		return &InvalidError{Field: "handshake.magic_cookie_value", Reason: fmt.Sprintf("required, at most %d bytes without NUL", maxEnvLen)}
-	}
-	return nil
 }

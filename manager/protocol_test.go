@@ -140,43 +140,82 @@ func TestForeignPluginBadCookieAndCrash(t *testing.T) {
 }
 
 // An embedder's protocol: go-plugin's shared.KVGRPCPlugin dispenses the
-// typed shared.KV, which a lease hands out as is.
+// typed shared.KV, which a lease hands out as is. The protocol is chosen by
+// Config.Protocol whenever the manager first speaks to a process, so it
+// holds across a reload and a restore from the store though the spec, data
+// only, never carries it.
 func TestEmbedderProtocol(t *testing.T) {
-	m, _ := newManager(t, "")
 	kv := &manager.Protocol{
 		Name:      "kv",
 		Handshake: shared.Handshake,
 		Plugins:   goplugin.PluginSet{"kv": &shared.KVGRPCPlugin{}},
 		Dispense:  "kv",
 	}
+	broken := &manager.Protocol{Name: "broken", Handshake: shared.Handshake, Plugins: goplugin.PluginSet{"kv": &shared.KVPlugin{}}, Dispense: "kv"}
+	resolve := func(s manager.Spec) *manager.Protocol {
+		switch s.Name {
+		case "store":
+			return kv
+		case "broken":
+			return broken
+		}
+		return nil
+	}
+	st := newFlakyStore()
+	m, _ := newManagerWith(t, func(c *manager.Config) { c.Protocol, c.Store = resolve, st })
 	ctx := context.Background()
-	res, err := m.Load(ctx, manager.Spec{Name: "store", Binary: "kv", Protocol: kv})
+	res, err := m.Load(ctx, manager.Spec{Name: "store", Binary: "kv"})
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
 	if res.Status.Protocol != "kv" {
 		t.Fatalf("protocol %q", res.Status.Protocol)
 	}
-	l, err := m.Acquire(ctx, "store")
-	if err != nil {
-		t.Fatal(err)
+	put := func(m *manager.Manager, v string) {
+		t.Helper()
+		l, err := m.Acquire(ctx, "store")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Release()
+		store := l.Value.(shared.KV)
+		if err := store.Put("greeting", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := store.Get("greeting")
+		if err != nil || !strings.HasPrefix(string(got), v) {
+			t.Fatalf("Get: %q %v", got, err)
+		}
 	}
-	defer l.Release()
-	store := l.Value.(shared.KV)
-	if err := store.Put("greeting", []byte("hi")); err != nil {
-		t.Fatal(err)
+	put(m, "hi")
+	rr, err := m.Reload(ctx, manager.ReloadRequest{Name: "store"})
+	if err != nil || rr.Status.Protocol != "kv" {
+		t.Fatalf("Reload: %+v %v", rr, err)
 	}
-	got, err := store.Get("greeting")
-	if err != nil || !strings.HasPrefix(string(got), "hi") {
-		t.Fatalf("Get: %q %v", got, err)
-	}
+	put(m, "again")
 
 	// A protocol that cannot work is refused before anything starts.
-	_, err = m.Load(ctx, manager.Spec{Name: "broken", Binary: "kv", Protocol: &manager.Protocol{Name: "broken", Handshake: shared.Handshake, Plugins: goplugin.PluginSet{"kv": &shared.KVPlugin{}}, Dispense: "kv"}})
+	_, err = m.Load(ctx, manager.Spec{Name: "broken", Binary: "kv"})
 	var inv *manager.InvalidError
 	if !errors.As(err, &inv) || inv.Field != "protocol" || !strings.Contains(err.Error(), "not a go-plugin GRPCPlugin") {
 		t.Fatalf("net/rpc-only protocol: %v", err)
 	}
+
+	// A second manager restores the stored spec with the same protocol.
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := st.record("store"); !ok || r.Spec.Name != "store" {
+		t.Fatalf("stored: %+v %v", r, ok)
+	}
+	m2, _ := newManagerWith(t, func(c *manager.Config) { c.Protocol, c.Store = resolve, st })
+	if err := m2.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := m2.Get("store"); err != nil || s.Protocol != "kv" || s.State != manager.StateServing {
+		t.Fatalf("restored: %+v %v", s, err)
+	}
+	put(m2, "restored")
 }
 
 // A lease held across a reload keeps its generation alive until it is

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/plugincontrol/plugincontrol/manager/record"
 )
 
 // LoadResult is the outcome of a successful Load.
@@ -20,7 +22,7 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 	if err := m.validate(&spec); err != nil {
 		return nil, err
 	}
-	spec = spec.clone()
+	spec = spec.Clone()
 	e := &entry{name: spec.Name, op: make(chan struct{}, 1), spec: spec}
 	e.op <- struct{}{} // held until the launch is decided
 	defer e.unlock()
@@ -73,15 +75,15 @@ func (m *Manager) Load(ctx context.Context, spec Spec) (*LoadResult, error) {
 		m.mu.Unlock()
 		e.mu.Lock()
 		e.removed = true
-		e.lastError = err.Error()
-		_ = m.transitionLocked(e, evRemoved, err.Error())
+		e.failedLocked(err.Error())
+		m.transitionLocked(e, evRemoved, err.Error())
 		e.mu.Unlock()
 		m.closeEndpoint(e)
 		return nil, err
 	}
 	m.log.Info("plugin loaded", slog.String("plugin", spec.Name), slog.Uint64("generation", 1),
 		slog.Int("pid", inst.pid), slog.Duration("took", rep.Total))
-	return &LoadResult{Status: e.status(), Report: rep}, nil
+	return &LoadResult{Status: m.status(e), Report: rep}, nil
 }
 
 // register puts e, a plugin being loaded, in the registry, in STARTING. A
@@ -125,7 +127,7 @@ func (m *Manager) register(ctx context.Context, e *entry) (replaced *entry, err 
 		return nil, &LimitError{Limit: "max_plugins", Value: m.cfg.MaxPlugins}
 	}
 	m.plugins[e.name] = e
-	_ = m.transition(e, evLaunch, "loading")
+	m.transition(e, evLaunch, "loading")
 	return replaced, nil
 }
 
@@ -139,17 +141,12 @@ func (m *Manager) register(ctx context.Context, e *entry) (replaced *entry, err 
 func (m *Manager) activate(e *entry, inst *instance, operator bool) bool {
 	return m.startBackground(func() { m.watchExit(e, inst) }, func() {
 		e.mu.Lock()
-		e.generation = inst.generation()
-		e.spec = inst.spec
-		e.pluginName = inst.pluginName
-		e.faults.reset(inst.generation())
 		if operator {
 			e.restartLog = nil
 			e.consecutive = 0
 			e.faults.forgetRestarts()
 		}
-		e.active.Store(inst)
-		_ = m.transitionLocked(e, evActivated, "")
+		m.activateLocked(e, inst)
 		e.mu.Unlock()
 		m.startLiveness(e, inst)
 		m.saveRuntime(e)
@@ -202,8 +199,8 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 			return nil, &InvalidError{Field: "spec.name", Reason: fmt.Sprintf("%q differs from the plugin being reloaded (%q)", req.Spec.Name, req.Name)}
 		}
 	}
-	if req.DrainTimeout < 0 || req.DrainTimeout > maxTimeout {
-		return nil, &InvalidError{Field: "drain_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", req.DrainTimeout, maxTimeout)}
+	if req.DrainTimeout < 0 || req.DrainTimeout > record.MaxTimeout {
+		return nil, &InvalidError{Field: "drain_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", req.DrainTimeout, record.MaxTimeout)}
 	}
 	if req.Bake < NoBake || req.Bake > maxBake {
 		return nil, &InvalidError{Field: "bake", Reason: fmt.Sprintf("%v is outside 0..%v", req.Bake, maxBake)}
@@ -235,7 +232,7 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 	}
 	prevSpec := spec
 	if req.Spec != nil {
-		spec = req.Spec.clone()
+		spec = req.Spec.Clone()
 	}
 	action := "reload"
 	if req.ValidateOnly {
@@ -248,7 +245,7 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 	inst, rep, err := m.launch(ctx, candidate{action: action, spec: spec, gen: activeGen + 1, expectName: expect, activeGen: activeGen})
 	if err != nil {
 		e.mu.Lock()
-		e.lastError = err.Error()
+		e.failedLocked(err.Error())
 		e.mu.Unlock()
 		m.auditFailure(ctx, action, req.Name, activeGen, nil, spec, err)
 		return nil, err
@@ -260,7 +257,7 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 		if err := m.commit("the dry run of "+req.Name, Change{Audit: auditRecord(ctx, action, req.Name, activeGen, activeGen, inst, spec, nil)}); err != nil {
 			return nil, err
 		}
-		return &ReloadResult{Status: e.status(), PreviousGeneration: activeGen, Report: rep}, nil
+		return &ReloadResult{Status: m.status(e), PreviousGeneration: activeGen, Report: rep}, nil
 	}
 	// Recorded, with its audit record, before the swap: if the daemon dies
 	// right after, the restore relaunches what this call was about to
@@ -319,7 +316,7 @@ func (m *Manager) Reload(ctx context.Context, req ReloadRequest) (*ReloadResult,
 	rep.Total = total
 	m.log.Info("plugin reloaded", slog.String("plugin", req.Name), slog.Uint64("generation", gen),
 		slog.Uint64("previous_generation", activeGen), slog.Int("pid", inst.pid), slog.Duration("took", total))
-	return &ReloadResult{Status: e.status(), PreviousGeneration: activeGen, Report: rep}, nil
+	return &ReloadResult{Status: m.status(e), PreviousGeneration: activeGen, Report: rep}, nil
 }
 
 // maxBake bounds ReloadRequest.Bake and Config.DefaultBake.
@@ -327,8 +324,8 @@ const maxBake = 24 * time.Hour
 
 // Unload drains and stops a plugin and forgets it. drain 0 means the default.
 func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) (Status, error) {
-	if drain < 0 || drain > maxTimeout {
-		return Status{}, &InvalidError{Field: "drain_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", drain, maxTimeout)}
+	if drain < 0 || drain > record.MaxTimeout {
+		return Status{}, &InvalidError{Field: "drain_timeout", Reason: fmt.Sprintf("%v is outside 0..%v", drain, record.MaxTimeout)}
 	}
 	e, err := m.lookup(name)
 	if err != nil {
@@ -344,7 +341,7 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	if removed {
 		return Status{}, fmt.Errorf("plugin %q: %w", name, ErrNotFound)
 	}
-	st := e.status()
+	st := m.status(e)
 	if err := m.commit("the unload of "+name, Change{Delete: name, Audit: auditRecord(ctx, "unload", name, st.Generation, st.Generation, nil, st.Spec, nil)}); err != nil {
 		// Nothing is done: the plugin keeps running, as recorded.
 		m.auditFailure(ctx, "unload", name, st.Generation, nil, st.Spec, err)
@@ -360,7 +357,7 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	m.mu.Unlock()
 
 	m.cancelBake(e, "the plugin was unloaded")
-	inst := e.active.Swap(nil)
+	inst := e.takeActive()
 	if inst != nil {
 		if drain == 0 {
 			drain = m.cfg.DrainTimeout
@@ -372,7 +369,7 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 	m.forgetRuntime(name)
 	e.mu.Lock()
 	e.faults.reset(0)
-	_ = m.transitionLocked(e, evRemoved, "unloaded")
+	m.transitionLocked(e, evRemoved, "unloaded")
 	e.mu.Unlock()
 	st.State, st.PID = StateStopped, 0
 	m.log.Info("plugin unloaded", slog.String("plugin", name), slog.Uint64("generation", st.Generation))
@@ -383,6 +380,13 @@ func (m *Manager) Unload(ctx context.Context, name string, drain time.Duration) 
 func (m *Manager) validate(s *Spec) error {
 	if err := s.Validate(); err != nil {
 		return err
+	}
+	if f := m.cfg.Protocol; f != nil {
+		if p := f(*s); p != nil {
+			if err := p.check(); err != nil {
+				return err
+			}
+		}
 	}
 	if m.cfg.RequirePin && s.SHA256 == "" {
 		return &InvalidError{Field: "sha256", Reason: "required: this daemon runs with --require-pin, so every spec must pin its binary"}

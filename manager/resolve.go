@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/plugincontrol/plugincontrol/manager/record"
 )
 
 // resolveBinary finds binary inside dir (already symlink-free and absolute)
@@ -18,7 +20,7 @@ import (
 // stay inside dir, and insists on a regular, executable file. It runs at
 // every start, so a symlink swapped after Load is caught at the next launch.
 func resolveBinary(dir, binary string) (string, error) {
-	if err := validateBinary(binary); err != nil {
+	if err := record.ValidateBinary(binary); err != nil {
 		return "", err
 	}
 	p := filepath.Join(dir, binary)

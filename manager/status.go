@@ -83,7 +83,9 @@ type PanicRecord struct {
 	Generation  uint64
 }
 
-func (e *entry) status() Status {
+// status is the plugin's Status. The protocol of a plugin with no running
+// generation is resolved again (Config.Protocol), outside e.mu.
+func (m *Manager) status(e *entry) Status {
 	inst := e.active.Load()
 	e.mu.Lock()
 	st := Status{
@@ -94,8 +96,7 @@ func (e *entry) status() Status {
 		PluginName: e.pluginName,
 		Restarts:   e.restarts,
 		LastError:  e.lastError,
-		Spec:       e.spec.clone(),
-		Protocol:   e.spec.protocolName(),
+		Spec:       e.spec.Clone(),
 		Endpoint:   e.endpoint,
 	}
 	e.mu.Unlock()
@@ -107,6 +108,8 @@ func (e *entry) status() Status {
 		st.Binary = inst.spec.Binary
 		st.Services = append([]string(nil), inst.services...)
 		st.Protocol = inst.proto.Name
+	} else {
+		st.Protocol = m.protocolFor(&st.Spec).Name
 	}
 	return st
 }
@@ -114,7 +117,7 @@ func (e *entry) status() Status {
 // healthLocked builds the health record; e.mu is held.
 func (e *entry) healthLocked() Health {
 	now := time.Now()
-	p := e.spec.Policy.withDefaults()
+	p := e.spec.Policy.WithDefaults()
 	h := Health{
 		Name:           e.name,
 		State:          e.state,

@@ -92,6 +92,7 @@ func newFlakyManager(t *testing.T, st *flakyStore) *manager.Manager {
 	if err != nil {
 		t.Fatal(err)
 	}
+	noRefusedTransitions(t, m)
 	t.Cleanup(func() { _ = m.Close(context.Background()) })
 	return m
 }

@@ -59,7 +59,7 @@ func (m *Manager) watchExit(e *entry, inst *instance) {
 	}
 	m.log.Error("plugin crashed", slog.String("plugin", e.name), slog.Uint64("generation", gen),
 		slog.Int("pid", inst.pid), slog.String("reason", reason))
-	active := e.active.CompareAndSwap(inst, nil)
+	active := e.deactivate(inst)
 	inst.stop()
 	e.mu.Lock()
 	m.countLocked(e, gen, FailureCrash, rec, reason)
@@ -67,11 +67,11 @@ func (m *Manager) watchExit(e *entry, inst *instance) {
 	case !active:
 		// Not the active generation: the process a bake kept warm, or
 		// one already replaced.
-		_ = m.transitionLocked(e, evUpdated, "")
+		m.transitionLocked(e, evUpdated, "")
 		e.mu.Unlock()
 		m.bakePrevExited(e, inst, reason)
 	case e.bake != nil && e.bake.Result == BakeBaking && e.bake.Generation == gen:
-		_ = m.transitionLocked(e, evExited, reason+"; reverting to the previous generation")
+		m.transitionLocked(e, evExited, reason+"; reverting to the previous generation")
 		e.mu.Unlock()
 		m.revert(e, gen, reason)
 	default:
@@ -91,7 +91,7 @@ func (m *Manager) scheduleRestartLocked(e *entry, gen uint64, reason string) {
 	if e.removed || e.generation != gen || e.active.Load() != nil || e.state == StateStopped {
 		return
 	}
-	p := e.spec.Policy.withDefaults()
+	p := e.spec.Policy.WithDefaults()
 	now := time.Now()
 	kept := e.restartLog[:0]
 	for _, t := range e.restartLog {
@@ -114,8 +114,7 @@ func (m *Manager) scheduleRestartLocked(e *entry, gen uint64, reason string) {
 	}
 	if limit != "" {
 		why := fmt.Sprintf("%s; %s: not restarting until an operator reloads it", reason, limit)
-		e.lastError = why
-		_ = m.transitionLocked(e, evGaveUp, why)
+		m.transitionLocked(e, evGaveUp, why)
 		m.log.Error("plugin unhealthy", slog.String("plugin", e.name), slog.Uint64("generation", gen), slog.String("reason", why))
 		// Held across daemon restarts until an operator reloads it; the
 		// store is written under the operation lock, never under e.mu.
@@ -129,8 +128,7 @@ func (m *Manager) scheduleRestartLocked(e *entry, gen uint64, reason string) {
 	e.consecutive++
 	e.restartLog = append(e.restartLog, now)
 	why := fmt.Sprintf("%s; restarting in %v (restart %d of %d within %v)", reason, delay, len(e.restartLog), p.RestartLimit, p.RestartPeriod)
-	e.lastError = why
-	_ = m.transitionLocked(e, evExited, why)
+	m.transitionLocked(e, evExited, why)
 	m.startBackground(func() { m.restartAfter(e, gen, delay) })
 }
 
@@ -237,14 +235,14 @@ func (m *Manager) onUnhealthy(e *entry, gen uint64, action Action) {
 			// Not stopped unless recorded: it stays UNHEALTHY, serving.
 			m.log.Error("health policy stop not done: it cannot be recorded", slog.String("plugin", e.name), slog.String("error", err.Error()))
 			e.mu.Lock()
-			e.lastError = "the health policy's stop is not done: " + err.Error()
+			e.failedLocked("the health policy's stop is not done: " + err.Error())
 			e.mu.Unlock()
 			return
 		}
-		e.active.CompareAndSwap(old, nil)
+		e.deactivate(old)
 		old.drain(m.cfg.DrainTimeout)
 		old.stop()
-		_ = m.transition(e, evStopped, fmt.Sprintf("stopped by health policy after generation %d became unhealthy", gen))
+		m.transition(e, evStopped, fmt.Sprintf("stopped by health policy after generation %d became unhealthy", gen))
 		m.log.Warn("plugin stopped by health policy", slog.String("plugin", e.name), slog.Uint64("generation", gen))
 	case ActionRestart:
 		inst, _, err := m.launch(m.ctx, candidate{action: "unhealthy-restart", spec: spec, gen: gen + 1, expectName: expect, activeGen: gen})
@@ -256,7 +254,7 @@ func (m *Manager) onUnhealthy(e *entry, gen uint64, action Action) {
 		if err := m.recordRestart(e, "unhealthy-restart", gen, inst); err != nil {
 			inst.stop()
 			e.mu.Lock()
-			e.lastError = "restart on unhealthy not done: " + err.Error()
+			e.failedLocked("restart on unhealthy not done: " + err.Error())
 			e.mu.Unlock()
 			return
 		}

@@ -33,7 +33,7 @@ func Example() {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, l := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(l, "plugincontrol_health_") {
+		if strings.HasPrefix(l, "plugincontrol_health_") || strings.HasPrefix(l, "plugincontrol_lifecycle_") {
 			fmt.Println(l)
 		}
 	}
@@ -42,4 +42,5 @@ func Example() {
 	// plugincontrol_health_revision 0
 	// plugincontrol_health_watchers 0
 	// plugincontrol_health_watchers_evicted_total 0
+	// plugincontrol_lifecycle_refused_transitions_total 0
 }

@@ -336,6 +336,8 @@ var (
 		"Health watches ended for falling behind by more than the watch lag limit (plugind --watch-lag-limit).", nil, nil)
 	descCoalesced = prometheus.NewDesc("plugincontrol_health_events_coalesced_total",
 		"Health events a slow watcher skipped because a newer state of the same plugin replaced them.", nil, nil)
+	descRefused = prometheus.NewDesc("plugincontrol_lifecycle_refused_transitions_total",
+		"Lifecycle events refused in a plugin's state: each is a bug in plugind (logged with the plugin, state and event); alert on any.", nil, nil)
 	descInfo = prometheus.NewDesc("plugincontrol_plugin_info",
 		"1 for each plugin, labelled with its binary, the version it described and its binary's sha256.", []string{"plugin", "binary", "version", "sha256"}, nil)
 	descRevision = prometheus.NewDesc("plugincontrol_health_revision",
@@ -349,7 +351,7 @@ var states = []manager.State{manager.StateStarting, manager.StateServing, manage
 type pluginCollector struct{ m *manager.Manager }
 
 func (c *pluginCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descState, descGeneration, descPanics, descCrashes, descRestarts, descFailures, descBaking, descWatchers, descEvicted, descCoalesced, descRevision, descInfo} {
+	for _, d := range []*prometheus.Desc{descState, descGeneration, descPanics, descCrashes, descRestarts, descFailures, descBaking, descWatchers, descEvicted, descCoalesced, descRefused, descRevision, descInfo} {
 		ch <- d
 	}
 }
@@ -383,5 +385,6 @@ func (c *pluginCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.m.Watchers()))
 	ch <- prometheus.MustNewConstMetric(descEvicted, prometheus.CounterValue, float64(c.m.EvictedWatches()))
 	ch <- prometheus.MustNewConstMetric(descCoalesced, prometheus.CounterValue, float64(c.m.CoalescedEvents()))
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(c.m.RefusedTransitions()))
 	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(rev))
 }

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/healthwire"
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
 	"github.com/plugincontrol/plugincontrol/internal/wire"
 	"github.com/plugincontrol/plugincontrol/manager"
@@ -58,7 +59,7 @@ func reportToProto(r *manager.Report) *pb.CandidateReport {
 	return out
 }
 
-func healthToProto(h manager.Health) *pb.PluginHealth { return wire.HealthProto(h) }
+func healthToProto(h manager.Health) *pb.PluginHealth { return healthwire.HealthProto(h) }
 
 // compactEvent reduces the health in r to HEALTH_VIEW_COMPACT: name, state,
 // generation and revision.
@@ -69,7 +70,7 @@ func compactEvent(r *pb.WatchHealthResponse) {
 }
 
 func eventToProto(e manager.Event) *pb.WatchHealthResponse {
-	return &pb.WatchHealthResponse{Event: wire.EventProto(e)}
+	return &pb.WatchHealthResponse{Event: healthwire.EventProto(e)}
 }
 
 // duration converts an optional Duration field of a request (unset is 0)

@@ -9,14 +9,14 @@ import (
 	"time"
 
 	storev1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/store/v1"
-	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/manager/record"
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 )
 
-// Commit implements manager.Store: the plugin record change and its audit
+// Commit implements record.Store: the plugin record change and its audit
 // record in one transaction (one fsync, shared with concurrent commits).
-func (s *DB) Commit(c manager.Change) error {
+func (s *DB) Commit(c record.Change) error {
 	if c.Audit == nil {
 		return errors.New("store: a change of the desired state needs its audit record")
 	}
@@ -58,7 +58,7 @@ func (s *DB) Commit(c manager.Change) error {
 // appendAudit appends r to the log: the next sequence, chained to the last
 // record (or the checkpoint), indexed by plugin; then retention removes
 // what is too many or too old, moving the checkpoint.
-func (s *DB) appendAudit(tx *bolt.Tx, r *manager.AuditRecord) error {
+func (s *DB) appendAudit(tx *bolt.Tx, r *record.AuditRecord) error {
 	b := tx.Bucket(bucketAudit)
 	seq, err := b.NextSequence()
 	if err != nil {
@@ -99,7 +99,7 @@ func (s *DB) appendAudit(tx *bolt.Tx, r *manager.AuditRecord) error {
 func (s *DB) retain(tx *bolt.Tx, newest uint64, now time.Time) error {
 	b := tx.Bucket(bucketAudit)
 	c := b.Cursor()
-	var removed *manager.AuditRecord
+	var removed *record.AuditRecord
 	for n := 0; n < 64; n++ {
 		k, v := c.First()
 		if k == nil || binary.BigEndian.Uint64(k) == newest {
@@ -153,16 +153,16 @@ func indexKey(plugin string, seq uint64) []byte {
 	return append(k, u64(seq)...)
 }
 
-// Plugins implements manager.Store. A record that cannot be decoded is
+// Plugins implements record.Store. A record that cannot be decoded is
 // returned with Unreadable set (and stays on disk).
-func (s *DB) Plugins() ([]manager.PluginRecord, error) {
-	var out []manager.PluginRecord
+func (s *DB) Plugins() ([]record.PluginRecord, error) {
+	var out []record.PluginRecord
 	err := guard(func() error {
 		return s.db.View(func(tx *bolt.Tx) error {
 			return tx.Bucket(bucketPlugins).ForEach(func(k, v []byte) error {
 				r, err := decodePlugin(string(k), v)
 				if err != nil {
-					r = manager.PluginRecord{Name: string(k), Unreadable: err.Error()}
+					r = record.PluginRecord{Name: string(k), Unreadable: err.Error()}
 				}
 				out = append(out, r)
 				return nil
@@ -173,7 +173,7 @@ func (s *DB) Plugins() ([]manager.PluginRecord, error) {
 	return out, err
 }
 
-// ReserveRevisions implements manager.Store.
+// ReserveRevisions implements record.Store.
 func (s *DB) ReserveRevisions(upTo uint64) (uint64, error) {
 	var prev uint64
 	err := s.update(func(tx *bolt.Tx) error {
@@ -190,11 +190,11 @@ func (s *DB) ReserveRevisions(upTo uint64) (uint64, error) {
 	return prev, err
 }
 
-// Audit implements manager.Store: newest first, from Before down, at most
+// Audit implements record.Store: newest first, from Before down, at most
 // Limit records; the records of one plugin are read through its index, so
 // a page costs the same however many other records the log holds.
-func (s *DB) Audit(q manager.AuditQuery) (manager.AuditPage, error) {
-	var page manager.AuditPage
+func (s *DB) Audit(q record.AuditQuery) (record.AuditPage, error) {
+	var page record.AuditPage
 	err := guard(func() error {
 		return s.db.View(func(tx *bolt.Tx) error {
 			cp, err := checkpoint(tx)
@@ -202,7 +202,7 @@ func (s *DB) Audit(q manager.AuditQuery) (manager.AuditPage, error) {
 				return err
 			}
 			if cp != nil {
-				page.Checkpoint = &manager.AuditCheckpoint{Sequence: cp.GetSequence(), Hash: cp.GetHash()}
+				page.Checkpoint = &record.AuditCheckpoint{Sequence: cp.GetSequence(), Hash: cp.GetHash()}
 			}
 			audit := tx.Bucket(bucketAudit)
 			add := func(seq uint64, v []byte) (bool, error) {

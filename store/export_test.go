@@ -5,30 +5,30 @@ import (
 	"strings"
 	"time"
 
-	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/manager/record"
 	bolt "go.etcd.io/bbolt"
 )
 
 // GoldenRecords is the stored encoding of a plugin record with every field
 // set and of an audit record, as hex lines: the schema's golden file.
 func GoldenRecords() string {
-	rec := manager.PluginRecord{Name: "golden", Generation: 42, HeldUnhealthy: true, Reason: "held", PluginName: "echo", Spec: manager.Spec{
+	rec := record.PluginRecord{Name: "golden", Generation: 42, HeldUnhealthy: true, Reason: "held", PluginName: "echo", Spec: record.Spec{
 		Name: "golden", Binary: "sub/echo", Args: []string{"-a", "b c"}, Env: map[string]string{"A": "1", "B": "2"},
 		SHA256: strings.Repeat("ab", 32), Config: []byte{0, 1, 2}, StartTimeout: 3 * time.Second, ReadyService: "svc", ReadyTimeout: 4 * time.Second,
-		Resources: manager.Resources{MemoryMax: 64 << 20, PidsMax: 32, CPUMax: "50000 100000"},
-		Handshake: &manager.Handshake{ProtocolVersion: 2, MagicCookieKey: "COOKIE", MagicCookieValue: "v"},
-		Policy: manager.HealthPolicy{PanicThreshold: 4, PanicWindow: 2 * time.Minute, RestartLimit: 6, RestartPeriod: 3 * time.Minute,
-			BackoffInitial: 50 * time.Millisecond, BackoffMax: 7 * time.Second, OnUnhealthy: manager.ActionStop,
+		Resources: record.Resources{MemoryMax: 64 << 20, PidsMax: 32, CPUMax: "50000 100000"},
+		Handshake: &record.Handshake{ProtocolVersion: 2, MagicCookieKey: "COOKIE", MagicCookieValue: "v"},
+		Policy: record.HealthPolicy{PanicThreshold: 4, PanicWindow: 2 * time.Minute, RestartLimit: 6, RestartPeriod: 3 * time.Minute,
+			BackoffInitial: 50 * time.Millisecond, BackoffMax: 7 * time.Second, OnUnhealthy: record.ActionStop,
 			LivenessInterval: time.Second, LivenessFailures: 2,
-			Panics: manager.FailureLimit{Threshold: 1, Window: time.Minute}, Crashes: manager.FailureLimit{Threshold: 2},
-			Hangs: manager.FailureLimit{Threshold: 3}, Timeouts: manager.FailureLimit{Threshold: 4, Window: time.Hour},
-			StartFailures: manager.FailureLimit{Threshold: 5}},
+			Panics: record.FailureLimit{Threshold: 1, Window: time.Minute}, Crashes: record.FailureLimit{Threshold: 2},
+			Hangs: record.FailureLimit{Threshold: 3}, Timeouts: record.FailureLimit{Threshold: 4, Window: time.Hour},
+			StartFailures: record.FailureLimit{Threshold: 5}},
 	}}
 	p, err := encodePlugin(&rec)
 	if err != nil {
 		panic(err)
 	}
-	a := manager.AuditRecord{Sequence: 7, Time: time.Unix(1700000000, 123456789).UTC(), Caller: "token:ci", Action: "reload", Plugin: "golden",
+	a := record.AuditRecord{Sequence: 7, Time: time.Unix(1700000000, 123456789).UTC(), Caller: "token:ci", Action: "reload", Plugin: "golden",
 		OldGeneration: 41, NewGeneration: 42, Binary: "sub/echo", BinarySHA256: strings.Repeat("cd", 32), Outcome: "ok", PrevHash: "00"}
 	a.Hash = a.ChainHash()
 	av, err := encodeAudit(&a)
@@ -74,7 +74,7 @@ func FillAuditForTest(s *DB, n int) error {
 		batch := min(10000, n-done)
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			for i := range batch {
-				r := manager.AuditRecord{Time: time.Now(), Caller: "uid:0", Action: "reload", Plugin: "p" + string(rune('0'+(done+i)%10)),
+				r := record.AuditRecord{Time: time.Now(), Caller: "uid:0", Action: "reload", Plugin: "p" + string(rune('0'+(done+i)%10)),
 					OldGeneration: uint64(done + i), NewGeneration: uint64(done + i + 1), Binary: "echo", BinarySHA256: strings.Repeat("ab", 32), Outcome: "ok"}
 				if err := s.appendAudit(tx, &r); err != nil {
 					return err

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/manager/record"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -70,15 +70,15 @@ func migrateV1(tx *bolt.Tx) error {
 			return nil // left as it is: Plugins reports it unreadable
 		}
 		p := old.Spec.Policy
-		r := manager.PluginRecord{
+		r := record.PluginRecord{
 			Name: string(k),
-			Spec: manager.Spec{
+			Spec: record.Spec{
 				Name: old.Spec.Name, Binary: old.Spec.Binary, Args: old.Spec.Args, Env: old.Spec.Env, SHA256: old.Spec.SHA256,
 				Config: old.Spec.Config, StartTimeout: old.Spec.StartTimeout,
-				Policy: manager.HealthPolicy{
+				Policy: record.HealthPolicy{
 					PanicThreshold: p.PanicThreshold, PanicWindow: p.PanicWindow, RestartLimit: p.RestartLimit,
 					RestartPeriod: p.RestartPeriod, BackoffInitial: p.BackoffInitial, BackoffMax: p.BackoffMax,
-					OnUnhealthy: manager.Action(p.OnUnhealthy),
+					OnUnhealthy: record.Action(p.OnUnhealthy),
 				},
 			},
 			Generation: old.Generation, HeldUnhealthy: old.HeldUnhealthy, Reason: old.Reason, PluginName: old.PluginName,
@@ -107,7 +107,7 @@ func migrateV1(tx *bolt.Tx) error {
 		if err := json.Unmarshal(v, &old); err != nil {
 			return fmt.Errorf("audit record %d: %w", binary.BigEndian.Uint64(k), err)
 		}
-		r := manager.AuditRecord{
+		r := record.AuditRecord{
 			Sequence: old.Sequence, Time: old.Time, Caller: old.Caller, Action: old.Action, Plugin: old.Plugin,
 			OldGeneration: old.OldGeneration, NewGeneration: old.NewGeneration, Binary: old.Binary,
 			BinarySHA256: old.BinarySHA256, Outcome: old.Outcome, Error: old.Error, PrevHash: prev,

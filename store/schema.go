@@ -6,7 +6,7 @@ import (
 
 	storev1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/store/v1"
 	"github.com/plugincontrol/plugincontrol/internal/wire"
-	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/manager/record"
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -91,7 +91,7 @@ func (s *DB) initSchema() error {
 
 // encodePlugin is the stored form of a plugin record. The encoding is
 // deterministic (the golden test pins it).
-func encodePlugin(r *manager.PluginRecord) ([]byte, error) {
+func encodePlugin(r *record.PluginRecord) ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.Marshal(&storev1.PluginRecord{
 		Spec:          wire.SpecProto(r.Spec),
 		Generation:    r.Generation,
@@ -103,23 +103,23 @@ func encodePlugin(r *manager.PluginRecord) ([]byte, error) {
 
 // decodePlugin reads a stored plugin record; an error says why it cannot
 // be used.
-func decodePlugin(name string, v []byte) (manager.PluginRecord, error) {
+func decodePlugin(name string, v []byte) (record.PluginRecord, error) {
 	var p storev1.PluginRecord
 	if err := proto.Unmarshal(v, &p); err != nil {
-		return manager.PluginRecord{}, fmt.Errorf("not a plugin record: %w", err)
+		return record.PluginRecord{}, fmt.Errorf("not a plugin record: %w", err)
 	}
 	spec, err := wire.Spec(p.GetSpec())
 	if err != nil {
-		return manager.PluginRecord{}, err
+		return record.PluginRecord{}, err
 	}
 	if spec.Name != name {
-		return manager.PluginRecord{}, fmt.Errorf("the record is stored under %q but holds the spec of %q", name, spec.Name)
+		return record.PluginRecord{}, fmt.Errorf("the record is stored under %q but holds the spec of %q", name, spec.Name)
 	}
-	return manager.PluginRecord{Name: name, Spec: spec, Generation: p.GetGeneration(), HeldUnhealthy: p.GetHeldUnhealthy(),
+	return record.PluginRecord{Name: name, Spec: spec, Generation: p.GetGeneration(), HeldUnhealthy: p.GetHeldUnhealthy(),
 		Reason: p.GetReason(), PluginName: p.GetPluginName()}, nil
 }
 
-func auditProto(r *manager.AuditRecord) *storev1.AuditRecord {
+func auditProto(r *record.AuditRecord) *storev1.AuditRecord {
 	return &storev1.AuditRecord{
 		Sequence: r.Sequence, Time: timestamppb.New(r.Time), Caller: r.Caller, Action: r.Action, Plugin: r.Plugin,
 		OldGeneration: r.OldGeneration, NewGeneration: r.NewGeneration, Binary: r.Binary, BinarySha256: r.BinarySHA256,
@@ -127,16 +127,16 @@ func auditProto(r *manager.AuditRecord) *storev1.AuditRecord {
 	}
 }
 
-func encodeAudit(r *manager.AuditRecord) ([]byte, error) {
+func encodeAudit(r *record.AuditRecord) ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.Marshal(auditProto(r))
 }
 
-func decodeAudit(v []byte) (manager.AuditRecord, error) {
+func decodeAudit(v []byte) (record.AuditRecord, error) {
 	var a storev1.AuditRecord
 	if err := proto.Unmarshal(v, &a); err != nil {
-		return manager.AuditRecord{}, err
+		return record.AuditRecord{}, err
 	}
-	return manager.AuditRecord{
+	return record.AuditRecord{
 		Sequence: a.GetSequence(), Time: a.GetTime().AsTime(), Caller: a.GetCaller(), Action: a.GetAction(), Plugin: a.GetPlugin(),
 		OldGeneration: a.GetOldGeneration(), NewGeneration: a.GetNewGeneration(), Binary: a.GetBinary(), BinarySHA256: a.GetBinarySha256(),
 		Outcome: a.GetOutcome(), Error: a.GetError(), PrevHash: a.GetPrevHash(), Hash: a.GetHash(),

@@ -27,7 +27,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/manager/record"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -68,7 +68,7 @@ func (o *Options) defaults() {
 	}
 }
 
-// DB is a manager.Store on bbolt. It is safe for concurrent use.
+// DB is a record.Store on bbolt. It is safe for concurrent use.
 type DB struct {
 	db    *bolt.DB
 	path  string
@@ -85,7 +85,7 @@ type DB struct {
 	closed  bool
 }
 
-var _ manager.Store = (*DB)(nil)
+var _ record.Store = (*DB)(nil)
 
 // DamagedError is a store file that cannot be used: plugind refuses to
 // start on it. Recover (plugind store recover) puts the newest good

@@ -67,13 +67,14 @@ func withKV(ctx context.Context, m *manager.Manager, f func(shared.KV) error) er
 }
 
 func run(ctx context.Context, pluginDir string, out io.Writer) error {
-	m, err := manager.New(manager.Config{PluginDir: pluginDir, Logger: slog.New(slog.DiscardHandler)})
+	m, err := manager.New(manager.Config{PluginDir: pluginDir, Logger: slog.New(slog.DiscardHandler),
+		Protocol: func(manager.Spec) *manager.Protocol { return kvProtocol() }})
 	if err != nil {
 		return err
 	}
 	defer m.Close(ctx)
 
-	res, err := m.Load(ctx, manager.Spec{Name: "kv", Binary: "kv", Protocol: kvProtocol()})
+	res, err := m.Load(ctx, manager.Spec{Name: "kv", Binary: "kv"})
 	if err != nil {
 		return err
 	}

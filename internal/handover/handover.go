@@ -18,6 +18,7 @@ import (
 
 	handoverv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/handover/v1"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/healthwire"
 	"github.com/plugincontrol/plugincontrol/internal/wire"
 	"github.com/plugincontrol/plugincontrol/manager"
 )
@@ -64,10 +65,10 @@ func Encode(h *manager.Handover, d Daemon) ([]byte, error) {
 	if hub := h.Hub; hub != nil {
 		msg.Hub = &handoverv1.Hub{Revision: hub.Revision}
 		for _, e := range hub.History {
-			msg.Hub.History = append(msg.Hub.History, wire.EventProto(e))
+			msg.Hub.History = append(msg.Hub.History, healthwire.EventProto(e))
 		}
 		for _, l := range hub.Latest {
-			msg.Hub.Latest = append(msg.Hub.Latest, wire.HealthProto(l))
+			msg.Hub.Latest = append(msg.Hub.Latest, healthwire.HealthProto(l))
 		}
 	}
 	for _, p := range h.Plugins {
@@ -118,10 +119,10 @@ func Decode(b []byte) (*manager.Handover, Daemon, error) {
 	if hub := msg.GetHub(); hub != nil {
 		h.Hub = &manager.HubHandover{Revision: hub.GetRevision()}
 		for _, e := range hub.GetHistory() {
-			h.Hub.History = append(h.Hub.History, wire.Event(e))
+			h.Hub.History = append(h.Hub.History, healthwire.Event(e))
 		}
 		for _, l := range hub.GetLatest() {
-			h.Hub.Latest = append(h.Hub.Latest, wire.Health(l))
+			h.Hub.Latest = append(h.Hub.Latest, healthwire.Health(l))
 		}
 	}
 	if r := msg.GetReaper(); r != nil {
@@ -153,7 +154,7 @@ func pluginProto(p *manager.PluginHandover, withFDs bool) *handoverv1.PluginRunt
 			out.RestartLog = append(out.RestartLog, wire.Timestamp(t))
 		}
 		if f := p.Faults; f != nil {
-			out.Faults = &handoverv1.Faults{Generation: f.Generation, LastPanic: wire.PanicProto(f.LastPanic)}
+			out.Faults = &handoverv1.Faults{Generation: f.Generation, LastPanic: healthwire.PanicProto(f.LastPanic)}
 			for _, t := range f.Combined {
 				out.Faults.Combined = append(out.Faults.Combined, wire.Timestamp(t))
 			}
@@ -168,7 +169,7 @@ func pluginProto(p *manager.PluginHandover, withFDs bool) *handoverv1.PluginRunt
 			}
 		}
 		if b := p.Bake; b != nil {
-			out.Bake = &handoverv1.Bake{Status: wire.BakeProto(b.Status), PreviousSpec: wire.SpecProto(b.PreviousSpec), PreviousPluginName: b.PreviousPluginName}
+			out.Bake = &handoverv1.Bake{Status: healthwire.BakeProto(b.Status), PreviousSpec: wire.SpecProto(b.PreviousSpec), PreviousPluginName: b.PreviousPluginName}
 		}
 	}
 	return out
@@ -195,7 +196,7 @@ func plugin(p *handoverv1.PluginRuntime, withFDs bool) (*manager.PluginHandover,
 		}
 		if f := p.GetFaults(); f != nil {
 			fh := &manager.FaultsHandover{Generation: f.GetGeneration(), Windows: map[manager.FailureClass][]time.Time{},
-				Lifetime: map[manager.FailureClass]uint64{}, LastPanic: wire.Panic(f.GetLastPanic())}
+				Lifetime: map[manager.FailureClass]uint64{}, LastPanic: healthwire.Panic(f.GetLastPanic())}
 			for _, t := range f.GetCombined() {
 				fh.Combined = append(fh.Combined, wire.Time(t))
 			}
@@ -213,7 +214,7 @@ func plugin(p *handoverv1.PluginRuntime, withFDs bool) (*manager.PluginHandover,
 			if err != nil && b.GetPreviousSpec() != nil {
 				return nil, fmt.Errorf("handover of plugin %q: bake: %w", p.GetName(), err)
 			}
-			out.Bake = &manager.BakeHandover{Status: wire.Bake(b.GetStatus()), PreviousSpec: prev, PreviousPluginName: b.GetPreviousPluginName()}
+			out.Bake = &manager.BakeHandover{Status: healthwire.Bake(b.GetStatus()), PreviousSpec: prev, PreviousPluginName: b.GetPreviousPluginName()}
 		}
 	}
 	if out.Active, err = process(p.GetActive(), withFDs); err != nil {

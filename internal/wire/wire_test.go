@@ -7,11 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
-	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/manager/record"
 )
 
 // TestSpecRoundTrip converts random specs with every field set to their
@@ -19,18 +18,18 @@ import (
 func TestSpecRoundTrip(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 5))
 	d := func() time.Duration { return time.Duration(1+r.IntN(3600)) * time.Second }
-	lim := func() manager.FailureLimit { return manager.FailureLimit{Threshold: r.IntN(9), Window: d()} }
+	lim := func() record.FailureLimit { return record.FailureLimit{Threshold: r.IntN(9), Window: d()} }
 	for i := range 500 {
-		s := manager.Spec{
+		s := record.Spec{
 			Name: "p", Binary: "bin/p", Args: []string{"-a", "b"}, Env: map[string]string{"K": "v"},
 			SHA256: strings.Repeat("0f", 32), Config: []byte("cfg"), StartTimeout: d(), ReadyTimeout: d(),
-			Handshake:    &manager.Handshake{ProtocolVersion: uint(1 + r.IntN(5)), MagicCookieKey: "K", MagicCookieValue: "V"},
+			Handshake:    &record.Handshake{ProtocolVersion: uint(1 + r.IntN(5)), MagicCookieKey: "K", MagicCookieValue: "V"},
 			ReadyService: "svc",
-			Resources:    manager.Resources{MemoryMax: int64(1+r.IntN(100)) << 20, PidsMax: int64(r.IntN(100)), CPUMax: "50000 100000"},
-			Policy: manager.HealthPolicy{
+			Resources:    record.Resources{MemoryMax: int64(1+r.IntN(100)) << 20, PidsMax: int64(r.IntN(100)), CPUMax: "50000 100000"},
+			Policy: record.HealthPolicy{
 				PanicThreshold: r.IntN(9), PanicWindow: d(), Panics: lim(), Crashes: lim(), Hangs: lim(), Timeouts: lim(), StartFailures: lim(),
 				LivenessInterval: d(), LivenessFailures: r.IntN(9), RestartLimit: r.IntN(9), RestartPeriod: d(),
-				BackoffInitial: d(), BackoffMax: d(), OnUnhealthy: manager.Action(r.IntN(3)),
+				BackoffInitial: d(), BackoffMax: d(), OnUnhealthy: record.Action(r.IntN(3)),
 			},
 		}
 		back, err := Spec(SpecProto(s))
@@ -47,16 +46,16 @@ func TestSpecRoundTrip(t *testing.T) {
 // of PluginSpec unset, so a field added to the API without a conversion
 // fails here.
 func TestSpecProtoSetsEveryField(t *testing.T) {
-	s := manager.Spec{
+	s := record.Spec{
 		Name: "p", Binary: "b", Args: []string{"a"}, Env: map[string]string{"K": "v"}, SHA256: strings.Repeat("0f", 32),
 		Config: []byte("c"), StartTimeout: time.Second, ReadyTimeout: time.Second,
-		Handshake: &manager.Handshake{ProtocolVersion: 1, MagicCookieKey: "K", MagicCookieValue: "V"}, ReadyService: "s",
-		Resources: manager.Resources{MemoryMax: 1 << 20, PidsMax: 1, CPUMax: "1000 1000"},
-		Policy: manager.HealthPolicy{PanicThreshold: 1, PanicWindow: time.Second, LivenessInterval: time.Second, LivenessFailures: 1,
-			RestartLimit: 1, RestartPeriod: time.Second, BackoffInitial: time.Second, BackoffMax: time.Second, OnUnhealthy: manager.ActionStop,
-			Panics: manager.FailureLimit{Threshold: 1, Window: time.Second}, Crashes: manager.FailureLimit{Threshold: 1, Window: time.Second},
-			Hangs: manager.FailureLimit{Threshold: 1, Window: time.Second}, Timeouts: manager.FailureLimit{Threshold: 1, Window: time.Second},
-			StartFailures: manager.FailureLimit{Threshold: 1, Window: time.Second}},
+		Handshake: &record.Handshake{ProtocolVersion: 1, MagicCookieKey: "K", MagicCookieValue: "V"}, ReadyService: "s",
+		Resources: record.Resources{MemoryMax: 1 << 20, PidsMax: 1, CPUMax: "1000 1000"},
+		Policy: record.HealthPolicy{PanicThreshold: 1, PanicWindow: time.Second, LivenessInterval: time.Second, LivenessFailures: 1,
+			RestartLimit: 1, RestartPeriod: time.Second, BackoffInitial: time.Second, BackoffMax: time.Second, OnUnhealthy: record.ActionStop,
+			Panics: record.FailureLimit{Threshold: 1, Window: time.Second}, Crashes: record.FailureLimit{Threshold: 1, Window: time.Second},
+			Hangs: record.FailureLimit{Threshold: 1, Window: time.Second}, Timeouts: record.FailureLimit{Threshold: 1, Window: time.Second},
+			StartFailures: record.FailureLimit{Threshold: 1, Window: time.Second}},
 	}
 	var unset []string
 	var walk func(m protoreflect.Message, prefix string)
@@ -76,29 +75,6 @@ func TestSpecProtoSetsEveryField(t *testing.T) {
 	walk(SpecProto(s).ProtoReflect(), "")
 	if len(unset) > 0 {
 		t.Fatalf("PluginSpec fields the conversion does not write: %v", unset)
-	}
-}
-
-// TestHealthRoundTrip converts health records and events both ways.
-func TestHealthRoundTrip(t *testing.T) {
-	t0 := time.Date(2026, 12, 5, 1, 2, 3, 4, time.UTC)
-	h := manager.Health{
-		Name: "p", State: manager.StateDegraded, Generation: 3, PanicsInWindow: 1, LifetimePanics: 2, Crashes: 1, Restarts: 4,
-		LastPanic: &manager.PanicRecord{Message: "boom", Fingerprint: "f", Time: t0, Generation: 3},
-		Failures:  []manager.FailureCount{{Class: manager.FailurePanic, InWindow: 1, Lifetime: 2}},
-		Reason:    "panic", Since: t0, Revision: 9,
-		Bake: &manager.BakeStatus{Generation: 3, PreviousGeneration: 2, Until: t0, Result: manager.BakeBaking, Reason: "r", RevertedTo: 4},
-	}
-	if back := Health(HealthProto(h)); !reflect.DeepEqual(back, h) {
-		t.Fatalf("health changed:\n%+v\n%+v", h, back)
-	}
-	e := manager.Event{Type: manager.EventChanged, Revision: 9, Health: h, Reset: true}
-	if back := Event(EventProto(e)); !reflect.DeepEqual(back, e) {
-		t.Fatalf("event changed:\n%+v\n%+v", e, back)
-	}
-	synced := manager.Event{Type: manager.EventSynced, Revision: 10}
-	if p := EventProto(synced); p.GetHealth() != nil || !proto.Equal(p, &pb.HealthEvent{Type: pb.HealthEventType_HEALTH_EVENT_TYPE_SYNCED, Revision: 10}) {
-		t.Fatalf("SYNCED carries a health record: %v", p)
 	}
 }
 

@@ -1,28 +1,13 @@
-package wire
+// Package healthwire converts the manager's health records and events to
+// and from their protobuf messages, for the API (package server) and the
+// handover of a reload in place (internal/handover).
+package healthwire
 
 import (
-	"time"
-
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/wire"
 	"github.com/plugincontrol/plugincontrol/manager"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
-
-// Timestamp converts a time; the zero time is unset.
-func Timestamp(t time.Time) *timestamppb.Timestamp {
-	if t.IsZero() {
-		return nil
-	}
-	return timestamppb.New(t)
-}
-
-// Time converts a Timestamp; unset is the zero time.
-func Time(t *timestamppb.Timestamp) time.Time {
-	if t == nil {
-		return time.Time{}
-	}
-	return t.AsTime()
-}
 
 // HealthProto converts a health record to its PluginHealth.
 func HealthProto(h manager.Health) *pb.PluginHealth {
@@ -35,7 +20,7 @@ func HealthProto(h manager.Health) *pb.PluginHealth {
 		Crashes:        h.Crashes,
 		Restarts:       uint32(h.Restarts),
 		Reason:         h.Reason,
-		Since:          Timestamp(h.Since),
+		Since:          wire.Timestamp(h.Since),
 		Revision:       h.Revision,
 	}
 	if p := h.LastPanic; p != nil {
@@ -61,7 +46,7 @@ func Health(h *pb.PluginHealth) manager.Health {
 		Crashes:        h.GetCrashes(),
 		Restarts:       int(h.GetRestarts()),
 		Reason:         h.GetReason(),
-		Since:          Time(h.GetSince()),
+		Since:          wire.Time(h.GetSince()),
 		Revision:       h.GetRevision(),
 		LastPanic:      Panic(h.GetLastPanic()),
 	}
@@ -80,7 +65,7 @@ func PanicProto(p *manager.PanicRecord) *pb.PanicRecord {
 	if p == nil {
 		return nil
 	}
-	return &pb.PanicRecord{Message: p.Message, Fingerprint: p.Fingerprint, Time: Timestamp(p.Time), Generation: p.Generation}
+	return &pb.PanicRecord{Message: p.Message, Fingerprint: p.Fingerprint, Time: wire.Timestamp(p.Time), Generation: p.Generation}
 }
 
 // Panic converts a PanicRecord back; nil stays nil.
@@ -88,18 +73,18 @@ func Panic(p *pb.PanicRecord) *manager.PanicRecord {
 	if p == nil {
 		return nil
 	}
-	return &manager.PanicRecord{Message: p.GetMessage(), Fingerprint: p.GetFingerprint(), Time: Time(p.GetTime()), Generation: p.GetGeneration()}
+	return &manager.PanicRecord{Message: p.GetMessage(), Fingerprint: p.GetFingerprint(), Time: wire.Time(p.GetTime()), Generation: p.GetGeneration()}
 }
 
 // BakeProto converts a bake's status.
 func BakeProto(b manager.BakeStatus) *pb.Bake {
-	return &pb.Bake{Generation: b.Generation, PreviousGeneration: b.PreviousGeneration, Until: Timestamp(b.Until),
+	return &pb.Bake{Generation: b.Generation, PreviousGeneration: b.PreviousGeneration, Until: wire.Timestamp(b.Until),
 		Result: pb.BakeResult(b.Result), Reason: b.Reason, RevertedTo: b.RevertedTo}
 }
 
 // Bake converts a Bake back.
 func Bake(b *pb.Bake) manager.BakeStatus {
-	return manager.BakeStatus{Generation: b.GetGeneration(), PreviousGeneration: b.GetPreviousGeneration(), Until: Time(b.GetUntil()),
+	return manager.BakeStatus{Generation: b.GetGeneration(), PreviousGeneration: b.GetPreviousGeneration(), Until: wire.Time(b.GetUntil()),
 		Result: manager.BakeResult(b.GetResult()), Reason: b.GetReason(), RevertedTo: b.GetRevertedTo()}
 }
 
