@@ -183,7 +183,7 @@ func TestWaitServing(t *testing.T) {
 	}
 	// Within the settle period, UNHEALTHY fails it.
 	go func() {
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // time is what is tested: the panic lands within the settle period
 		_, _, _ = c.Invoke(ctx, "fragile", "panic", []byte("again"))
 	}()
 	_, err = c.WaitServing(ctx, "fragile", 2, WithSettle(10*time.Second))
@@ -262,7 +262,7 @@ func TestRetryWaitsForDaemon(t *testing.T) {
 	d.stop()
 	restarted := make(chan *daemon, 1)
 	go func() {
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // time is what is tested: the calls retry while no daemon listens
 		nd, err := startDaemon(daemonConfig{sock: d.sock})
 		if err != nil {
 			t.Error(err)

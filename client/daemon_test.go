@@ -113,7 +113,7 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("plugind does not accept connections on %s: %w", cfg.sock, err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // polls: plugind is starting, its socket may not be there yet
 	}
 }
 

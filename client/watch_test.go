@@ -157,10 +157,17 @@ func TestWatchCompactedResume(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var got []*plugincontrolv1.HealthEvent
+	synced := make(chan struct{}, 1)
 	w, err := c.Watch(context.Background(), nil, WithSinceRevision(1), WithCallback(func(ev *plugincontrolv1.HealthEvent) {
 		mu.Lock()
 		got = append(got, ev)
 		mu.Unlock()
+		if ev.GetType() == plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SYNCED {
+			select {
+			case synced <- struct{}{}:
+			default:
+			}
+		}
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -169,16 +176,10 @@ func TestWatchCompactedResume(t *testing.T) {
 	waitView(t, w, "a", "c")
 	// The view converges at SYNCED, before the callback sees it: wait for
 	// the callback too.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		mu.Lock()
-		n := len(got)
-		synced := n > 0 && got[n-1].GetType() == plugincontrolv1.HealthEventType_HEALTH_EVENT_TYPE_SYNCED
-		mu.Unlock()
-		if synced || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
+	select {
+	case <-synced:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the callback saw no SYNCED within 5s")
 	}
 	mu.Lock()
 	defer mu.Unlock()

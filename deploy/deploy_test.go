@@ -256,7 +256,7 @@ func startPlugind(t *testing.T, socket string, args ...string) *daemon {
 		if time.Now().After(deadline) {
 			t.Fatalf("plugind %q never became SERVING: %v\n%s", args, err, d.stderr.String())
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // polls: plugind is starting, its socket may not be there yet
 	}
 }
 
@@ -285,7 +285,7 @@ func (d *daemon) waitService(t *testing.T, service string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%q never SERVING: %v\n%s", service, err, d.stderr.String())
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // polls grpc-health-probe, the probe a deployment runs (a process per probe)
 	}
 }
 
@@ -938,7 +938,7 @@ func httpGet(addr, path string) int {
 func (d *daemon) metricsAddr(t *testing.T) string {
 	t.Helper()
 	re := regexp.MustCompile(`http://(127\.0\.0\.1:\d+)/metrics`)
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) { // polls the log: plugind writes the line when it listens
 		if m := re.FindStringSubmatch(d.stderr.String()); m != nil {
 			return m[1]
 		}

@@ -92,7 +92,7 @@ func TestRolloutBeyondOneTransaction(t *testing.T) {
 			if ctx.Err() != nil {
 				t.Fatalf("rollout %s %s, want %s", r.GetState(), r.GetReason(), state)
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // polls the store's read of the record (a full read per turn, what the controller itself does)
 		}
 	}
 	targets := func() int64 {
@@ -129,7 +129,7 @@ func TestRolloutBeyondOneTransaction(t *testing.T) {
 		if ctx.Err() != nil {
 			t.Fatalf("%d targets written", targets())
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // polls a count of keys over 150 simulated nodes
 	}
 	r, err = store.ChangeRollout(ctx, "greet", fleet.Abort)
 	if err != nil {

@@ -2,6 +2,7 @@ package manager_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -12,21 +13,14 @@ import (
 	"github.com/plugincontrol/plugincontrol/manager"
 )
 
-// waitBake polls Health until name's bake of generation gen has ended and
-// returns it.
+// waitBake waits until name's bake of generation gen has ended and
+// returns the health record that says so.
 func waitBake(t *testing.T, m *manager.Manager, name string, gen uint64, d time.Duration) manager.Health {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		h := health(t, m, name)
-		if b := h.Bake; b != nil && b.Generation == gen && b.Result != manager.BakeBaking {
-			return h
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: bake of generation %d not ended after %v: %+v", name, gen, d, h.Bake)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return waitHealth(t, m, name, d, fmt.Sprintf("want the bake of generation %d ended", gen), func(h manager.Health) bool {
+		b := h.Bake
+		return b != nil && b.Generation == gen && b.Result != manager.BakeBaking
+	})
 }
 
 // lastAudit returns the newest audit record of name.
@@ -191,16 +185,9 @@ func TestLivenessReplacesAHungPlugin(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := stopped.Add(2 * time.Second)
-	for {
-		st, _ := m.Get("echo")
-		if st.Generation == 2 && st.State == manager.StateServing && st.PID != pid {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("hung plugin not replaced within 2s: %+v", st)
-		}
-		time.Sleep(10 * time.Millisecond)
+	waitServing(t, m, "echo", 2, 2*time.Second)
+	if st, _ := m.Get("echo"); st.Generation != 2 || st.PID == pid {
+		t.Fatalf("hung plugin not replaced: %+v", st)
 	}
 	t.Logf("SIGSTOP to a serving replacement: %v", time.Since(stopped))
 	if !testbin.WaitGone(pid, 2*time.Second) {

@@ -553,3 +553,32 @@ func (m *Manager) Health(names []string) ([]Health, uint64, error) {
 	hs, rev := m.events.snapshot(filter)
 	return hs, rev, nil
 }
+
+// WaitHealth follows the health of plugin name (its current record, then
+// every change: a Watch) until ok accepts a record, and returns that
+// record. When ctx ends first it returns the last record seen and ctx's
+// error. A plugin that is not loaded yet is waited for: its first record
+// is the first one offered to ok.
+func (m *Manager) WaitHealth(ctx context.Context, name string, ok func(Health) bool) (Health, error) {
+	w, err := m.Watch([]string{name}, 0, Internal())
+	if err != nil {
+		return Health{}, err
+	}
+	defer w.Close()
+	var last Health
+	for {
+		evs, err := w.Next(ctx)
+		if err != nil {
+			return last, err
+		}
+		for _, e := range evs {
+			if e.Health.Name != name {
+				continue
+			}
+			last = e.Health
+			if ok(last) {
+				return last, nil
+			}
+		}
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"syscall"
+	"time"
 
 	"github.com/plugincontrol/plugincontrol/manager"
 )
@@ -78,4 +80,21 @@ func ExampleManager_Recover() {
 	hs, _, _ := m.Health([]string{"echo"})
 	fmt.Println(hs[0].State, hs[0].LifetimePanics, hs[0].LastPanic.Message)
 	// Output: DEGRADED 1 cache-refresh: nil map
+}
+
+// Wait for the supervisor to bring a crashed plugin back: WaitHealth
+// follows the plugin's health until a record passes the test.
+func ExampleManager_WaitHealth() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, _ := manager.New(manager.Config{PluginDir: pluginDir, Logger: slog.New(slog.DiscardHandler)})
+	defer m.Close(ctx)
+	res, _ := m.Load(ctx, manager.Spec{Name: "echo", Binary: "echo"})
+
+	_ = syscall.Kill(res.Status.PID, syscall.SIGKILL)
+	h, err := m.WaitHealth(ctx, "echo", func(h manager.Health) bool {
+		return h.Generation > res.Status.Generation && h.State == manager.StateServing
+	})
+	fmt.Println(h.Generation, h.State, h.Crashes, err)
+	// Output: 2 SERVING 1 <nil>
 }

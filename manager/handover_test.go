@@ -99,12 +99,8 @@ func TestFreezeWaitsForOperations(t *testing.T) {
 }
 
 func waitGeneration(m *manager.Manager, name string, gen uint64, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if got, err := m.Get(name); err == nil && got.Generation >= gen && got.State == manager.StateServing {
-			return true
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return false
+	_, err := watchUntil(m, name, d, func(h manager.Health) bool {
+		return h.Generation >= gen && h.State == manager.StateServing
+	})
+	return err == nil
 }

@@ -47,20 +47,37 @@ func health(t *testing.T, m *manager.Manager, name string) manager.Health {
 	return hs[0]
 }
 
-// waitState polls Health until name is in state st (or fails after d).
+// waitHealth follows name's health (a Watch: its snapshot, then every
+// change) until ok accepts a record, and returns it; after d it fails the
+// test with what describes the wait and the last record seen.
+func waitHealth(t *testing.T, m *manager.Manager, name string, d time.Duration, what string, ok func(manager.Health) bool) manager.Health {
+	t.Helper()
+	h, err := watchUntil(m, name, d, ok)
+	if err != nil {
+		t.Fatalf("%s: %s: %v; last seen %+v", name, what, err, h)
+	}
+	return h
+}
+
+// watchUntil is Manager.WaitHealth bounded by d.
+func watchUntil(m *manager.Manager, name string, d time.Duration, ok func(manager.Health) bool) (manager.Health, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return m.WaitHealth(ctx, name, ok)
+}
+
+// waitState waits until name is in state st (or fails after d).
 func waitState(t *testing.T, m *manager.Manager, name string, st manager.State, d time.Duration) manager.Health {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		h := health(t, m, name)
-		if h.State == st {
-			return h
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: state %s after %v, want %s (reason %q)", name, h.State, d, st, h.Reason)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return waitHealth(t, m, name, d, "want state "+st.String(), func(h manager.Health) bool { return h.State == st })
+}
+
+// waitServing waits until name serves generation gen or a later one.
+func waitServing(t *testing.T, m *manager.Manager, name string, gen uint64, d time.Duration) manager.Health {
+	t.Helper()
+	return waitHealth(t, m, name, d, fmt.Sprintf("want generation %d serving", gen), func(h manager.Health) bool {
+		return h.Generation >= gen && h.State == manager.StateServing
+	})
 }
 
 // transitions replays the history after rev and returns the states name
@@ -198,12 +215,7 @@ func TestCrashIsRestartedThroughThePipeline(t *testing.T) {
 		}
 	}
 	t.Logf("SIGKILL to crash event at a watcher: %v", crashSeen)
-	deadline := time.Now().Add(5 * time.Second)
-	h := health(t, m, "echo")
-	for (h.Generation != 2 || h.State != manager.StateServing) && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-		h = health(t, m, "echo")
-	}
+	h := waitServing(t, m, "echo", 2, 5*time.Second)
 	if h.Generation != 2 || h.State != manager.StateServing || h.Restarts != 1 || h.Crashes != 1 {
 		t.Fatalf("after restart: %+v", h)
 	}
@@ -242,7 +254,7 @@ func TestCrashLoopHitsRestartLimit(t *testing.T) {
 		t.Fatalf("invoke on unhealthy crasher: %v after %v", err, time.Since(start))
 	}
 	// No further processes are started (check the OS).
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // time is what is tested: nothing starts within it
 	if left := testbin.ProcessesIn(pluginDir); len(left) != 0 {
 		t.Fatalf("processes running after the restart limit: %v", left)
 	}
@@ -279,16 +291,8 @@ func TestUnhealthyActionRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _ = m.Invoke(ctx, "echo", "panic", []byte("x"))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		h := health(t, m, "echo")
-		if h.Generation == 2 && h.State == manager.StateServing {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not restarted: %+v", h)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if h := waitServing(t, m, "echo", 2, 5*time.Second); h.Generation != 2 {
+		t.Fatalf("restarted past generation 2: %+v", h)
 	}
 }
 
@@ -439,6 +443,6 @@ func waitUntil(t *testing.T, d time.Duration, f func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not met in time")
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // polls what has no event: processes in /proc, a counter another goroutine keeps
 	}
 }

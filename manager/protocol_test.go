@@ -233,7 +233,7 @@ func TestLeaseDrain(t *testing.T) {
 	}
 	released := make(chan time.Time, 1)
 	go func() {
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // time is what is tested: the drain waits this long for the lease
 		released <- time.Now()
 		l.Release()
 	}()

@@ -118,7 +118,7 @@ func onlyPIDs(t *testing.T, pids ...int) {
 		if time.Now().After(deadline) {
 			t.Fatalf("plugin processes %v, want %v", left, pids)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // polls /proc: a process's start or exit has no event here
 	}
 }
 
@@ -205,7 +205,7 @@ func TestSupervisorActionsWhenTheStoreFails(t *testing.T) {
 	if err := syscall.Kill(res.Status.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // time is what is tested: ~10 restart attempts (50ms backoff) fail to record within it
 	s, _ := m.Get("echo")
 	if s.State != manager.StateStarting || s.Generation != 1 || !strings.Contains(s.LastError, "restart not recorded") {
 		t.Fatalf("restarts while the store fails: %+v", s)

@@ -314,16 +314,17 @@ func TestHealthMirrorNotServingWhenUnhealthy(t *testing.T) {
 
 func waitHealth(t *testing.T, f *fixture, svc string, want healthpb.HealthCheckResponse_ServingStatus) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r, err := f.health.Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
-		if err == nil && r.GetStatus() == want {
-			return
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w, err := f.health.Watch(ctx, &healthpb.HealthCheckRequest{Service: svc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *healthpb.HealthCheckResponse
+	for last.GetStatus() != want {
+		if last, err = w.Recv(); err != nil {
+			t.Fatalf("health of %q: %v (last %v), want %v", svc, err, last, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("health of %q: %v %v, want %v", svc, r, err, want)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -215,7 +215,7 @@ func (c *cli) waitHealthy(ctx context.Context, cl *client.Client, wf *waitFlags,
 	start := time.Now()
 	_, err := cl.WaitServing(ctx, name, generation, client.WithSettle(wf.settle),
 		client.WithWaitReconnectHook(func(err error, retryIn time.Duration) {
-			fmt.Fprintf(c.stderr, "pluginctl: waiting for %s to be healthy: %s; reconnecting in %s\n", name, reconnectReason(err), retryIn)
+			fmt.Fprintf(c.stderr, "pluginctl: waiting for %s to be healthy: %s; reconnecting in %s\n", name, reconnectReason(err), retryText(retryIn))
 		}))
 	if err != nil {
 		return err

@@ -310,7 +310,7 @@ seen, with backoff. --timeout does not apply; ends with exit 0 on SIGINT.`,
 				}
 				return nil
 			}, func(err error, retryIn time.Duration) {
-				fmt.Fprintf(c.stderr, "pluginctl: fleet watch: %s; reconnecting in %s from revision %d\n", reconnectReason(err), retryIn, last)
+				fmt.Fprintf(c.stderr, "pluginctl: fleet watch: %s; reconnecting in %s from revision %d\n", reconnectReason(err), retryText(retryIn), last)
 			})
 		}),
 	}
@@ -503,7 +503,7 @@ func (c *cli) followRollout(ctx context.Context, cl *client.Client, plugin strin
 		}
 		return renderRollout(c.stdout, c.pal, r)
 	}, func(err error, retryIn time.Duration) {
-		fmt.Fprintf(c.stderr, "pluginctl: rollout watch: %s; reconnecting in %s\n", reconnectReason(err), retryIn)
+		fmt.Fprintf(c.stderr, "pluginctl: rollout watch: %s; reconnecting in %s\n", reconnectReason(err), retryText(retryIn))
 	})
 	switch {
 	case err != nil:

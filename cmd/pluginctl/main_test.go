@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -504,10 +505,20 @@ func TestWatchReconnects(t *testing.T) {
 				t.Errorf("stderr has %d reconnect notices:\n%s", n, r.stderr)
 			}
 			// Backoff: 100ms after the first stream (it delivered events),
-			// then 200ms, then back to 100ms after a stream with events.
-			for _, want := range []string{"reconnecting in 100ms from revision 5", "reconnecting in 200ms from revision 5", "reconnecting in 100ms from revision 6"} {
-				if !strings.Contains(r.stderr, want) {
-					t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+			// then 200ms, then back to 100ms after a stream with events,
+			// each ±20%, printed to the millisecond.
+			delays := regexp.MustCompile(`reconnecting in (\d+)ms from revision (\d+)`).FindAllStringSubmatch(r.stderr, -1)
+			want := []struct {
+				lo, hi int
+				rev    string
+			}{{80, 120, "5"}, {160, 240, "5"}, {80, 120, "6"}}
+			if len(delays) != len(want) {
+				t.Fatalf("reconnect notices %v, want %d:\n%s", delays, len(want), r.stderr)
+			}
+			for i, w := range want {
+				ms, _ := strconv.Atoi(delays[i][1])
+				if ms < w.lo || ms > w.hi || delays[i][2] != w.rev {
+					t.Errorf("notice %d: %sms from revision %s, want %d..%dms from revision %s", i, delays[i][1], delays[i][2], w.lo, w.hi, w.rev)
 				}
 			}
 			lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")

@@ -44,6 +44,10 @@ type watcher struct {
 
 // reconnectReason is what a reconnect notice says ended the stream: the
 // status message of err, or "stream ended" when the daemon closed it.
+// retryText is a reconnect delay as the notices print it: to the
+// millisecond (the delays are jittered; more digits say nothing).
+func retryText(d time.Duration) string { return d.Round(time.Millisecond).String() }
+
 func reconnectReason(err error) string {
 	if st, ok := grpcStatus(err); ok && err != nil && !errors.Is(err, io.EOF) && st.Code() != codes.OK {
 		return oneLine(st.Message())
@@ -176,7 +180,7 @@ func (w *watcher) run(ctx context.Context, cl *client.Client) error {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if w.live == nil {
-			w.notice(fmt.Sprintf("connection lost: %s; reconnecting in %s from revision %d", reconnectReason(err), retryIn, w.last))
+			w.notice(fmt.Sprintf("connection lost: %s; reconnecting in %s from revision %d", reconnectReason(err), retryText(retryIn), w.last))
 			return
 		}
 		if w.live.lost.IsZero() {
@@ -410,7 +414,7 @@ line per event: REVISION TYPE NAME STATE GEN REASON; with -o json one JSON
 object per line, with -o yaml one YAML document per event, each starting with
 "---"; a lost connection is reported on standard error.
 
-When the daemon goes away the stream is reopened with backoff (100ms doubling
+When the daemon goes away the stream is reopened with backoff (100ms ±20% doubling
 to 5s), resuming after the last revision seen. --timeout does not apply. Ends
 with exit code 0 on SIGINT or SIGTERM.`,
 		ValidArgsFunction: c.completeNames(-1),

@@ -224,7 +224,7 @@ func TestPluginctlAndHealthProbe(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("probe plugin/flaky after UNHEALTHY: %d %s", code, out)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // polls through grpc-health-probe, the tool under test
 	}
 	out, _ = ctl("health", "flaky")
 	mustContain(t, "health", out, "UNHEALTHY")
@@ -254,7 +254,7 @@ func TestSigtermStopsEverything(t *testing.T) {
 		r, err := gw.Invoke(context.Background(), &pb.InvokeRequest{Plugin: "echo", Method: "sleep", Payload: []byte("1s")})
 		inflight <- result{string(r.GetPayload()), err}
 	}()
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // time is what is tested: the 1s call reaches the plugin within it
 	start := time.Now()
 	if err := d.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -315,7 +315,7 @@ func TestContainmentModeIsLogged(t *testing.T) {
 		d := startDaemon(t, extra...)
 		deadline := time.Now().Add(10 * time.Second)
 		for !strings.Contains(d.Stderr.String(), "plugind started") && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond) // polls the log for the line plugind writes when it serves
 		}
 		mustContain(t, "--containment "+c.flag, d.Stderr.String(), c.want)
 		d.Stop(t)

@@ -167,7 +167,7 @@ func TestForeignKVPlugin(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("kv not restarted: %+v", s)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // polls through grpcurl, the tool under test (a process per read)
 	}
 	if out, code := kvcurl(`{"key":"greeting"}`, "proto.KV/Get"); code != 0 {
 		t.Fatalf("Get after the restart: exit %d\n%s", code, out)

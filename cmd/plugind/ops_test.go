@@ -47,18 +47,24 @@ func statuses(t *testing.T, ctl pb.PluginControlServiceClient) map[string]*pb.Pl
 	return out
 }
 
+// waitPlugins lists the plugins after every health event (WatchHealth)
+// until ok accepts the list, for up to d.
 func waitPlugins(t *testing.T, ctl pb.PluginControlServiceClient, d time.Duration, ok func(map[string]*pb.PluginStatus) bool) map[string]*pb.PluginStatus {
 	t.Helper()
-	deadline := time.Now().Add(d)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	w, err := ctl.WatchHealth(ctx, &pb.WatchHealthRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for {
 		s := statuses(t, ctl)
 		if ok(s) {
 			return s
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("plugins never reached the expected state: %v", s)
+		if _, err := w.Recv(); err != nil {
+			t.Fatalf("plugins never reached the expected state (%v): %v", err, s)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -219,8 +225,8 @@ func TestKill9DuringMutationBurst(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(1500 * time.Millisecond)
-	_ = d.Cmd.Process.Kill() // SIGKILL in the middle of the burst
+	time.Sleep(1500 * time.Millisecond) // time is what is tested: the kill lands in the middle of the burst
+	_ = d.Cmd.Process.Kill()
 	<-d.Exited()
 	cancel()
 	wg.Wait()
@@ -232,7 +238,7 @@ func TestKill9DuringMutationBurst(t *testing.T) {
 	// Every plugin process of the killed daemon died with it.
 	deadline := time.Now().Add(5 * time.Second)
 	for len(testbin.ProcessesIn(bins+"/plugins")) > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // polls /proc: the processes are not our children
 	}
 	if left := testbin.ProcessesIn(bins + "/plugins"); len(left) > 0 {
 		t.Fatalf("plugins outlived the SIGKILLed daemon: %v", left)
@@ -262,7 +268,7 @@ func TestMetricsMoveAfterReloadPanicAndCrash(t *testing.T) {
 	d := startDaemon(t, "--metrics-listen", "127.0.0.1:0")
 	re := regexp.MustCompile(`listen=http://(127\.0\.0\.1:\d+)/metrics`)
 	var addr string
-	for deadline := time.Now().Add(5 * time.Second); addr == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); addr == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) { // polls the log for the line plugind writes when it listens
 		if m := re.FindStringSubmatch(d.Stderr.String()); m != nil {
 			addr = m[1]
 		}

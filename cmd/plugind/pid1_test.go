@@ -91,7 +91,7 @@ func TestAsPID1ReapsOrphans(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("Load on plugind as PID 1: %v\n%s", err, stderr)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // polls: plugind (PID 1 of a new namespace) is starting
 	}
 	for c := range children(cmd.Process.Pid) {
 		daemon = c
@@ -110,7 +110,7 @@ func TestAsPID1ReapsOrphans(t *testing.T) {
 	// Three generations' grandchildren were killed and re-parented to
 	// plugind: none may stay a zombie.
 	var zombies []int
-	for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) { // polls /proc for zombies: reaping has no event outside plugind
 		zombies = zombies[:0]
 		for c, st := range children(daemon) {
 			if st == 'Z' {

@@ -198,7 +198,7 @@ func TestKill9Loop(t *testing.T) {
 				}
 			}
 		}()
-		time.Sleep(time.Duration(200+100*round) * time.Millisecond)
+		time.Sleep(time.Duration(200+100*round) * time.Millisecond) // time is what is tested: each round's kill lands at another point of the burst
 		_ = d.Cmd.Process.Signal(syscall.SIGKILL)
 		<-d.Exited()
 		cancel()

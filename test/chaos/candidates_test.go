@@ -154,14 +154,14 @@ func TestFloodingCandidate(t *testing.T) {
 		return ms.HeapAlloc
 	}
 	before := heap()
-	stop := invokeLoad(m, "echo", "echo", "x", 2, 5*time.Second)
+	l := invokeLoad(t, m, "echo", "echo", "x", 2, 5*time.Second)
 	// Reload to the flood plugin (describes itself as echo) and back, twice:
 	// 32 MiB of stderr in all.
 	var pids []int
 	for i := range 2 {
 		rr, err := m.Reload(context.Background(), manager.ReloadRequest{Name: "echo", Spec: &manager.Spec{Name: "echo", Binary: "flood"}})
 		if err != nil {
-			stop()
+			l.stop()
 			t.Fatalf("Reload to flood: %v", err)
 		}
 		waitFor(t, 20*time.Second, "the flood after plugin.Serve to reach the host", func() bool { return ls.saw("flood after done") })
@@ -169,14 +169,14 @@ func TestFloodingCandidate(t *testing.T) {
 		pids = append(pids, rr.Status.PID)
 		rr, err = m.Reload(context.Background(), manager.ReloadRequest{Name: "echo", Spec: &manager.Spec{Name: "echo", Binary: "echo"}})
 		if err != nil {
-			stop()
+			l.stop()
 			t.Fatalf("Reload back to echo: %v", err)
 		}
 		ls.mu.Lock()
 		ls.seen = map[string]bool{}
 		ls.mu.Unlock()
 	}
-	s := stop()
+	s := l.stop()
 	after := heap()
 	ls.mu.Lock()
 	t.Logf("flood: %d calls meanwhile, %d failed, slowest %v; %d log records, longest %d bytes, %d truncated; heap %d KiB -> %d KiB",

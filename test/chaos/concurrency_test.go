@@ -198,7 +198,7 @@ func TestConcurrentMutationsDuringClose(t *testing.T) {
 			errs <- err
 		}()
 	}
-	time.Sleep(30 * time.Millisecond)
+	time.Sleep(30 * time.Millisecond) // time is what is tested: Close lands while the operations are under way
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if err := m.Close(cctx); err != nil {

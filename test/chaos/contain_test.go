@@ -77,10 +77,7 @@ func TestDaemonizedGrandchildDies(t *testing.T) {
 			if err := syscall.Kill(rr.Status.PID, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 10*time.Second, "the crash restart", func() bool {
-				now, _ := m.Get("fk")
-				return now.Generation == 3 && now.State == manager.StateServing
-			})
+			waitHealth(t, m, "fk", 10*time.Second, "the crash restart", serving(3))
 			gone(t, "grandchild of the generation that crashed", gc2)
 			gc3 := childPID(t, m, "fk")
 			t.Cleanup(func() { killOurs(gc3) })

@@ -82,7 +82,7 @@ func startDaemonEnv(t *testing.T, state string, env, extra []string, loads ...st
 		if time.Now().After(deadline) {
 			t.Fatalf("plugind did not come up with %v serving: %v %v\nstderr:\n%s", loads, ps, err, d.stderr)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // polls: plugind is starting, its socket may not be there yet
 	}
 }
 

@@ -36,7 +36,7 @@ func TestPluginStderrRecords(t *testing.T) {
 		panics = h.Find(func(r slog.Record, a map[string]string) bool { return strings.HasPrefix(r.Message, "panic: ") })
 		return len(panics) > 0
 	})
-	time.Sleep(300 * time.Millisecond) // anything that would follow it
+	time.Sleep(300 * time.Millisecond) // time is what is tested: no second panic record follows within it
 	panics = h.Find(func(r slog.Record, a map[string]string) bool { return strings.HasPrefix(r.Message, "panic: ") })
 	stackOf := func(r slog.Record) (s string) {
 		r.Attrs(func(a slog.Attr) bool {

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -80,7 +81,7 @@ func waitNoProcesses(dir string, d time.Duration) []int {
 		if len(left) == 0 || time.Now().After(deadline) {
 			return left
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // polls /proc: a process's exit has no event for one not our child
 	}
 }
 
@@ -175,7 +176,9 @@ func serves(t *testing.T, m *manager.Manager, name string, gen uint64, pid int) 
 	return st
 }
 
-// waitFor polls cond every 5ms for up to d.
+// waitFor polls cond every 5ms for up to d: for what has no event to wait
+// on (a log line in a handler, a count of watches). A plugin's health has
+// one: use waitHealth.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -183,8 +186,26 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %s", d, what)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // polls: cond has no event (see above)
 	}
+}
+
+// waitHealth follows name's health (Manager.WaitHealth) until ok accepts a
+// record, for up to d, and returns it.
+func waitHealth(t *testing.T, m *manager.Manager, name string, d time.Duration, what string, ok func(manager.Health) bool) manager.Health {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	h, err := m.WaitHealth(ctx, name, ok)
+	if err != nil {
+		t.Fatalf("%s: %s: not within %v (%v); last seen %+v", name, what, d, err, h)
+	}
+	return h
+}
+
+// serving reports whether h is generation gen, serving.
+func serving(gen uint64) func(manager.Health) bool {
+	return func(h manager.Health) bool { return h.Generation == gen && h.State == manager.StateServing }
 }
 
 // gone asserts pid is not running (waiting up to 5s for it to go).
@@ -212,7 +233,7 @@ func onlyProcesses(t *testing.T, dir string, want []int) {
 		if slices.Equal(got, want) || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // polls /proc: a process's exit has no event for one not our child
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("processes running from %s: %v, want exactly %v", dir, got, want)
@@ -227,11 +248,22 @@ type loadStats struct {
 	maxLatency      time.Duration // of successful calls
 }
 
+// loadRun is invokeLoad's running load.
+type loadRun struct {
+	stop func() loadStats
+	// until waits (at most 10s) until the calls made so far satisfy ok,
+	// and reports whether they did.
+	until func(ok func(loadStats) bool) bool
+}
+
 // invokeLoad runs callers goroutines that call method with payload on
-// plugin in a loop, each call with its own timeout perCall, until the
-// returned stop is called; stop returns what they saw.
-func invokeLoad(m *manager.Manager, plugin, method, payload string, callers int, perCall time.Duration) (stop func() loadStats) {
+// plugin in a loop, each call with its own timeout perCall, until stop is
+// called; stop returns what they saw. It returns once callers calls have
+// ended (whatever their outcome): the load runs.
+func invokeLoad(t *testing.T, m *manager.Manager, plugin, method, payload string, callers int, perCall time.Duration) *loadRun {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	progress := make(chan struct{}, 1) // a call ended
 	var (
 		wg              sync.WaitGroup
 		calls, failures atomic.Int64
@@ -263,19 +295,44 @@ func invokeLoad(m *manager.Manager, plugin, method, payload string, callers int,
 				}
 				mu.Unlock()
 				if err != nil {
-					// Do not spin on an unavailable plugin.
-					time.Sleep(time.Millisecond)
+					time.Sleep(time.Millisecond) // paces the load: no spinning on an unavailable plugin
+				}
+				select {
+				case progress <- struct{}{}:
+				default:
 				}
 			}
 		}()
 	}
-	return func() loadStats {
-		cancel()
-		wg.Wait()
+	stats := func() loadStats {
 		mu.Lock()
 		defer mu.Unlock()
-		return loadStats{calls: calls.Load(), failures: failures.Load(), errs: errs, gens: gens, maxLatency: maxLatency}
+		return loadStats{calls: calls.Load(), failures: failures.Load(), errs: slices.Clone(errs), gens: maps.Clone(gens), maxLatency: maxLatency}
 	}
+	l := &loadRun{
+		stop: func() loadStats {
+			cancel()
+			wg.Wait()
+			return stats()
+		},
+		until: func(ok func(loadStats) bool) bool {
+			deadline := time.NewTimer(10 * time.Second)
+			defer deadline.Stop()
+			for !ok(stats()) {
+				select {
+				case <-progress:
+				case <-deadline.C:
+					return false
+				}
+			}
+			return true
+		},
+	}
+	if !l.until(func(s loadStats) bool { return s.calls >= int64(callers) }) {
+		l.stop()
+		t.Fatalf("invokeLoad: %d callers of %s made no calls within 10s", callers, plugin)
+	}
+	return l
 }
 
 // fixture is a manager behind a real gRPC server on a unix socket.

@@ -104,10 +104,7 @@ func TestTamperedBinary(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "UNHEALTHY after the restart limit", func() bool {
-		now, _ := m.Get("tp")
-		return now.State == manager.StateUnhealthy
-	})
+	waitHealth(t, m, "tp", 10*time.Second, "UNHEALTHY after the restart limit", func(h manager.Health) bool { return h.State == manager.StateUnhealthy })
 	now, _ := m.Get("tp")
 	if !strings.Contains(now.LastError, "stage checksum") || !strings.Contains(now.LastError, "restart limit reached") || now.Restarts != 0 {
 		t.Fatalf("after failed restarts: %+v", now)
@@ -284,10 +281,7 @@ func TestPluginChildrenDieWithIt(t *testing.T) {
 	if err := syscall.Kill(rr.Status.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the supervisor's restart", func() bool {
-		now, _ := m.Get("fk")
-		return now.Generation == 3 && now.State == manager.StateServing
-	})
+	waitHealth(t, m, "fk", 10*time.Second, "the supervisor's restart", serving(3))
 	gone(t, "child of the crashed plugin", child)
 	child = childPID(t, m, "fk")
 	now, _ := m.Get("fk")

@@ -49,29 +49,25 @@ func codeCounts(errs []error) map[codes.Code]int {
 func TestSigkillPluginUnderLoad(t *testing.T) {
 	m, sock := newManager(t, manager.Config{})
 	st := load(t, m, manager.Spec{Name: "echo", Binary: "echo", Policy: fastRestarts})
-	stop := invokeLoad(m, "echo", "sleep", "1ms", 4, 5*time.Second)
-	time.Sleep(150 * time.Millisecond)
+	l := invokeLoad(t, m, "echo", "sleep", "1ms", 4, 5*time.Second)
 	killed := time.Now()
 	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
-		stop()
+		l.stop()
 		t.Fatal(err)
 	}
-	var now manager.Status
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		now, _ = m.Get("echo")
-		if now.Generation == 2 && now.State == manager.StateServing {
-			break
-		}
-		if time.Now().After(deadline) {
-			stop()
-			t.Fatalf("not restarted 10s after SIGKILL: %+v", now)
-		}
-		time.Sleep(2 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_, err := m.WaitHealth(ctx, "echo", serving(2))
+	cancel()
+	now, _ := m.Get("echo")
+	if err != nil {
+		l.stop()
+		t.Fatalf("not restarted 10s after SIGKILL: %+v", now)
 	}
 	recovered := time.Since(killed)
-	time.Sleep(150 * time.Millisecond)
-	s := stop()
+	if !l.until(func(s loadStats) bool { return s.gens[2] >= 10 }) {
+		t.Errorf("generation 2 served fewer than 10 calls within 10s")
+	}
+	s := l.stop()
 	t.Logf("SIGKILL under load: %d calls, %d failed %v, per generation %v; SERVING again after %v", s.calls, s.failures, codeCounts(s.errs), s.gens, recovered)
 	gone(t, "SIGKILLed generation", st.PID)
 	if now.PID == st.PID || now.Restarts != 1 {
@@ -104,15 +100,15 @@ func TestSigstopPluginUnderLoad(t *testing.T) {
 	m, sock := newManager(t, manager.Config{DrainTimeout: 2 * time.Second})
 	st := load(t, m, manager.Spec{Name: "echo", Binary: "echo"})
 	const perCall = 200 * time.Millisecond
-	stop := invokeLoad(m, "echo", "sleep", "1ms", 4, perCall)
-	time.Sleep(100 * time.Millisecond)
+	l := invokeLoad(t, m, "echo", "sleep", "1ms", 4, perCall)
 	if err := syscall.Kill(st.PID, syscall.SIGSTOP); err != nil {
-		stop()
+		l.stop()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(st.PID, syscall.SIGCONT) })
-	time.Sleep(3 * perCall)
-	stopped := stop()
+	// Every caller's call meets its deadline on the stopped process.
+	l.until(func(s loadStats) bool { return s.failures >= 8 })
+	stopped := l.stop()
 	t.Logf("SIGSTOP: %d calls, %d failed %v", stopped.calls, stopped.failures, codeCounts(stopped.errs))
 	if stopped.failures == 0 {
 		t.Fatalf("no call failed while the plugin was stopped")
@@ -129,17 +125,16 @@ func TestSigstopPluginUnderLoad(t *testing.T) {
 	}
 
 	// Reload while callers are still stuck on the stopped generation.
-	stop = invokeLoad(m, "echo", "sleep", "1ms", 4, perCall)
-	time.Sleep(50 * time.Millisecond)
+	l = invokeLoad(t, m, "echo", "sleep", "1ms", 4, perCall) // returns after a round of calls timed out: the next round is stuck
 	start := time.Now()
 	rr, err := m.Reload(context.Background(), manager.ReloadRequest{Name: "echo"})
 	took := time.Since(start)
 	if err != nil {
-		stop()
+		l.stop()
 		t.Fatalf("Reload of a stopped generation: %v", err)
 	}
-	time.Sleep(100 * time.Millisecond)
-	after := stop()
+	l.until(func(s loadStats) bool { return s.gens[2] >= 10 })
+	after := l.stop()
 	t.Logf("Reload replacing the stopped generation took %v (drained %d calls, timed out %v); callers: %d calls, %d failed %v, per generation %v",
 		took, rr.Report.DrainedCalls, rr.Report.DrainTimedOut, after.calls, after.failures, codeCounts(after.errs), after.gens)
 	if took > 5*time.Second {
@@ -182,20 +177,15 @@ func sigkillWithChild(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	gone(t, "SIGKILLed plugin", st.PID)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		now, _ := m.Get("fk")
-		if now.Generation == 2 && now.State == manager.StateServing {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("crash of pid %d not noticed 5s after SIGKILL (its child %d, alive %v, holds the stderr pipe): %+v",
-				st.PID, child, testbin.Alive(child), now)
-			// Unblock go-plugin so Close can finish.
-			_ = syscall.Kill(child, syscall.SIGKILL)
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	h, err := m.WaitHealth(ctx, "fk", serving(2))
+	cancel()
+	if err != nil {
+		t.Errorf("crash of pid %d not noticed 5s after SIGKILL (its child %d, alive %v, holds the stderr pipe): %+v",
+			st.PID, child, testbin.Alive(child), h)
+		// Unblock go-plugin so Close can finish.
+		_ = syscall.Kill(child, syscall.SIGKILL)
+		return
 	}
 	gone(t, "child of the crashed plugin", child)
 	now, _ := m.Get("fk")

@@ -172,7 +172,7 @@ func startAsMakeRun(t *testing.T, dir string, extra ...string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%q did not serve within 30s:\n%s", line, tail(stderr.String()))
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // polls: the daemon of the README's command is starting (it compiles first)
 	}
 }
 

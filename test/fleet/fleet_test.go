@@ -156,7 +156,9 @@ func startNodeAt(t *testing.T, endpoints, pluginDir, name string, labels ...stri
 }
 
 // eventually polls cond every 50ms until it returns nil, or fails with its
-// last error after d.
+// last error after d. Its conditions span several daemons and etcd (what
+// each node runs, what the fleet records): no one event stream covers
+// them. A rollout's progress has one: follow waits on it.
 func eventually(t *testing.T, d time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -168,7 +170,7 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() error) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %s: %v", what, d, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // polls: no one event covers the condition (see above)
 	}
 }
 

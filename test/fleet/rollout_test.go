@@ -130,12 +130,34 @@ func rolloutOf(ctx context.Context, t *testing.T, f pb.FleetServiceClient, plugi
 	return resp.GetRollout()
 }
 
-// follow polls the rollout of plugin until it ends (or d passes), checking
-// on every read that no wave starts before the one before it has settled,
-// and returns its last state and the order in which nodes were updated.
+// follow reads the rollout of plugin on every fleet event about it
+// (WatchFleet) until it ends (or d passes), checking on every read that no
+// wave starts before the one before it has settled, and returns its last
+// state and the order in which nodes were updated.
 func follow(ctx context.Context, t *testing.T, f pb.FleetServiceClient, plugin string, d time.Duration, each func(*pb.Rollout)) (*pb.Rollout, []string) {
 	t.Helper()
-	deadline := time.Now().Add(d)
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	changed := make(chan struct{}, 1)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go func() {
+		defer close(changed)
+		for wctx.Err() == nil {
+			s, err := f.WatchFleet(wctx, &pb.WatchFleetRequest{Plugin: plugin})
+			for err == nil {
+				if _, err = s.Recv(); err == nil {
+					select {
+					case changed <- struct{}{}:
+					default:
+					}
+				}
+			}
+			if wctx.Err() == nil {
+				time.Sleep(50 * time.Millisecond) // the watch broke (etcd or a daemon restarted by the test): open it again
+			}
+		}
+	}()
 	var order []string
 	seen := map[string]bool{}
 	for {
@@ -166,10 +188,11 @@ func follow(ctx context.Context, t *testing.T, f pb.FleetServiceClient, plugin s
 				return r, order
 			}
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-changed:
+		case <-deadline.C:
 			t.Fatalf("the rollout of %s did not end within %s (last: %v, %v)", plugin, d, resp.GetRollout(), err)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -490,7 +513,7 @@ func TestRollouts(t *testing.T) {
 		for _, m := range members {
 			m.stop()
 		}
-		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(time.Second) {
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(time.Second) { // time is what is tested: 10s without etcd
 			for _, n := range all() {
 				if _, _, err := n.c.Invoke(ctx, "p1", "echo", []byte("x")); err != nil {
 					t.Fatalf("%s without etcd: %v", n.name, err)
