@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/protobuf/types/known/durationpb"
-
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
 
@@ -32,86 +30,11 @@ func (c *Client) LoadWithReport(ctx context.Context, spec *plugincontrolv1.Plugi
 	return resp, nil
 }
 
-// ReloadOption configures Reload.
-type ReloadOption interface{ applyReload(*reloadOptions) }
-
-// UnloadOption configures Unload.
-type UnloadOption interface{ applyUnload(*unloadOptions) }
-
-type reloadOptions struct {
-	req         plugincontrolv1.ReloadRequest
-	waitHealthy time.Duration
-}
-
-type unloadOptions struct {
-	drain *durationpb.Duration
-}
-
-type reloadOptionFunc func(*reloadOptions)
-
-func (f reloadOptionFunc) applyReload(o *reloadOptions) { f(o) }
-
-// WithSpec makes Reload an upgrade to spec (binary, args, env, config, pin,
-// policy); spec's name must be the reloaded name. Without it, Reload
-// relaunches the current spec.
-func WithSpec(spec *plugincontrolv1.PluginSpec) ReloadOption {
-	return reloadOptionFunc(func(o *reloadOptions) { o.req.Spec = spec })
-}
-
-// WithExpectedGeneration makes Reload fail with ErrGenerationMismatch, and
-// change nothing, unless generation is the active one: an optimistic
-// concurrency check for callers that read the status first.
-func WithExpectedGeneration(generation uint64) ReloadOption {
-	return reloadOptionFunc(func(o *reloadOptions) { o.req.ExpectedGeneration = generation })
-}
-
-// ValidateOnly makes Reload a dry run: the candidate runs the pipeline up to
-// its readiness probe and is discarded; nothing changes. WaitHealthy has no
-// effect on a dry run.
-func ValidateOnly() ReloadOption {
-	return reloadOptionFunc(func(o *reloadOptions) { o.req.ValidateOnly = true })
-}
-
-// WaitHealthy makes Reload, after a successful swap, watch the plugin's
-// health until the new generation is SERVING, for at most timeout. If it
-// becomes UNHEALTHY or STOPPED, is unloaded, or the time runs out, Reload
-// returns the ReloadResponse together with an *UnhealthyError carrying the
-// last health record and its reason. Use WaitServing for the same after
-// Load.
-func WaitHealthy(timeout time.Duration) ReloadOption {
-	return reloadOptionFunc(func(o *reloadOptions) { o.waitHealthy = timeout })
-}
-
-// DrainTimeoutOption is the option returned by WithDrainTimeout; it applies
-// to both Reload and Unload.
-type DrainTimeoutOption struct{ d time.Duration }
-
-// WithDrainTimeout bounds how long calls in flight on the old generation
-// (Reload) or on the plugin (Unload) may run before it is stopped. Without
-// it the daemon's default applies (30s unless plugind was configured
-// otherwise).
-func WithDrainTimeout(d time.Duration) DrainTimeoutOption { return DrainTimeoutOption{d: d} }
-
-func (o DrainTimeoutOption) applyReload(r *reloadOptions) {
-	r.req.DrainTimeout = durationpb.New(o.d)
-}
-
-func (o DrainTimeoutOption) applyUnload(u *unloadOptions) { u.drain = durationpb.New(o.d) }
-
-// WithBake keeps the previous generation's process warm for d after the
-// swap: if the new generation becomes UNHEALTHY or crashes meanwhile,
-// plugind reverts to it by itself (see WaitBake). 0 asks for no bake even
-// when the daemon has a default (plugind --bake); without WithBake the
-// daemon's default applies.
-func WithBake(d time.Duration) ReloadOption {
-	return reloadOptionFunc(func(o *reloadOptions) { o.req.Bake = durationpb.New(d) })
-}
-
 // Reload runs the candidate pipeline on a new generation of the named plugin
 // and swaps to it only when it passes; otherwise the active generation keeps
 // serving and the error is a *CandidateError. See WithSpec,
-// WithExpectedGeneration, ValidateOnly, WithDrainTimeout, WithBake and
-// WaitHealthy.
+// WithExpectedGeneration, WithValidateOnly, WithDrainTimeout, WithBake and
+// WithWaitHealthy.
 // Reload is never retried by the client (see Dial).
 func (c *Client) Reload(ctx context.Context, name string, opts ...ReloadOption) (*plugincontrolv1.ReloadResponse, error) {
 	var o reloadOptions
@@ -148,8 +71,8 @@ func (c *Client) Unload(ctx context.Context, name string, opts ...UnloadOption) 
 	return resp.GetPlugin(), nil
 }
 
-// List returns the status of the named plugins (all when none are named),
-// sorted by name, following ListPlugins' pages to the last. An unknown
+// List returns the status of the plugins WithNames selects (all plugins
+// without it), sorted by name, following ListPlugins' pages to the last. An unknown
 // name is ErrNotFound. Each page is retried on codes.Unavailable (see
 // Dial).
 func (c *Client) List(ctx context.Context, opts ...ListOption) ([]*plugincontrolv1.PluginStatus, error) {
@@ -185,35 +108,16 @@ func (c *Client) Get(ctx context.Context, name string) (*plugincontrolv1.PluginS
 	return list[0], nil
 }
 
-// ListOption configures List.
-type ListOption interface{ applyList(*listOptions) }
-
-type listOptions struct {
-	view  plugincontrolv1.PluginView
-	names []string
-}
-
-type listOptionFunc func(*listOptions)
-
-func (f listOptionFunc) applyList(o *listOptions) { f(o) }
-
-// WithBasicView lists the plugins without their specs
-// (PLUGIN_VIEW_BASIC): what a table needs, a fraction of the bytes.
-func WithBasicView() ListOption {
-	return listOptionFunc(func(o *listOptions) { o.view = plugincontrolv1.PluginView_PLUGIN_VIEW_BASIC })
-}
-
-// WithNames lists only the named plugins.
-func WithNames(names ...string) ListOption {
-	return listOptionFunc(func(o *listOptions) { o.names = append(o.names, names...) })
-}
-
-// Health returns the current health of the named plugins (all when none are
-// named), sorted by name, and the daemon-wide revision the view is
+// Health returns the current health of the plugins WithNames selects (all
+// plugins without it), sorted by name, and the daemon-wide revision the view is
 // consistent with (a Watch may resume from it). An unknown name is
 // ErrNotFound. It is retried on codes.Unavailable (see Dial).
-func (c *Client) Health(ctx context.Context, names ...string) ([]*plugincontrolv1.PluginHealth, uint64, error) {
-	resp, err := c.control.Health(ctx, &plugincontrolv1.HealthRequest{Names: names})
+func (c *Client) Health(ctx context.Context, opts ...HealthOption) ([]*plugincontrolv1.PluginHealth, uint64, error) {
+	var o healthOptions
+	for _, opt := range opts {
+		opt.applyHealth(&o)
+	}
+	resp, err := c.control.Health(ctx, &plugincontrolv1.HealthRequest{Names: o.names})
 	if err != nil {
 		return nil, 0, wrapError(err)
 	}

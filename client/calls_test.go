@@ -48,7 +48,7 @@ func TestTypedCalls(t *testing.T) {
 		t.Fatalf("List: %v %v", list, err)
 	}
 
-	hs, rev, err := c.Health(ctx, "echo")
+	hs, rev, err := c.Health(ctx, WithNames("echo"))
 	if err != nil || len(hs) != 1 || hs[0].GetState() != plugincontrolv1.PluginState_PLUGIN_STATE_SERVING || rev == 0 {
 		t.Fatalf("Health: %v %d %v", hs, rev, err)
 	}
@@ -59,7 +59,7 @@ func TestTypedCalls(t *testing.T) {
 	}
 
 	// Reload with WaitHealthy: generation 2, serving.
-	res, err := c.Reload(ctx, "echo", WaitHealthy(10*time.Second), WithDrainTimeout(time.Second), WithExpectedGeneration(1))
+	res, err := c.Reload(ctx, "echo", WithWaitHealthy(10*time.Second), WithDrainTimeout(time.Second), WithExpectedGeneration(1))
 	if err != nil {
 		t.Fatalf("Reload: %v", err)
 	}
@@ -68,7 +68,7 @@ func TestTypedCalls(t *testing.T) {
 	}
 
 	// A dry run changes nothing.
-	res, err = c.Reload(ctx, "echo", ValidateOnly(), WaitHealthy(time.Second))
+	res, err = c.Reload(ctx, "echo", WithValidateOnly(), WithWaitHealthy(time.Second))
 	if err != nil || res.GetPlugin().GetGeneration() != 2 {
 		t.Fatalf("validate only: %v %v", res, err)
 	}
@@ -103,7 +103,7 @@ func TestTypedCalls(t *testing.T) {
 	if _, err := c.Unload(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Unload unknown: %v", err)
 	}
-	if _, _, err := c.Health(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+	if _, _, err := c.Health(ctx, WithNames("nope")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Health unknown: %v", err)
 	}
 	if _, _, err := c.Invoke(ctx, "nope", "echo", nil); !errors.Is(err, ErrNotFound) {

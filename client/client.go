@@ -7,7 +7,7 @@
 //	if err != nil { ... }
 //	defer c.Close()
 //	st, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"})
-//	res, err := c.Reload(ctx, "echo", client.WaitHealthy(10*time.Second))
+//	res, err := c.Reload(ctx, "echo", client.WithWaitHealthy(10*time.Second))
 //	var ce *client.CandidateError
 //	if errors.As(err, &ce) { ... ce.Stage, ce.StderrTail, ce.ActiveGeneration ... }
 //
@@ -58,9 +58,6 @@ type Client struct {
 	fleet   plugincontrolv1.FleetServiceClient
 }
 
-// Option configures Dial.
-type Option func(*options)
-
 type options struct {
 	tls   *tls.Config
 	token string
@@ -68,35 +65,6 @@ type options struct {
 	// reported instead of silently ignored.
 	tokenSet bool
 	extra    []grpc.DialOption
-}
-
-// WithGRPCDialOptions adds grpc.DialOptions (interceptors, stats handlers,
-// message size limits) after the client's own.
-func WithGRPCDialOptions(opts ...grpc.DialOption) Option {
-	return func(o *options) { o.extra = append(o.extra, opts...) }
-}
-
-// WithTLS makes Dial use TLS with cfg (cloned) instead of plaintext. It is
-// meant for tcp:// addresses; a nil cfg means the zero tls.Config (system
-// roots, server name taken from the address).
-func WithTLS(cfg *tls.Config) Option {
-	return func(o *options) {
-		if cfg == nil {
-			cfg = &tls.Config{}
-		}
-		o.tls = cfg.Clone()
-	}
-}
-
-// WithToken sends "authorization: Bearer <token>" with every RPC. Over a
-// unix socket the token is sent on the plaintext connection (the socket's
-// file mode protects it). Over tcp:// it requires WithTLS, except to a
-// loopback address; Dial refuses to send it in clear text across a network.
-func WithToken(token string) Option {
-	return func(o *options) {
-		o.token = token
-		o.tokenSet = true
-	}
 }
 
 // Keepalive parameters of the client: ping after 30s without activity on a
@@ -188,7 +156,7 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 func newConn(addr string, opts []Option, more ...grpc.DialOption) (*grpc.ClientConn, error) {
 	var o options
 	for _, opt := range opts {
-		opt(&o)
+		opt.applyDial(&o)
 	}
 	ep, err := parseAddr(addr)
 	if err != nil {

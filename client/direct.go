@@ -93,7 +93,7 @@ func (c *Client) DialDirect(ctx context.Context, name string, opts ...grpc.DialO
 		cancel()
 		return nil, fmt.Errorf("client: direct connection to %q: %w", name, err)
 	}
-	w, err := c.Watch(dctx, []string{name}, ViewOnly(), WithCompactView())
+	w, err := c.Watch(dctx, WithNames(name), WithViewOnly(), WithCompactView())
 	if err != nil {
 		conn.Close()
 		first.close(nil)

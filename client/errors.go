@@ -172,7 +172,7 @@ func (e *InvalidArgumentError) Error() string { return e.Status.Error() }
 // Unwrap returns the status error.
 func (e *InvalidArgumentError) Unwrap() error { return e.Status }
 
-// UnhealthyError is returned by WaitServing (and Reload with WaitHealthy)
+// UnhealthyError is returned by WaitServing (and Reload with WithWaitHealthy)
 // when the awaited generation did not become SERVING: it became UNHEALTHY
 // or STOPPED, was unloaded, or the wait timed out. It matches ErrUnhealthy.
 type UnhealthyError struct {

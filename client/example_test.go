@@ -49,7 +49,7 @@ func ExampleClient_Reload() {
 	}
 	fmt.Println("loaded", st.GetName(), "generation", st.GetGeneration(), st.GetState())
 
-	res, err := c.Reload(ctx, "echo", client.WaitHealthy(10*time.Second))
+	res, err := c.Reload(ctx, "echo", client.WithWaitHealthy(10*time.Second))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func ExampleClient_Watch() {
 		log.Fatal(err)
 	}
 
-	w, err := c.Watch(ctx, []string{"echo"})
+	w, err := c.Watch(ctx, client.WithNames("echo"))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -10,25 +10,6 @@ import (
 	plugincontrolv1 "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
 
-// WaitOption configures WaitServing.
-type WaitOption func(*waitOptions)
-
-type waitOptions struct {
-	settle      time.Duration
-	onReconnect func(err error, retryIn time.Duration)
-}
-
-// WithSettle makes WaitServing succeed only once the generation has stayed
-// SERVING for d after it first was: any other state of it within d fails
-// the wait (DEGRADED included).
-func WithSettle(d time.Duration) WaitOption { return func(o *waitOptions) { o.settle = d } }
-
-// WithWaitReconnectHook calls fn each time the health stream broke with a
-// retryable error, before waiting retryIn and resuming it (for logging).
-func WithWaitReconnectHook(fn func(err error, retryIn time.Duration)) WaitOption {
-	return func(o *waitOptions) { o.onReconnect = fn }
-}
-
 // WaitServing watches the health of the named plugin until generation is
 // SERVING (and, WithSettle, stayed so), and returns its record. Records of
 // older generations are waited through, as are STARTING and DEGRADED
@@ -42,7 +23,7 @@ func WithWaitReconnectHook(fn func(err error, retryIn time.Duration)) WaitOption
 func (c *Client) WaitServing(ctx context.Context, name string, generation uint64, opts ...WaitOption) (*plugincontrolv1.PluginHealth, error) {
 	var o waitOptions
 	for _, opt := range opts {
-		opt(&o)
+		opt.applyWait(&o)
 	}
 	w := &waiter{c: c, name: name, generation: generation, opts: o}
 	var serving time.Time // when generation was first seen SERVING
@@ -142,7 +123,7 @@ func (w *waiter) run(ctx context.Context, judge func(*plugincontrolv1.PluginHeal
 		return &UnhealthyError{Name: w.name, Generation: w.generation, Health: last, Reason: reason, Err: err}
 	}
 	var since uint64
-	var b Backoff
+	b := w.opts.backoff
 	for {
 		n, done, err := w.stream(ctx, &since, &last, judge)
 		switch {

@@ -25,62 +25,6 @@ const (
 	reloadRetry           = 10 * time.Millisecond
 )
 
-// WatchOption configures Watch.
-type WatchOption func(*watchOptions)
-
-type watchOptions struct {
-	callback    func(*plugincontrolv1.HealthEvent)
-	viewOnly    bool
-	compact     bool
-	since       uint64
-	backoffInit time.Duration
-	backoffMax  time.Duration
-	buffer      int
-	onReconnect func(err error, retryIn time.Duration)
-}
-
-// WithCallback delivers every event to fn instead of the Events channel. fn
-// runs on the watcher's goroutine, one event at a time, after the event was
-// applied to the View; while it runs the watcher reads nothing (the daemon
-// coalesces what piles up meanwhile). fn must not call Close.
-func WithCallback(fn func(*plugincontrolv1.HealthEvent)) WatchOption {
-	return func(o *watchOptions) { o.callback = fn }
-}
-
-// ViewOnly delivers no events at all: the caller reads View, waiting on
-// Changed. Without it (and without WithCallback) the caller must drain
-// Events, or the watcher stops reading the stream.
-func ViewOnly() WatchOption { return func(o *watchOptions) { o.viewOnly = true } }
-
-// WithCompactView asks the daemon for HEALTH_VIEW_COMPACT events: each
-// PluginHealth carries only name, state, generation and revision (in
-// events and in View). For watchers that follow states only; one change
-// reaches many such watchers sooner. Client.Health returns the full record.
-func WithCompactView() WatchOption { return func(o *watchOptions) { o.compact = true } }
-
-// WithSinceRevision starts the first stream after revision rev (from
-// Health, or a revision saved by an earlier Watcher) instead of with a
-// snapshot. The View then starts empty and only holds plugins that changed
-// after rev, unless the daemon answers with a reset snapshot.
-func WithSinceRevision(rev uint64) WatchOption { return func(o *watchOptions) { o.since = rev } }
-
-// WithBackoff sets the reconnect delay: initial, doubling per consecutive
-// failure, ±20%, up to max (defaults 100ms and 5s; see Backoff).
-func WithBackoff(initial, max time.Duration) WatchOption {
-	return func(o *watchOptions) { o.backoffInit, o.backoffMax = initial, max }
-}
-
-// WithEventBuffer sets the capacity of the Events channel (default 64).
-func WithEventBuffer(n int) WatchOption { return func(o *watchOptions) { o.buffer = n } }
-
-// WithReconnectHook calls fn, on the watcher's goroutine, each time a stream
-// ended with a retryable error, before waiting retryIn and reconnecting
-// (for logging). A stream the daemon ended to reload itself in place
-// (ErrReloading) is resumed at once, without a call: nothing went wrong.
-func WithReconnectHook(fn func(err error, retryIn time.Duration)) WatchOption {
-	return func(o *watchOptions) { o.onReconnect = fn }
-}
-
 // Watcher follows the WatchHealth stream of a daemon: it delivers every
 // event (on Events, or to a callback), keeps a View of the health of the
 // watched plugins that converges to the daemon's, and reconnects with
@@ -107,30 +51,24 @@ type Watcher struct {
 	syncedOnce sync.Once
 }
 
-// Watch starts a Watcher for the named plugins (all plugins when names is
-// empty). It returns at once; the first stream is opened in the background
+// Watch starts a Watcher for the plugins WithNames selects (all plugins
+// without it). It returns at once; the first stream is opened in the background
 // and retried while the daemon is unreachable. It stops when ctx ends, when
 // Close is called, or on an error reconnecting cannot fix (a bad name,
 // codes.Unauthenticated, a closed Client): then Done is closed and Err says
 // why.
-func (c *Client) Watch(ctx context.Context, names []string, opts ...WatchOption) (*Watcher, error) {
+func (c *Client) Watch(ctx context.Context, opts ...WatchOption) (*Watcher, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	o := watchOptions{backoffInit: defaultBackoffInitial, backoffMax: defaultBackoffMax, buffer: defaultEventBuffer}
+	o := watchOptions{buffer: defaultEventBuffer}
 	for _, opt := range opts {
-		opt(&o)
-	}
-	if o.backoffInit <= 0 {
-		o.backoffInit = defaultBackoffInitial
-	}
-	if o.backoffMax < o.backoffInit {
-		o.backoffMax = o.backoffInit
+		opt.applyWatch(&o)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	w := &Watcher{
 		c:       c,
-		names:   append([]string(nil), names...),
+		names:   o.names,
 		opts:    o,
 		cancel:  cancel,
 		synced:  make(chan struct{}),
@@ -149,7 +87,7 @@ func (c *Client) Watch(ctx context.Context, names []string, opts ...WatchOption)
 // Events returns the channel of events, in the order the daemon sent them
 // (SNAPSHOT, SYNCED, CHANGED, REMOVED, BOOKMARK; after a reconnect, the
 // replay or reset snapshot of the new stream). It is closed when the watcher
-// stops. It is nil with WithCallback or ViewOnly.
+// stops. It is nil with WithCallback or WithViewOnly.
 func (w *Watcher) Events() <-chan *plugincontrolv1.HealthEvent { return w.events }
 
 // View returns a copy of the current health of every watched plugin, by
@@ -217,7 +155,7 @@ func (w *Watcher) run(ctx context.Context) {
 		}
 		close(w.done)
 	}()
-	b := Backoff{Initial: w.opts.backoffInit, Max: w.opts.backoffMax}
+	b := w.opts.backoff
 	for {
 		n, err := w.stream(ctx)
 		if ctx.Err() != nil {

@@ -57,7 +57,7 @@ func TestWatchConverges(t *testing.T) {
 
 	var mu sync.Mutex
 	var reconnects []error
-	w, err := c.Watch(context.Background(), nil, ViewOnly(), WithBackoff(20*time.Millisecond, 100*time.Millisecond),
+	w, err := c.Watch(context.Background(), WithViewOnly(), WithBackoff(20*time.Millisecond, 100*time.Millisecond),
 		WithReconnectHook(func(err error, _ time.Duration) { mu.Lock(); reconnects = append(reconnects, err); mu.Unlock() }))
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +117,7 @@ func TestWatchCompactView(t *testing.T) {
 	d := newDaemon(t, daemonConfig{})
 	c := dial(t, d.addr())
 	load(t, c, "a")
-	w, err := c.Watch(context.Background(), nil, ViewOnly(), WithCompactView())
+	w, err := c.Watch(context.Background(), WithViewOnly(), WithCompactView())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestWatchCompactView(t *testing.T) {
 	if h := w.View()["a"]; h.GetSince() != nil || h.GetName() != "a" {
 		t.Fatalf("compact view of a after the reload: %v", h)
 	}
-	if full, _, err := c.Health(context.Background(), "a"); err != nil || full[0].GetSince() == nil {
+	if full, _, err := c.Health(context.Background(), WithNames("a")); err != nil || full[0].GetSince() == nil {
 		t.Fatalf("Health of a: %v %v", full, err)
 	}
 }
@@ -158,7 +158,7 @@ func TestWatchCompactedResume(t *testing.T) {
 	var mu sync.Mutex
 	var got []*plugincontrolv1.HealthEvent
 	synced := make(chan struct{}, 1)
-	w, err := c.Watch(context.Background(), nil, WithSinceRevision(1), WithCallback(func(ev *plugincontrolv1.HealthEvent) {
+	w, err := c.Watch(context.Background(), WithSinceRevision(1), WithCallback(func(ev *plugincontrolv1.HealthEvent) {
 		mu.Lock()
 		got = append(got, ev)
 		mu.Unlock()
@@ -199,7 +199,7 @@ func TestWatchEvents(t *testing.T) {
 	c := dial(t, d.addr())
 	load(t, c, "echo")
 	ctx, cancel := context.WithCancel(context.Background())
-	w, err := c.Watch(ctx, []string{"echo"})
+	w, err := c.Watch(ctx, WithNames("echo"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +249,7 @@ func TestWatchEvents(t *testing.T) {
 func TestWatchTerminalError(t *testing.T) {
 	d := newDaemon(t, daemonConfig{})
 	c := dial(t, d.addr())
-	w, err := c.Watch(context.Background(), []string{"Bad Name"}, ViewOnly())
+	w, err := c.Watch(context.Background(), WithNames("Bad Name"), WithViewOnly())
 	if err != nil {
 		t.Fatal(err)
 	}

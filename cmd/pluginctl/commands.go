@@ -117,7 +117,7 @@ arguments and the whole environment, --sha256 "" removes the pin.`,
 			name := args[0]
 			opts := []client.ReloadOption{}
 			if validateOnly {
-				opts = append(opts, client.ValidateOnly())
+				opts = append(opts, client.WithValidateOnly())
 			}
 			if set("expected-generation") {
 				opts = append(opts, client.WithExpectedGeneration(expected))
@@ -214,7 +214,7 @@ func (c *cli) waitHealthy(ctx context.Context, cl *client.Client, wf *waitFlags,
 	defer timer.Stop()
 	start := time.Now()
 	_, err := cl.WaitServing(ctx, name, generation, client.WithSettle(wf.settle),
-		client.WithWaitReconnectHook(func(err error, retryIn time.Duration) {
+		client.WithReconnectHook(func(err error, retryIn time.Duration) {
 			fmt.Fprintf(c.stderr, "pluginctl: waiting for %s to be healthy: %s; reconnecting in %s\n", name, reconnectReason(err), retryText(retryIn))
 		}))
 	if err != nil {
@@ -374,7 +374,7 @@ consistent with (a starting point for watch --since).`,
 		ValidArgsFunction: c.completeNames(-1),
 		RunE: c.body(func(ctx context.Context, _ *cobra.Command, names []string) error {
 			return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
-				hs, rev, err := cl.Health(ctx, names...)
+				hs, rev, err := cl.Health(ctx, client.WithNames(names...))
 				if err != nil {
 					return err
 				}

@@ -196,7 +196,7 @@ func (w *watcher) run(ctx context.Context, cl *client.Client) error {
 	if w.since > 0 {
 		opts = append(opts, client.WithSinceRevision(w.since))
 	}
-	cw, err := cl.Watch(wctx, w.names, opts...)
+	cw, err := cl.Watch(wctx, append(opts, client.WithNames(w.names...))...)
 	if err != nil {
 		return err
 	}

@@ -230,7 +230,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	defer cancel()
 	var watchers [2]revisions
 	for i := range watchers {
-		w, err := r.c.Watch(ctx, nil, client.WithCallback(watchers[i].add), client.WithBackoff(10*time.Millisecond, 100*time.Millisecond))
+		w, err := r.c.Watch(ctx, client.WithCallback(watchers[i].add), client.WithBackoff(10*time.Millisecond, 100*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -428,7 +428,7 @@ func TestReloadKeepsBake(t *testing.T) {
 	}
 	second := r.processes()["echo"]
 	r.reload(1)
-	hs, _, err := r.c.Health(ctxT(t), "echo")
+	hs, _, err := r.c.Health(ctxT(t), client.WithNames("echo"))
 	if err != nil {
 		t.Fatal(err)
 	}
