@@ -464,49 +464,21 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 		case <-sess.Done():
 			return errLeaseLost
 		case resp, ok := <-wch:
-			evs, err := watchEvents(resp, ok, "the fleet's plugins")
+			err := applyChanges(ctx, a, resp, ok, "the fleet's plugins", decodePlugin, func(name string, _ *mvccpb.KeyValue, p *pb.FleetPlugin) {
+				a.setDesired(name, p)
+			})
 			if err != nil {
 				return err
-			}
-			if err := a.checkDeletes(ctx, evs); err != nil {
-				return err
-			}
-			for _, ev := range evs {
-				name := base(string(ev.Kv.Key))
-				var p *pb.FleetPlugin
-				if ev.Type == clientv3.EventTypePut {
-					if p, err = decodePlugin(ev.Kv); err != nil {
-						a.log.Error("ignoring an unreadable fleet plugin", "error", err)
-						continue
-					}
-				}
-				a.setDesired(name, p)
-				a.reconcile(ctx, name)
 			}
 			a.publish(ctx, lease)
 		case resp, ok := <-tch:
-			evs, err := watchEvents(resp, ok, "the node's targets")
-			if err != nil {
-				return err
-			}
-			if err := a.checkDeletes(ctx, evs); err != nil {
-				return err
-			}
-			for _, ev := range evs {
-				name := base(string(ev.Kv.Key))
-				var tg *pb.FleetTarget
-				if ev.Type == clientv3.EventTypePut {
-					if tg, err = decodeTarget(ev.Kv); err != nil {
-						a.log.Error("ignoring an unreadable target", "error", err)
-						continue
-					}
-				}
+			err := applyChanges(ctx, a, resp, ok, "the node's targets", decodeTarget, func(name string, kv *mvccpb.KeyValue, tg *pb.FleetTarget) {
 				// The plugin's own key as of this change: the controller
 				// writes a rollout's new spec to it and deletes the targets
 				// in one transaction, but the two watches may deliver them
 				// in either order; reconciling with a stale plugin key
 				// would move the node back for a moment.
-				a.refreshDesired(ctx, name, ev.Kv.ModRevision)
+				a.refreshDesired(ctx, name, kv.ModRevision)
 				a.mu.Lock()
 				if tg != nil {
 					a.targets[name] = tg
@@ -514,7 +486,9 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 					delete(a.targets, name)
 				}
 				a.mu.Unlock()
-				a.reconcile(ctx, name)
+			})
+			if err != nil {
+				return err
 			}
 			a.publish(ctx, lease)
 		case name := <-a.kick:
@@ -870,4 +844,33 @@ func (a *Agent) publish(ctx context.Context, lease clientv3.LeaseID) {
 			delete(a.published, name)
 		}
 	}
+}
+
+// applyChanges applies one watch response of keys that each hold a T (a
+// fleet plugin, a node's target): for each event, apply gets the key's
+// name, its KeyValue and its new value (nil: deleted), then the plugin is
+// reconciled. An unreadable value is logged and skipped; a wipe of the
+// fleet's keys (checkDeletes) or the watch's end is returned.
+func applyChanges[T any](ctx context.Context, a *Agent, resp clientv3.WatchResponse, ok bool, what string,
+	decode func(*mvccpb.KeyValue) (*T, error), apply func(name string, kv *mvccpb.KeyValue, v *T)) error {
+	evs, err := watchEvents(resp, ok, what)
+	if err != nil {
+		return err
+	}
+	if err := a.checkDeletes(ctx, evs); err != nil {
+		return err
+	}
+	for _, ev := range evs {
+		name := base(string(ev.Kv.Key))
+		var v *T
+		if ev.Type == clientv3.EventTypePut {
+			if v, err = decode(ev.Kv); err != nil {
+				a.log.Error("ignoring an unreadable value of "+what, "key", string(ev.Kv.Key), "error", err)
+				continue
+			}
+		}
+		apply(name, ev.Kv, v)
+		a.reconcile(ctx, name)
+	}
+	return nil
 }

@@ -6,52 +6,6 @@ import (
 	"time"
 )
 
-// BakeResult says how a bake went.
-type BakeResult int
-
-// Bake results, numbered as plugincontrol.v1.BakeResult.
-const (
-	BakeUnknown BakeResult = iota
-	// BakeBaking: the new generation serves on trial; the previous
-	// generation's process is kept warm.
-	BakeBaking
-	// BakeKept: the bake period passed; the previous process was stopped.
-	BakeKept
-	// BakeReverted: the new generation became UNHEALTHY (or crashed)
-	// during the bake; the previous process serves again, as a new
-	// generation.
-	BakeReverted
-	// BakeCancelled: the bake ended early (another Reload, an Unload, the
-	// daemon's shutdown, or the warm process exited).
-	BakeCancelled
-)
-
-var bakeResultNames = [...]string{"UNKNOWN", "BAKING", "KEPT", "REVERTED", "CANCELLED"}
-
-func (r BakeResult) String() string {
-	if r < 0 || int(r) >= len(bakeResultNames) {
-		return "UNKNOWN"
-	}
-	return bakeResultNames[r]
-}
-
-// BakeStatus describes the current or last bake of a plugin.
-type BakeStatus struct {
-	// Generation is the generation on trial.
-	Generation uint64
-	// PreviousGeneration is the generation whose process is kept warm.
-	PreviousGeneration uint64
-	// Until is when the bake ends if nothing goes wrong.
-	Until time.Time
-	// Result says how it went.
-	Result BakeResult
-	// Reason says why it was reverted or cancelled.
-	Reason string
-	// RevertedTo is the generation the previous process serves as after a
-	// revert (generations only rise).
-	RevertedTo uint64
-}
-
 // bake is a reload's trial period (entry.bake, guarded by the entry's mu).
 type bake struct {
 	BakeStatus

@@ -105,7 +105,7 @@ func BenchmarkHubPublish(b *testing.B) {
 			h := benchHealth("echo")
 			b.ReportAllocs()
 			for b.Loop() {
-				m.events.publish(EventChanged, h)
+				m.events.Publish(EventChanged, h)
 			}
 		})
 	}
@@ -124,7 +124,7 @@ func BenchmarkHubPublish(b *testing.B) {
 			h := benchHealth("echo")
 			b.ReportAllocs()
 			for b.Loop() {
-				m.events.publish(EventChanged, h)
+				m.events.Publish(EventChanged, h)
 				for _, w := range ws {
 					if evs, _ := w.Poll(); len(evs) != 1 {
 						b.Fatalf("polled %d events", len(evs))
@@ -154,7 +154,7 @@ func BenchmarkCoalesce(b *testing.B) {
 			for b.Loop() {
 				for range 8 {
 					for _, h := range hs {
-						m.events.publish(EventChanged, h)
+						m.events.Publish(EventChanged, h)
 					}
 				}
 				if evs, _ := w.Poll(); len(evs) != p {
@@ -172,7 +172,7 @@ func BenchmarkHealthSnapshot(b *testing.B) {
 		b.Run(fmt.Sprintf("plugins=%d", p), func(b *testing.B) {
 			m := benchManager(b)
 			for i := range p {
-				m.events.publish(EventChanged, benchHealth(fmt.Sprintf("plugin-%03d", i)))
+				m.events.Publish(EventChanged, benchHealth(fmt.Sprintf("plugin-%03d", i)))
 			}
 			b.ReportAllocs()
 			for b.Loop() {

@@ -1,8 +1,11 @@
 // Package manager is the core of plugincontrol: a registry of plugin
 // instances, the candidate pipeline that launches and validates them, the
-// try-activate swap and drain, crash supervision, the panic tracker and the
-// health hub. It has no transport code: embed it in your own host, or run
-// it behind gRPC with package server (as plugind does).
+// try-activate swap and drain, crash supervision and the panic tracker,
+// over two packages of its own: manager/record (the data: specs, health
+// records, the Store interface and what it keeps; every name is aliased
+// here) and manager/hub (the health hub behind Watch and Health). It has
+// no transport code: embed it in your own host, or run it behind gRPC with
+// package server (as plugind does).
 //
 // # Embedding it with your own protocol
 //
@@ -110,8 +113,8 @@
 // operation semaphore, never under entry.mu, so List and Health never wait
 // on an fsync. Lock order: Manager.gate (background actions, read side;
 // Freeze, write side), then an entry's operation semaphore, then
-// Manager.mu, then entry.mu; events.mu is taken under entry.mu and
-// Manager.mu (publishing never blocks and never touches the disk: the
+// Manager.mu, then entry.mu; the hub's lock (manager/hub) is taken under
+// entry.mu and Manager.mu (publishing never blocks and never touches the disk: the
 // durable revision mark is raised half a block ahead, in the background;
 // TestReadersNeverWaitForTheStore holds the store and shows List, Health
 // and Watch still answering).

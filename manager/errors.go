@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"syscall"
+
+	"github.com/plugincontrol/plugincontrol/manager/hub"
 )
 
 // Sentinel errors; test with errors.Is.
@@ -17,7 +19,7 @@ var (
 	// (starting, restarting or stopping).
 	ErrUnavailable = errors.New("plugin unavailable")
 	// ErrClosed: the manager is shut down.
-	ErrClosed = errors.New("manager closed")
+	ErrClosed = hub.ErrClosed
 	// ErrUnreadable: a Reload of a plugin whose stored record could not be
 	// read (Load a spec over it, or Unload it).
 	ErrUnreadable = errors.New("stored record unreadable")

@@ -24,16 +24,6 @@ func perGeneration(c FailureClass) bool {
 	return c == FailurePanic || c == FailureHang || c == FailureTimeout
 }
 
-// FailureCount is a class's count in a plugin's health record.
-type FailureCount struct {
-	Class FailureClass
-	// InWindow counts the class within its window (for panics, hangs and
-	// timeouts: of the current generation).
-	InWindow int
-	// Lifetime counts the class over every generation.
-	Lifetime uint64
-}
-
 // tracker counts the failures of one plugin. Each entry owns one; its fields
 // are guarded by the entry's mu, so states and counts move together.
 type tracker struct {

@@ -213,12 +213,8 @@ func (m *Manager) Handover() (*Handover, error) {
 		}
 	}
 	h.ReaperPID, h.ReaperFD = m.reaper.Inherit()
-	m.events.mu.Lock()
-	h.Hub = &HubHandover{Revision: m.events.rev, History: append([]Event(nil), m.events.history...)}
-	for _, hl := range m.events.latest {
-		h.Hub.Latest = append(h.Hub.Latest, hl)
-	}
-	m.events.mu.Unlock()
+	rev, history, latest := m.events.State()
+	h.Hub = &HubHandover{Revision: rev, History: history, Latest: latest}
 	return h, nil
 }
 

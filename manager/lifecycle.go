@@ -165,7 +165,7 @@ func (m *Manager) transitionLocked(e *entry, ev lifecycleEvent, reason string) {
 	if ev == evRemoved {
 		t = EventRemoved
 	}
-	e.revision = m.events.publish(t, e.healthLocked())
+	e.revision = m.events.Publish(t, e.healthLocked())
 }
 
 // transition is transitionLocked taking e.mu.

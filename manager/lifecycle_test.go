@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/plugincontrol/plugincontrol/internal/proc"
+	"github.com/plugincontrol/plugincontrol/manager/hub"
 	"github.com/plugincontrol/plugincontrol/manager/record"
 )
 
@@ -31,19 +32,19 @@ func TestTransitionTable(t *testing.T) {
 		U: {no, G, U, U, no, S, U, X, X, U},
 		X: {no, G, no, no, no, no, no, X, X, X},
 	}
-	m := &Manager{log: slog.New(slog.NewTextHandler(io.Discard, nil)), events: newEvents(0)}
+	m := &Manager{log: slog.New(slog.NewTextHandler(io.Discard, nil)), events: hub.New(hub.Config{})}
 	for from, row := range want {
 		for i, ev := range events {
 			name := fmt.Sprintf("%s+%s", from, ev)
 			e := &entry{name: "p", state: from, since: time.Unix(1, 0), reason: "before"}
-			rev, refused := m.events.revision(), m.RefusedTransitions()
+			rev, refused := m.events.Revision(), m.RefusedTransitions()
 			m.transitionLocked(e, ev, "why")
 			switch to := row[i]; {
 			case to == no:
 				if m.RefusedTransitions() != refused+1 {
 					t.Errorf("%s: refused, but not counted", name)
 				}
-				if e.state != from || e.since != time.Unix(1, 0) || e.reason != "before" || m.events.revision() != rev {
+				if e.state != from || e.since != time.Unix(1, 0) || e.reason != "before" || m.events.Revision() != rev {
 					t.Errorf("%s: a refused event changed the entry or published", name)
 				}
 			default:
@@ -54,8 +55,8 @@ func TestTransitionTable(t *testing.T) {
 				if e.state != to {
 					t.Errorf("%s: state %s, want %s", name, e.state, to)
 				}
-				if m.events.revision() != rev+1 || e.revision != rev+1 {
-					t.Errorf("%s: published %d events", name, m.events.revision()-rev)
+				if m.events.Revision() != rev+1 || e.revision != rev+1 {
+					t.Errorf("%s: published %d events", name, m.events.Revision()-rev)
 				}
 				changed := to != from || ev == evActivated
 				if changed == (e.since == time.Unix(1, 0)) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/plugincontrol/plugincontrol/internal/proc"
+	"github.com/plugincontrol/plugincontrol/manager/hub"
 )
 
 // Config configures a Manager.
@@ -118,7 +119,7 @@ type Manager struct {
 	sockRoot  string
 	ownSock   bool // sockRoot was created by New and is removed by Close
 	digests   digestCache
-	events    *events
+	events    *hub.Hub
 	store     Store
 	reaper    *proc.Reaper  // kills plugin processes if the process is killed; nil: none
 	cgroups   *proc.Cgroups // the plugins' cgroup subtree (ContainAuto); nil: none
@@ -236,16 +237,17 @@ func New(cfg Config) (*Manager, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &Manager{cfg: cfg, log: log, pluginDir: dir, plugins: make(map[string]*entry), events: newEvents(cfg.HealthHistory)}
+	m := &Manager{cfg: cfg, log: log, pluginDir: dir, plugins: make(map[string]*entry)}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if cfg.MaxPlugins <= 0 {
 		m.cfg.MaxPlugins = 1000
 	}
+	lagLimit := cfg.WatchLagLimit
 	switch {
-	case cfg.WatchLagLimit == 0:
-		m.events.lagLimit = 30 * time.Second
-	case cfg.WatchLagLimit > 0:
-		m.events.lagLimit = cfg.WatchLagLimit
+	case lagLimit == 0:
+		lagLimit = 30 * time.Second
+	case lagLimit < 0:
+		lagLimit = 0
 	}
 	if cfg.MaxWatchers <= 0 {
 		m.cfg.MaxWatchers = 10000
@@ -254,35 +256,23 @@ func New(cfg Config) (*Manager, error) {
 	if m.store == nil {
 		m.store = newMemStore()
 	}
-	// Revisions continue above anything an earlier run may have handed out.
-	// The first block is reserved here, before any lock is held; the hub
-	// reserves the next ones in the background (events.reserveAheadLocked).
+	// Revisions continue above anything an earlier run may have handed out
+	// (the store's durable mark); the hub reserves the next blocks.
 	prev, err := m.store.ReserveRevisions(0)
 	if err != nil {
 		return nil, fmt.Errorf("manager: reading the revision mark: %w", err)
 	}
-	m.events.rev, m.events.hwm = prev, prev
+	logMark := func(err error) { log.Error("persisting the revision mark failed", slog.String("error", err.Error())) }
+	m.events = hub.New(hub.Config{History: cfg.HealthHistory, LagLimit: lagLimit, Reserve: m.store.ReserveRevisions, Log: logMark})
+	rev, history, latest := prev, []Event(nil), []Health(nil)
 	if h := cfg.Inherit; h != nil && h.Hub != nil {
 		// A reload: the hub continues where it was, below the mark
 		// reserved for it.
-		m.events.rev = h.Hub.Revision
-		m.events.hwm = max(prev, h.Hub.Revision)
-		m.events.history = append([]Event(nil), h.Hub.History...)
-		for _, hl := range h.Hub.Latest {
-			m.events.latest[hl.Name] = hl
-		}
+		rev, history, latest = h.Hub.Revision, h.Hub.History, h.Hub.Latest
 	}
-	if m.events.hwm <= m.events.rev+revisionBlock/2 {
-		upTo := m.events.rev + revisionBlock
-		if _, err := m.store.ReserveRevisions(upTo); err != nil {
-			// Health goes on in memory; the hub retries in the background.
-			log.Error("persisting the revision mark failed", slog.String("error", err.Error()))
-		} else {
-			m.events.hwm = upTo
-		}
+	if err := m.events.Start(rev, prev, history, latest); err != nil {
+		logMark(err) // health goes on in memory; the hub retries in the background
 	}
-	m.events.reserve = m.store.ReserveRevisions
-	m.events.log = func(err error) { log.Error("persisting the revision mark failed", slog.String("error", err.Error())) }
 	if cfg.SocketDir == "" {
 		d, err := os.MkdirTemp("", "plugind-")
 		if err != nil {
@@ -403,7 +393,7 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	m.bg.Wait()
-	m.events.close()
+	m.events.Close()
 	m.closeContainment()
 	// Every plugin stopped: the reaper leaves keep mode and ends.
 	m.reaper.Stop()

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 
+	"github.com/plugincontrol/plugincontrol/manager/hub"
 	"github.com/plugincontrol/plugincontrol/manager/record"
 )
 
@@ -41,7 +42,64 @@ type (
 	AuditPage = record.AuditPage
 	// AuditCheckpoint is the last record retention removed from the log.
 	AuditCheckpoint = record.AuditCheckpoint
+	// State is a plugin's health state.
+	State = record.State
+	// Health is the health record of one plugin instance.
+	Health = record.Health
+	// PanicRecord is the last panic of a plugin.
+	PanicRecord = record.PanicRecord
+	// FailureCount is a class's count in a plugin's health record.
+	FailureCount = record.FailureCount
+	// BakeResult says how a bake went.
+	BakeResult = record.BakeResult
+	// BakeStatus describes the current or last bake of a plugin.
+	BakeStatus = record.BakeStatus
+	// EventType says what an Event is.
+	EventType = hub.EventType
+	// Event is one item of a health watch.
+	Event = hub.Event
+	// Watch is a subscription to health events (see hub.Watch).
+	Watch = hub.Watch
+	// WatchOption configures Watch.
+	WatchOption = hub.WatchOption
+	// EvictedError is what Watch.Next returns for a watch evicted for
+	// falling behind.
+	EvictedError = hub.EvictedError
 )
+
+// States, numbered as plugincontrol.v1.PluginState.
+const (
+	StateUnknown   = record.StateUnknown
+	StateStarting  = record.StateStarting
+	StateServing   = record.StateServing
+	StateDegraded  = record.StateDegraded
+	StateUnhealthy = record.StateUnhealthy
+	StateStopped   = record.StateStopped
+)
+
+// Bake results, numbered as plugincontrol.v1.BakeResult.
+const (
+	BakeUnknown   = record.BakeUnknown
+	BakeBaking    = record.BakeBaking
+	BakeKept      = record.BakeKept
+	BakeReverted  = record.BakeReverted
+	BakeCancelled = record.BakeCancelled
+)
+
+// Event types, numbered as plugincontrol.v1.HealthEventType.
+const (
+	EventUnknown  = hub.EventUnknown
+	EventSnapshot = hub.EventSnapshot
+	EventSynced   = hub.EventSynced
+	EventChanged  = hub.EventChanged
+	EventRemoved  = hub.EventRemoved
+	EventBookmark = hub.EventBookmark
+)
+
+// Internal marks a watch the daemon makes for itself (the server's
+// grpc.health.v1 mirror): Config.MaxWatchers and Watchers count only the
+// others, so the limit is the number of client streams it says.
+func Internal() WatchOption { return hub.Internal() }
 
 // Actions on unhealthy.
 const (

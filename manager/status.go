@@ -4,28 +4,6 @@ import (
 	"time"
 )
 
-// State is a plugin's health state.
-type State int
-
-// States, numbered as plugincontrol.v1.PluginState.
-const (
-	StateUnknown State = iota
-	StateStarting
-	StateServing
-	StateDegraded
-	StateUnhealthy
-	StateStopped
-)
-
-var stateNames = [...]string{"UNKNOWN", "STARTING", "SERVING", "DEGRADED", "UNHEALTHY", "STOPPED"}
-
-func (s State) String() string {
-	if s < 0 || int(s) >= len(stateNames) {
-		return "UNKNOWN"
-	}
-	return stateNames[s]
-}
-
 // Status is the observed state of one plugin instance.
 type Status struct {
 	Name       string
@@ -49,38 +27,6 @@ type Status struct {
 	// Services are the gRPC services the active generation serves, where
 	// known (described at stage describe).
 	Services []string
-}
-
-// Health is the health record of one plugin instance.
-type Health struct {
-	Name       string
-	State      State
-	Generation uint64
-	// PanicsInWindow counts the panics and crashes of the current
-	// generation within the policy's panic window (the panic_threshold
-	// rule); LifetimePanics and Crashes count recovered panics and crashes
-	// over all generations; LastPanic is the last panic (or crash with a
-	// panic message). Failures has every class's counts.
-	PanicsInWindow int
-	LifetimePanics uint64
-	Crashes        uint64
-	Restarts       int
-	LastPanic      *PanicRecord
-	Failures       []FailureCount
-	// Reason says why the plugin is in State; empty when SERVING.
-	Reason   string
-	Since    time.Time
-	Revision uint64
-	// Bake is the current or last bake of a reload with a bake period.
-	Bake *BakeStatus
-}
-
-// PanicRecord is the last panic of a plugin.
-type PanicRecord struct {
-	Message     string
-	Fingerprint string
-	Time        time.Time
-	Generation  uint64
 }
 
 // status is the plugin's Status. The protocol of a plugin with no running

@@ -1,0 +1,142 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/plugincontrol/plugincontrol/manager/record"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func rec(name string, gen uint64) record.Health {
+	return record.Health{Name: name, State: record.StateServing, Generation: gen}
+}
+
+// A watch that does not read keeps one pending event per plugin, the
+// latest; the replaced ones are counted as coalesced.
+func TestSlowWatchCoalesces(t *testing.T) {
+	h := New(Config{})
+	defer h.Close()
+	w, err := h.Subscribe(nil, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if evs, _ := w.Poll(); len(evs) != 1 || evs[0].Type != EventSynced {
+		t.Fatalf("initial events %+v, want SYNCED alone", evs)
+	}
+	for gen := range uint64(100) {
+		h.Publish(EventChanged, rec("a", gen))
+		h.Publish(EventChanged, rec("b", gen))
+	}
+	evs, _ := w.Poll()
+	if len(evs) != 2 || evs[0].Health.Name != "a" || evs[1].Health.Name != "b" || evs[1].Health.Generation != 99 || evs[1].Revision != 200 {
+		t.Fatalf("pending %+v, want a and b at generation 99, in revision order", evs)
+	}
+	if h.Coalesced() != 198 {
+		t.Fatalf("coalesced %d, want 198", h.Coalesced())
+	}
+}
+
+// A watch resumes from a revision in the history with a replay, and from
+// one past it with a reset snapshot.
+func TestResumeReplaysOrResets(t *testing.T) {
+	h := New(Config{History: 4})
+	defer h.Close()
+	for gen := range uint64(3) {
+		h.Publish(EventChanged, rec("a", gen))
+	}
+	w, _ := h.Subscribe(nil, 1, 10)
+	evs, _ := w.Poll()
+	w.Close()
+	if len(evs) != 3 || evs[0].Revision != 2 || evs[1].Revision != 3 || evs[2].Type != EventSynced || evs[2].Reset {
+		t.Fatalf("replay from 1: %+v", evs)
+	}
+	for gen := range uint64(20) {
+		h.Publish(EventChanged, rec("b", gen))
+	}
+	w, _ = h.Subscribe(nil, 1, 10)
+	evs, _ = w.Poll()
+	w.Close()
+	if len(evs) != 3 || evs[0].Type != EventSnapshot || !evs[0].Reset || evs[2].Type != EventSynced || !evs[2].Reset || evs[2].Revision != 23 {
+		t.Fatalf("resume from a compacted revision: %+v", evs)
+	}
+}
+
+// Past the limit Subscribe refuses; Internal watches do not count; Close
+// ends every watch with ErrClosed.
+func TestLimitAndClose(t *testing.T) {
+	h := New(Config{})
+	a, _ := h.Subscribe(nil, 0, 1)
+	if _, err := h.Subscribe(nil, 0, 1); !errors.Is(err, ErrTooManyWatches) {
+		t.Fatalf("second watch past a limit of 1: %v", err)
+	}
+	in, err := h.Subscribe(nil, 0, 1, Internal())
+	if err != nil || h.Watchers() != 1 {
+		t.Fatalf("internal watch: %v, %d counted", err, h.Watchers())
+	}
+	h.Close()
+	for _, w := range []*Watch{a, in} {
+		w.Poll() // the initial SYNCED
+		if _, err := w.Next(context.Background()); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Next after Close: %v", err)
+		}
+	}
+	if _, err := h.Subscribe(nil, 0, 1); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Subscribe after Close: %v", err)
+	}
+}
+
+// A watch whose oldest pending event waited past the lag limit when
+// another arrives is evicted; Next says so, with the last revision it
+// returned.
+func TestLaggingWatchIsEvicted(t *testing.T) {
+	h := New(Config{LagLimit: 50 * time.Millisecond})
+	defer h.Close()
+	w, _ := h.Subscribe(nil, 0, 10)
+	defer w.Close()
+	w.Poll()
+	h.Publish(EventChanged, rec("a", 1))
+	time.Sleep(60 * time.Millisecond) // time is what is tested: the pending event ages past the limit
+	h.Publish(EventChanged, rec("a", 2))
+	_, err := w.Next(context.Background())
+	var ev *EvictedError
+	if !errors.As(err, &ev) || ev.LastRevision != 0 || h.Evicted() != 1 {
+		t.Fatalf("Next of a lagging watch: %v (evicted %d)", err, h.Evicted())
+	}
+}
+
+// Start continues the revisions an earlier run handed out and reserves a
+// block ahead when less than half of one is left; with a block ahead,
+// publishing reserves nothing more.
+func TestStartReservesAhead(t *testing.T) {
+	var mu sync.Mutex
+	var marks []uint64
+	reserved := make(chan struct{}, 4)
+	h := New(Config{Reserve: func(upTo uint64) (uint64, error) {
+		mu.Lock()
+		marks = append(marks, upTo)
+		mu.Unlock()
+		reserved <- struct{}{}
+		return 0, nil
+	}})
+	if err := h.Start(7, 7, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	<-reserved
+	if rev := h.Publish(EventChanged, rec("a", 1)); rev != 8 {
+		t.Fatalf("first revision after Start(7): %d", rev)
+	}
+	h.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(marks) != 1 || marks[0] != 7+revisionBlock {
+		t.Fatalf("reservations %v, want one up to %d", marks, 7+revisionBlock)
+	}
+}
