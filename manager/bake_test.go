@@ -202,6 +202,33 @@ func TestLivenessReplacesAHungPlugin(t *testing.T) {
 	}
 }
 
+// Liveness probing is mostly a read of the process's state, which a
+// deadlocked handler passes; the full probe (Ready) every fullProbeEvery
+// intervals finds it, and the probes after a failed full one are full too,
+// so the hang is declared LivenessFailures intervals later.
+func TestLivenessFindsADeadlockedHandler(t *testing.T) {
+	m, _ := newManagerWith(t, nil)
+	ctx := context.Background()
+	const interval = 50 * time.Millisecond
+	res, err := m.Load(ctx, manager.Spec{Name: "echo", Binary: "echo", Config: []byte("deadlock_after=300ms"), Policy: manager.HealthPolicy{
+		LivenessInterval: interval, LivenessFailures: 2, OnUnhealthy: manager.ActionRestart,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitServing(t, m, "echo", 2, 5*time.Second)
+	took := time.Since(start)
+	st, _ := m.Get("echo")
+	h := health(t, m, "echo")
+	if st.PID == res.Status.PID || h.Failures[2].Class != manager.FailureHang || h.Failures[2].Lifetime != 1 {
+		t.Fatalf("deadlocked plugin not replaced for a hang: %+v %+v", st, h.Failures)
+	}
+	// 300ms until the deadlock, then at most 10 intervals to the next full
+	// probe and 2 full probes that time out.
+	t.Logf("deadlocked at 300ms, replaced after %v (interval %v)", took, interval)
+}
+
 // Calls that time out inside the plugin are their own failure class, with
 // their own threshold.
 func TestTimeoutsAreAFailureClass(t *testing.T) {

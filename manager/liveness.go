@@ -2,20 +2,34 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/plugincontrol/plugincontrol/internal/proc"
 )
+
+// fullProbeEvery is how often a liveness probe is the protocol's Live
+// hook, a gRPC call to the plugin (one probe in fullProbeEvery); the
+// others read the process's state from /proc (proc.Stopped). A full probe
+// costs the daemon about 330µs of CPU (bench: 100 plugins probed every
+// second took 3.3% of a core), a state read a few microseconds.
+const fullProbeEvery = 10
 
 // startLiveness probes inst while it lives, when its spec's policy sets a
 // liveness interval: every interval, if inst is the active generation, one
-// probe (the protocol's Live hook: Ready for native plugins, a
-// grpc.health.v1 Check for foreign ones) bounded by the interval and the
-// manager's ReadyTimeout. Probes never overlap: the next one is scheduled
-// an interval after the previous one ended. LivenessFailures failures in a
-// row count one hang failure (and start the count over), which the policy
-// judges like any other class (by default one hang makes the plugin
-// UNHEALTHY, and unhealthy_action restart replaces the hung process).
+// probe bounded by the interval and the manager's ReadyTimeout. One probe
+// in fullProbeEvery (and every probe after a failed one, until one passes)
+// is the protocol's Live hook: Ready for native plugins, a grpc.health.v1
+// Check for foreign ones; it finds a deadlocked handler. The others read
+// the process's state: they find a stopped (SIGSTOP) or dead process at
+// the next interval. Where the state cannot be read, every probe is a
+// full one. Probes never overlap: the next one is scheduled an interval
+// after the previous one ended. LivenessFailures failures in a row count
+// one hang failure (and start the count over), which the policy judges
+// like any other class (by default one hang makes the plugin UNHEALTHY,
+// and unhealthy_action restart replaces the hung process).
 //
 // The prober is a goroutine per probed generation, tracked by Close, that
 // ends when the generation stops.
@@ -28,7 +42,15 @@ func (m *Manager) startLiveness(e *entry, inst *instance) {
 		timeout := min(p.LivenessInterval, m.cfg.ReadyTimeout)
 		t := time.NewTimer(untilTick(p.LivenessInterval))
 		defer t.Stop()
-		failures := 0
+		// fullFailed: the last probe was a full one and failed, so the
+		// next ones are full too until one passes.
+		failures, tick, fullFailed := 0, 0, false
+		// state reads the process's state for the cheap probes; nil where
+		// it cannot be read (every probe is then a full one).
+		state, _ := proc.OpenState(inst.pid)
+		if state != nil {
+			defer state.Close()
+		}
 		for {
 			select {
 			case <-t.C:
@@ -39,9 +61,19 @@ func (m *Manager) startLiveness(e *entry, inst *instance) {
 			}
 			m.gate.RLock()
 			if e.active.Load() == inst {
-				ctx, cancel := context.WithTimeout(inst.gone, timeout)
-				err := inst.proto.live(ctx, inst.hooks, inst.spec.Config)
-				cancel()
+				tick++
+				var err error
+				cheap := state != nil && tick%fullProbeEvery != 1 && !fullFailed
+				if cheap {
+					if why := state.Stopped(); why != "" {
+						err = errors.New(why)
+					}
+				} else {
+					ctx, cancel := context.WithTimeout(inst.gone, timeout)
+					err = inst.proto.live(ctx, inst.hooks, inst.spec.Config)
+					cancel()
+				}
+				fullFailed = err != nil && !cheap
 				switch {
 				case inst.gone.Err() != nil:
 					m.gate.RUnlock()

@@ -25,6 +25,10 @@ type Plugin struct {
 	NotReady string
 
 	crash sync.Once
+	// stuck is what a deadlock_after config deadlocks on: once a goroutine
+	// holds it for good, every Ready blocks.
+	stuck    sync.Mutex
+	deadlock sync.Once
 }
 
 // Info implements plugin.Plugin.
@@ -39,9 +43,25 @@ func (p *Plugin) Info() plugin.Info {
 // Ready implements plugin.Plugin. A config "crash_after=DURATION" makes the
 // process crash (a Go panic in a background goroutine) that long after its
 // first Ready: the tests use it for a generation that dies after the swap.
+// A config "deadlock_after=DURATION" makes every Ready from then on block
+// for good (the process runs on): a deadlocked handler, for liveness.
 func (p *Plugin) Ready(_ context.Context, config []byte) error {
 	if p.NotReady != "" {
 		return fmt.Errorf("%s", p.NotReady)
+	}
+	if v, ok := strings.CutPrefix(string(config), "deadlock_after="); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("config %q: %v", config, err)
+		}
+		p.deadlock.Do(func() {
+			go func() {
+				time.Sleep(d)
+				p.stuck.Lock() // never unlocked
+			}()
+		})
+		p.stuck.Lock()
+		defer p.stuck.Unlock()
 	}
 	if v, ok := strings.CutPrefix(string(config), "crash_after="); ok {
 		d, err := time.ParseDuration(v)

@@ -187,3 +187,15 @@ func (r *Reaper) Release(string) {}
 
 // Inherit has nothing to inherit.
 func (r *Reaper) Inherit() (int, int) { return 0, 0 }
+
+// State is a process's state, not readable here.
+type State struct{}
+
+// OpenState fails: the process state is not read here.
+func OpenState(int) (*State, error) { return nil, ErrUnsupported }
+
+// Stopped reports nothing.
+func (*State) Stopped() string { return "" }
+
+// Close does nothing.
+func (*State) Close() error { return nil }

@@ -226,3 +226,37 @@ func TestReaperKills(t *testing.T) {
 		t.Fatalf("the registered process: %v", err)
 	}
 }
+
+// TestState: the stat file opened once tells a running process from a
+// stopped one, and fails once the process is gone, even though its pid may
+// be reused.
+func TestState(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	s, err := OpenState(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if why := s.Stopped(); why != "" {
+		t.Fatalf("a running process: %q", why)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, syscall.WUNTRACED, nil); err != nil || !ws.Stopped() {
+		t.Fatalf("waiting for the stop: %v %v", ws, err)
+	}
+	if why := s.Stopped(); !strings.Contains(why, "stopped (state T") {
+		t.Fatalf("a SIGSTOPped process: %q", why)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	_ = cmd.Wait()
+	if why := s.Stopped(); !strings.Contains(why, "gone") {
+		t.Fatalf("a reaped process: %q", why)
+	}
+}

@@ -89,10 +89,12 @@ type HealthPolicy struct {
 	// it, except Hangs (default 1: a hang is already LivenessFailures
 	// failed probes in a row); a zero Window is PanicWindow.
 	Panics, Crashes, Hangs, Timeouts, StartFailures FailureLimit
-	// LivenessInterval, when set, probes the serving generation that often
-	// (native plugins: Ready; foreign ones: grpc.health.v1 Check of the
-	// ready service), each probe bounded by the interval (at most the
-	// manager's ReadyTimeout), never two at once (default 0: off).
+	// LivenessInterval, when set, probes the serving generation that often,
+	// each probe bounded by the interval (at most the manager's
+	// ReadyTimeout), never two at once (default 0: off). One probe in ten
+	// calls the plugin (native plugins: Ready; foreign ones: grpc.health.v1
+	// Check of the ready service), and so does every probe after a failed
+	// call; the others read the process's state (stopped or gone fails).
 	LivenessInterval time.Duration
 	// LivenessFailures probes in a row that fail make a hang failure
 	// (default 3).

@@ -544,9 +544,12 @@ type HealthPolicy struct {
 	// unhealthy_action runs once when the plugin becomes UNHEALTHY.
 	UnhealthyAction UnhealthyAction `protobuf:"varint,7,opt,name=unhealthy_action,json=unhealthyAction,proto3,enum=plugincontrol.v1.UnhealthyAction" json:"unhealthy_action,omitempty"`
 	// liveness_interval, when set, probes the serving generation that often
-	// between calls (native plugins: Ready; foreign ones: a grpc.health.v1 Check
-	// of ready_service), each probe bounded by the interval, never two at once.
-	// Unset or 0: off. At least 10ms.
+	// between calls, each probe bounded by the interval, never two at once. One
+	// probe in ten, and every probe after a failed one of them, calls the plugin
+	// (native plugins: Ready; foreign ones: a grpc.health.v1 Check of
+	// ready_service): it finds a deadlocked handler. The others read the
+	// process's state (a stopped or exited process fails them). Unset or 0:
+	// off. At least 10ms.
 	LivenessInterval *durationpb.Duration `protobuf:"bytes,8,opt,name=liveness_interval,json=livenessInterval,proto3" json:"liveness_interval,omitempty"`
 	// liveness_failures probes in a row that fail make one hang failure (class
 	// FAILURE_CLASS_HANG). 0 means the default, 3.

@@ -280,9 +280,12 @@ export type HealthPolicy = Message<"plugincontrol.v1.HealthPolicy"> & {
 
   /**
    * liveness_interval, when set, probes the serving generation that often
-   * between calls (native plugins: Ready; foreign ones: a grpc.health.v1 Check
-   * of ready_service), each probe bounded by the interval, never two at once.
-   * Unset or 0: off. At least 10ms.
+   * between calls, each probe bounded by the interval, never two at once. One
+   * probe in ten, and every probe after a failed one of them, calls the plugin
+   * (native plugins: Ready; foreign ones: a grpc.health.v1 Check of
+   * ready_service): it finds a deadlocked handler. The others read the
+   * process's state (a stopped or exited process fails them). Unset or 0:
+   * off. At least 10ms.
    *
    * @generated from field: google.protobuf.Duration liveness_interval = 8;
    */
