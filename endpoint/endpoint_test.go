@@ -326,7 +326,9 @@ func TestEndpointStreamsAcrossReload(t *testing.T) {
 		t.Fatalf("%d ticks on the old generation, want 10", n)
 	}
 	rr := <-reloaded
-	if rr.Report.DrainedCalls != 2 || rr.Report.DrainTimedOut {
+	// The two streams, and perhaps a Whoami of the loop above that was in
+	// flight on the old generation at the swap.
+	if rr.Report.DrainedCalls < 2 || rr.Report.DrainedCalls > 3 || rr.Report.DrainTimedOut {
 		t.Fatalf("drain report: %+v", rr.Report)
 	}
 	if !testbin.WaitGone(st.PID, 5*time.Second) {

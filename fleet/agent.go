@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -58,6 +59,11 @@ type AgentConfig struct {
 	// replaced (a reload in place, see Agent.Handover): the first session
 	// keeps it, so the node never leaves the fleet. 0: grant a new one.
 	InheritLease int64
+	// AdoptLocal lets a fleet plugin take over a plugin of this node's own
+	// with its name (reloading it to the fleet's spec). Without it the
+	// node refuses that plugin, keeps its own, and says why in the
+	// plugin's fleet status (its last error and failed digest).
+	AdoptLocal bool
 }
 
 // Agent makes one plugind converge to the fleet's desired plugins (see the
@@ -67,7 +73,7 @@ type Agent struct {
 	keys keys
 	log  *slog.Logger
 
-	// mu guards desired, targets, managed, detached and fenced, which the
+	// mu guards desired, targets, managed, detached, refused and fenced, which the
 	// server reads (Managed, Fenced) while Run's goroutine changes them. No
 	// I/O under it.
 	mu       sync.Mutex
@@ -76,6 +82,9 @@ type Agent struct {
 	targets  map[string]*pb.FleetTarget // by name: this node's rollout targets
 	managed  map[string]bool            // by name: the plugins this node runs for the fleet
 	detached map[string]bool            // by name: the plugins this node no longer follows the fleet for
+	// refused: fleet plugins refused here, a plugin of the node's own
+	// having the name (AdoptLocal); written by Run's goroutine only.
+	refused map[string]bool
 
 	kick chan string // names to reconcile on Run's goroutine (after Attach)
 
@@ -146,6 +155,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		desired: map[string]*pb.FleetPlugin{}, targets: map[string]*pb.FleetTarget{}, managed: map[string]bool{},
 		detached: map[string]bool{}, kick: make(chan string, 16), inherit: clientv3.LeaseID(cfg.InheritLease),
 		applied: map[string]string{}, failed: map[string]string{}, lastErr: map[string]string{}, published: map[string]string{},
+		refused: map[string]bool{},
 	}, nil
 }
 
@@ -170,11 +180,13 @@ func (a *Agent) Lease() int64 {
 }
 
 // Managed reports whether the fleet manages the plugin name on this node,
-// and its fleet key: local Load, Reload and Unload of it are refused.
+// and its fleet key: local Load, Reload and Unload of it are refused. A
+// fleet plugin refused here (a plugin of the node's own has its name) is
+// not managed: the node's own stays the node's to change.
 func (a *Agent) Managed(name string) (key string, ok bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.detached[name] && (a.managed[name] || a.desired[name] != nil || a.targets[name] != nil) {
+	if !a.detached[name] && !a.refused[name] && (a.managed[name] || a.desired[name] != nil || a.targets[name] != nil) {
 		return a.keys.plugin(name), true
 	}
 	return "", false
@@ -207,7 +219,8 @@ func (a *Agent) Detach(ctx context.Context, name string) error {
 }
 
 // Attach undoes Detach: the node follows the fleet for name again (and
-// converges to its spec).
+// converges to its spec). The plugin it kept as its own is the fleet's
+// again at once: the operator's word, not a local namesake to refuse.
 func (a *Agent) Attach(ctx context.Context, name string) error {
 	a.mu.Lock()
 	detached := a.detached[name]
@@ -215,11 +228,15 @@ func (a *Agent) Attach(ctx context.Context, name string) error {
 	if !detached {
 		return fmt.Errorf("%w: %q is not detached", ErrNotManaged, name)
 	}
-	if _, err := a.cfg.Client.Delete(ctx, a.keys.detached(a.cfg.Node, name)); err != nil {
+	if _, err := a.cfg.Client.Txn(ctx).Then(
+		clientv3.OpDelete(a.keys.detached(a.cfg.Node, name)),
+		clientv3.OpPut(a.keys.managed(a.cfg.Node, name), ""),
+	).Commit(); err != nil {
 		return err
 	}
 	a.mu.Lock()
 	delete(a.detached, name)
+	a.managed[name] = true
 	a.mu.Unlock()
 	select {
 	case a.kick <- name:
@@ -495,6 +512,14 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 			a.reconcile(ctx, name)
 			a.publish(ctx, lease)
 		case <-tick.C:
+			// A refused plugin is looked at again: its local namesake
+			// may be gone.
+			a.mu.Lock()
+			refused := slices.Collect(maps.Keys(a.refused))
+			a.mu.Unlock()
+			for _, name := range refused {
+				a.reconcile(ctx, name)
+			}
 			a.publish(ctx, lease)
 		}
 	}
@@ -718,6 +743,11 @@ func (a *Agent) reconcile(ctx context.Context, name string) {
 	loaded := getErr == nil
 	if !wanted {
 		if !managed {
+			if a.refused[name] { // no longer wanted: the refusal ends (publish deletes its status)
+				a.setRefused(name, false)
+				delete(a.failed, name)
+				delete(a.lastErr, name)
+			}
 			return
 		}
 		if loaded {
@@ -738,6 +768,22 @@ func (a *Agent) reconcile(ctx context.Context, name string) {
 		delete(a.lastErr, name)
 		delete(a.applied, name)
 		return
+	}
+	if !managed && loaded && !a.cfg.AdoptLocal {
+		// A plugin of this node's own has the name: the fleet does not
+		// reload over it unless told to.
+		if a.failed[name] != w.digest {
+			a.log.Error("refusing a fleet plugin: a plugin of this node's own has its name (plugind --fleet-adopt-local lets the fleet take it over)", "plugin", name)
+		}
+		a.setRefused(name, true)
+		a.failed[name] = w.digest
+		a.lastErr[name] = "refused: a plugin of this node's own is loaded under this name; unload it, or run plugind with --fleet-adopt-local to let the fleet take it over"
+		return
+	}
+	if a.refused[name] { // the local plugin is gone (or adopting is allowed now)
+		a.setRefused(name, false)
+		delete(a.failed, name)
+		delete(a.lastErr, name)
 	}
 	if !managed {
 		if _, err := a.cfg.Client.Put(ctx, a.keys.managed(a.cfg.Node, name), w.digest); err != nil {
@@ -785,13 +831,16 @@ func (a *Agent) reconcile(ctx context.Context, name string) {
 	a.log.Info(what+" to the fleet's spec", "plugin", name, "digest", w.digest, "bake", w.bake)
 }
 
-// publish writes, under the lease, the status of every managed plugin whose
-// report changed since it was last written. A failed write is tried again
-// at the next call.
+// publish writes, under the lease, the status of every managed (or
+// refused) plugin whose report changed since it was last written. A failed
+// write is tried again at the next call.
 func (a *Agent) publish(ctx context.Context, lease clientv3.LeaseID) {
 	a.mu.Lock()
-	names := make([]string, 0, len(a.managed))
+	names := make([]string, 0, len(a.managed)+len(a.refused))
 	for n := range a.managed {
+		names = append(names, n)
+	}
+	for n := range a.refused {
 		names = append(names, n)
 	}
 	a.mu.Unlock()
@@ -832,10 +881,10 @@ func (a *Agent) publish(ctx context.Context, lease clientv3.LeaseID) {
 		}
 		a.published[name] = rec
 	}
-	// Status keys of plugins no longer managed.
+	// Status keys of plugins no longer managed (nor refused).
 	for name := range a.published {
 		a.mu.Lock()
-		still := a.managed[name]
+		still := a.managed[name] || a.refused[name]
 		a.mu.Unlock()
 		if still {
 			continue
@@ -873,4 +922,16 @@ func applyChanges[T any](ctx context.Context, a *Agent, resp clientv3.WatchRespo
 		a.reconcile(ctx, name)
 	}
 	return nil
+}
+
+// setRefused records whether the fleet plugin name is refused here (see
+// AgentConfig.AdoptLocal). Run's goroutine only.
+func (a *Agent) setRefused(name string, v bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if v {
+		a.refused[name] = true
+	} else {
+		delete(a.refused, name)
+	}
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -49,6 +51,40 @@ type Controller struct {
 	log      *slog.Logger
 	ttl      time.Duration
 	interval time.Duration
+
+	mu    sync.Mutex      // guards stats (what Stats reports); never held during I/O
+	stats ControllerStats // Rollouts: the active ones, as of the last step
+}
+
+// ControllerStats is what a controller knows, for metrics: whether it
+// leads, the active rollouts as of its last step (when it leads), and its
+// failed steps.
+type ControllerStats struct {
+	Leading bool
+	// Rollouts are the active rollouts the leader stepped last (copies).
+	Rollouts []*pb.Rollout
+	// StepErrors counts steps that failed (etcd out of reach, a write
+	// refused); LastStepError is when the last one failed (zero: never).
+	StepErrors    uint64
+	LastStepError time.Time
+}
+
+// Stats returns what the controller knows now.
+func (c *Controller) Stats() ControllerStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.stats
+	s.Rollouts = slices.Clone(s.Rollouts)
+	return s
+}
+
+func (c *Controller) setLeading(v bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stats.Leading = v
+	if !v {
+		c.stats.Rollouts = nil
+	}
 }
 
 // ControllerConfig configures a Controller.
@@ -108,6 +144,8 @@ func (c *Controller) lead(ctx context.Context) error {
 		return fmt.Errorf("campaigning: %w", err)
 	}
 	c.log.Info("leading the fleet's rollouts")
+	c.setLeading(true)
+	defer c.setLeading(false)
 	leader := clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev())
 	// The times in the records are the previous leader's clock: each
 	// active rollout's bakes and progress deadline start over on this
@@ -137,6 +175,10 @@ func (c *Controller) lead(ctx context.Context) error {
 		}
 		if err := c.stepAll(ctx, leader, rebased); err != nil {
 			c.log.Debug("stepping rollouts", "error", err)
+			c.mu.Lock()
+			c.stats.StepErrors++
+			c.stats.LastStepError = time.Now()
+			c.mu.Unlock()
 		}
 	}
 }
@@ -144,7 +186,7 @@ func (c *Controller) lead(ctx context.Context) error {
 // stepAll steps every active rollout once. With none active it reads the
 // rollouts only; with some, the live nodes (keys only) and, per active
 // rollout, its plugin and its nodes' reports.
-func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased map[string]bool) error {
+func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased map[string]bool) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, err := c.cli.Get(ctx, c.keys.rollouts(), clientv3.WithPrefix())
@@ -152,6 +194,14 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased m
 		return err
 	}
 	var live map[string]bool
+	var seen []*pb.Rollout // the active rollouts after this step, for Stats (read-only from here)
+	defer func() {
+		if err == nil {
+			c.mu.Lock()
+			c.stats.Rollouts = seen
+			c.mu.Unlock()
+		}
+	}()
 	for _, kv := range resp.Kvs {
 		r := &pb.Rollout{}
 		if err := decode(string(kv.Key), kv.Value, r); err != nil {
@@ -205,6 +255,7 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased m
 		}
 		writes := c.step(r, selector, live, statuses, now)
 		if encode(r) == before && len(writes) == 0 {
+			seen = append(seen, r)
 			continue
 		}
 		r.UpdatedAt, r.Controller = timestamppb.Now(), c.node
@@ -233,6 +284,9 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased m
 		}
 		if ok {
 			rebased[name] = true
+			if active(r) {
+				seen = append(seen, r)
+			}
 		}
 		if ok && !active(r) {
 			c.log.Info("rollout ended", "plugin", name, "state", r.GetState().String(), "reason", r.GetReason())

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -72,6 +74,12 @@ type config struct {
 	fleetCert     string
 	fleetKey      string
 	fleetLeaseTTL time.Duration
+	// fleetUser and fleetPasswordFile log in to an etcd with auth enabled;
+	// fleetController says whether this node may lead rollouts.
+	fleetUser         string
+	fleetPasswordFile string
+	fleetController   bool
+	fleetAdoptLocal   bool
 	// liveRestore keeps plugins running when plugind dies (see
 	// manager.LiveRestore); checkConfig only checks the configuration
 	// (a reload runs the new binary so).
@@ -220,6 +228,10 @@ func bindFlags(fs *pflag.FlagSet, cfg *config) {
 	fs.StringVar(&cfg.fleetKey, "fleet-etcd-key", "", "client private key (PEM) for etcd")
 	fs.BoolVar(&cfg.liveRestore, "live-restore", false, "keep plugins running when plugind dies (kill -9, an OOM kill, a crash): its reaper keeps draining their output, and the next plugind on this --state-dir adopts them (same pids and generations) instead of restarting them; a clean stop (SIGTERM) still stops them")
 	fs.BoolVar(&cfg.checkConfig, "check-config", false, "check the configuration (flags, environment, --config file and the files it names), print what a reload needs to know as JSON and exit (0: fine, 2: not)")
+	fs.StringVar(&cfg.fleetUser, "fleet-etcd-user", "", "etcd user to log in as (etcd with auth enabled); needs --fleet-etcd-password-file")
+	fs.StringVar(&cfg.fleetPasswordFile, "fleet-etcd-password-file", "", "file holding the etcd user's password (its first line; keep it mode 0600)")
+	fs.BoolVar(&cfg.fleetAdoptLocal, "fleet-adopt-local", false, "let a fleet plugin take over a plugin of this node's own with its name (reloading it to the fleet's spec); without it the node keeps its own and reports the fleet plugin as refused")
+	fs.BoolVar(&cfg.fleetController, "fleet-controller", true, "let this node lead the fleet's rollouts (it campaigns for the election; false: it only follows what the leader writes)")
 	fs.DurationVar(&cfg.fleetLeaseTTL, "fleet-lease-ttl", 10*time.Second, "TTL of this node's etcd lease: a node that stops renewing it leaves the fleet's node list after that long (whole seconds, at least 2s)")
 }
 
@@ -393,7 +405,8 @@ func (c *config) check() error {
 		errs = append(errs, errors.New("--endpoint-max-message-bytes must be at least 1024"))
 	}
 	if c.fleetEtcd == "" {
-		for _, f := range []struct{ name, v string }{{"node-name", c.nodeName}, {"fleet-etcd-ca", c.fleetCA}, {"fleet-etcd-cert", c.fleetCert}, {"fleet-etcd-key", c.fleetKey}} {
+		for _, f := range []struct{ name, v string }{{"node-name", c.nodeName}, {"fleet-etcd-ca", c.fleetCA}, {"fleet-etcd-cert", c.fleetCert}, {"fleet-etcd-key", c.fleetKey},
+			{"fleet-etcd-user", c.fleetUser}, {"fleet-etcd-password-file", c.fleetPasswordFile}} {
 			if f.v != "" {
 				errs = append(errs, fmt.Errorf("--%s needs --fleet-etcd", f.name))
 			}
@@ -407,6 +420,14 @@ func (c *config) check() error {
 	}
 	if (c.fleetCert == "") != (c.fleetKey == "") {
 		errs = append(errs, errors.New("--fleet-etcd-cert and --fleet-etcd-key go together"))
+	}
+	if (c.fleetUser == "") != (c.fleetPasswordFile == "") {
+		errs = append(errs, errors.New("--fleet-etcd-user and --fleet-etcd-password-file go together"))
+	}
+	if c.fleetUser != "" && c.fleetCA == "" {
+		for _, ep := range plaintextRemote(c.fleetEtcd) {
+			errs = append(errs, fmt.Errorf("--fleet-etcd-user: the password would cross the network in clear text to %s (use https:// endpoints with --fleet-etcd-ca, or a loopback etcd)", ep))
+		}
 	}
 	if c.fleetLeaseTTL < 2*time.Second || c.fleetLeaseTTL%time.Second != 0 {
 		errs = append(errs, fmt.Errorf("--fleet-lease-ttl %s: want whole seconds, at least 2s", c.fleetLeaseTTL))
@@ -432,4 +453,35 @@ func parseConfig(args []string, environ []string) (config, error) {
 		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	return cfg, resolve(fs, &cfg, environ)
+}
+
+// plaintextRemote returns the endpoints of list (comma-separated URLs)
+// that are neither TLS (https://, unixs://) nor on this machine (loopback
+// hosts, unix sockets).
+func plaintextRemote(list string) []string {
+	var out []string
+	for _, ep := range strings.Split(list, ",") {
+		ep = strings.TrimSpace(ep)
+		if ep == "" {
+			continue
+		}
+		u, err := url.Parse(ep)
+		if err != nil || u.Host == "" {
+			u, err = url.Parse("http://" + ep) // a bare HOST:PORT is plaintext
+			if err != nil {
+				out = append(out, ep)
+				continue
+			}
+		}
+		switch u.Scheme {
+		case "https", "unixs", "unix":
+			continue
+		}
+		host := u.Hostname()
+		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+			continue
+		}
+		out = append(out, ep)
+	}
+	return out
 }

@@ -74,3 +74,44 @@ func TestConfigErrorsNameTheirSource(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetAccessChecks: credentials come in pairs, need --fleet-etcd, and
+// a password never crosses the network in clear text.
+func TestFleetAccessChecks(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "pw")
+	for _, tt := range []struct {
+		args []string
+		want string // "" : accepted
+	}{
+		{[]string{"--fleet-etcd-user", "n1", "--fleet-etcd-password-file", pw}, "--fleet-etcd-user needs --fleet-etcd"},
+		{[]string{"--fleet-etcd", "http://127.0.0.1:2379", "--fleet-etcd-user", "n1"}, "--fleet-etcd-user and --fleet-etcd-password-file go together"},
+		{[]string{"--fleet-etcd", "http://etcd-1:2379", "--fleet-etcd-user", "n1", "--fleet-etcd-password-file", pw}, "clear text to http://etcd-1:2379"},
+		{[]string{"--fleet-etcd", "etcd-1:2379,https://etcd-2:2379", "--fleet-etcd-user", "n1", "--fleet-etcd-password-file", pw}, "clear text to etcd-1:2379"},
+		{[]string{"--fleet-etcd", "http://127.0.0.1:2379,http://[::1]:2379,http://localhost:2379", "--fleet-etcd-user", "n1", "--fleet-etcd-password-file", pw}, ""},
+		{[]string{"--fleet-etcd", "https://etcd-1:2379", "--fleet-etcd-ca", "ca.pem", "--fleet-etcd-user", "n1", "--fleet-etcd-password-file", pw}, ""},
+		{[]string{"--fleet-etcd", "http://127.0.0.1:2379", "--fleet-controller=false"}, ""},
+	} {
+		cfg, err := parseConfig(tt.args, nil)
+		if err == nil {
+			err = cfg.check()
+		}
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%q: %v", tt.args, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%q: %v, want an error with %q", tt.args, err, tt.want)
+		}
+	}
+	if err := os.WriteFile(pw, []byte("s3cret\nignored\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readPassword(pw); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("a world-readable password file: %v", err)
+	}
+	if err := os.Chmod(pw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readPassword(pw); err != nil || got != "s3cret" {
+		t.Errorf("password %q %v, want its first line", got, err)
+	}
+}

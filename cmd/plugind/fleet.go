@@ -26,6 +26,7 @@ import (
 	"github.com/plugincontrol/plugincontrol/internal/proc"
 	"github.com/plugincontrol/plugincontrol/internal/version"
 	"github.com/plugincontrol/plugincontrol/manager"
+	"github.com/plugincontrol/plugincontrol/metrics"
 )
 
 // fleetMember is this plugind's part in a fleet (--fleet-etcd): the etcd
@@ -57,10 +58,23 @@ func joinFleet(cfg config, m *manager.Manager, log *slog.Logger, lease int64, le
 			return nil, fmt.Errorf("--fleet-etcd TLS: %w", err)
 		}
 	}
+	var password string
+	if cfg.fleetPasswordFile != "" {
+		var err error
+		if password, err = readPassword(cfg.fleetPasswordFile); err != nil {
+			return nil, err
+		}
+	}
+	if plain := plaintextRemote(cfg.fleetEtcd); len(plain) > 0 && tlsCfg == nil {
+		log.Warn("the fleet's etcd is reached in plaintext across the network: anyone on the path reads and rewrites the fleet (use https:// endpoints with --fleet-etcd-ca)",
+			slog.String("endpoints", strings.Join(plain, ",")))
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   strings.Split(cfg.fleetEtcd, ","),
 		DialTimeout: 5 * time.Second,
 		TLS:         tlsCfg,
+		Username:    cfg.fleetUser,
+		Password:    password,
 		Logger:      zap.NewNop(), // the agent logs what matters through slog
 		// Keepalive on the etcd connection: a partitioned etcd is noticed
 		// within about 10s, not at the next TCP timeout.
@@ -95,7 +109,7 @@ func joinFleet(cfg config, m *manager.Manager, log *slog.Logger, lease int64, le
 	}
 	agent, err := fleet.NewAgent(fleet.AgentConfig{
 		Client: cli, Prefix: cfg.fleetPrefix, Node: node, Labels: labels, Version: v,
-		Manager: m, Logger: log, LeaseTTL: cfg.fleetLeaseTTL, InheritLease: lease,
+		Manager: m, Logger: log, LeaseTTL: cfg.fleetLeaseTTL, InheritLease: lease, AdoptLocal: cfg.fleetAdoptLocal,
 		// The state directory's id tells this plugind from a twin with a
 		// copy of its configuration; the boot id from a clone of the
 		// whole machine, state directory included.
@@ -105,19 +119,57 @@ func joinFleet(cfg config, m *manager.Manager, log *slog.Logger, lease int64, le
 		cli.Close()
 		return nil, err
 	}
-	ctrl := fleet.NewController(fleet.ControllerConfig{Client: cli, Prefix: cfg.fleetPrefix, Node: node, Logger: log, LeaseTTL: cfg.fleetLeaseTTL})
+	var ctrl *fleet.Controller
+	if cfg.fleetController {
+		ctrl = fleet.NewController(fleet.ControllerConfig{Client: cli, Prefix: cfg.fleetPrefix, Node: node, Logger: log, LeaseTTL: cfg.fleetLeaseTTL})
+	}
 	return &fleetMember{node: node, cli: cli, store: fleet.NewStore(cli, cfg.fleetPrefix), agent: agent, controller: ctrl, done: make(chan struct{})}, nil
 }
 
-// start runs the agent and the controller (which campaigns to lead the
-// fleet's rollouts) until close.
+// start runs the agent and, unless --fleet-controller=false, the
+// controller (which campaigns to lead the fleet's rollouts) until close.
 func (f *fleetMember) start(ctx context.Context) {
 	ctx, f.stop = context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(1)
 	go func() { defer wg.Done(); _ = f.agent.Run(ctx) }()
-	go func() { defer wg.Done(); _ = f.controller.Run(ctx) }()
+	if f.controller != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = f.controller.Run(ctx) }()
+	}
 	go func() { wg.Wait(); close(f.done) }()
+}
+
+// stats is what the fleet metrics show of this node (metrics.AttachFleet).
+func (f *fleetMember) stats() metrics.FleetStats {
+	s := metrics.FleetStats{Fenced: f.agent.Fenced()}
+	if f.controller != nil {
+		cs := f.controller.Stats()
+		s.Leading, s.Rollouts, s.StepErrors, s.LastStepError = cs.Leading, cs.Rollouts, cs.StepErrors, cs.LastStepError
+	}
+	return s
+}
+
+// readPassword reads the first line of the etcd password file. A file
+// others may read is refused: it holds a credential of the whole fleet.
+func readPassword(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("--fleet-etcd-password-file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("--fleet-etcd-password-file %s: mode %v lets others read the fleet's password (chmod 600 it)", path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--fleet-etcd-password-file: %w", err)
+	}
+	pw, _, _ := strings.Cut(string(b), "\n")
+	pw = strings.TrimSuffix(pw, "\r")
+	if pw == "" {
+		return "", fmt.Errorf("--fleet-etcd-password-file %s: empty (the password is its first line)", path)
+	}
+	return pw, nil
 }
 
 // close stops the agent (revoking the node's lease) and the etcd client.

@@ -258,6 +258,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, inh *inheritance, 
 			d.fm.close()
 		}
 	}()
+	if d.fm != nil {
+		met.AttachFleet(d.fm.stats)
+	}
 	metU, metS := met.ServerInterceptors()
 	opts := []server.Option{
 		server.WithLogger(log),

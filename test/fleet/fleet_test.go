@@ -146,7 +146,12 @@ func startNodeAt(t *testing.T, endpoints, pluginDir, name string, labels ...stri
 	for _, l := range labels {
 		args = append(args, "--node-label", l)
 	}
-	d := testbin.StartDaemon(t, testbin.DaemonOptions{Bin: bins, PluginDir: pluginDir, Args: args})
+	return dialNode(t, name, testbin.StartDaemon(t, testbin.DaemonOptions{Bin: bins, PluginDir: pluginDir, Args: args}))
+}
+
+// dialNode is the node of a started daemon, with a client to it.
+func dialNode(t *testing.T, name string, d *testbin.Daemon) *node {
+	t.Helper()
 	c, err := client.Dial(context.Background(), d.Addr())
 	if err != nil {
 		t.Fatal(err)
