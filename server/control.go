@@ -11,6 +11,7 @@ import (
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
+	"github.com/plugincontrol/plugincontrol/internal/wire"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -272,7 +273,7 @@ func (c *control) ListAudit(_ context.Context, req *pb.ListAuditRequest) (*pb.Li
 func auditToProto(r manager.AuditRecord) *pb.AuditRecord {
 	return &pb.AuditRecord{
 		Sequence:      r.Sequence,
-		Time:          timestamp(r.Time),
+		Time:          wire.Timestamp(r.Time),
 		Caller:        r.Caller,
 		Action:        r.Action,
 		Plugin:        r.Plugin,

@@ -9,15 +9,7 @@ import (
 	"github.com/plugincontrol/plugincontrol/internal/wire"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
-
-func timestamp(t time.Time) *timestamppb.Timestamp {
-	if t.IsZero() {
-		return nil
-	}
-	return timestamppb.New(t)
-}
 
 func statusToProto(s manager.Status) *pb.PluginStatus {
 	return &pb.PluginStatus{
@@ -28,7 +20,7 @@ func statusToProto(s manager.Status) *pb.PluginStatus {
 		Binary:     s.Binary,
 		Sha256:     s.SHA256,
 		Version:    s.Version,
-		StartedAt:  timestamp(s.StartedAt),
+		StartedAt:  wire.Timestamp(s.StartedAt),
 		Restarts:   uint32(s.Restarts),
 		LastError:  s.LastError,
 		Spec:       wire.SpecProto(s.Spec),

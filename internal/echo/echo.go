@@ -49,11 +49,9 @@ func (p *Plugin) Ready(_ context.Context, config []byte) error {
 	if p.NotReady != "" {
 		return fmt.Errorf("%s", p.NotReady)
 	}
-	if v, ok := strings.CutPrefix(string(config), "deadlock_after="); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return fmt.Errorf("config %q: %v", config, err)
-		}
+	if d, ok, err := after(config, "deadlock_after="); err != nil {
+		return err
+	} else if ok {
 		p.deadlock.Do(func() {
 			go func() {
 				time.Sleep(d)
@@ -63,19 +61,30 @@ func (p *Plugin) Ready(_ context.Context, config []byte) error {
 		p.stuck.Lock()
 		defer p.stuck.Unlock()
 	}
-	if v, ok := strings.CutPrefix(string(config), "crash_after="); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return fmt.Errorf("config %q: %v", config, err)
-		}
+	if d, ok, err := after(config, "crash_after="); err != nil {
+		return err
+	} else if ok {
 		p.crash.Do(func() {
 			go func() {
 				time.Sleep(d)
-				panic("echo: crash_after " + v)
+				panic(fmt.Sprintf("echo: crash_after %v", d))
 			}()
 		})
 	}
 	return nil
+}
+
+// after parses a config "KEY=DURATION" (key with its "="): ok is false for
+// another config.
+func after(config []byte, key string) (d time.Duration, ok bool, err error) {
+	v, ok := strings.CutPrefix(string(config), key)
+	if !ok {
+		return 0, false, nil
+	}
+	if d, err = time.ParseDuration(v); err != nil {
+		return 0, false, fmt.Errorf("config %q: %v", config, err)
+	}
+	return d, true, nil
 }
 
 // Invoke implements plugin.Plugin: echo returns the payload, sleep sleeps
