@@ -88,6 +88,14 @@ func (c *Client) DetachFleetPlugin(ctx context.Context, name string) error {
 	return wrapError(err)
 }
 
+// AdoptFleetEtcd makes the node that answers accept the etcd it reaches
+// now as its fleet's: a node fenced because its etcd changed cluster or went
+// back in revisions converges to what that etcd holds.
+func (c *Client) AdoptFleetEtcd(ctx context.Context) error {
+	_, err := c.fleet.AdoptFleetEtcd(ctx, &plugincontrolv1.AdoptFleetEtcdRequest{})
+	return wrapError(err)
+}
+
 // AttachFleetPlugin undoes DetachFleetPlugin.
 func (c *Client) AttachFleetPlugin(ctx context.Context, name string) error {
 	_, err := c.fleet.AttachFleetPlugin(ctx, &plugincontrolv1.AttachFleetPluginRequest{Name: name})

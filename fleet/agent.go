@@ -64,6 +64,11 @@ type AgentConfig struct {
 	// node refuses that plugin, keeps its own, and says why in the
 	// plugin's fleet status (its last error and failed digest).
 	AdoptLocal bool
+	// Memory is the file where the node remembers the etcd it follows (its
+	// cluster id and the highest revision seen), so that a rebuilt etcd or
+	// one restored from an older snapshot fences the node instead of
+	// rewriting what it runs ("": nothing remembered; see AdoptFleetEtcd).
+	Memory string
 }
 
 // Agent makes one plugind converge to the fleet's desired plugins (see the
@@ -73,7 +78,7 @@ type Agent struct {
 	keys keys
 	log  *slog.Logger
 
-	// mu guards desired, targets, managed, detached, refused and fenced, which the
+	// mu guards desired, targets, managed, detached, refused, mem and fenced, which the
 	// server reads (Managed, Fenced) while Run's goroutine changes them. No
 	// I/O under it.
 	mu       sync.Mutex
@@ -85,6 +90,11 @@ type Agent struct {
 	// refused: fleet plugins refused here, a plugin of the node's own
 	// having the name (AdoptLocal); written by Run's goroutine only.
 	refused map[string]bool
+	// mem is what the node remembers of its etcd (AgentConfig.Memory);
+	// Adopt clears it. memSaved is when it was last written to disk.
+	mem      memory
+	memSaved time.Time
+	adopt    chan struct{} // 1 slot: an operator adopted the etcd (Adopt)
 
 	kick chan string // names to reconcile on Run's goroutine (after Attach)
 
@@ -100,6 +110,7 @@ type Agent struct {
 	failed    map[string]string // by name: the digest that failed here
 	lastErr   map[string]string // by name: the last failure, for the status
 	published map[string]string // by name: the status record last written (encoded)
+	seenRev   int64             // the highest etcd revision a watch response carried
 }
 
 // want is what a node must run of a plugin.
@@ -150,7 +161,12 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	mem, err := loadMemory(cfg.Memory)
+	if err != nil {
+		return nil, err
+	}
 	return &Agent{
+		mem: mem, adopt: make(chan struct{}, 1),
 		cfg: cfg, keys: newKeys(cfg.Prefix), log: cfg.Logger.With("component", "fleet", "node", cfg.Node),
 		desired: map[string]*pb.FleetPlugin{}, targets: map[string]*pb.FleetTarget{}, managed: map[string]bool{},
 		detached: map[string]bool{}, kick: make(chan string, 16), inherit: clientv3.LeaseID(cfg.InheritLease),
@@ -512,6 +528,10 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 			a.reconcile(ctx, name)
 			a.publish(ctx, lease)
 		case <-tick.C:
+			a.mu.Lock()
+			id := a.mem.clusterID
+			a.mu.Unlock()
+			a.remember(id, a.seenRev, false)
 			// A refused plugin is looked at again: its local namesake
 			// may be gone.
 			a.mu.Lock()
@@ -571,6 +591,27 @@ func (a *Agent) checkDeletes(ctx context.Context, evs []*clientv3.Event) error {
 // registers again (the wipe took its node key) and resyncs.
 func (a *Agent) fence(ctx context.Context, sess *concurrency.Session, why error) error {
 	a.setFenced(why.Error())
+	if errors.Is(why, errForeign) {
+		a.log.Error("refusing to act on the fleet's keys: the node keeps every plugin as it runs until an operator adopts this etcd (pluginctl fleet adopt on this node)", "reason", why)
+		for adopted := false; !adopted; {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-sess.Done():
+				return errLeaseLost
+			case <-a.adopt:
+			}
+			// An Adopt clears the memory before it signals; a signal
+			// left from an Adopt before this etcd appeared finds it set
+			// again, and is not this one's.
+			a.mu.Lock()
+			adopted = a.mem.clusterID == 0
+			a.mu.Unlock()
+		}
+		a.setFenced("")
+		a.log.Info("the etcd was adopted: following the fleet it holds")
+		return nil
+	}
 	a.log.Error("refusing to act on the fleet's keys: the node keeps every plugin as it runs until the schema key is back (pluginctl fleet apply writes it)", "reason", why)
 	b := retries()
 	for {
@@ -684,6 +725,14 @@ func (a *Agent) resync(ctx context.Context) (int64, error) {
 	if err := schemaOK(txn.Responses[4].GetResponseRange().GetKvs()); err != nil && managing {
 		return 0, err
 	}
+	hdr := txn.Header
+	a.mu.Lock()
+	foreign := a.mem.check(hdr.GetClusterId(), hdr.GetRevision())
+	a.mu.Unlock()
+	if foreign != nil && managing {
+		return 0, foreign
+	}
+	a.remember(hdr.GetClusterId(), hdr.GetRevision(), true)
 	desired := map[string]*pb.FleetPlugin{}
 	for _, kv := range txn.Responses[0].GetResponseRange().GetKvs() {
 		p, err := decodePlugin(kv)
@@ -906,6 +955,7 @@ func applyChanges[T any](ctx context.Context, a *Agent, resp clientv3.WatchRespo
 	if err != nil {
 		return err
 	}
+	a.seenRev = max(a.seenRev, resp.Header.GetRevision())
 	if err := a.checkDeletes(ctx, evs); err != nil {
 		return err
 	}
@@ -934,4 +984,52 @@ func (a *Agent) setRefused(name string, v bool) {
 	} else {
 		delete(a.refused, name)
 	}
+}
+
+// memoryEvery is how often at most the remembered revision is written to
+// disk while the node follows the fleet (a resync always writes it): the
+// revision only has to be recent enough to tell an older snapshot.
+const memoryEvery = 10 * time.Second
+
+// remember records that the node follows etcd cluster id, seen at
+// revision rev, and writes it to disk when asked (force) or when the last
+// write is memoryEvery old. Run's goroutine only; no I/O under a.mu.
+func (a *Agent) remember(id uint64, rev int64, force bool) {
+	if id == 0 || a.cfg.Memory == "" {
+		return
+	}
+	a.mu.Lock()
+	changed := a.mem.clusterID != id || rev > a.mem.revision
+	if a.mem.clusterID != id {
+		a.mem = memory{clusterID: id}
+	}
+	a.mem.revision = max(a.mem.revision, rev)
+	m := a.mem
+	a.mu.Unlock()
+	if !changed || (!force && time.Since(a.memSaved) < memoryEvery) {
+		return
+	}
+	if err := m.save(a.cfg.Memory); err != nil {
+		a.log.Warn("remembering the fleet's etcd on disk", "file", a.cfg.Memory, "error", err)
+		return
+	}
+	a.memSaved = time.Now()
+}
+
+// Adopt makes the node accept the etcd it reaches now as its fleet's: it
+// forgets the cluster and revision it remembered and, when it was fenced
+// for another etcd, converges to what this one holds.
+func (a *Agent) Adopt(ctx context.Context) error {
+	a.mu.Lock()
+	a.mem = memory{}
+	a.mu.Unlock()
+	if err := (memory{}).save(a.cfg.Memory); err != nil {
+		return fmt.Errorf("forgetting the fleet's etcd: %w", err)
+	}
+	select {
+	case a.adopt <- struct{}{}:
+	default:
+	}
+	a.log.Info("adopting the etcd the node reaches as its fleet's")
+	return nil
 }

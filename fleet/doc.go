@@ -66,4 +66,11 @@
 // keeps every plugin it runs as it is and acts on nothing until P/schema is
 // back (`pluginctl fleet apply` writes it), then resyncs. A node that
 // manages no fleet plugin yet (a new fleet) is not fenced by a missing key.
+//
+// Nor because etcd is another one: a node remembers on disk the cluster id
+// of its etcd and the highest revision it saw (AgentConfig.Memory, see
+// memory.go). A resync that finds another cluster id, or a revision behind
+// the remembered one (a restore from an older snapshot, which still holds
+// P/schema), fences the node the same way, until an operator adopts that
+// etcd (AdoptFleetEtcd; `pluginctl fleet adopt`).
 package fleet

@@ -25,6 +25,8 @@ type FleetNode interface {
 	// Fenced says why the node refuses to act on the fleet's keys ("":
 	// it follows them).
 	Fenced() string
+	// Adopt makes the node accept the etcd it reaches as its fleet's.
+	Adopt(ctx context.Context) error
 }
 
 // WithFleet serves FleetService from store and node, and refuses local
@@ -195,6 +197,12 @@ func (f *fleetService) DetachFleetPlugin(ctx context.Context, req *pb.DetachFlee
 func (f *fleetService) AttachFleetPlugin(ctx context.Context, req *pb.AttachFleetPluginRequest) (*pb.AttachFleetPluginResponse, error) {
 	return fleetCall(ctx, f, func(ctx context.Context) (*pb.AttachFleetPluginResponse, error) {
 		return &pb.AttachFleetPluginResponse{}, f.node.Attach(ctx, req.GetName())
+	})
+}
+
+func (f *fleetService) AdoptFleetEtcd(ctx context.Context, _ *pb.AdoptFleetEtcdRequest) (*pb.AdoptFleetEtcdResponse, error) {
+	return fleetCall(ctx, f, func(ctx context.Context) (*pb.AdoptFleetEtcdResponse, error) {
+		return &pb.AdoptFleetEtcdResponse{}, f.node.Adopt(ctx)
 	})
 }
 

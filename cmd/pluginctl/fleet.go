@@ -32,7 +32,7 @@ reach.`,
 		Args: exactArgs(0, "a subcommand"),
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(c.fleetNodesCmd(), c.fleetStatusCmd(), c.fleetApplyCmd(), c.fleetDeleteCmd(), c.fleetDetachCmd("detach"), c.fleetDetachCmd("attach"), c.fleetWatchCmd(), c.rolloutCmd())
+	cmd.AddCommand(c.fleetNodesCmd(), c.fleetStatusCmd(), c.fleetApplyCmd(), c.fleetDeleteCmd(), c.fleetDetachCmd("detach"), c.fleetDetachCmd("attach"), c.fleetAdoptCmd(), c.fleetWatchCmd(), c.rolloutCmd())
 	return cmd
 }
 
@@ -269,6 +269,30 @@ it (in etcd) across restarts.`,
 					return err
 				}
 				_, err = fmt.Fprintf(c.stdout, "%sed %s on %s\n", op, args[0], c.addr)
+				return err
+			})
+		}),
+	}
+}
+
+func (c *cli) fleetAdoptCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "adopt",
+		Short: "make the --addr node accept the etcd it reaches now as its fleet's",
+		Long: `Make the --addr node accept the etcd it reaches now as its fleet's. A node
+remembers the etcd cluster it follows and the highest revision it saw (in its
+state directory); when the cluster changes (an etcd rebuilt, another cluster)
+or the revision goes back (a restore from an older snapshot) it keeps every
+plugin as it runs and refuses to act (FENCED in fleet status) until this
+command. It then converges to what that etcd holds: check the fleet's desired
+plugins there first (pluginctl fleet status).`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: c.body(func(ctx context.Context, _ *cobra.Command, _ []string) error {
+			return c.call(ctx, func(ctx context.Context, cl *client.Client) error {
+				if err := cl.AdoptFleetEtcd(ctx); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(c.stdout, "%s follows the etcd it reaches now\n", c.addr)
 				return err
 			})
 		}),

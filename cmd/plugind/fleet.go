@@ -110,6 +110,7 @@ func joinFleet(cfg config, m *manager.Manager, log *slog.Logger, lease int64, le
 	agent, err := fleet.NewAgent(fleet.AgentConfig{
 		Client: cli, Prefix: cfg.fleetPrefix, Node: node, Labels: labels, Version: v,
 		Manager: m, Logger: log, LeaseTTL: cfg.fleetLeaseTTL, InheritLease: lease, AdoptLocal: cfg.fleetAdoptLocal,
+		Memory: filepath.Join(cfg.stateDir, "fleet-etcd.json"),
 		// The state directory's id tells this plugind from a twin with a
 		// copy of its configuration; the boot id from a clone of the
 		// whole machine, state directory included.

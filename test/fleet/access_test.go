@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -242,6 +243,62 @@ func TestLocalPluginNotTakenOver(t *testing.T) {
 		got, err := keep.c.Get(ctx, "greet")
 		if err != nil || got.GetSpec().GetEnv()["WHO"] != "fleet" {
 			return fmt.Errorf("keep runs %v (%v)", got.GetSpec().GetEnv(), err)
+		}
+		return nil
+	})
+}
+
+// TestAnotherEtcdFences: a node whose etcd is replaced by another cluster
+// (rebuilt empty but for the fleet's schema) keeps what it runs and says
+// FENCED, naming both clusters, instead of unloading; once an operator
+// adopts the new etcd it converges to what that one holds.
+func TestAnotherEtcdFences(t *testing.T) {
+	first := startEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	n := startNode(t, first, "n")
+	if _, err := n.c.ApplyFleetPlugin(ctx, &pb.FleetPlugin{Spec: &pb.PluginSpec{Name: "greet", Binary: "echo"}}, true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "n runs greet", func() error { _, err := n.c.Get(ctx, "greet"); return err })
+
+	// Another etcd cluster at the same address: a new member (another
+	// peer URL, so another cluster id) with its own data.
+	first.stop()
+	second := &etcdServer{name: "m0", dir: t.TempDir(), clientURL: first.clientURL, peerURL: url.URL{Scheme: "http", Host: freePort(t)}}
+	second.cluster = second.name + "=" + second.peerURL.String()
+	second.start(t)
+	t.Cleanup(second.stop)
+	// The new etcd gets the fleet's schema (any apply writes it) and no
+	// plugin for n.
+	eventually(t, 20*time.Second, "an apply to the new etcd", func() error {
+		_, err := n.c.ApplyFleetPlugin(ctx, &pb.FleetPlugin{Spec: &pb.PluginSpec{Name: "other", Binary: "echo"}, Selector: map[string]string{"role": "none"}}, true)
+		return err
+	})
+	eventually(t, 30*time.Second, "n fenced for another etcd cluster", func() error {
+		st, err := n.c.FleetStatus(ctx, "")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(st.GetFenced(), "is not") || !strings.Contains(st.GetFenced(), "pluginctl fleet adopt") {
+			return fmt.Errorf("fenced %q", st.GetFenced())
+		}
+		return nil
+	})
+	if _, err := n.c.Get(ctx, "greet"); err != nil {
+		t.Fatalf("a fenced node unloaded greet: %v", err)
+	}
+	out, err := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", n.d.Addr(), "fleet", "adopt").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "follows the etcd it reaches now") {
+		t.Fatalf("pluginctl fleet adopt: %v\n%s", err, out)
+	}
+	eventually(t, 30*time.Second, "n converges to the adopted etcd", func() error {
+		if _, err := n.c.Get(ctx, "greet"); err == nil {
+			return fmt.Errorf("n still runs greet")
+		}
+		st, err := n.c.FleetStatus(ctx, "")
+		if err != nil || st.GetFenced() != "" {
+			return fmt.Errorf("fenced %q (%v)", st.GetFenced(), err)
 		}
 		return nil
 	})

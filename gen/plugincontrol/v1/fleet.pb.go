@@ -2016,6 +2016,80 @@ func (*AttachFleetPluginResponse) Descriptor() ([]byte, []int) {
 	return file_plugincontrol_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
+// AdoptFleetEtcdRequest is empty: the node adopts the etcd it reaches.
+type AdoptFleetEtcdRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptFleetEtcdRequest) Reset() {
+	*x = AdoptFleetEtcdRequest{}
+	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptFleetEtcdRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptFleetEtcdRequest) ProtoMessage() {}
+
+func (x *AdoptFleetEtcdRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptFleetEtcdRequest.ProtoReflect.Descriptor instead.
+func (*AdoptFleetEtcdRequest) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_fleet_proto_rawDescGZIP(), []int{29}
+}
+
+// AdoptFleetEtcdResponse is empty: the node resyncs from the adopted etcd.
+type AdoptFleetEtcdResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptFleetEtcdResponse) Reset() {
+	*x = AdoptFleetEtcdResponse{}
+	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptFleetEtcdResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptFleetEtcdResponse) ProtoMessage() {}
+
+func (x *AdoptFleetEtcdResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptFleetEtcdResponse.ProtoReflect.Descriptor instead.
+func (*AdoptFleetEtcdResponse) Descriptor() ([]byte, []int) {
+	return file_plugincontrol_v1_fleet_proto_rawDescGZIP(), []int{30}
+}
+
 // WatchFleetRequest asks for the fleet's changes.
 type WatchFleetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2031,7 +2105,7 @@ type WatchFleetRequest struct {
 
 func (x *WatchFleetRequest) Reset() {
 	*x = WatchFleetRequest{}
-	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[29]
+	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2117,7 @@ func (x *WatchFleetRequest) String() string {
 func (*WatchFleetRequest) ProtoMessage() {}
 
 func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[29]
+	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2130,7 @@ func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetRequest.ProtoReflect.Descriptor instead.
 func (*WatchFleetRequest) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_plugincontrol_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WatchFleetRequest) GetSinceRevision() uint64 {
@@ -2099,7 +2173,7 @@ type FleetEvent struct {
 
 func (x *FleetEvent) Reset() {
 	*x = FleetEvent{}
-	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[30]
+	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2185,7 @@ func (x *FleetEvent) String() string {
 func (*FleetEvent) ProtoMessage() {}
 
 func (x *FleetEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[30]
+	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2198,7 @@ func (x *FleetEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetEvent.ProtoReflect.Descriptor instead.
 func (*FleetEvent) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_plugincontrol_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FleetEvent) GetType() FleetEventType {
@@ -2234,7 +2308,7 @@ type WatchFleetResponse struct {
 
 func (x *WatchFleetResponse) Reset() {
 	*x = WatchFleetResponse{}
-	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[31]
+	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2320,7 @@ func (x *WatchFleetResponse) String() string {
 func (*WatchFleetResponse) ProtoMessage() {}
 
 func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[31]
+	mi := &file_plugincontrol_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2333,7 @@ func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetResponse.ProtoReflect.Descriptor instead.
 func (*WatchFleetResponse) Descriptor() ([]byte, []int) {
-	return file_plugincontrol_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_plugincontrol_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchFleetResponse) GetEvent() *FleetEvent {
@@ -2397,7 +2471,9 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\x19DetachFleetPluginResponse\".\n" +
 	"\x18AttachFleetPluginRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x1b\n" +
-	"\x19AttachFleetPluginResponse\"R\n" +
+	"\x19AttachFleetPluginResponse\"\x17\n" +
+	"\x15AdoptFleetEtcdRequest\"\x18\n" +
+	"\x16AdoptFleetEtcdResponse\"R\n" +
 	"\x11WatchFleetRequest\x12%\n" +
 	"\x0esince_revision\x18\x01 \x01(\x04R\rsinceRevision\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\"\xe0\x02\n" +
@@ -2434,7 +2510,8 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\x17FLEET_EVENT_TYPE_SYNCED\x10\x02\x12\x18\n" +
 	"\x14FLEET_EVENT_TYPE_PUT\x10\x03\x12\x1b\n" +
 	"\x17FLEET_EVENT_TYPE_DELETE\x10\x04\x12\x1d\n" +
-	"\x19FLEET_EVENT_TYPE_BOOKMARK\x10\x052\xa8\t\n" +
+	"\x19FLEET_EVENT_TYPE_BOOKMARK\x10\x052\x8d\n" +
+	"\n" +
 	"\fFleetService\x12T\n" +
 	"\tListNodes\x12\".plugincontrol.v1.ListNodesRequest\x1a#.plugincontrol.v1.ListNodesResponse\x12Z\n" +
 	"\vFleetStatus\x12$.plugincontrol.v1.FleetStatusRequest\x1a%.plugincontrol.v1.FleetStatusResponse\x12i\n" +
@@ -2447,7 +2524,8 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\rResumeRollout\x12&.plugincontrol.v1.ResumeRolloutRequest\x1a'.plugincontrol.v1.ResumeRolloutResponse\x12]\n" +
 	"\fAbortRollout\x12%.plugincontrol.v1.AbortRolloutRequest\x1a&.plugincontrol.v1.AbortRolloutResponse\x12l\n" +
 	"\x11DetachFleetPlugin\x12*.plugincontrol.v1.DetachFleetPluginRequest\x1a+.plugincontrol.v1.DetachFleetPluginResponse\x12l\n" +
-	"\x11AttachFleetPlugin\x12*.plugincontrol.v1.AttachFleetPluginRequest\x1a+.plugincontrol.v1.AttachFleetPluginResponse\x12Y\n" +
+	"\x11AttachFleetPlugin\x12*.plugincontrol.v1.AttachFleetPluginRequest\x1a+.plugincontrol.v1.AttachFleetPluginResponse\x12c\n" +
+	"\x0eAdoptFleetEtcd\x12'.plugincontrol.v1.AdoptFleetEtcdRequest\x1a(.plugincontrol.v1.AdoptFleetEtcdResponse\x12Y\n" +
 	"\n" +
 	"WatchFleet\x12#.plugincontrol.v1.WatchFleetRequest\x1a$.plugincontrol.v1.WatchFleetResponse0\x01BMZKgithub.com/plugincontrol/plugincontrol/gen/plugincontrol/v1;plugincontrolv1b\x06proto3"
 
@@ -2464,7 +2542,7 @@ func file_plugincontrol_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_plugincontrol_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_plugincontrol_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_plugincontrol_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_plugincontrol_v1_fleet_proto_goTypes = []any{
 	(RolloutState)(0),                 // 0: plugincontrol.v1.RolloutState
 	(RolloutNodeState)(0),             // 1: plugincontrol.v1.RolloutNodeState
@@ -2498,38 +2576,40 @@ var file_plugincontrol_v1_fleet_proto_goTypes = []any{
 	(*DetachFleetPluginResponse)(nil), // 29: plugincontrol.v1.DetachFleetPluginResponse
 	(*AttachFleetPluginRequest)(nil),  // 30: plugincontrol.v1.AttachFleetPluginRequest
 	(*AttachFleetPluginResponse)(nil), // 31: plugincontrol.v1.AttachFleetPluginResponse
-	(*WatchFleetRequest)(nil),         // 32: plugincontrol.v1.WatchFleetRequest
-	(*FleetEvent)(nil),                // 33: plugincontrol.v1.FleetEvent
-	(*WatchFleetResponse)(nil),        // 34: plugincontrol.v1.WatchFleetResponse
-	nil,                               // 35: plugincontrol.v1.FleetNode.LabelsEntry
-	nil,                               // 36: plugincontrol.v1.FleetPlugin.SelectorEntry
-	(*timestamppb.Timestamp)(nil),     // 37: google.protobuf.Timestamp
-	(*PluginSpec)(nil),                // 38: plugincontrol.v1.PluginSpec
-	(PluginState)(0),                  // 39: plugincontrol.v1.PluginState
-	(*durationpb.Duration)(nil),       // 40: google.protobuf.Duration
+	(*AdoptFleetEtcdRequest)(nil),     // 32: plugincontrol.v1.AdoptFleetEtcdRequest
+	(*AdoptFleetEtcdResponse)(nil),    // 33: plugincontrol.v1.AdoptFleetEtcdResponse
+	(*WatchFleetRequest)(nil),         // 34: plugincontrol.v1.WatchFleetRequest
+	(*FleetEvent)(nil),                // 35: plugincontrol.v1.FleetEvent
+	(*WatchFleetResponse)(nil),        // 36: plugincontrol.v1.WatchFleetResponse
+	nil,                               // 37: plugincontrol.v1.FleetNode.LabelsEntry
+	nil,                               // 38: plugincontrol.v1.FleetPlugin.SelectorEntry
+	(*timestamppb.Timestamp)(nil),     // 39: google.protobuf.Timestamp
+	(*PluginSpec)(nil),                // 40: plugincontrol.v1.PluginSpec
+	(PluginState)(0),                  // 41: plugincontrol.v1.PluginState
+	(*durationpb.Duration)(nil),       // 42: google.protobuf.Duration
 }
 var file_plugincontrol_v1_fleet_proto_depIdxs = []int32{
-	35, // 0: plugincontrol.v1.FleetNode.labels:type_name -> plugincontrol.v1.FleetNode.LabelsEntry
-	37, // 1: plugincontrol.v1.FleetNode.registered_at:type_name -> google.protobuf.Timestamp
-	38, // 2: plugincontrol.v1.FleetPlugin.spec:type_name -> plugincontrol.v1.PluginSpec
-	36, // 3: plugincontrol.v1.FleetPlugin.selector:type_name -> plugincontrol.v1.FleetPlugin.SelectorEntry
-	39, // 4: plugincontrol.v1.FleetPluginStatus.state:type_name -> plugincontrol.v1.PluginState
-	37, // 5: plugincontrol.v1.FleetPluginStatus.updated_at:type_name -> google.protobuf.Timestamp
-	38, // 6: plugincontrol.v1.FleetTarget.spec:type_name -> plugincontrol.v1.PluginSpec
-	40, // 7: plugincontrol.v1.FleetTarget.bake:type_name -> google.protobuf.Duration
-	40, // 8: plugincontrol.v1.RolloutStrategy.bake:type_name -> google.protobuf.Duration
-	40, // 9: plugincontrol.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	37, // 0: plugincontrol.v1.FleetNode.labels:type_name -> plugincontrol.v1.FleetNode.LabelsEntry
+	39, // 1: plugincontrol.v1.FleetNode.registered_at:type_name -> google.protobuf.Timestamp
+	40, // 2: plugincontrol.v1.FleetPlugin.spec:type_name -> plugincontrol.v1.PluginSpec
+	38, // 3: plugincontrol.v1.FleetPlugin.selector:type_name -> plugincontrol.v1.FleetPlugin.SelectorEntry
+	41, // 4: plugincontrol.v1.FleetPluginStatus.state:type_name -> plugincontrol.v1.PluginState
+	39, // 5: plugincontrol.v1.FleetPluginStatus.updated_at:type_name -> google.protobuf.Timestamp
+	40, // 6: plugincontrol.v1.FleetTarget.spec:type_name -> plugincontrol.v1.PluginSpec
+	42, // 7: plugincontrol.v1.FleetTarget.bake:type_name -> google.protobuf.Duration
+	42, // 8: plugincontrol.v1.RolloutStrategy.bake:type_name -> google.protobuf.Duration
+	42, // 9: plugincontrol.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
 	1,  // 10: plugincontrol.v1.RolloutNode.state:type_name -> plugincontrol.v1.RolloutNodeState
-	37, // 11: plugincontrol.v1.RolloutNode.serving_since:type_name -> google.protobuf.Timestamp
-	38, // 12: plugincontrol.v1.Rollout.from_spec:type_name -> plugincontrol.v1.PluginSpec
-	38, // 13: plugincontrol.v1.Rollout.to_spec:type_name -> plugincontrol.v1.PluginSpec
+	39, // 11: plugincontrol.v1.RolloutNode.serving_since:type_name -> google.protobuf.Timestamp
+	40, // 12: plugincontrol.v1.Rollout.from_spec:type_name -> plugincontrol.v1.PluginSpec
+	40, // 13: plugincontrol.v1.Rollout.to_spec:type_name -> plugincontrol.v1.PluginSpec
 	7,  // 14: plugincontrol.v1.Rollout.strategy:type_name -> plugincontrol.v1.RolloutStrategy
 	0,  // 15: plugincontrol.v1.Rollout.state:type_name -> plugincontrol.v1.RolloutState
 	8,  // 16: plugincontrol.v1.Rollout.nodes:type_name -> plugincontrol.v1.RolloutNode
-	37, // 17: plugincontrol.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
-	37, // 18: plugincontrol.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	37, // 19: plugincontrol.v1.Rollout.progressed_at:type_name -> google.protobuf.Timestamp
-	38, // 20: plugincontrol.v1.StartRolloutRequest.spec:type_name -> plugincontrol.v1.PluginSpec
+	39, // 17: plugincontrol.v1.Rollout.started_at:type_name -> google.protobuf.Timestamp
+	39, // 18: plugincontrol.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	39, // 19: plugincontrol.v1.Rollout.progressed_at:type_name -> google.protobuf.Timestamp
+	40, // 20: plugincontrol.v1.StartRolloutRequest.spec:type_name -> plugincontrol.v1.PluginSpec
 	7,  // 21: plugincontrol.v1.StartRolloutRequest.strategy:type_name -> plugincontrol.v1.RolloutStrategy
 	9,  // 22: plugincontrol.v1.StartRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
 	9,  // 23: plugincontrol.v1.GetRolloutResponse.rollout:type_name -> plugincontrol.v1.Rollout
@@ -2547,7 +2627,7 @@ var file_plugincontrol_v1_fleet_proto_depIdxs = []int32{
 	4,  // 35: plugincontrol.v1.FleetEvent.plugin:type_name -> plugincontrol.v1.FleetPlugin
 	5,  // 36: plugincontrol.v1.FleetEvent.status:type_name -> plugincontrol.v1.FleetPluginStatus
 	9,  // 37: plugincontrol.v1.FleetEvent.rollout:type_name -> plugincontrol.v1.Rollout
-	33, // 38: plugincontrol.v1.WatchFleetResponse.event:type_name -> plugincontrol.v1.FleetEvent
+	35, // 38: plugincontrol.v1.WatchFleetResponse.event:type_name -> plugincontrol.v1.FleetEvent
 	20, // 39: plugincontrol.v1.FleetService.ListNodes:input_type -> plugincontrol.v1.ListNodesRequest
 	22, // 40: plugincontrol.v1.FleetService.FleetStatus:input_type -> plugincontrol.v1.FleetStatusRequest
 	24, // 41: plugincontrol.v1.FleetService.ApplyFleetPlugin:input_type -> plugincontrol.v1.ApplyFleetPluginRequest
@@ -2559,21 +2639,23 @@ var file_plugincontrol_v1_fleet_proto_depIdxs = []int32{
 	18, // 47: plugincontrol.v1.FleetService.AbortRollout:input_type -> plugincontrol.v1.AbortRolloutRequest
 	28, // 48: plugincontrol.v1.FleetService.DetachFleetPlugin:input_type -> plugincontrol.v1.DetachFleetPluginRequest
 	30, // 49: plugincontrol.v1.FleetService.AttachFleetPlugin:input_type -> plugincontrol.v1.AttachFleetPluginRequest
-	32, // 50: plugincontrol.v1.FleetService.WatchFleet:input_type -> plugincontrol.v1.WatchFleetRequest
-	21, // 51: plugincontrol.v1.FleetService.ListNodes:output_type -> plugincontrol.v1.ListNodesResponse
-	23, // 52: plugincontrol.v1.FleetService.FleetStatus:output_type -> plugincontrol.v1.FleetStatusResponse
-	25, // 53: plugincontrol.v1.FleetService.ApplyFleetPlugin:output_type -> plugincontrol.v1.ApplyFleetPluginResponse
-	27, // 54: plugincontrol.v1.FleetService.DeleteFleetPlugin:output_type -> plugincontrol.v1.DeleteFleetPluginResponse
-	11, // 55: plugincontrol.v1.FleetService.StartRollout:output_type -> plugincontrol.v1.StartRolloutResponse
-	13, // 56: plugincontrol.v1.FleetService.GetRollout:output_type -> plugincontrol.v1.GetRolloutResponse
-	15, // 57: plugincontrol.v1.FleetService.PauseRollout:output_type -> plugincontrol.v1.PauseRolloutResponse
-	17, // 58: plugincontrol.v1.FleetService.ResumeRollout:output_type -> plugincontrol.v1.ResumeRolloutResponse
-	19, // 59: plugincontrol.v1.FleetService.AbortRollout:output_type -> plugincontrol.v1.AbortRolloutResponse
-	29, // 60: plugincontrol.v1.FleetService.DetachFleetPlugin:output_type -> plugincontrol.v1.DetachFleetPluginResponse
-	31, // 61: plugincontrol.v1.FleetService.AttachFleetPlugin:output_type -> plugincontrol.v1.AttachFleetPluginResponse
-	34, // 62: plugincontrol.v1.FleetService.WatchFleet:output_type -> plugincontrol.v1.WatchFleetResponse
-	51, // [51:63] is the sub-list for method output_type
-	39, // [39:51] is the sub-list for method input_type
+	32, // 50: plugincontrol.v1.FleetService.AdoptFleetEtcd:input_type -> plugincontrol.v1.AdoptFleetEtcdRequest
+	34, // 51: plugincontrol.v1.FleetService.WatchFleet:input_type -> plugincontrol.v1.WatchFleetRequest
+	21, // 52: plugincontrol.v1.FleetService.ListNodes:output_type -> plugincontrol.v1.ListNodesResponse
+	23, // 53: plugincontrol.v1.FleetService.FleetStatus:output_type -> plugincontrol.v1.FleetStatusResponse
+	25, // 54: plugincontrol.v1.FleetService.ApplyFleetPlugin:output_type -> plugincontrol.v1.ApplyFleetPluginResponse
+	27, // 55: plugincontrol.v1.FleetService.DeleteFleetPlugin:output_type -> plugincontrol.v1.DeleteFleetPluginResponse
+	11, // 56: plugincontrol.v1.FleetService.StartRollout:output_type -> plugincontrol.v1.StartRolloutResponse
+	13, // 57: plugincontrol.v1.FleetService.GetRollout:output_type -> plugincontrol.v1.GetRolloutResponse
+	15, // 58: plugincontrol.v1.FleetService.PauseRollout:output_type -> plugincontrol.v1.PauseRolloutResponse
+	17, // 59: plugincontrol.v1.FleetService.ResumeRollout:output_type -> plugincontrol.v1.ResumeRolloutResponse
+	19, // 60: plugincontrol.v1.FleetService.AbortRollout:output_type -> plugincontrol.v1.AbortRolloutResponse
+	29, // 61: plugincontrol.v1.FleetService.DetachFleetPlugin:output_type -> plugincontrol.v1.DetachFleetPluginResponse
+	31, // 62: plugincontrol.v1.FleetService.AttachFleetPlugin:output_type -> plugincontrol.v1.AttachFleetPluginResponse
+	33, // 63: plugincontrol.v1.FleetService.AdoptFleetEtcd:output_type -> plugincontrol.v1.AdoptFleetEtcdResponse
+	36, // 64: plugincontrol.v1.FleetService.WatchFleet:output_type -> plugincontrol.v1.WatchFleetResponse
+	52, // [52:65] is the sub-list for method output_type
+	39, // [39:52] is the sub-list for method input_type
 	39, // [39:39] is the sub-list for extension type_name
 	39, // [39:39] is the sub-list for extension extendee
 	0,  // [0:39] is the sub-list for field type_name
@@ -2585,7 +2667,7 @@ func file_plugincontrol_v1_fleet_proto_init() {
 		return
 	}
 	file_plugincontrol_v1_spec_proto_init()
-	file_plugincontrol_v1_fleet_proto_msgTypes[30].OneofWrappers = []any{
+	file_plugincontrol_v1_fleet_proto_msgTypes[32].OneofWrappers = []any{
 		(*FleetEvent_Node)(nil),
 		(*FleetEvent_Plugin)(nil),
 		(*FleetEvent_Status)(nil),
@@ -2597,7 +2679,7 @@ func file_plugincontrol_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugincontrol_v1_fleet_proto_rawDesc), len(file_plugincontrol_v1_fleet_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

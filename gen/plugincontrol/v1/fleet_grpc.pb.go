@@ -30,6 +30,7 @@ const (
 	FleetService_AbortRollout_FullMethodName      = "/plugincontrol.v1.FleetService/AbortRollout"
 	FleetService_DetachFleetPlugin_FullMethodName = "/plugincontrol.v1.FleetService/DetachFleetPlugin"
 	FleetService_AttachFleetPlugin_FullMethodName = "/plugincontrol.v1.FleetService/AttachFleetPlugin"
+	FleetService_AdoptFleetEtcd_FullMethodName    = "/plugincontrol.v1.FleetService/AdoptFleetEtcd"
 	FleetService_WatchFleet_FullMethodName        = "/plugincontrol.v1.FleetService/WatchFleet"
 )
 
@@ -82,6 +83,15 @@ type FleetServiceClient interface {
 	// AttachFleetPlugin undoes DetachFleetPlugin on the node that serves the
 	// call: it follows the fleet for the plugin again. Needs the operator role.
 	AttachFleetPlugin(ctx context.Context, in *AttachFleetPluginRequest, opts ...grpc.CallOption) (*AttachFleetPluginResponse, error)
+	// AdoptFleetEtcd makes the node that serves the call accept the etcd it
+	// reaches now as its fleet's. A node remembers the etcd cluster it
+	// follows and the highest revision it saw; when the cluster changes (a
+	// rebuilt or another etcd) or the revision goes back (a restore from an
+	// older snapshot) it keeps every plugin as it runs and refuses to act,
+	// FENCED in FleetStatus, until this call. It then forgets what it
+	// remembered and converges to what that etcd holds. Needs the operator
+	// role.
+	AdoptFleetEtcd(ctx context.Context, in *AdoptFleetEtcdRequest, opts ...grpc.CallOption) (*AdoptFleetEtcdResponse, error)
 	// WatchFleet streams the fleet's changes: without since_revision a
 	// snapshot of its nodes, plugins, reports and rollouts and a SYNCED
 	// marker; from since_revision the changes after it; then every change
@@ -212,6 +222,16 @@ func (c *fleetServiceClient) AttachFleetPlugin(ctx context.Context, in *AttachFl
 	return out, nil
 }
 
+func (c *fleetServiceClient) AdoptFleetEtcd(ctx context.Context, in *AdoptFleetEtcdRequest, opts ...grpc.CallOption) (*AdoptFleetEtcdResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdoptFleetEtcdResponse)
+	err := c.cc.Invoke(ctx, FleetService_AdoptFleetEtcd_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *fleetServiceClient) WatchFleet(ctx context.Context, in *WatchFleetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchFleetResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &FleetService_ServiceDesc.Streams[0], FleetService_WatchFleet_FullMethodName, cOpts...)
@@ -280,6 +300,15 @@ type FleetServiceServer interface {
 	// AttachFleetPlugin undoes DetachFleetPlugin on the node that serves the
 	// call: it follows the fleet for the plugin again. Needs the operator role.
 	AttachFleetPlugin(context.Context, *AttachFleetPluginRequest) (*AttachFleetPluginResponse, error)
+	// AdoptFleetEtcd makes the node that serves the call accept the etcd it
+	// reaches now as its fleet's. A node remembers the etcd cluster it
+	// follows and the highest revision it saw; when the cluster changes (a
+	// rebuilt or another etcd) or the revision goes back (a restore from an
+	// older snapshot) it keeps every plugin as it runs and refuses to act,
+	// FENCED in FleetStatus, until this call. It then forgets what it
+	// remembered and converges to what that etcd holds. Needs the operator
+	// role.
+	AdoptFleetEtcd(context.Context, *AdoptFleetEtcdRequest) (*AdoptFleetEtcdResponse, error)
 	// WatchFleet streams the fleet's changes: without since_revision a
 	// snapshot of its nodes, plugins, reports and rollouts and a SYNCED
 	// marker; from since_revision the changes after it; then every change
@@ -332,6 +361,9 @@ func (UnimplementedFleetServiceServer) DetachFleetPlugin(context.Context, *Detac
 }
 func (UnimplementedFleetServiceServer) AttachFleetPlugin(context.Context, *AttachFleetPluginRequest) (*AttachFleetPluginResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AttachFleetPlugin not implemented")
+}
+func (UnimplementedFleetServiceServer) AdoptFleetEtcd(context.Context, *AdoptFleetEtcdRequest) (*AdoptFleetEtcdResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AdoptFleetEtcd not implemented")
 }
 func (UnimplementedFleetServiceServer) WatchFleet(*WatchFleetRequest, grpc.ServerStreamingServer[WatchFleetResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchFleet not implemented")
@@ -555,6 +587,24 @@ func _FleetService_AttachFleetPlugin_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_AdoptFleetEtcd_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdoptFleetEtcdRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).AdoptFleetEtcd(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_AdoptFleetEtcd_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).AdoptFleetEtcd(ctx, req.(*AdoptFleetEtcdRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _FleetService_WatchFleet_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchFleetRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -616,6 +666,10 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AttachFleetPlugin",
 			Handler:    _FleetService_AttachFleetPlugin_Handler,
+		},
+		{
+			MethodName: "AdoptFleetEtcd",
+			Handler:    _FleetService_AdoptFleetEtcd_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
