@@ -378,16 +378,15 @@ func (c *Controller) step(r *pb.Rollout, selector map[string]string, live map[st
 	if failed > int(r.GetStrategy().GetMaxFailed()) {
 		return halt(fmt.Sprintf("%d node(s) failed (max_failed %d)", failed, r.GetStrategy().GetMaxFailed()))
 	}
-	started, settled := false, true
+	busy, pending := 0, 0 // of the current wave: moving (UPDATING or LOST), not started
 	var waiting []string
 	for _, n := range current {
 		switch n.GetState() {
 		case pb.RolloutNodeState_ROLLOUT_NODE_STATE_PENDING:
+			pending++
 		case pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING, pb.RolloutNodeState_ROLLOUT_NODE_STATE_LOST:
-			started, settled = true, false
+			busy++
 			waiting = append(waiting, n.GetNode()+" "+strings.ToLower(strings.TrimPrefix(n.GetState().String(), "ROLLOUT_NODE_STATE_")))
-		default:
-			started = true
 		}
 	}
 	deadline := r.GetStrategy().GetProgressDeadline().AsDuration()
@@ -397,20 +396,23 @@ func (c *Controller) step(r *pb.Rollout, selector map[string]string, live map[st
 	if r.GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING {
 		return nil // paused: the current wave settles, no new one starts, no deadline runs
 	}
-	if !settled && now.Sub(r.GetProgressedAt().AsTime()) > deadline {
+	if busy > 0 && now.Sub(r.GetProgressedAt().AsTime()) > deadline {
 		return halt(fmt.Sprintf("no progress for %s (progress_deadline): %s", deadline, strings.Join(waiting, ", ")))
 	}
-	if !started {
+	// Start the wave's waiting nodes, as many as max_unavailable leaves
+	// room for.
+	limit := int(r.GetStrategy().GetMaxUnavailable())
+	if pending > 0 && (limit == 0 || busy < limit) {
 		r.ProgressedAt = timestamppb.New(now)
-		return c.startWave(r, r.GetWave(), bake)
+		return c.startWave(r, r.GetWave(), bake, limit-busy)
 	}
-	if !settled {
+	if busy > 0 || pending > 0 {
 		return nil
 	}
 	if r.GetWave()+1 < r.GetWaves() {
 		r.Wave++
 		r.ProgressedAt = timestamppb.New(now)
-		return c.startWave(r, r.GetWave(), bake)
+		return c.startWave(r, r.GetWave(), bake, limit)
 	}
 	// The last wave is done: the new spec becomes the plugin's, and the
 	// targets go (the nodes already run it).
@@ -425,11 +427,15 @@ func (c *Controller) step(r *pb.Rollout, selector map[string]string, live map[st
 	return ops
 }
 
-// startWave writes the targets of wave's nodes and marks them UPDATING.
-func (c *Controller) startWave(r *pb.Rollout, wave uint32, bake time.Duration) []clientv3.Op {
+// startWave writes the targets of wave's PENDING nodes, at most room of
+// them (0 or less: all), in the rollout's order, and marks them UPDATING.
+func (c *Controller) startWave(r *pb.Rollout, wave uint32, bake time.Duration, room int) []clientv3.Op {
 	target := encode(&pb.FleetTarget{Spec: r.GetToSpec(), SpecDigest: r.GetToDigest(), Bake: durationpb.New(bake)})
 	var ops []clientv3.Op
 	for _, n := range r.GetNodes() {
+		if room > 0 && len(ops) == room {
+			break
+		}
 		if n.GetWave() == wave && n.GetState() == pb.RolloutNodeState_ROLLOUT_NODE_STATE_PENDING {
 			n.State = pb.RolloutNodeState_ROLLOUT_NODE_STATE_UPDATING
 			ops = append(ops, clientv3.OpPut(c.keys.target(n.GetNode(), r.GetPlugin()), target))

@@ -130,6 +130,32 @@ func TestStep(t *testing.T) {
 			return r
 		}(), nil, live, "RUNNING UPDATING,PENDING,PENDING", 0},
 		{"a settled wave starts the next", mk(updated, pending, pending), nil, live, "RUNNING UPDATED,UPDATING,UPDATING", 2},
+		// max_unavailable: a wave's nodes move that many at a time.
+		{"max_unavailable starts part of a wave", func() *pb.Rollout {
+			r := mk(updated, pending, pending)
+			r.Strategy.MaxUnavailable = 1
+			return r
+		}(), nil, live, "RUNNING UPDATED,UPDATING,PENDING", 1},
+		{"max_unavailable: a moving node holds the rest", func() *pb.Rollout {
+			r := mk(updated, updating, pending)
+			r.Wave, r.Strategy.MaxUnavailable = 1, 1
+			return r
+		}(), nil, live, "RUNNING UPDATED,UPDATING,PENDING", 0},
+		{"max_unavailable: a lost node counts as moving", func() *pb.Rollout {
+			r := mk(updated, updating, pending)
+			r.Wave, r.Strategy.MaxUnavailable = 1, 1
+			return r
+		}(), nil, map[string]bool{"a": true, "c": true}, "RUNNING UPDATED,LOST,PENDING", 0},
+		{"max_unavailable: the next starts once one settles", func() *pb.Rollout {
+			r := mk(updated, updated, pending)
+			r.Wave, r.Strategy.MaxUnavailable = 1, 1
+			return r
+		}(), nil, live, "RUNNING UPDATED,UPDATED,UPDATING", 1},
+		{"max_unavailable: the last wave settles", func() *pb.Rollout {
+			r := mk(updated, updated, updated)
+			r.Wave, r.Strategy.MaxUnavailable = 1, 1
+			return r
+		}(), nil, live, "SUCCEEDED UPDATED,UPDATED,UPDATED", 4},
 		{"the last wave done: succeeded", func() *pb.Rollout { r := mk(updated, updated, updated); r.Wave = 1; return r }(), nil, live, "SUCCEEDED UPDATED,UPDATED,UPDATED", 4},
 		{"paused: no new wave", func() *pb.Rollout {
 			r := mk(updated, pending, pending)

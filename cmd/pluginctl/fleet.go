@@ -395,6 +395,7 @@ func (c *cli) rolloutStartCmd() *cobra.Command {
 		files                     []string
 		canary, waveSize, wavePct uint32
 		maxFailed                 uint32
+		maxUnavailable            uint32
 		bake, deadline            time.Duration
 		manual, allowUnpinned     bool
 		wait                      bool
@@ -427,7 +428,7 @@ when it halted or was rolled back.`,
 			}
 			req := &plugincontrolv1.StartRolloutRequest{Spec: plugins[0].GetSpec(), AllowUnpinned: allowUnpinned,
 				Strategy: &plugincontrolv1.RolloutStrategy{Canary: canary, WaveSize: waveSize, WavePercent: wavePct,
-					Bake: durationpb.New(bake), MaxFailed: maxFailed, ManualRollback: manual}}
+					Bake: durationpb.New(bake), MaxFailed: maxFailed, ManualRollback: manual, MaxUnavailable: maxUnavailable}}
 			if deadline > 0 {
 				req.Strategy.ProgressDeadline = durationpb.New(deadline)
 			}
@@ -455,6 +456,7 @@ when it halted or was rolled back.`,
 	f.Uint32Var(&wavePct, "wave-percent", 0, "nodes per wave as a percentage of the selected nodes")
 	durationFlag(f, &bake, "bake", 0, "each node must stay SERVING on the new spec this long (its reload bakes, reverting on a failure)")
 	f.Uint32Var(&maxFailed, "max-failed", 0, "failed nodes tolerated before the rollout halts")
+	f.Uint32Var(&maxUnavailable, "max-unavailable", 0, "nodes of a wave moving at once (UPDATING or LOST); the others wait their turn (default: the whole wave)")
 	durationFlag(f, &deadline, "progress-deadline", 0, "halt when no node of a wave settles this long (UPDATING or LOST ones waited for; default: the bake plus 10m)")
 	f.BoolVar(&manual, "manual-rollback", false, "when it halts, leave the updated nodes on the new spec")
 	f.BoolVar(&allowUnpinned, "allow-unpinned", false, "accept a spec without sha256")

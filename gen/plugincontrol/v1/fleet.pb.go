@@ -609,8 +609,12 @@ type RolloutStrategy struct {
 	// else longer than the bake). A LOST node holds its wave: it is judged
 	// when it comes back.
 	ProgressDeadline *durationpb.Duration `protobuf:"bytes,7,opt,name=progress_deadline,json=progressDeadline,proto3" json:"progress_deadline,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// max_unavailable bounds how many nodes of a wave are moving at once
+	// (UPDATING or LOST): the wave's other nodes wait, PENDING, and start as
+	// those settle. 0: the whole wave at once.
+	MaxUnavailable uint32 `protobuf:"varint,8,opt,name=max_unavailable,json=maxUnavailable,proto3" json:"max_unavailable,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RolloutStrategy) Reset() {
@@ -690,6 +694,13 @@ func (x *RolloutStrategy) GetProgressDeadline() *durationpb.Duration {
 		return x.ProgressDeadline
 	}
 	return nil
+}
+
+func (x *RolloutStrategy) GetMaxUnavailable() uint32 {
+	if x != nil {
+		return x.MaxUnavailable
+	}
+	return 0
 }
 
 // RolloutNode is one node's part in a rollout.
@@ -2385,7 +2396,7 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\x04spec\x18\x01 \x01(\v2\x1c.plugincontrol.v1.PluginSpecR\x04spec\x12\x1f\n" +
 	"\vspec_digest\x18\x02 \x01(\tR\n" +
 	"specDigest\x12-\n" +
-	"\x04bake\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04bake\"\xa8\x02\n" +
+	"\x04bake\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04bake\"\xd1\x02\n" +
 	"\x0fRolloutStrategy\x12\x16\n" +
 	"\x06canary\x18\x01 \x01(\rR\x06canary\x12\x1b\n" +
 	"\twave_size\x18\x02 \x01(\rR\bwaveSize\x12!\n" +
@@ -2394,7 +2405,8 @@ const file_plugincontrol_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"max_failed\x18\x05 \x01(\rR\tmaxFailed\x12'\n" +
 	"\x0fmanual_rollback\x18\x06 \x01(\bR\x0emanualRollback\x12F\n" +
-	"\x11progress_deadline\x18\a \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadline\"\xc8\x01\n" +
+	"\x11progress_deadline\x18\a \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadline\x12'\n" +
+	"\x0fmax_unavailable\x18\b \x01(\rR\x0emaxUnavailable\"\xc8\x01\n" +
 	"\vRolloutNode\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04wave\x18\x02 \x01(\rR\x04wave\x128\n" +
