@@ -528,10 +528,7 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 			a.reconcile(ctx, name)
 			a.publish(ctx, lease)
 		case <-tick.C:
-			a.mu.Lock()
-			id := a.mem.clusterID
-			a.mu.Unlock()
-			a.remember(id, a.seenRev, false)
+			a.remember(0, a.seenRev, false)
 			// A refused plugin is looked at again: its local namesake
 			// may be gone.
 			a.mu.Lock()
@@ -991,14 +988,22 @@ func (a *Agent) setRefused(name string, v bool) {
 // revision only has to be recent enough to tell an older snapshot.
 const memoryEvery = 10 * time.Second
 
-// remember records that the node follows etcd cluster id, seen at
-// revision rev, and writes it to disk when asked (force) or when the last
-// write is memoryEvery old. Run's goroutine only; no I/O under a.mu.
+// remember records that the node follows etcd cluster id (0: the one it
+// remembers), seen at revision rev, and writes it to disk when asked
+// (force) or when the last write is memoryEvery old. Run's goroutine only;
+// no I/O under a.mu.
 func (a *Agent) remember(id uint64, rev int64, force bool) {
-	if id == 0 || a.cfg.Memory == "" {
+	if a.cfg.Memory == "" {
 		return
 	}
 	a.mu.Lock()
+	if id == 0 {
+		id = a.mem.clusterID
+	}
+	if id == 0 { // nothing remembered yet: a resync records the cluster first
+		a.mu.Unlock()
+		return
+	}
 	changed := a.mem.clusterID != id || rev > a.mem.revision
 	if a.mem.clusterID != id {
 		a.mem = memory{clusterID: id}

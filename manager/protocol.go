@@ -200,6 +200,20 @@ func (p *Protocol) live(ctx context.Context, c Conn, config []byte) error {
 	return p.ready(ctx, c, config)
 }
 
+// protocolName is the name of protocolFor(s), without building a generic
+// gRPC protocol for it (Status of a plugin with no running generation).
+func (m *Manager) protocolName(s *Spec) string {
+	if f := m.cfg.Protocol; f != nil {
+		if p := f(*s); p != nil {
+			return p.Name
+		}
+	}
+	if s.Handshake != nil {
+		return grpcProtocolName
+	}
+	return m.native.Name
+}
+
 // protocolFor returns the protocol a spec is launched with: the embedder's
 // (Config.Protocol), else the generic gRPC protocol when the spec names a
 // foreign handshake, else the native one.

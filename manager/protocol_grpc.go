@@ -26,6 +26,9 @@ const grpcDispenseName = "grpc"
 // when none is named: go-plugin registers it, SERVING, in every Go plugin.
 const DefaultReadyService = goplugin.GRPCServiceName
 
+// grpcProtocolName is the Name of GRPCProtocol's protocols.
+const grpcProtocolName = "grpc"
+
 // GRPCProtocol hosts any go-plugin gRPC plugin, in any language, given its
 // handshake: the dispensed value is the plugin's *grpc.ClientConn (callers
 // use their own typed clients on it), describe lists the plugin's services
@@ -33,7 +36,7 @@ const DefaultReadyService = goplugin.GRPCServiceName
 // grpc.health.v1 Check of readyService ("" means DefaultReadyService).
 func GRPCProtocol(h goplugin.HandshakeConfig, readyService string) *Protocol {
 	return &Protocol{
-		Name:      "grpc",
+		Name:      grpcProtocolName,
 		Handshake: h,
 		Plugins:   goplugin.PluginSet{grpcDispenseName: grpcConnPlugin{}},
 		Dispense:  grpcDispenseName,

@@ -55,7 +55,7 @@ func (m *Manager) status(e *entry) Status {
 		st.Services = append([]string(nil), inst.services...)
 		st.Protocol = inst.proto.Name
 	} else {
-		st.Protocol = m.protocolFor(&st.Spec).Name
+		st.Protocol = m.protocolName(&st.Spec)
 	}
 	return st
 }

@@ -477,11 +477,17 @@ func plaintextRemote(list string) []string {
 		case "https", "unixs", "unix":
 			continue
 		}
-		host := u.Hostname()
-		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		if isLoopback(u.Hostname()) {
 			continue
 		}
 		out = append(out, ep)
 	}
 	return out
+}
+
+// isLoopback reports whether host names this machine: "localhost" or a
+// loopback address.
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }

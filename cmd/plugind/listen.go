@@ -93,10 +93,8 @@ func openTCP(flag, addr string, cfg config, haveTLS, haveAuth bool, inherited ne
 		if err != nil {
 			return listener{}, fmt.Errorf("%s %q: %w", flag, addr, err)
 		}
-		ip := net.ParseIP(host)
-		loopback := host == "localhost" || (ip != nil && ip.IsLoopback())
 		switch {
-		case !loopback:
+		case !isLoopback(host):
 			return listener{}, fmt.Errorf("%s %q: TCP needs TLS (--tls-cert and --tls-key)", flag, addr)
 		case !haveAuth && !cfg.insecureTCP:
 			return listener{}, fmt.Errorf("%s %q: plaintext TCP on loopback is open to every local user; set --auth-file, TLS, or --insecure-tcp", flag, addr)
