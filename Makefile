@@ -16,7 +16,7 @@ BREAKING_REF ?= HEAD~1
 # The nested modules: the published SDK (client, plugin) and generated code.
 MODULES  := gen client plugin
 
-.PHONY: all build plugins run test test-deps check promtool tidy tidy-check release-snapshot lint format breaking gen gen-check baseline grpcurl tools ci clean
+.PHONY: all build plugins run test test-deps check promtool debian-etcd tidy tidy-check release-snapshot lint format breaking gen gen-check baseline grpcurl tools ci clean
 
 all: build plugins
 
@@ -87,8 +87,8 @@ baseline:
 grpcurl:
 	GOWORK=off $(GO) build -modfile=tools/go.mod -o $(BIN)/ github.com/fullstorydev/grpcurl/cmd/grpcurl
 
-## test-deps: what the tests need besides Go: systemd-analyze (Debian's systemd, installed when missing) and promtool
-test-deps: promtool
+## test-deps: what the tests need besides Go: systemd-analyze (Debian's systemd, installed when missing), promtool and Debian's etcd
+test-deps: promtool debian-etcd
 	@missing=""; \
 	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	  command -v zsh >/dev/null || missing="$$missing zsh"; \
@@ -101,6 +101,12 @@ promtool: $(BIN)/tools/promtool
 $(BIN)/tools/promtool:
 	@tmp=$$(mktemp -d) && cd $$tmp && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } && \
 	  dpkg -x prometheus_*.deb x && mkdir -p $(CURDIR)/$(BIN)/tools && cp x/usr/bin/promtool $(CURDIR)/$@ && rm -rf $$tmp && $(CURDIR)/$@ --version | head -1
+
+## debian-etcd: bin/tools/etcd and etcdctl, extracted from Debian's etcd-server and etcd-client packages (test/fleet runs an etcd we did not build; not installed: no service starts)
+debian-etcd: $(BIN)/tools/etcd
+$(BIN)/tools/etcd:
+	@tmp=$$(mktemp -d) && cd $$tmp && { apt-get download etcd-server etcd-client >/dev/null 2>&1 || { apt-get update -qq && apt-get download etcd-server etcd-client >/dev/null 2>&1; }; } && \
+	  for d in etcd-*.deb; do dpkg -x $$d x; done && mkdir -p $(CURDIR)/$(BIN)/tools && cp x/usr/bin/etcdctl x/usr/bin/etcd $(CURDIR)/$(BIN)/tools/ && rm -rf $$tmp && $(CURDIR)/$@ --version | head -1
 
 ## release-snapshot: the release build of this tree, offline, into dist/ (archives, .deb, .rpm, checksums.txt; make/release.sh)
 release-snapshot:

@@ -67,7 +67,10 @@ type AgentConfig struct {
 	// Memory is the file where the node remembers the etcd it follows (its
 	// cluster id and the highest revision seen), so that a rebuilt etcd or
 	// one restored from an older snapshot fences the node instead of
-	// rewriting what it runs ("": nothing remembered; see AdoptFleetEtcd).
+	// rewriting what it runs ("": nothing remembered; see AdoptFleetEtcd),
+	// and the plugins it runs for the fleet and those detached, so that it
+	// still knows them once the controller collected its keys
+	// (ControllerConfig.NodeRetention).
 	Memory string
 }
 
@@ -90,9 +93,14 @@ type Agent struct {
 	// refused: fleet plugins refused here, a plugin of the node's own
 	// having the name (AdoptLocal); written by Run's goroutine only.
 	refused map[string]bool
-	// mem is what the node remembers of its etcd (AgentConfig.Memory);
-	// Adopt clears it. memSaved is when it was last written to disk.
-	mem      memory
+	// mem is what the node remembers of its fleet (AgentConfig.Memory;
+	// its plugin sets copied from managed and detached when saved); Adopt
+	// clears its etcd.
+	mem memory
+	// memMu orders the writes of the memory file (Run's goroutine and
+	// Detach/Attach both write it) and guards memSaved, when it was last
+	// written. Held across the disk write; never by readers.
+	memMu    sync.Mutex
 	memSaved time.Time
 	adopt    chan struct{} // 1 slot: an operator adopted the etcd (Adopt)
 
@@ -168,8 +176,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	return &Agent{
 		mem: mem, adopt: make(chan struct{}, 1),
 		cfg: cfg, keys: newKeys(cfg.Prefix), log: cfg.Logger.With("component", "fleet", "node", cfg.Node),
-		desired: map[string]*pb.FleetPlugin{}, targets: map[string]*pb.FleetTarget{}, managed: map[string]bool{},
-		detached: map[string]bool{}, kick: make(chan string, 16), inherit: clientv3.LeaseID(cfg.InheritLease),
+		desired: map[string]*pb.FleetPlugin{}, targets: map[string]*pb.FleetTarget{}, managed: maps.Clone(mem.managed),
+		detached: maps.Clone(mem.detached), kick: make(chan string, 16), inherit: clientv3.LeaseID(cfg.InheritLease),
 		applied: map[string]string{}, failed: map[string]string{}, lastErr: map[string]string{}, published: map[string]string{},
 		refused: map[string]bool{},
 	}, nil
@@ -230,6 +238,7 @@ func (a *Agent) Detach(ctx context.Context, name string) error {
 	a.detached[name] = true
 	delete(a.managed, name)
 	a.mu.Unlock()
+	a.saveMemory(true, nil)
 	a.log.Info("detached from the fleet: the node keeps it as its own", "plugin", name)
 	return nil
 }
@@ -254,6 +263,7 @@ func (a *Agent) Attach(ctx context.Context, name string) error {
 	delete(a.detached, name)
 	a.managed[name] = true
 	a.mu.Unlock()
+	a.saveMemory(true, nil)
 	select {
 	case a.kick <- name:
 	default: // the next resync reconciles it
@@ -487,6 +497,16 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 	defer cancel()
 	wch := a.cfg.Client.Watch(wctx, a.keys.plugins(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 	tch := a.cfg.Client.Watch(wctx, a.keys.targetsOf(a.cfg.Node), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	// The lease's keep-alive answers (the session's own, every third of
+	// the TTL) carry the cluster id and revision of the etcd that answers:
+	// after an etcd restored from an older snapshot, or another cluster
+	// at the same address, they are the only sign. The client resumes the
+	// watches there silently, and a watch from a revision that etcd has
+	// not reached yet just waits.
+	kach, err := a.cfg.Client.KeepAlive(wctx, lease)
+	if err != nil {
+		return fmt.Errorf("following the node lease's keep-alives: %w", err)
+	}
 	tick := time.NewTicker(a.cfg.StatusInterval)
 	defer tick.Stop()
 	a.publish(ctx, lease)
@@ -524,6 +544,14 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 				return err
 			}
 			a.publish(ctx, lease)
+		case ka, ok := <-kach:
+			if !ok {
+				kach = nil // the lease is gone: sess.Done says so
+				continue
+			}
+			if err := a.sameEtcd(ka.ResponseHeader.GetClusterId(), ka.ResponseHeader.GetRevision()); err != nil {
+				return err // the resync's linearizable read decides
+			}
 		case name := <-a.kick:
 			a.reconcile(ctx, name)
 			a.publish(ctx, lease)
@@ -540,6 +568,25 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 			a.publish(ctx, lease)
 		}
 	}
+}
+
+// sameEtcd says whether an answer from cluster id at revision rev can come
+// from the etcd this node follows. Not a verdict: a follower may answer a
+// few revisions behind what a watch delivered from the leader, so a
+// mismatch only ends the watches, and the resync's linearizable read
+// (always at or past every committed revision) checks again, fencing the
+// node when the etcd really is another or went back.
+func (a *Agent) sameEtcd(id uint64, rev int64) error {
+	a.mu.Lock()
+	remembered, seen := a.mem.clusterID, max(a.mem.revision, a.seenRev)
+	a.mu.Unlock()
+	switch {
+	case remembered != 0 && id != remembered:
+		return fmt.Errorf("etcd answers as cluster %x, not %x: checking it", id, remembered)
+	case rev < seen:
+		return fmt.Errorf("etcd answers at revision %d, behind the %d this node saw: checking it", rev, seen)
+	}
+	return nil
 }
 
 // errFenced: the fleet's keys look wiped or foreign (no P/schema, or
@@ -723,6 +770,7 @@ func (a *Agent) resync(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	hdr := txn.Header
+	a.remember(0, a.seenRev, false) // the revisions this session saw count too
 	a.mu.Lock()
 	foreign := a.mem.check(hdr.GetClusterId(), hdr.GetRevision())
 	a.mu.Unlock()
@@ -758,9 +806,33 @@ func (a *Agent) resync(ctx context.Context) (int64, error) {
 	for _, kv := range txn.Responses[3].GetResponseRange().GetKvs() {
 		detached[base(string(kv.Key))] = true
 	}
+	// The node's own sets (remembered on disk) and etcd's are one: what
+	// etcd lacks (collected while the node was gone past the retention)
+	// is written again, what the node lacks (its memory file lost) is
+	// taken from etcd.
 	a.mu.Lock()
-	a.desired, a.targets, a.detached = desired, targets, detached
+	var restore []clientv3.Op
+	for n := range a.managed {
+		if !managed[n] {
+			restore = append(restore, clientv3.OpPut(a.keys.managed(a.cfg.Node, n), ""))
+		}
+	}
+	for n := range a.detached {
+		if !detached[n] {
+			restore = append(restore, clientv3.OpPut(a.keys.detached(a.cfg.Node, n), "1"))
+		}
+	}
+	a.mu.Unlock()
+	if len(restore) > 0 {
+		if _, err := a.cfg.Client.Txn(ctx).Then(restore...).Commit(); err != nil {
+			return 0, fmt.Errorf("writing this node's managed and detached plugins again: %w", err)
+		}
+		a.log.Info("wrote this node's managed and detached plugins to etcd again (collected while it was gone)", "keys", len(restore))
+	}
+	a.mu.Lock()
+	a.desired, a.targets = desired, targets
 	maps.Copy(a.managed, managed)
+	maps.Copy(a.detached, detached)
 	names := make(map[string]bool, len(desired)+len(targets)+len(a.managed))
 	for n := range desired {
 		names[n] = true
@@ -772,6 +844,7 @@ func (a *Agent) resync(ctx context.Context) (int64, error) {
 		names[n] = true
 	}
 	a.mu.Unlock()
+	a.saveMemory(false, nil)
 	for n := range names {
 		a.reconcile(ctx, n)
 	}
@@ -810,6 +883,7 @@ func (a *Agent) reconcile(ctx context.Context, name string) {
 		a.mu.Lock()
 		delete(a.managed, name)
 		a.mu.Unlock()
+		a.saveMemory(true, nil)
 		delete(a.failed, name)
 		delete(a.lastErr, name)
 		delete(a.applied, name)
@@ -839,6 +913,7 @@ func (a *Agent) reconcile(ctx context.Context, name string) {
 		a.mu.Lock()
 		a.managed[name] = true
 		a.mu.Unlock()
+		a.saveMemory(true, nil)
 	}
 	if loaded && spec.Digest(wire.SpecProto(st.Spec)) == w.digest {
 		if a.failed[name] != w.digest {
@@ -990,32 +1065,47 @@ const memoryEvery = 10 * time.Second
 
 // remember records that the node follows etcd cluster id (0: the one it
 // remembers), seen at revision rev, and writes it to disk when asked
-// (force) or when the last write is memoryEvery old. Run's goroutine only;
-// no I/O under a.mu.
+// (force) or when the last write is memoryEvery old.
 func (a *Agent) remember(id uint64, rev int64, force bool) {
+	a.saveMemory(force, func(m *memory) bool {
+		if id == 0 {
+			id = m.clusterID
+		}
+		if id == 0 { // nothing remembered yet: a resync records the cluster first
+			return false
+		}
+		changed := m.clusterID != id || rev > m.revision
+		if m.clusterID != id {
+			m.clusterID, m.revision = id, 0
+		}
+		m.revision = max(m.revision, rev)
+		return changed
+	})
+}
+
+// saveMemory applies change (nil: none) to the memory under a.mu, copies
+// the managed and detached sets into it, and writes it to disk when
+// something changed and either force is set or the last write is
+// memoryEvery old. No disk I/O under a.mu.
+func (a *Agent) saveMemory(force bool, change func(*memory) bool) {
 	if a.cfg.Memory == "" {
 		return
 	}
+	a.memMu.Lock()
+	defer a.memMu.Unlock()
 	a.mu.Lock()
-	if id == 0 {
-		id = a.mem.clusterID
+	changed := change != nil && change(&a.mem)
+	if !maps.Equal(a.mem.managed, a.managed) || !maps.Equal(a.mem.detached, a.detached) {
+		a.mem.managed, a.mem.detached = maps.Clone(a.managed), maps.Clone(a.detached)
+		changed, force = true, true
 	}
-	if id == 0 { // nothing remembered yet: a resync records the cluster first
-		a.mu.Unlock()
-		return
-	}
-	changed := a.mem.clusterID != id || rev > a.mem.revision
-	if a.mem.clusterID != id {
-		a.mem = memory{clusterID: id}
-	}
-	a.mem.revision = max(a.mem.revision, rev)
-	m := a.mem
+	m := a.mem.clone()
 	a.mu.Unlock()
 	if !changed || (!force && time.Since(a.memSaved) < memoryEvery) {
 		return
 	}
 	if err := m.save(a.cfg.Memory); err != nil {
-		a.log.Warn("remembering the fleet's etcd on disk", "file", a.cfg.Memory, "error", err)
+		a.log.Warn("remembering the fleet on disk", "file", a.cfg.Memory, "error", err)
 		return
 	}
 	a.memSaved = time.Now()
@@ -1026,9 +1116,9 @@ func (a *Agent) remember(id uint64, rev int64, force bool) {
 // for another etcd, converges to what this one holds.
 func (a *Agent) Adopt(ctx context.Context) error {
 	a.mu.Lock()
-	a.mem = memory{}
+	a.mem.clusterID, a.mem.revision = 0, 0
 	a.mu.Unlock()
-	if err := (memory{}).save(a.cfg.Memory); err != nil {
+	if err := a.forgetEtcd(); err != nil {
 		return fmt.Errorf("forgetting the fleet's etcd: %w", err)
 	}
 	select {
@@ -1037,4 +1127,18 @@ func (a *Agent) Adopt(ctx context.Context) error {
 	}
 	a.log.Info("adopting the etcd the node reaches as its fleet's")
 	return nil
+}
+
+// forgetEtcd writes the memory after Adopt cleared its etcd (the plugin
+// sets stay).
+func (a *Agent) forgetEtcd() error {
+	if a.cfg.Memory == "" {
+		return nil
+	}
+	a.memMu.Lock()
+	defer a.memMu.Unlock()
+	a.mu.Lock()
+	m := a.mem.clone()
+	a.mu.Unlock()
+	return m.save(a.cfg.Memory)
 }

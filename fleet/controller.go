@@ -24,6 +24,10 @@ import (
 // leadership in the same transaction. All progress is in the rollout
 // record, so a new leader continues where the last one stopped.
 //
+// The leader lists the rollout records once and follows them with a
+// watch (rollouts, in informer.go): it steps the ones with work from that
+// view, and with none reads nothing from etcd.
+//
 // One step of a rollout (every StepInterval while leading):
 //
 //	current wave not started (nodes PENDING), RUNNING -> write the nodes'
@@ -45,12 +49,13 @@ import (
 //	                                          plugin's spec becomes the new
 //	                                          one and the targets go
 type Controller struct {
-	cli      *clientv3.Client
-	keys     keys
-	node     string
-	log      *slog.Logger
-	ttl      time.Duration
-	interval time.Duration
+	cli       *clientv3.Client
+	keys      keys
+	node      string
+	log       *slog.Logger
+	ttl       time.Duration
+	interval  time.Duration
+	retention time.Duration
 
 	mu    sync.Mutex      // guards stats (what Stats reports); never held during I/O
 	stats ControllerStats // Rollouts: the active ones, as of the last step
@@ -63,8 +68,11 @@ type ControllerStats struct {
 	Leading bool
 	// Rollouts are the active rollouts the leader stepped last (copies).
 	Rollouts []*pb.Rollout
-	// StepErrors counts steps that failed (etcd out of reach, a write
-	// refused); LastStepError is when the last one failed (zero: never).
+	// Steps counts the steps taken while leading (one every
+	// StepInterval); StepErrors those that failed (etcd out of reach, a
+	// write refused); LastStepError is when the last one failed (zero:
+	// never).
+	Steps         uint64
 	StepErrors    uint64
 	LastStepError time.Time
 }
@@ -100,6 +108,13 @@ type ControllerConfig struct {
 	// StepInterval is how often the leader steps each rollout (default
 	// 250ms).
 	StepInterval time.Duration
+	// NodeRetention is how long a node may be gone (its lease expired or
+	// revoked) before the leader deletes its P/managed/NODE/ and
+	// P/detached/NODE/ keys. 0: never. A node back after that writes them
+	// again from its own memory (AgentConfig.Memory); one without it
+	// finds its former fleet plugins unmanaged (refused as local
+	// namesakes, not unloaded when the fleet deleted them meanwhile).
+	NodeRetention time.Duration
 }
 
 // NewController returns a Controller.
@@ -116,7 +131,7 @@ func NewController(cfg ControllerConfig) *Controller {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Controller{cli: cfg.Client, keys: newKeys(cfg.Prefix), node: cfg.Node, ttl: cfg.LeaseTTL, interval: cfg.StepInterval,
+	return &Controller{cli: cfg.Client, keys: newKeys(cfg.Prefix), node: cfg.Node, ttl: cfg.LeaseTTL, interval: cfg.StepInterval, retention: cfg.NodeRetention,
 		log: cfg.Logger.With("component", "fleet-controller", "node", cfg.Node)}
 }
 
@@ -160,6 +175,15 @@ func (c *Controller) lead(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	keyGone := c.cli.Watch(wctx, e.Key(), clientv3.WithRev(e.Rev()+1), clientv3.WithFilterPut())
+	// The rollout records and the node keys: listed, then watched (see
+	// rollouts and nodesView). A watch that ends is listed again at the
+	// next tick, in the same leadership.
+	var view *rollouts
+	var nodes *nodesView
+	var reports *statusView
+	var changes, nodeChanges, reportChanges clientv3.WatchChan
+	stopView, stopNodes, stopReports := func() {}, func() {}, func() {}
+	defer func() { stopView(); stopNodes(); stopReports() }()
 	for {
 		select {
 		case <-ctx.Done():
@@ -171,9 +195,84 @@ func (c *Controller) lead(ctx context.Context) error {
 				return errors.New("the election key was deleted (or its watch ended): campaigning again")
 			}
 			continue
+		case wr, ok := <-changes:
+			if err := view.apply(wr, ok); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err() // the watches end with the leadership
+				}
+				c.log.Info("the watch of rollout records ended: listing them again", "error", err)
+				stopView()
+				view, changes = nil, nil
+			}
+			continue
+		case wr, ok := <-reportChanges:
+			if err := reports.apply(wr, ok); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err() // the watches end with the leadership
+				}
+				c.log.Info("the watch of node reports ended: listing them again", "error", err)
+				stopReports()
+				reports, reportChanges = nil, nil
+			}
+			continue
+		case wr, ok := <-nodeChanges:
+			if err := nodes.apply(wr, ok, time.Now()); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err() // the watches end with the leadership
+				}
+				c.log.Info("the watch of node keys ended: listing them again", "error", err)
+				stopNodes()
+				nodes, nodeChanges = nil, nil
+			}
+			continue
 		case <-tick.C:
 		}
-		if err := c.stepAll(ctx, leader, rebased); err != nil {
+		err := func() error {
+			if view == nil {
+				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				v, err := listRollouts(lctx, c.cli, c.keys)
+				if err != nil {
+					return fmt.Errorf("listing rollout records: %w", err)
+				}
+				var vctx context.Context
+				vctx, stopView = context.WithCancel(wctx)
+				view, changes = v, v.watch(clientv3.WithRequireLeader(vctx), c.cli, c.keys)
+			}
+			if nodes == nil {
+				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				n, err := listNodes(lctx, c.cli, c.keys, time.Now())
+				if err != nil {
+					return fmt.Errorf("listing node keys: %w", err)
+				}
+				var nctx context.Context
+				nctx, stopNodes = context.WithCancel(wctx)
+				nodes, nodeChanges = n, n.watch(clientv3.WithRequireLeader(nctx), c.cli, c.keys)
+			}
+			if reports == nil {
+				// The watch starts now; each plugin is listed when a
+				// rollout first needs it.
+				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				resp, err := c.cli.Get(lctx, c.keys.schema(), clientv3.WithKeysOnly())
+				if err != nil {
+					return fmt.Errorf("reading the revision: %w", err)
+				}
+				var rctx context.Context
+				rctx, stopReports = context.WithCancel(wctx)
+				reports = newStatusView(c.keys, resp.Header.GetRevision())
+				reportChanges = reports.watch(clientv3.WithRequireLeader(rctx), c.cli)
+			}
+			if err := c.stepAll(ctx, leader, rebased, view, nodes.live, reports); err != nil {
+				return err
+			}
+			return c.collect(ctx, leader, nodes)
+		}()
+		c.mu.Lock()
+		c.stats.Steps++
+		c.mu.Unlock()
+		if err != nil {
 			c.log.Debug("stepping rollouts", "error", err)
 			c.mu.Lock()
 			c.stats.StepErrors++
@@ -183,17 +282,13 @@ func (c *Controller) lead(ctx context.Context) error {
 	}
 }
 
-// stepAll steps every active rollout once. With none active it reads the
-// rollouts only; with some, the live nodes (keys only) and, per active
-// rollout, its plugin and its nodes' reports.
-func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased map[string]bool) (err error) {
+// stepAll steps every rollout of the view that has work (active, or its
+// cleanup pending) once, given the live nodes and the nodes' reports. It
+// reads nothing from etcd but a plugin's reports the first time its
+// rollout needs them.
+func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased map[string]bool, view *rollouts, live map[string]bool, reports *statusView) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	resp, err := c.cli.Get(ctx, c.keys.rollouts(), clientv3.WithPrefix())
-	if err != nil {
-		return err
-	}
-	var live map[string]bool
 	var seen []*pb.Rollout // the active rollouts after this step, for Stats (read-only from here)
 	defer func() {
 		if err == nil {
@@ -202,51 +297,29 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased m
 			c.mu.Unlock()
 		}
 	}()
-	for _, kv := range resp.Kvs {
-		r := &pb.Rollout{}
-		if err := decode(string(kv.Key), kv.Value, r); err != nil {
-			continue
+	due := map[string]bool{} // the plugins whose reports the next step needs
+	defer func() {
+		if err == nil {
+			reports.keep(due)
 		}
+	}()
+	for _, w := range view.work() {
+		r, key := w.r, w.key
 		if !active(r) {
-			if r.GetCleanupPending() {
-				// Ended, its targets not all deleted (a crash midway):
-				// finish.
-				if err := finishCleanup(ctx, c.cli, string(kv.Key), r, kv.ModRevision, targetDeletes(c.keys, r)); err != nil {
-					return err
-				}
+			// Ended, its targets not all deleted (a crash midway):
+			// finish. Done, or rewritten meanwhile (a new rollout, which
+			// the watch brings): nothing left here either way.
+			if err := finishCleanup(ctx, c.cli, key, r, w.rev, targetDeletes(c.keys, r)); err != nil {
+				return err
 			}
+			view.forget(key)
 			continue
 		}
 		name := r.GetPlugin()
-		ops := []clientv3.Op{
-			clientv3.OpGet(c.keys.statusesOf(name), clientv3.WithPrefix()),
-			clientv3.OpGet(c.keys.plugin(name)),
-		}
-		if live == nil {
-			ops = append(ops, clientv3.OpGet(c.keys.nodes(), clientv3.WithPrefix(), clientv3.WithKeysOnly()))
-		}
-		txn, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		due[name] = true
+		statuses, selector, err := reports.of(ctx, c.cli, name)
 		if err != nil {
 			return err
-		}
-		if live == nil {
-			live = map[string]bool{}
-			for _, kv := range txn.Responses[2].GetResponseRange().GetKvs() {
-				live[base(string(kv.Key))] = true
-			}
-		}
-		statuses := map[string]*pb.FleetPluginStatus{} // by node + "/" + plugin
-		for _, kv := range txn.Responses[0].GetResponseRange().GetKvs() {
-			st := &pb.FleetPluginStatus{}
-			if decode(string(kv.Key), kv.Value, st) == nil {
-				statuses[st.GetNode()+"/"+st.GetPlugin()] = st
-			}
-		}
-		var selector map[string]string
-		if kvs := txn.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			if p, err := decodePlugin(kvs[0]); err == nil {
-				selector = p.GetSelector()
-			}
 		}
 		before := encode(r)
 		now := time.Now()
@@ -259,13 +332,14 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased m
 			continue
 		}
 		r.UpdatedAt, r.Controller = timestamppb.Now(), c.node
-		guards := []clientv3.Cmp{leader, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)}
+		guards := []clientv3.Cmp{leader, clientv3.Compare(clientv3.ModRevision(key), "=", w.rev)}
 		var ok bool
+		var resp *clientv3.TxnResponse
 		if active(r) {
 			// A wave's targets first, then the record: a step cut short
 			// is stepped again (target writes are idempotent), and an
 			// abort meanwhile (its record first) fails the guard.
-			ok, _, err = commitChunked(ctx, c.cli, guards, writes, []clientv3.Op{clientv3.OpPut(string(kv.Key), encode(r))})
+			ok, resp, err = commitChunked(ctx, c.cli, guards, writes, []clientv3.Op{clientv3.OpPut(key, encode(r))})
 		} else {
 			// The end: the record (and the plugin's new spec) first,
 			// then the targets' deletes (commitEnded).
@@ -277,7 +351,12 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased m
 					head = append(head, op)
 				}
 			}
-			ok, _, err = commitEnded(ctx, c.cli, guards, string(kv.Key), r, head, deletes)
+			ok, resp, err = commitEnded(ctx, c.cli, guards, key, r, head, deletes)
+		}
+		if ok {
+			// Known now, not when the watch brings it back: the next
+			// step is guarded by this write's revision.
+			view.wrote(key, r, resp.Header.GetRevision())
 		}
 		if err != nil {
 			return err
@@ -442,4 +521,35 @@ func (c *Controller) startWave(r *pb.Rollout, wave uint32, bake time.Duration, r
 		}
 	}
 	return ops
+}
+
+// collect deletes the managed and detached keys of the nodes gone for at
+// least the node retention (none when it is 0), each guarded by the
+// leadership and by the node's key being absent (a node back meanwhile
+// keeps them). A node that comes back later writes them again from its
+// own memory (AgentConfig.Memory).
+func (c *Controller) collect(ctx context.Context, leader clientv3.Cmp, nodes *nodesView) error {
+	if c.retention <= 0 {
+		return nil
+	}
+	now := time.Now()
+	for _, node := range nodes.departed(now, c.retention) {
+		resp, err := c.cli.Txn(ctx).If(leader, clientv3.Compare(clientv3.CreateRevision(c.keys.node(node)), "=", 0)).Then(
+			clientv3.OpDelete(c.keys.managedOf(node), clientv3.WithPrefix()),
+			clientv3.OpDelete(c.keys.detachedOf(node), clientv3.WithPrefix()),
+		).Commit()
+		if err != nil {
+			return fmt.Errorf("collecting the keys of node %s: %w", node, err)
+		}
+		if !resp.Succeeded {
+			continue // back (the watch brings its key), or no longer leading
+		}
+		delete(nodes.gone, node)
+		managed := resp.Responses[0].GetResponseDeleteRange().GetDeleted()
+		detached := resp.Responses[1].GetResponseDeleteRange().GetDeleted()
+		if managed+detached > 0 {
+			c.log.Info("collected the keys of a departed node", "departed_node", node, "gone_for_at_least", c.retention.String(), "managed", managed, "detached", detached)
+		}
+	}
+	return nil
 }

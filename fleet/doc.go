@@ -28,6 +28,11 @@
 //	                           so that a plugin deleted while the node was
 //	                           away is still unloaded when it comes back
 //
+// The managed and detached keys of a node gone for longer than the node
+// retention (ControllerConfig.NodeRetention) are deleted by the leader; the
+// node remembers both sets on disk too (AgentConfig.Memory) and writes them
+// again when it comes back.
+//
 // An Agent (one per fleet-enabled plugind) runs this loop per lease:
 //
 //	      +--------------------------------------------------+
@@ -72,5 +77,10 @@
 // memory.go). A resync that finds another cluster id, or a revision behind
 // the remembered one (a restore from an older snapshot, which still holds
 // P/schema), fences the node the same way, until an operator adopts that
-// etcd (AdoptFleetEtcd; `pluginctl fleet adopt`).
+// etcd (AdoptFleetEtcd; `pluginctl fleet adopt`). A restore can keep the
+// node's lease and so its session, and the client resumes its watches
+// silently (from a revision the restored etcd has not reached: they just
+// wait): the node also checks the cluster id and revision in every answer
+// to its lease's keep-alives, and a mismatch ends its watches for a
+// resync, whose linearizable read decides.
 package fleet

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,21 +13,31 @@ import (
 // it.
 func TestMemoryFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fleet-etcd.json")
-	m := memory{clusterID: 0xcdf818194e3a8c32, revision: 42}
+	m := memory{clusterID: 0xcdf818194e3a8c32, revision: 42, managed: map[string]bool{"greet": true, "auth": true}, detached: map[string]bool{"audit": true}}
 	if err := m.save(path); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(path)
-	if want := `{"schema":1,"cluster_id":"cdf818194e3a8c32","revision":42}` + "\n"; string(b) != want {
+	if want := `{"schema":2,"cluster_id":"cdf818194e3a8c32","revision":42,"managed":["auth","greet"],"detached":["audit"]}` + "\n"; string(b) != want {
 		t.Fatalf("file %q, want %q", b, want)
 	}
+	same := func(a, b memory) bool {
+		return a.clusterID == b.clusterID && a.revision == b.revision && maps.Equal(a.managed, b.managed) && maps.Equal(a.detached, b.detached)
+	}
 	back, err := loadMemory(path)
-	if err != nil || back != m {
+	if err != nil || !same(back, m) {
 		t.Fatalf("loaded %+v %v", back, err)
 	}
+	// Version 1, written before the plugin lists, still reads.
+	if err := os.WriteFile(path, []byte(`{"schema":1,"cluster_id":"cdf818194e3a8c32","revision":42}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if back, err := loadMemory(path); err != nil || !same(back, memory{clusterID: 0xcdf818194e3a8c32, revision: 42}.clone()) {
+		t.Fatalf("schema 1: %+v %v", back, err)
+	}
 	for body, want := range map[string]string{
-		`{"schema":2,"cluster_id":"1","revision":1}`:   "schema 2",
-		`{"schema":1,"cluster_id":"xyz","revision":1}`: "not an etcd cluster id",
+		`{"schema":3,"cluster_id":"1","revision":1}`:   "schema 3",
+		`{"schema":2,"cluster_id":"xyz","revision":1}`: "not an etcd cluster id",
 		`not json`: "delete it",
 	} {
 		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
@@ -36,13 +47,20 @@ func TestMemoryFile(t *testing.T) {
 			t.Errorf("%s: %v, want %q", body, err, want)
 		}
 	}
+	// Only the plugin lists: no etcd remembered (after an adopt).
+	if err := (memory{managed: map[string]bool{"greet": true}}).save(path); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != `{"schema":2,"cluster_id":"0","revision":0,"managed":["greet"]}`+"\n" {
+		t.Fatalf("file %q", b)
+	}
 	if err := (memory{}).save(path); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("an empty memory leaves its file: %v", err)
 	}
-	if m, err := loadMemory(path); err != nil || m != (memory{}) {
+	if m, err := loadMemory(path); err != nil || !same(m, memory{}) || m.managed == nil || m.detached == nil {
 		t.Fatalf("no file: %+v %v", m, err)
 	}
 }

@@ -92,7 +92,7 @@ func TestRolloutBeyondOneTransaction(t *testing.T) {
 			if ctx.Err() != nil {
 				t.Fatalf("rollout %s %s, want %s", r.GetState(), r.GetReason(), state)
 			}
-			time.Sleep(20 * time.Millisecond) // polls the store's read of the record (a full read per turn, what the controller itself does)
+			time.Sleep(20 * time.Millisecond) // polls the store's read of the record: a rollout's progress has no event here but the record itself
 		}
 	}
 	targets := func() int64 {

@@ -80,6 +80,8 @@ type config struct {
 	fleetPasswordFile string
 	fleetController   bool
 	fleetAdoptLocal   bool
+	// fleetNodeRetention: how long the leader keeps a departed node's keys.
+	fleetNodeRetention time.Duration
 	// liveRestore keeps plugins running when plugind dies (see
 	// manager.LiveRestore); checkConfig only checks the configuration
 	// (a reload runs the new binary so).
@@ -232,6 +234,7 @@ func bindFlags(fs *pflag.FlagSet, cfg *config) {
 	fs.StringVar(&cfg.fleetPasswordFile, "fleet-etcd-password-file", "", "file holding the etcd user's password (its first line; keep it mode 0600)")
 	fs.BoolVar(&cfg.fleetAdoptLocal, "fleet-adopt-local", false, "let a fleet plugin take over a plugin of this node's own with its name (reloading it to the fleet's spec); without it the node keeps its own and reports the fleet plugin as refused")
 	fs.BoolVar(&cfg.fleetController, "fleet-controller", true, "let this node lead the fleet's rollouts (it campaigns for the election; false: it only follows what the leader writes)")
+	fs.DurationVar(&cfg.fleetNodeRetention, "fleet-node-retention", 7*24*time.Hour, "how long a node may be gone from the fleet before the leading controller deletes its managed and detached keys (it writes them again from its state directory when it comes back); 0: never")
 	fs.DurationVar(&cfg.fleetLeaseTTL, "fleet-lease-ttl", 10*time.Second, "TTL of this node's etcd lease: a node that stops renewing it leaves the fleet's node list after that long (whole seconds, at least 2s)")
 }
 
@@ -428,6 +431,9 @@ func (c *config) check() error {
 		for _, ep := range plaintextRemote(c.fleetEtcd) {
 			errs = append(errs, fmt.Errorf("--fleet-etcd-user: the password would cross the network in clear text to %s (use https:// endpoints with --fleet-etcd-ca, or a loopback etcd)", ep))
 		}
+	}
+	if c.fleetNodeRetention < 0 {
+		errs = append(errs, fmt.Errorf("--fleet-node-retention %s: want 0 (never) or more", c.fleetNodeRetention))
 	}
 	if c.fleetLeaseTTL < 2*time.Second || c.fleetLeaseTTL%time.Second != 0 {
 		errs = append(errs, fmt.Errorf("--fleet-lease-ttl %s: want whole seconds, at least 2s", c.fleetLeaseTTL))

@@ -90,6 +90,8 @@ func TestFleetAccessChecks(t *testing.T) {
 		{[]string{"--fleet-etcd", "http://127.0.0.1:2379,http://[::1]:2379,http://localhost:2379", "--fleet-etcd-user", "n1", "--fleet-etcd-password-file", pw}, ""},
 		{[]string{"--fleet-etcd", "https://etcd-1:2379", "--fleet-etcd-ca", "ca.pem", "--fleet-etcd-user", "n1", "--fleet-etcd-password-file", pw}, ""},
 		{[]string{"--fleet-etcd", "http://127.0.0.1:2379", "--fleet-controller=false"}, ""},
+		{[]string{"--fleet-etcd", "http://127.0.0.1:2379", "--fleet-node-retention", "-1h"}, "--fleet-node-retention -1h0m0s: want 0 (never) or more"},
+		{[]string{"--fleet-etcd", "http://127.0.0.1:2379", "--fleet-node-retention", "0"}, ""},
 	} {
 		cfg, err := parseConfig(tt.args, nil)
 		if err == nil {

@@ -122,7 +122,7 @@ func joinFleet(cfg config, m *manager.Manager, log *slog.Logger, lease int64, le
 	}
 	var ctrl *fleet.Controller
 	if cfg.fleetController {
-		ctrl = fleet.NewController(fleet.ControllerConfig{Client: cli, Prefix: cfg.fleetPrefix, Node: node, Logger: log, LeaseTTL: cfg.fleetLeaseTTL})
+		ctrl = fleet.NewController(fleet.ControllerConfig{Client: cli, Prefix: cfg.fleetPrefix, Node: node, Logger: log, LeaseTTL: cfg.fleetLeaseTTL, NodeRetention: cfg.fleetNodeRetention})
 	}
 	return &fleetMember{node: node, cli: cli, store: fleet.NewStore(cli, cfg.fleetPrefix), agent: agent, controller: ctrl, done: make(chan struct{})}, nil
 }

@@ -260,3 +260,18 @@ func Promtool(t testing.TB) string {
 	}
 	return p
 }
+
+// DebianEtcd returns the paths of Debian's etcd and etcdctl (3.4, an etcd
+// this project did not build): where `make debian-etcd` puts them
+// (bin/tools/, from the etcd-server and etcd-client packages). The test
+// fails when they are not there.
+func DebianEtcd(t testing.TB) (etcd, etcdctl string) {
+	t.Helper()
+	dir := filepath.Join(Root(), "bin", "tools")
+	for _, name := range []string{"etcd", "etcdctl"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Fatalf("Debian's %s is not there: run `make debian-etcd` (it extracts etcd and etcdctl from Debian's packages): %v", name, err)
+		}
+	}
+	return filepath.Join(dir, "etcd"), filepath.Join(dir, "etcdctl")
+}
