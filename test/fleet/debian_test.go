@@ -81,13 +81,16 @@ func (d *debianEtcd) etcdctl(args ...string) (string, error) {
 	return string(out), nil
 }
 
-// TestDebianEtcdRestoredSnapshot: on Debian's etcd 3.4, a fleet whose etcd
-// is restored from a snapshot older than what a node saw (the same
-// cluster, its revision gone back) does not take the node back in time:
-// the node keeps the spec it runs, is fenced saying why, and follows the
-// restored etcd only once an operator adopts it. Also the fleet's basics
-// on an etcd we did not build: apply, a reload to a new spec.
-func TestDebianEtcdRestoredSnapshot(t *testing.T) {
+// TestDebianEtcd: on Debian's etcd 3.4 (an etcd we did not build), the
+// fleet's basics (apply, a reload to a new spec), and the two ways an
+// operator can pull the fleet's keys from under a node:
+//   - etcd restored from a snapshot older than what the node saw (the same
+//     cluster, its revision gone back) does not take the node back in
+//     time: it keeps the spec it runs, is fenced saying why, and follows
+//     the restored etcd only once an operator adopts it;
+//   - etcdctl del --prefix of the fleet's keys unloads nothing: the node
+//     is fenced until the fleet's plugins are applied again.
+func TestDebianEtcd(t *testing.T) {
 	etcd := newDebianEtcd(t)
 	etcd.start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -140,4 +143,28 @@ func TestDebianEtcdRestoredSnapshot(t *testing.T) {
 	}
 	// Adopted, the node converges to what the restored etcd holds.
 	eventually(t, 30*time.Second, "n runs greet 1 again", func() error { return runs(ctx, n, "greet", "1", 3) })
+
+	// An operator empties the fleet's prefix with Debian's etcdctl: not
+	// "unload everything". The node keeps greet and says why, until the
+	// fleet's plugins are applied again.
+	if _, err := etcd.etcdctl("del", "--prefix", "/plugincontrol/"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "n fenced: the schema key is gone", func() error {
+		st, err := n.c.FleetStatus(ctx, "")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(st.GetFenced(), "schema is missing") {
+			return fmt.Errorf("fenced %q", st.GetFenced())
+		}
+		return nil
+	})
+	if err := runs(ctx, n, "greet", "1", 3); err != nil {
+		t.Fatalf("after etcdctl del --prefix: %v", err)
+	}
+	if _, err := n.c.ApplyFleetPlugin(ctx, greet("3"), true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "n follows the fleet again", func() error { return runs(ctx, n, "greet", "3", 4) })
 }
