@@ -110,6 +110,7 @@ func runPassthrough(e *env) ([]row, error) {
 		return nil, err
 	}
 	p1 := ratio(float64(one[0].p50()), float64(one[1].p50()))
+	pTyped := ratio(float64(one[0].p50()), float64(one[3].p50()))
 	tr := ratio(medianF(rates[0]), medianF(rates[2]))
 	lat := func(d dist) string { return fmtDur(d.p50()) + " / " + fmtDur(d.p99()) }
 	rows := []row{
@@ -117,6 +118,11 @@ func runPassthrough(e *env) ([]row, error) {
 			scenario: "passthrough, 1 caller", measure: fmt.Sprintf("unary 1 KiB latency p50 / p99, n=%d", len(one[0])),
 			plugind: lat(one[0]), ref: "direct " + lat(one[1]) + "; nginx " + lat(one[2]) + "; grpc-go typed proxy " + lat(one[3]),
 			ratio: p1, target: "p50 ≤ 1.5 × direct", ok: okIf(p1 <= 1.5),
+		},
+		{
+			scenario: "passthrough, 1 caller", measure: "unary 1 KiB latency p50 against the grpc-go typed proxy's",
+			plugind: fmtDur(one[0].p50()), ref: "grpc-go typed proxy " + fmtDur(one[3].p50()),
+			ratio: pTyped, target: "p50 ≤ 1.0 × typed proxy", ok: okIf(pTyped <= 1.0), // issue 22
 		},
 		{
 			scenario: "passthrough, 16 callers", measure: fmt.Sprintf("throughput, median of %d rounds of %v", rounds, dur16),

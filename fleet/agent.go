@@ -119,6 +119,7 @@ type Agent struct {
 	lastErr   map[string]string // by name: the last failure, for the status
 	published map[string]string // by name: the status record last written (encoded)
 	seenRev   int64             // the highest etcd revision a watch response carried
+	layout    string            // the fleet's key layout (P/schema) as of the last resync
 }
 
 // want is what a node must run of a plugin.
@@ -497,6 +498,9 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 	defer cancel()
 	wch := a.cfg.Client.Watch(wctx, a.keys.plugins(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 	tch := a.cfg.Client.Watch(wctx, a.keys.targetsOf(a.cfg.Node), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	// The schema key: gone, or another layout (an older plugind's Apply
+	// writes "1"), is for a resync to judge.
+	sch := a.cfg.Client.Watch(wctx, a.keys.schema(), clientv3.WithRev(rev+1))
 	// The lease's keep-alive answers (the session's own, every third of
 	// the TTL) carry the cluster id and revision of the etcd that answers:
 	// after an etcd restored from an older snapshot, or another cluster
@@ -544,6 +548,14 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session, rev int64
 				return err
 			}
 			a.publish(ctx, lease)
+		case resp, ok := <-sch:
+			evs, err := watchEvents(resp, ok, "the fleet's schema key")
+			if err != nil {
+				return err
+			}
+			if len(evs) > 0 {
+				return errors.New("the fleet's schema key changed: resyncing")
+			}
 		case ka, ok := <-kach:
 			if !ok {
 				kach = nil // the lease is gone: sess.Done says so
@@ -598,8 +610,8 @@ func schemaOK(kvs []*mvccpb.KeyValue) error {
 	switch {
 	case len(kvs) == 0:
 		return fmt.Errorf("%w: %s is missing (an etcdctl del --prefix, an etcd rebuilt or restored from a snapshot older than the fleet?)", errFenced, "schema")
-	case string(kvs[0].Value) != SchemaVersion:
-		return fmt.Errorf("%w: schema is %q, this plugind knows layout %q", errFenced, kvs[0].Value, SchemaVersion)
+	case !slices.Contains(layouts, string(kvs[0].Value)):
+		return fmt.Errorf("%w: schema is %q, this plugind knows layouts %q", errFenced, kvs[0].Value, layouts)
 	}
 	return nil
 }
@@ -653,6 +665,7 @@ func (a *Agent) fence(ctx context.Context, sess *concurrency.Session, why error)
 			a.mu.Unlock()
 		}
 		a.setFenced("")
+		a.seenRev = 0 // the revisions of the etcd before: this one's start over
 		a.log.Info("the etcd was adopted: following the fleet it holds")
 		return nil
 	}
@@ -769,6 +782,16 @@ func (a *Agent) resync(ctx context.Context) (int64, error) {
 	if err := schemaOK(txn.Responses[4].GetResponseRange().GetKvs()); err != nil && managing {
 		return 0, err
 	}
+	if layout := layoutOf(txn.Responses[4].GetResponseRange().GetKvs()); layout != a.layout {
+		// Reports move to where this layout keeps them.
+		for name := range a.published {
+			if _, err := a.cfg.Client.Delete(ctx, a.keys.reportKey(a.layout, a.cfg.Node, name)); err != nil {
+				return 0, fmt.Errorf("moving the node's reports to layout %s: %w", layout, err)
+			}
+		}
+		a.layout = layout
+		clear(a.published)
+	}
 	hdr := txn.Header
 	a.remember(0, a.seenRev, false) // the revisions this session saw count too
 	a.mu.Lock()
@@ -827,7 +850,7 @@ func (a *Agent) resync(ctx context.Context) (int64, error) {
 		if _, err := a.cfg.Client.Txn(ctx).Then(restore...).Commit(); err != nil {
 			return 0, fmt.Errorf("writing this node's managed and detached plugins again: %w", err)
 		}
-		a.log.Info("wrote this node's managed and detached plugins to etcd again (collected while it was gone)", "keys", len(restore))
+		a.log.Info("wrote this node's managed and detached plugins to etcd again (etcd had lost them: collected while the node was away, or deleted)", "keys", len(restore))
 	}
 	a.mu.Lock()
 	a.desired, a.targets = desired, targets
@@ -996,7 +1019,7 @@ func (a *Agent) publish(ctx context.Context, lease clientv3.LeaseID) {
 			continue
 		}
 		st.UpdatedAt = timestamppb.Now()
-		if _, err := a.cfg.Client.Put(ctx, a.keys.status(a.cfg.Node, name), encode(st), clientv3.WithLease(lease)); err != nil {
+		if _, err := a.cfg.Client.Put(ctx, a.keys.reportKey(a.layout, a.cfg.Node, name), encode(st), clientv3.WithLease(lease)); err != nil {
 			a.log.Debug("writing a status", "plugin", name, "error", err)
 			return
 		}
@@ -1010,7 +1033,7 @@ func (a *Agent) publish(ctx context.Context, lease clientv3.LeaseID) {
 		if still {
 			continue
 		}
-		if _, err := a.cfg.Client.Delete(ctx, a.keys.status(a.cfg.Node, name)); err == nil {
+		if _, err := a.cfg.Client.Delete(ctx, a.keys.reportKey(a.layout, a.cfg.Node, name)); err == nil {
 			delete(a.published, name)
 		}
 	}

@@ -24,9 +24,12 @@ import (
 // leadership in the same transaction. All progress is in the rollout
 // record, so a new leader continues where the last one stopped.
 //
-// The leader lists the rollout records once and follows them with a
-// watch (rollouts, in informer.go): it steps the ones with work from that
-// view, and with none reads nothing from etcd.
+// The leader lists what it steps from once and follows it by watch
+// (informer.go): the rollout records, the node keys, and the reports of
+// the plugins whose rollouts have work. A step reads nothing from etcd
+// beyond a plugin's first list; an idle fleet costs the leader no read.
+// It also collects the managed and detached keys of nodes gone for longer
+// than ControllerConfig.NodeRetention.
 //
 // One step of a rollout (every StepInterval while leading):
 //
@@ -175,16 +178,28 @@ func (c *Controller) lead(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	keyGone := c.cli.Watch(wctx, e.Key(), clientv3.WithRev(e.Rev()+1), clientv3.WithFilterPut())
-	// The rollout records and the node keys: listed, then watched (see
-	// rollouts and nodesView). A watch that ends is listed again at the
-	// next tick, in the same leadership.
-	var view *rollouts
-	var nodes *nodesView
-	var reports *statusView
-	var changes, nodeChanges, reportChanges clientv3.WatchChan
-	stopView, stopNodes, stopReports := func() {}, func() {}, func() {}
-	defer func() { stopView(); stopNodes(); stopReports() }()
+	// What a step needs, each listed once and then followed by a watch
+	// (see informer.go): the rollout records, the node keys and the
+	// reports of the plugins whose rollouts have work.
+	records := &followed[*rollouts]{what: "rollout records", list: func(ctx context.Context) (*rollouts, error) {
+		return listRollouts(ctx, c.cli, c.keys)
+	}}
+	nodeKeys := &followed[*nodesView]{what: "node keys", list: func(ctx context.Context) (*nodesView, error) {
+		return listNodes(ctx, c.cli, c.keys, time.Now())
+	}}
+	reports := &followed[*statusView]{what: "node reports", list: func(ctx context.Context) (*statusView, error) {
+		// The watch starts now; each plugin is listed when a rollout
+		// first needs it.
+		resp, err := c.cli.Get(ctx, c.keys.schema())
+		if err != nil {
+			return nil, err
+		}
+		return newStatusView(c.keys, layoutOf(resp.Kvs), resp.Header.GetRevision()), nil
+	}}
+	defer func() { records.close(); nodeKeys.close(); reports.close() }()
 	for {
+		var ended error
+		step := false
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -195,79 +210,41 @@ func (c *Controller) lead(ctx context.Context) error {
 				return errors.New("the election key was deleted (or its watch ended): campaigning again")
 			}
 			continue
-		case wr, ok := <-changes:
-			if err := view.apply(wr, ok); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err() // the watches end with the leadership
-				}
-				c.log.Info("the watch of rollout records ended: listing them again", "error", err)
-				stopView()
-				view, changes = nil, nil
-			}
-			continue
-		case wr, ok := <-reportChanges:
-			if err := reports.apply(wr, ok); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err() // the watches end with the leadership
-				}
-				c.log.Info("the watch of node reports ended: listing them again", "error", err)
-				stopReports()
-				reports, reportChanges = nil, nil
-			}
-			continue
-		case wr, ok := <-nodeChanges:
-			if err := nodes.apply(wr, ok, time.Now()); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err() // the watches end with the leadership
-				}
-				c.log.Info("the watch of node keys ended: listing them again", "error", err)
-				stopNodes()
-				nodes, nodeChanges = nil, nil
-			}
-			continue
+		case wr, ok := <-records.changes:
+			ended = records.changed(wr, ok)
+		case wr, ok := <-nodeKeys.changes:
+			ended = nodeKeys.changed(wr, ok)
+		case wr, ok := <-reports.changes:
+			ended = reports.changed(wr, ok)
 		case <-tick.C:
+			step = true
+		}
+		if ended != nil {
+			if ctx.Err() != nil {
+				return ctx.Err() // the watches end with the leadership
+			}
+			c.log.Info("following the fleet", "error", ended)
+		}
+		if !step {
+			continue
 		}
 		err := func() error {
-			if view == nil {
-				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				defer cancel()
-				v, err := listRollouts(lctx, c.cli, c.keys)
-				if err != nil {
-					return fmt.Errorf("listing rollout records: %w", err)
-				}
-				var vctx context.Context
-				vctx, stopView = context.WithCancel(wctx)
-				view, changes = v, v.watch(clientv3.WithRequireLeader(vctx), c.cli, c.keys)
-			}
-			if nodes == nil {
-				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				defer cancel()
-				n, err := listNodes(lctx, c.cli, c.keys, time.Now())
-				if err != nil {
-					return fmt.Errorf("listing node keys: %w", err)
-				}
-				var nctx context.Context
-				nctx, stopNodes = context.WithCancel(wctx)
-				nodes, nodeChanges = n, n.watch(clientv3.WithRequireLeader(nctx), c.cli, c.keys)
-			}
-			if reports == nil {
-				// The watch starts now; each plugin is listed when a
-				// rollout first needs it.
-				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				defer cancel()
-				resp, err := c.cli.Get(lctx, c.keys.schema(), clientv3.WithKeysOnly())
-				if err != nil {
-					return fmt.Errorf("reading the revision: %w", err)
-				}
-				var rctx context.Context
-				rctx, stopReports = context.WithCancel(wctx)
-				reports = newStatusView(c.keys, resp.Header.GetRevision())
-				reportChanges = reports.watch(clientv3.WithRequireLeader(rctx), c.cli)
-			}
-			if err := c.stepAll(ctx, leader, rebased, view, nodes.live, reports); err != nil {
+			rs, err := records.ready(ctx, wctx, c.cli)
+			if err != nil {
 				return err
 			}
-			return c.collect(ctx, leader, nodes)
+			ns, err := nodeKeys.ready(ctx, wctx, c.cli)
+			if err != nil {
+				return err
+			}
+			ss, err := reports.ready(ctx, wctx, c.cli)
+			if err != nil {
+				return err
+			}
+			if err := c.stepAll(ctx, leader, rebased, rs, ns.live, ss); err != nil {
+				return err
+			}
+			return c.collect(ctx, leader, ns)
 		}()
 		c.mu.Lock()
 		c.stats.Steps++
@@ -317,7 +294,7 @@ func (c *Controller) stepAll(ctx context.Context, leader clientv3.Cmp, rebased m
 		}
 		name := r.GetPlugin()
 		due[name] = true
-		statuses, selector, err := reports.of(ctx, c.cli, name)
+		statuses, selector, err := reports.of(ctx, c.cli, name, live)
 		if err != nil {
 			return err
 		}

@@ -8,12 +8,18 @@
 // values protobuf-encoded messages of plugincontrol.v1 (buf breaking guards
 // their field numbers, TestRecordEncoding their bytes):
 //
-//	P/schema                   "1": the layout version of these keys
+//	P/schema                   the layout of these keys: "2" (SchemaVersion)
+//	                           for a fleet this plugind started, "1" for an
+//	                           older one; both are read and written
 //	P/plugins/NAME             FleetPlugin: the desired spec and selector
 //	P/nodes/NODE               FleetNode, under the node's lease
-//	P/status/NAME/NODE         FleetPluginStatus, under the node's lease (by
-//	                           plugin first: the controller reads one
-//	                           plugin's reports at a time)
+//	P/reports/NODE/NAME        FleetPluginStatus, under the node's lease
+//	                           (layout 2; layout 1 keeps them by plugin, at
+//	                           P/status/NAME/NODE). By node first: all a
+//	                           node writes is under P/nodes/NODE,
+//	                           P/reports/NODE/, P/managed/NODE/ and
+//	                           P/detached/NODE/, so an etcd role can confine
+//	                           it to its own keys
 //	P/targets/NODE/NAME        FleetTarget: during a rollout, the spec this
 //	                           node must run instead of the plugin's (and
 //	                           its bake); written by the controller

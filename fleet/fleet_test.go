@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"encoding/hex"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -263,8 +264,17 @@ func TestRecordEncoding(t *testing.T) {
 			t.Errorf("%s: %s\nwant %s", tt.name, tt.got, tt.want)
 		}
 	}
-	if SchemaVersion != "1" {
-		t.Errorf("SchemaVersion %q: a new layout needs a migration", SchemaVersion)
+	if SchemaVersion != "2" || !slices.Equal(layouts, []string{"1", "2"}) {
+		t.Errorf("SchemaVersion %q, layouts %v: a new layout needs its reader here first", SchemaVersion, layouts)
+	}
+	k := newKeys("/p")
+	for _, tt := range []struct{ layout, key string }{{"1", "/p/status/greet/n1"}, {"2", "/p/reports/n1/greet"}} {
+		if got := k.reportKey(tt.layout, "n1", "greet"); got != tt.key {
+			t.Errorf("layout %s: report key %s, want %s", tt.layout, got, tt.key)
+		}
+		if node, name, ok := k.reportOf(tt.key); node != "n1" || name != "greet" || !ok {
+			t.Errorf("%s: node %q, plugin %q, %v", tt.key, node, name, ok)
+		}
 	}
 }
 

@@ -3,6 +3,8 @@ package fleet
 import (
 	"cmp"
 	"context"
+	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -13,6 +15,64 @@ import (
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
+
+// view is one of the leading controller's views of the fleet (rollouts,
+// nodesView, statusView): kept current by a watch.
+type view interface {
+	// watch follows the view's keys from the revision it is current to.
+	watch(ctx context.Context, cli *clientv3.Client) clientv3.WatchChan
+	// apply brings the view up to a watch response; an error means the
+	// watch is over.
+	apply(resp clientv3.WatchResponse, ok bool) error
+}
+
+// followed is a view the leader keeps: listed when a step first needs it,
+// then watched from the list's revision; a watch that ends drops it, to be
+// listed again at the next step, in the same leadership. Only the lead
+// goroutine uses it.
+type followed[V view] struct {
+	what    string
+	list    func(ctx context.Context) (V, error)
+	view    V                  // valid while changes is not nil
+	changes clientv3.WatchChan // nil: not listed (a receive blocks)
+	stop    context.CancelFunc // ends the watch
+}
+
+// ready returns the view, listing and watching it first when it is not;
+// wctx bounds the watch (the leadership).
+func (f *followed[V]) ready(ctx, wctx context.Context, cli *clientv3.Client) (V, error) {
+	if f.changes == nil {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		v, err := f.list(lctx)
+		if err != nil {
+			return v, fmt.Errorf("listing %s: %w", f.what, err)
+		}
+		var fctx context.Context
+		fctx, f.stop = context.WithCancel(wctx)
+		f.view, f.changes = v, v.watch(clientv3.WithRequireLeader(fctx), cli)
+	}
+	return f.view, nil
+}
+
+// changed applies a response of the view's watch. A watch that ended drops
+// the view, and the error says so.
+func (f *followed[V]) changed(resp clientv3.WatchResponse, ok bool) error {
+	if err := f.view.apply(resp, ok); err != nil {
+		f.close()
+		return fmt.Errorf("the watch of %s ended (listing them again): %w", f.what, err)
+	}
+	return nil
+}
+
+// close ends the watch and drops the view.
+func (f *followed[V]) close() {
+	if f.stop != nil {
+		f.stop()
+	}
+	var none V
+	f.view, f.changes, f.stop = none, nil, nil
+}
 
 // rollouts is the leading controller's view of P/rollouts/, in the shape
 // of a Kubernetes informer: one list, then a watch from the list's
@@ -29,6 +89,7 @@ import (
 //
 // Only the lead goroutine uses it: no lock.
 type rollouts struct {
+	k    keys
 	due  map[string]cachedRollout // by key: the records a step has work in
 	seen map[string]int64         // by key: the last revision of every record (ended ones too)
 	rev  int64                    // the revision the view is current to
@@ -48,7 +109,7 @@ func listRollouts(ctx context.Context, cli *clientv3.Client, k keys) (*rollouts,
 	if err != nil {
 		return nil, err
 	}
-	v := &rollouts{due: map[string]cachedRollout{}, seen: map[string]int64{}, rev: resp.Header.GetRevision()}
+	v := &rollouts{k: k, due: map[string]cachedRollout{}, seen: map[string]int64{}, rev: resp.Header.GetRevision()}
 	for _, kv := range resp.Kvs {
 		v.put(string(kv.Key), kv.Value, kv.ModRevision)
 	}
@@ -56,8 +117,8 @@ func listRollouts(ctx context.Context, cli *clientv3.Client, k keys) (*rollouts,
 }
 
 // watch follows the records from the view's revision on.
-func (v *rollouts) watch(ctx context.Context, cli *clientv3.Client, k keys) clientv3.WatchChan {
-	return cli.Watch(ctx, k.rollouts(), clientv3.WithPrefix(), clientv3.WithRev(v.rev+1))
+func (v *rollouts) watch(ctx context.Context, cli *clientv3.Client) clientv3.WatchChan {
+	return cli.Watch(ctx, v.k.rollouts(), clientv3.WithPrefix(), clientv3.WithRev(v.rev+1))
 }
 
 // apply brings the view up to a watch response; an error means the watch
@@ -140,6 +201,7 @@ type keyedRollout struct {
 //
 // Only the lead goroutine uses it: no lock.
 type nodesView struct {
+	k    keys
 	live map[string]bool
 	gone map[string]time.Time
 	rev  int64
@@ -157,7 +219,7 @@ func listNodes(ctx context.Context, cli *clientv3.Client, k keys, now time.Time)
 	if err != nil {
 		return nil, err
 	}
-	v := &nodesView{live: map[string]bool{}, gone: map[string]time.Time{}, rev: txn.Header.GetRevision()}
+	v := &nodesView{k: k, live: map[string]bool{}, gone: map[string]time.Time{}, rev: txn.Header.GetRevision()}
 	for _, kv := range txn.Responses[0].GetResponseRange().GetKvs() {
 		v.live[base(string(kv.Key))] = true
 	}
@@ -173,17 +235,19 @@ func listNodes(ctx context.Context, cli *clientv3.Client, k keys, now time.Time)
 }
 
 // watch follows the node keys from the view's revision on.
-func (v *nodesView) watch(ctx context.Context, cli *clientv3.Client, k keys) clientv3.WatchChan {
-	return cli.Watch(ctx, k.nodes(), clientv3.WithPrefix(), clientv3.WithRev(v.rev+1))
+func (v *nodesView) watch(ctx context.Context, cli *clientv3.Client) clientv3.WatchChan {
+	return cli.Watch(ctx, v.k.nodes(), clientv3.WithPrefix(), clientv3.WithRev(v.rev+1))
 }
 
-// apply brings the view up to a watch response received at now; an error
-// means the watch is over (list again).
-func (v *nodesView) apply(resp clientv3.WatchResponse, ok bool, now time.Time) error {
+// apply brings the view up to a watch response (received now: a node
+// that left is gone from now on); an error means the watch is over (list
+// again).
+func (v *nodesView) apply(resp clientv3.WatchResponse, ok bool) error {
 	evs, err := watchEvents(resp, ok, "node keys")
 	if err != nil {
 		return err
 	}
+	now := time.Now()
 	for _, ev := range evs {
 		node := base(string(ev.Kv.Key))
 		if ev.Type == clientv3.EventTypeDelete {
@@ -211,58 +275,98 @@ func (v *nodesView) departed(now time.Time, retention time.Duration) []string {
 }
 
 // statusView is the leading controller's view of the reports of the
-// plugins whose rollouts have work (P/status/NAME/), with each plugin's
-// selector: a plugin is listed when its rollout first needs it and dropped
-// when the rollout no longer has work; one watch of P/status/, from the
-// leadership's start, keeps the listed ones current. A step reads nothing
-// from etcd.
+// plugins whose rollouts have work, with each plugin's selector: a plugin
+// is listed when its rollout first needs it and dropped when the rollout
+// no longer has work; one watch of every report, from the leadership's
+// start, keeps the listed ones current. A step reads nothing from etcd.
+//
+// Reports are where the fleet's layout puts them (SchemaVersion): by
+// plugin (layout 1: one plugin's are one range) or by node (layout 2: one
+// plugin's are read key by key, one per live node, in transactions of
+// maxTxnOps).
 //
 // The watch may deliver, after a plugin's list, events the list already
 // holds (the watch runs from before it): each key's revision tells them
 // apart. Only the lead goroutine uses it: no lock.
 type statusView struct {
 	k        keys
+	layout   string                                      // P/schema as of the view's start
 	rev      int64                                       // the watch starts after it
 	reports  map[string]map[string]*pb.FleetPluginStatus // by plugin, then NODE/PLUGIN (what step reads)
 	selector map[string]map[string]string                // by plugin
-	seen     map[string]int64                            // by status key: its last revision
+	seen     map[string]int64                            // by report key: its last revision
 }
 
-func newStatusView(k keys, rev int64) *statusView {
-	return &statusView{k: k, rev: rev, reports: map[string]map[string]*pb.FleetPluginStatus{},
+func newStatusView(k keys, layout string, rev int64) *statusView {
+	return &statusView{k: k, layout: layout, rev: rev, reports: map[string]map[string]*pb.FleetPluginStatus{},
 		selector: map[string]map[string]string{}, seen: map[string]int64{}}
 }
 
-// watch follows every plugin's reports from the view's revision on.
+// prefix is where the layout keeps the reports (of plugin, when it keeps
+// them by plugin and plugin is set).
+func (v *statusView) prefix(plugin string) string {
+	if v.layout == "1" {
+		if plugin != "" {
+			return v.k.statusesOf(plugin)
+		}
+		return v.k.statuses()
+	}
+	return v.k.reports()
+}
+
+// watch follows every plugin's reports, and P/schema, from the view's
+// revision on: one key range holds both (layout 1: [P/schema,
+// P/status/...]; layout 2: [P/reports/, P/schema], the rollout records
+// between, which apply skips). A schema that changes (an older plugind's
+// Apply writes "1") ends the watch: the view is listed again in the new
+// layout.
 func (v *statusView) watch(ctx context.Context, cli *clientv3.Client) clientv3.WatchChan {
-	return cli.Watch(ctx, v.k.statuses(), clientv3.WithPrefix(), clientv3.WithRev(v.rev+1))
+	if v.layout == "1" {
+		return cli.Watch(ctx, v.k.schema(), clientv3.WithRange(clientv3.GetPrefixRangeEnd(v.k.statuses())), clientv3.WithRev(v.rev+1))
+	}
+	return cli.Watch(ctx, v.k.reports(), clientv3.WithRange(v.k.schema()+"\x00"), clientv3.WithRev(v.rev+1))
 }
 
 // of returns plugin's reports and selector, listing them first when the
-// view does not hold them yet.
-func (v *statusView) of(ctx context.Context, cli *clientv3.Client, plugin string) (map[string]*pb.FleetPluginStatus, map[string]string, error) {
+// view does not hold them yet (the reports of the live nodes; the others
+// report when they are back, and the watch brings it).
+func (v *statusView) of(ctx context.Context, cli *clientv3.Client, plugin string, live map[string]bool) (map[string]*pb.FleetPluginStatus, map[string]string, error) {
 	if r, ok := v.reports[plugin]; ok {
 		return r, v.selector[plugin], nil
 	}
-	txn, err := cli.Txn(ctx).Then(
-		clientv3.OpGet(v.k.statusesOf(plugin), clientv3.WithPrefix()),
-		clientv3.OpGet(v.k.plugin(plugin)),
-	).Commit()
-	if err != nil {
-		return nil, nil, err
-	}
-	r := map[string]*pb.FleetPluginStatus{}
-	v.reports[plugin] = r
-	for _, kv := range txn.Responses[0].GetResponseRange().GetKvs() {
-		v.put(plugin, kv)
-	}
-	if kvs := txn.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
-		if p, err := decodePlugin(kvs[0]); err == nil {
-			// Fixed while the rollout holds the plugin: Apply waits for it.
-			v.selector[plugin] = p.GetSelector()
+	gets := []clientv3.Op{clientv3.OpGet(v.k.plugin(plugin))}
+	if v.layout == "1" {
+		gets = append(gets, clientv3.OpGet(v.prefix(plugin), clientv3.WithPrefix()))
+	} else {
+		for _, node := range slices.Sorted(maps.Keys(live)) {
+			gets = append(gets, clientv3.OpGet(v.k.report(node, plugin)))
 		}
 	}
-	return r, v.selector[plugin], nil
+	var kvs []*mvccpb.KeyValue
+	for len(gets) > 0 {
+		n := min(len(gets), maxTxnOps)
+		txn, err := cli.Txn(ctx).Then(gets[:n]...).Commit()
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, r := range txn.Responses {
+			kvs = append(kvs, r.GetResponseRange().GetKvs()...)
+		}
+		gets = gets[n:]
+	}
+	v.reports[plugin] = map[string]*pb.FleetPluginStatus{}
+	for _, kv := range kvs {
+		if string(kv.Key) == v.k.plugin(plugin) {
+			if p, err := decodePlugin(kv); err == nil {
+				// Fixed while the rollout holds the plugin: Apply waits
+				// for it.
+				v.selector[plugin] = p.GetSelector()
+			}
+			continue
+		}
+		v.put(plugin, kv)
+	}
+	return v.reports[plugin], v.selector[plugin], nil
 }
 
 // keep drops the plugins not in due (their rollouts have no work left).
@@ -271,12 +375,11 @@ func (v *statusView) keep(due map[string]bool) {
 		if !due[plugin] {
 			delete(v.reports, plugin)
 			delete(v.selector, plugin)
-			prefix := v.k.statusesOf(plugin)
-			for key := range v.seen {
-				if strings.HasPrefix(key, prefix) {
-					delete(v.seen, key)
-				}
-			}
+		}
+	}
+	for key := range v.seen {
+		if _, plugin, _ := v.k.reportOf(key); !due[plugin] {
+			delete(v.seen, key)
 		}
 	}
 }
@@ -289,15 +392,18 @@ func (v *statusView) apply(resp clientv3.WatchResponse, ok bool) error {
 		return err
 	}
 	for _, ev := range evs {
-		plugin, _, _ := strings.Cut(strings.TrimPrefix(string(ev.Kv.Key), v.k.statuses()), "/")
-		if _, listed := v.reports[plugin]; !listed {
+		key := string(ev.Kv.Key)
+		if key == v.k.schema() {
+			return fmt.Errorf("the fleet's schema key changed (it was %q)", v.layout)
+		}
+		node, plugin, ok := v.k.reportOf(key)
+		if _, listed := v.reports[plugin]; !ok || !listed {
 			continue
 		}
 		if ev.Type == clientv3.EventTypeDelete {
-			key := string(ev.Kv.Key)
 			if v.seen[key] < ev.Kv.ModRevision {
 				v.seen[key] = ev.Kv.ModRevision
-				delete(v.reports[plugin], base(key)+"/"+plugin)
+				delete(v.reports[plugin], node+"/"+plugin)
 			}
 			continue
 		}
@@ -307,16 +413,18 @@ func (v *statusView) apply(resp clientv3.WatchResponse, ok bool) error {
 	return nil
 }
 
-// put records a report of plugin unless the view holds it at a later
-// revision.
+// put records a report of plugin (kv, from a list or the watch) unless
+// the view holds that key at a later revision; another plugin's (a list
+// of every node's reports) is skipped.
 func (v *statusView) put(plugin string, kv *mvccpb.KeyValue) {
 	key := string(kv.Key)
-	if v.seen[key] >= kv.ModRevision {
+	node, of, ok := v.k.reportOf(key)
+	if !ok || of != plugin || v.seen[key] >= kv.ModRevision {
 		return
 	}
 	v.seen[key] = kv.ModRevision
 	st := &pb.FleetPluginStatus{}
 	if decode(key, kv.Value, st) == nil {
-		v.reports[plugin][base(key)+"/"+plugin] = st // P/status/PLUGIN/NODE
+		v.reports[plugin][node+"/"+plugin] = st
 	}
 }

@@ -89,7 +89,7 @@ func TestRolloutView(t *testing.T) {
 	}
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
-	changes := v.watch(wctx, cli, k)
+	changes := v.watch(wctx, cli)
 	next := func() {
 		t.Helper()
 		select {
@@ -136,12 +136,12 @@ func TestRolloutView(t *testing.T) {
 	}
 
 	// A watch from a compacted revision ends with ErrCompacted.
-	stale := &rollouts{due: map[string]cachedRollout{}, seen: map[string]int64{}, rev: v.rev - 3}
+	stale := &rollouts{k: k, due: map[string]cachedRollout{}, seen: map[string]int64{}, rev: v.rev - 3}
 	last := put(k.rollout("g"), rolloutIn("g", pb.RolloutState_ROLLOUT_STATE_RUNNING))
 	if _, err := cli.Compact(ctx, last); err != nil {
 		t.Fatal(err)
 	}
-	resp, ok := <-stale.watch(wctx, cli, k)
+	resp, ok := <-stale.watch(wctx, cli)
 	if err := stale.apply(resp, ok); !errors.Is(err, rpctypes.ErrCompacted) {
 		t.Fatalf("a watch from a compacted revision: %v, want ErrCompacted", err)
 	}
@@ -154,15 +154,14 @@ func TestRolloutView(t *testing.T) {
 func TestIdleControllerReadsNothing(t *testing.T) {
 	const prefix = "/idle"
 	k := newKeys(prefix)
-	var reads, reportReads atomic.Int64 // of P/rollouts/ and P/status/ by the controller's client
+	var reads, reportReads atomic.Int64 // of P/rollouts/ and P/reports/ by the controller's client
 	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		// A call that reads any of those counts once.
+		var rollouts, reports bool
 		counted := func(r *pbetcd.RangeRequest) {
-			switch key := string(r.GetKey()); {
-			case strings.HasPrefix(key, k.rollouts()):
-				reads.Add(1)
-			case strings.HasPrefix(key, k.statuses()):
-				reportReads.Add(1)
-			}
+			key := string(r.GetKey())
+			rollouts = rollouts || strings.HasPrefix(key, k.rollouts())
+			reports = reports || strings.HasPrefix(key, k.reports())
 		}
 		switch r := req.(type) {
 		case *pbetcd.RangeRequest:
@@ -173,6 +172,12 @@ func TestIdleControllerReadsNothing(t *testing.T) {
 					counted(rr)
 				}
 			}
+		}
+		if rollouts {
+			reads.Add(1)
+		}
+		if reports {
+			reportReads.Add(1)
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
@@ -192,7 +197,7 @@ func TestIdleControllerReadsNothing(t *testing.T) {
 	}
 	var counters fleetsim.Counters
 	nctx, stopNodes := context.WithCancel(ctx)
-	group, err := fleetsim.Nodes(nctx, 3, func() (*clientv3.Client, error) { return newClient(nil), nil }, prefix, "greet", spec.Digest(from), &counters)
+	group, err := fleetsim.Nodes(nctx, 3, func() (*clientv3.Client, error) { return newClient(nil), nil }, prefix, SchemaVersion, "greet", spec.Digest(from), &counters)
 	defer func() { stopNodes(); group.Wait() }()
 	if err != nil {
 		t.Fatal(err)
@@ -250,15 +255,22 @@ func TestIdleControllerReadsNothing(t *testing.T) {
 
 // TestStatusView: a plugin's reports are listed when first asked for,
 // then kept by the watch (which started before the list: what the list
-// already holds is not set back), and dropped with the rollout's work.
+// already holds is not set back), and dropped with the rollout's work; in
+// both key layouts.
 func TestStatusView(t *testing.T) {
 	cli := etcdFor(t)(nil)
+	for _, layout := range layouts {
+		t.Run("layout "+layout, func(t *testing.T) { testStatusView(t, cli, layout) })
+	}
+}
+
+func testStatusView(t *testing.T, cli *clientv3.Client, layout string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	k := newKeys("/reports")
+	k := newKeys("/reports" + layout)
 	report := func(node, plugin, digest string) int64 {
 		t.Helper()
-		resp, err := cli.Put(ctx, k.status(node, plugin), encode(&pb.FleetPluginStatus{Node: node, Plugin: plugin, SpecDigest: digest}))
+		resp, err := cli.Put(ctx, k.reportKey(layout, node, plugin), encode(&pb.FleetPluginStatus{Node: node, Plugin: plugin, SpecDigest: digest}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -268,7 +280,7 @@ func TestStatusView(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := newStatusView(k, start.Header.GetRevision())
+	v := newStatusView(k, layout, start.Header.GetRevision())
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
 	changes := v.watch(wctx, cli)
@@ -278,7 +290,7 @@ func TestStatusView(t *testing.T) {
 	if _, err := cli.Put(ctx, k.plugin("greet"), encode(&pb.FleetPlugin{Selector: map[string]string{"role": "web"}})); err != nil {
 		t.Fatal(err)
 	}
-	got, selector, err := v.of(ctx, cli, "greet")
+	got, selector, err := v.of(ctx, cli, "greet", map[string]bool{"n1": true, "n2": true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +319,7 @@ func TestStatusView(t *testing.T) {
 		t.Fatal("a plugin nobody asked for is in the view")
 	}
 	report("n2", "greet", "new")
-	del, err := cli.Delete(ctx, k.status("n1", "greet"))
+	del, err := cli.Delete(ctx, k.reportKey(layout, "n1", "greet"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,8 +16,30 @@ import (
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 )
 
-// SchemaVersion is the layout version of the keys, stored at P/schema.
-const SchemaVersion = "1"
+// SchemaVersion is the layout of the keys a new fleet gets, stored at
+// P/schema by its first Apply (an existing fleet keeps its own). This
+// plugind reads and writes both layouts; they differ only in where a node
+// reports:
+//
+//	layout "1"  P/status/NAME/NODE   plugin first
+//	layout "2"  P/reports/NODE/NAME  node first: everything a node writes
+//	                                 is under P/nodes/NODE, P/reports/NODE/,
+//	                                 P/managed/NODE/ and P/detached/NODE/, so
+//	                                 an etcd role can confine a node to its
+//	                                 own keys (README: Access to etcd)
+const SchemaVersion = "2"
+
+// layouts are the values of P/schema this plugind knows.
+var layouts = []string{"1", "2"}
+
+// layoutOf is the layout that the schema key kvs (none, or the key) names:
+// SchemaVersion when it is absent (a new fleet).
+func layoutOf(kvs []*mvccpb.KeyValue) string {
+	if len(kvs) == 0 {
+		return SchemaVersion
+	}
+	return string(kvs[0].Value)
+}
 
 // DefaultPrefix is the default key prefix.
 const DefaultPrefix = "/plugincontrol"
@@ -35,6 +57,8 @@ func (k keys) node(node string) string           { return k.nodes() + node }
 func (k keys) statuses() string                  { return k.prefix + "/status/" }
 func (k keys) statusesOf(name string) string     { return k.statuses() + name + "/" }
 func (k keys) status(node, name string) string   { return k.statusesOf(name) + node }
+func (k keys) reports() string                   { return k.prefix + "/reports/" }
+func (k keys) report(node, name string) string   { return k.reports() + node + "/" + name }
 func (k keys) managedOf(node string) string      { return k.prefix + "/managed/" + node + "/" }
 func (k keys) managed(node, name string) string  { return k.managedOf(node) + name }
 func (k keys) targetsOf(node string) string      { return k.prefix + "/targets/" + node + "/" }
@@ -44,6 +68,27 @@ func (k keys) rollout(name string) string        { return k.rollouts() + name }
 func (k keys) election() string                  { return k.prefix + "/election" }
 func (k keys) detachedOf(node string) string     { return k.prefix + "/detached/" + node + "/" }
 func (k keys) detached(node, name string) string { return k.detachedOf(node) + name }
+
+// reportKey is where node reports on plugin name in layout.
+func (k keys) reportKey(layout, node, name string) string {
+	if layout == "1" {
+		return k.status(node, name)
+	}
+	return k.report(node, name)
+}
+
+// reportOf parses a report's key of either layout.
+func (k keys) reportOf(key string) (node, name string, ok bool) {
+	if rest, ok1 := strings.CutPrefix(key, k.statuses()); ok1 {
+		name, node, ok = strings.Cut(rest, "/")
+		return node, name, ok
+	}
+	if rest, ok1 := strings.CutPrefix(key, k.reports()); ok1 {
+		node, name, ok = strings.Cut(rest, "/")
+		return node, name, ok
+	}
+	return "", "", false
+}
 
 // base is the last element of a key.
 func base(key string) string { return path.Base(key) }

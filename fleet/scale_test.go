@@ -62,7 +62,7 @@ func TestRolloutBeyondOneTransaction(t *testing.T) {
 	from := &pb.PluginSpec{Name: "greet", Binary: "echo", Env: map[string]string{"VERSION": "1"}}
 	var counters fleetsim.Counters
 	nctx, stopNodes := context.WithCancel(ctx)
-	group, err := fleetsim.Nodes(nctx, nodes, func() (*clientv3.Client, error) { return newClient(), nil }, prefix, "greet", spec.Digest(from), &counters)
+	group, err := fleetsim.Nodes(nctx, nodes, func() (*clientv3.Client, error) { return newClient(), nil }, prefix, fleet.SchemaVersion, "greet", spec.Digest(from), &counters)
 	defer func() { stopNodes(); group.Wait() }()
 	if err != nil {
 		t.Fatal(err)

@@ -64,10 +64,12 @@ func (s *Store) Status(ctx context.Context, name string) (*pb.FleetStatusRespons
 	}
 	txn, err := s.cli.Txn(ctx).Then(
 		clientv3.OpGet(pluginKey, pluginOpts...),
-		clientv3.OpGet(statusKey, clientv3.WithPrefix()),
+		clientv3.OpGet(statusKey, clientv3.WithPrefix()), // layout 1
 		clientv3.OpGet(s.keys.nodes(), clientv3.WithPrefix()),
 		// The election's leader: its oldest key (concurrency.Election).
 		clientv3.OpGet(s.keys.election()+"/", clientv3.WithFirstCreate()...),
+		// Layout 2 keeps reports by node: one plugin's are among all.
+		clientv3.OpGet(s.keys.reports(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return nil, err
@@ -86,7 +88,8 @@ func (s *Store) Status(ctx context.Context, name string) (*pb.FleetStatusRespons
 	if name != "" && len(out.Plugins) == 0 {
 		return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
-	for _, kv := range txn.Responses[1].GetResponseRange().GetKvs() {
+	reports := slices.Concat(txn.Responses[1].GetResponseRange().GetKvs(), txn.Responses[4].GetResponseRange().GetKvs())
+	for _, kv := range reports {
 		st := &pb.FleetPluginStatus{}
 		if err := decode(string(kv.Key), kv.Value, st); err != nil {
 			return nil, err
@@ -135,7 +138,10 @@ func (s *Store) Apply(ctx context.Context, p *pb.FleetPlugin, allowUnpinned bool
 	}
 	stored := &pb.FleetPlugin{Spec: want, Selector: p.GetSelector(), SpecDigest: spec.Digest(want)}
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.keys.rollout(want.GetName())), "=", rev)).Then(
-		clientv3.OpPut(s.keys.schema(), SchemaVersion),
+		// A new fleet gets this plugind's layout; an existing one keeps
+		// its own.
+		clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(s.keys.schema()), "=", 0)},
+			[]clientv3.Op{clientv3.OpPut(s.keys.schema(), SchemaVersion)}, nil),
 		clientv3.OpPut(s.keys.plugin(want.GetName()), encode(stored)),
 	).Commit()
 	if err != nil {

@@ -36,8 +36,8 @@ func (s *Store) recordOf(kv *mvccpb.KeyValue, plugin string) (ev *pb.FleetEvent,
 		m := &pb.FleetPlugin{}
 		err, ev.Record = decode(key, value, m), &pb.FleetEvent_Plugin{Plugin: m}
 		m.Revision = uint64(kv.ModRevision)
-	case "status":
-		name, _, _ = strings.Cut(rest, "/")
+	case "status", "reports": // layout 1, 2
+		_, name, _ = s.keys.reportOf(key)
 		m := &pb.FleetPluginStatus{}
 		err, ev.Record = decode(key, value, m), &pb.FleetEvent_Status{Status: m}
 	case "rollouts":

@@ -27,10 +27,11 @@ type Counters struct {
 }
 
 // Node starts a simulated node: it registers node under a lease of cli
-// (which it closes when ctx ends), reports plugin at digest as SERVING,
-// and returns once both are written; then it follows its targets until
-// ctx ends. done is closed when it has stopped.
-func Node(ctx context.Context, cli *clientv3.Client, prefix, node, plugin, digest string, c *Counters) (done <-chan struct{}, err error) {
+// (which it closes when ctx ends), reports plugin at digest as SERVING
+// where the fleet's key layout puts reports ("1": P/status/PLUGIN/NODE,
+// "2": P/reports/NODE/PLUGIN), and returns once both are written; then it
+// follows its targets until ctx ends. done is closed when it has stopped.
+func Node(ctx context.Context, cli *clientv3.Client, prefix, layout, node, plugin, digest string, c *Counters) (done <-chan struct{}, err error) {
 	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(10), concurrency.WithContext(ctx))
 	if err != nil {
 		cli.Close()
@@ -50,7 +51,11 @@ func Node(ctx context.Context, cli *clientv3.Client, prefix, node, plugin, diges
 	}
 	status := func(gen uint64, d string) error {
 		c.StatusWrites.Add(1)
-		return put(prefix+"/status/"+plugin+"/"+node, &pb.FleetPluginStatus{Node: node, Plugin: plugin, Generation: gen, State: pb.PluginState_PLUGIN_STATE_SERVING, SpecDigest: d})
+		key := prefix + "/reports/" + node + "/" + plugin
+		if layout == "1" {
+			key = prefix + "/status/" + plugin + "/" + node
+		}
+		return put(key, &pb.FleetPluginStatus{Node: node, Plugin: plugin, Generation: gen, State: pb.PluginState_PLUGIN_STATE_SERVING, SpecDigest: d})
 	}
 	if err := put(prefix+"/nodes/"+node, &pb.FleetNode{Name: node}); err != nil {
 		sess.Close()
@@ -99,14 +104,14 @@ func (g Group) Wait() {
 // Nodes starts n simulated nodes named n000, n001, ..., each with a client
 // of its own from newClient; on an error the nodes started so far are in
 // the Group (end ctx and Wait).
-func Nodes(ctx context.Context, n int, newClient func() (*clientv3.Client, error), prefix, plugin, digest string, c *Counters) (Group, error) {
+func Nodes(ctx context.Context, n int, newClient func() (*clientv3.Client, error), prefix, layout, plugin, digest string, c *Counters) (Group, error) {
 	var g Group
 	for i := range n {
 		cli, err := newClient()
 		if err != nil {
 			return g, err
 		}
-		done, err := Node(ctx, cli, prefix, fmt.Sprintf("n%03d", i), plugin, digest, c)
+		done, err := Node(ctx, cli, prefix, layout, fmt.Sprintf("n%03d", i), plugin, digest, c)
 		if err != nil {
 			return g, err
 		}

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -302,4 +304,114 @@ func TestAnotherEtcdFences(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestNodeRole: in a fleet of key layout 2, a node whose etcd user has
+// only the role README gives (read the prefix, write its own keys) joins,
+// runs and reports the fleet's plugin and follows a rollout; with its
+// login, another node's report, the fleet's plugins and its rollouts
+// cannot be written.
+func TestNodeRole(t *testing.T) {
+	etcd := startEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	root, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	const p = "/plugincontrol"
+	grant := func(role, key string, prefix bool, perm clientv3.PermissionType) func() error {
+		end := ""
+		if prefix {
+			end = clientv3.GetPrefixRangeEnd(key)
+		}
+		return func() error { _, err := root.RoleGrantPermission(ctx, role, key, end, perm); return err }
+	}
+	steps := []func() error{
+		// The operator's node (it leads): the whole prefix.
+		func() error { _, err := root.RoleAdd(ctx, "fleet-admin"); return err },
+		grant("fleet-admin", p+"/", true, clientv3.PermissionType(clientv3.PermReadWrite)),
+		func() error { _, err := root.UserAdd(ctx, "ctl", "pw-of-ctl"); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "ctl", "fleet-admin"); return err },
+		// n1: README's role.
+		func() error { _, err := root.RoleAdd(ctx, "n1"); return err },
+		grant("n1", p+"/", true, clientv3.PermissionType(clientv3.PermRead)),
+		grant("n1", p+"/nodes/n1", false, clientv3.PermissionType(clientv3.PermReadWrite)),
+		grant("n1", p+"/reports/n1/", true, clientv3.PermissionType(clientv3.PermReadWrite)),
+		grant("n1", p+"/managed/n1/", true, clientv3.PermissionType(clientv3.PermReadWrite)),
+		grant("n1", p+"/detached/n1/", true, clientv3.PermissionType(clientv3.PermReadWrite)),
+		func() error { _, err := root.UserAdd(ctx, "n1", "pw-of-n1"); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "n1", "n1"); return err },
+		func() error { _, err := root.UserAdd(ctx, "root", "pw-of-root"); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := root.AuthEnable(ctx); return err },
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("setting up etcd auth: %v", err)
+		}
+	}
+	dir := t.TempDir()
+	start := func(name, user, pw string, more ...string) *node {
+		pwf := filepath.Join(dir, name)
+		if err := os.WriteFile(pwf, []byte(pw+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args := append([]string{"--fleet-etcd", etcd.endpoint(), "--node-name", name, "--fleet-lease-ttl", "2s",
+			"--fleet-etcd-user", user, "--fleet-etcd-password-file", pwf}, more...)
+		return dialNode(t, name, testbin.StartDaemon(t, testbin.DaemonOptions{Bin: bins, Args: args}))
+	}
+	ctl := start("ctl", "ctl", "pw-of-ctl")
+	n1 := start("n1", "n1", "pw-of-n1", "--fleet-controller=false")
+	eventually(t, 20*time.Second, "both nodes registered", func() error { return hasNodes(ctx, ctl, "ctl", "n1") })
+
+	pin := sha256Of(t, filepath.Join(bins, "plugins", "echo"))
+	greet := func(v string) *pb.PluginSpec {
+		return &pb.PluginSpec{Name: "greet", Binary: "echo", Sha256: pin, Env: map[string]string{"VERSION": v}}
+	}
+	if _, err := ctl.c.ApplyFleetPlugin(ctx, &pb.FleetPlugin{Spec: greet("1")}, false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "n1 runs greet and reports it", func() error {
+		if err := runs(ctx, n1, "greet", "1", 0); err != nil {
+			return err
+		}
+		st, err := ctl.c.FleetStatus(ctx, "greet")
+		if err != nil {
+			return err
+		}
+		for _, s := range st.GetStatuses() {
+			if s.GetNode() == "n1" && s.GetState() == pb.PluginState_PLUGIN_STATE_SERVING {
+				return nil
+			}
+		}
+		return fmt.Errorf("reports %v", st.GetStatuses())
+	})
+	f := ctl.c.Fleet()
+	if _, err := f.StartRollout(ctx, &pb.StartRolloutRequest{Spec: greet("2"), Strategy: &pb.RolloutStrategy{Canary: 1, Bake: durationpb.New(0)}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := follow(ctx, t, f, "greet", 60*time.Second, nil); r.GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		t.Fatalf("rollout: %s %s (%s)", r.GetState(), r.GetReason(), nodeStates(r))
+	}
+	eventually(t, 20*time.Second, "n1 runs greet 2", func() error { return runs(ctx, n1, "greet", "2", 0) })
+
+	// With n1's login: its own report's place, yes; anything else, no.
+	as, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Username: "n1", Password: "pw-of-n1", Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer as.Close()
+	if _, err := as.Put(ctx, p+"/reports/n1/scratch", "x"); err != nil {
+		t.Fatalf("n1 writing under its own reports: %v", err)
+	}
+	if _, err := as.Delete(ctx, p+"/reports/n1/scratch"); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{p + "/reports/ctl/greet", p + "/plugins/greet", p + "/rollouts/greet", p + "/targets/ctl/greet", p + "/managed/ctl/greet", p + "/nodes/ctl", p + "/schema"} {
+		if _, err := as.Put(ctx, key, "x"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("n1 writing %s: %v, want permission denied", key, err)
+		}
+	}
 }

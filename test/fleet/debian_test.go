@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
 )
@@ -107,6 +110,18 @@ func TestDebianEtcd(t *testing.T) {
 	if _, err := etcd.etcdctl("snapshot", "save", snap); err != nil {
 		t.Fatal(err)
 	}
+	// Writes elsewhere move etcd's revision on: the node sees a revision
+	// well past the snapshot's with greet 2.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("/elsewhere/%d", i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli.Close()
 	if _, err := n.c.ApplyFleetPlugin(ctx, greet("2"), true); err != nil {
 		t.Fatal(err)
 	}
@@ -137,6 +152,7 @@ func TestDebianEtcd(t *testing.T) {
 	if err := runs(ctx, n, "greet", "2", 2); err != nil {
 		t.Fatalf("a fenced node changed greet: %v", err)
 	}
+	adoptedAt := len(n.d.Stderr.String())
 	out, err := exec.Command(filepath.Join(bins, "pluginctl"), "--addr", n.d.Addr(), "fleet", "adopt").CombinedOutput()
 	if err != nil {
 		t.Fatalf("pluginctl fleet adopt: %v\n%s", err, out)
@@ -167,4 +183,11 @@ func TestDebianEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, "n follows the fleet again", func() error { return runs(ctx, n, "greet", "3", 4) })
+	// Adopted, the revisions of the etcd before are forgotten: the
+	// keep-alives of the restored one are not taken for a revision gone
+	// back again and again.
+	time.Sleep(2 * time.Second) // time is what is tested: the node checks each keep-alive answer, one every third of its 2s lease TTL; this lets several arrive
+	if after := n.d.Stderr.String()[adoptedAt:]; strings.Contains(after, "behind the") {
+		t.Fatalf("after the adopt, the node still checks the restored etcd's revision against the old one:\n%s", after)
+	}
 }
