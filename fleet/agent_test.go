@@ -127,10 +127,11 @@ type agentFixture struct {
 	prefix string
 }
 
-func startAgent(ctx context.Context, t *testing.T, failWatches int) *agentFixture {
+// newManager returns a real manager whose plugin directory holds the
+// echo plugin, built for the test, and a directory for the test's own
+// files.
+func newManager(ctx context.Context, t *testing.T) (*manager.Manager, string) {
 	t.Helper()
-	const prefix = "/agent"
-	newClient := startEtcd(t)
 	dir := t.TempDir()
 	build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, "plugins", "echo"), "./examples/plugins/echo")
 	build.Dir = testbin.Root()
@@ -142,6 +143,14 @@ func startAgent(ctx context.Context, t *testing.T, failWatches int) *agentFixtur
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close(context.Background()) })
+	return m, dir
+}
+
+func startAgent(ctx context.Context, t *testing.T, failWatches int) *agentFixture {
+	t.Helper()
+	const prefix = "/agent"
+	newClient := startEtcd(t)
+	m, _ := newManager(ctx, t)
 	admin := newClient()
 	t.Cleanup(func() { admin.Close() })
 	cli := newClient()

@@ -102,8 +102,8 @@ type cachedRollout struct {
 	rev int64
 }
 
-// list reads every record (once per leadership, and again after a watch
-// ends) and returns the view as of that read.
+// listRollouts reads every record (once per leadership, and again after
+// a watch ends) and returns the view as of that read.
 func listRollouts(ctx context.Context, cli *clientv3.Client, k keys) (*rollouts, error) {
 	resp, err := cli.Get(ctx, k.rollouts(), clientv3.WithPrefix())
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	pbetcd "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
@@ -20,30 +19,16 @@ import (
 	"github.com/plugincontrol/plugincontrol/spec"
 )
 
-// etcdFor starts an embedded etcd for t and returns a client factory; each
-// client's unary calls pass through icpt when it is not nil.
-func etcdFor(t *testing.T) func(icpt grpc.UnaryClientInterceptor) *clientv3.Client {
+// nextChange applies the next response of a view's watch to it.
+func nextChange(ctx context.Context, t *testing.T, v view, changes clientv3.WatchChan) {
 	t.Helper()
-	m, err := etcdtest.New("view", t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := m.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	return func(icpt grpc.UnaryClientInterceptor) *clientv3.Client {
-		cfg := clientv3.Config{Endpoints: []string{m.ClientURL.String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
-		if icpt != nil {
-			cfg.DialOptions = []grpc.DialOption{grpc.WithChainUnaryInterceptor(icpt)}
-		}
-		cli, err := clientv3.New(cfg)
-		if err != nil {
+	select {
+	case resp, ok := <-changes:
+		if err := v.apply(resp, ok); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { cli.Close() })
-		return cli
+	case <-ctx.Done():
+		t.Fatal("no watch event")
 	}
 }
 
@@ -56,7 +41,7 @@ func rolloutIn(name string, state pb.RolloutState) string {
 // back by the watch's copy of its own writes, and reports a watch that
 // ended (compacted past) so that the controller lists again.
 func TestRolloutView(t *testing.T) {
-	cli := etcdFor(t)(nil)
+	cli := etcdtest.Clients(t, "view")()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	k := newKeys("/view")
@@ -90,17 +75,7 @@ func TestRolloutView(t *testing.T) {
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
 	changes := v.watch(wctx, cli)
-	next := func() {
-		t.Helper()
-		select {
-		case resp, ok := <-changes:
-			if err := v.apply(resp, ok); err != nil {
-				t.Fatal(err)
-			}
-		case <-ctx.Done():
-			t.Fatal("no watch event")
-		}
-	}
+	next := func() { t.Helper(); nextChange(ctx, t, v, changes) }
 
 	put(k.rollout("b"), rolloutIn("b", pb.RolloutState_ROLLOUT_STATE_PAUSED)) // a new rollout of b
 	next()
@@ -181,8 +156,8 @@ func TestIdleControllerReadsNothing(t *testing.T) {
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	newClient := etcdFor(t)
-	cli := newClient(nil)
+	newClient := etcdtest.Clients(t, "view")
+	cli := newClient()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	store := NewStore(cli, prefix)
@@ -197,13 +172,13 @@ func TestIdleControllerReadsNothing(t *testing.T) {
 	}
 	var counters fleetsim.Counters
 	nctx, stopNodes := context.WithCancel(ctx)
-	group, err := fleetsim.Nodes(nctx, 3, func() (*clientv3.Client, error) { return newClient(nil), nil }, prefix, SchemaVersion, "greet", spec.Digest(from), &counters)
+	group, err := fleetsim.Nodes(nctx, 3, func() (*clientv3.Client, error) { return newClient(), nil }, prefix, SchemaVersion, "greet", spec.Digest(from), &counters)
 	defer func() { stopNodes(); group.Wait() }()
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	ctrl := NewController(ControllerConfig{Client: newClient(count), Prefix: prefix, Node: "ctl", StepInterval: 5 * time.Millisecond})
+	ctrl := NewController(ControllerConfig{Client: newClient(grpc.WithChainUnaryInterceptor(count)), Prefix: prefix, Node: "ctl", StepInterval: 5 * time.Millisecond})
 	cctx, stopCtrl := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = ctrl.Run(cctx) }()
@@ -258,7 +233,7 @@ func TestIdleControllerReadsNothing(t *testing.T) {
 // already holds is not set back), and dropped with the rollout's work; in
 // both key layouts.
 func TestStatusView(t *testing.T) {
-	cli := etcdFor(t)(nil)
+	cli := etcdtest.Clients(t, "view")()
 	for _, layout := range layouts {
 		t.Run("layout "+layout, func(t *testing.T) { testStatusView(t, cli, layout) })
 	}
@@ -298,17 +273,7 @@ func testStatusView(t *testing.T, cli *clientv3.Client, layout string) {
 		t.Fatalf("listed %v, selector %v", got, selector)
 	}
 	digest := func() string { return v.reports["greet"]["n1/greet"].GetSpecDigest() }
-	next := func() {
-		t.Helper()
-		select {
-		case resp, ok := <-changes:
-			if err := v.apply(resp, ok); err != nil {
-				t.Fatal(err)
-			}
-		case <-ctx.Done():
-			t.Fatal("no watch event")
-		}
-	}
+	next := func() { t.Helper(); nextChange(ctx, t, v, changes) }
 	for v.rev < last {
 		next()
 		if digest() != "new" {

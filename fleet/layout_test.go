@@ -51,19 +51,7 @@ func TestLayoutOne(t *testing.T) {
 	if _, err := store.StartRollout(ctx, to, &pb.RolloutStrategy{Canary: 1}, true); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		r, err := store.GetRollout(ctx, "greet")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.GetState() == pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
-			break
-		}
-		if ctx.Err() != nil || r.GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING {
-			t.Fatalf("rollout %s %s, want SUCCEEDED", r.GetState(), r.GetReason())
-		}
-		time.Sleep(10 * time.Millisecond) // polls the record: its progress has no other event here
-	}
+	waitRollout(ctx, t, store, "greet", pb.RolloutState_ROLLOUT_STATE_SUCCEEDED)
 	resp, err := cli.Get(ctx, prefix+"/schema")
 	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "1" {
 		t.Fatalf("the schema after Apply and a rollout: %v %v", resp.Kvs, err)

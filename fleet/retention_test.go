@@ -2,9 +2,7 @@ package fleet_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -13,8 +11,6 @@ import (
 
 	"github.com/plugincontrol/plugincontrol/fleet"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
-	"github.com/plugincontrol/plugincontrol/internal/testbin"
-	"github.com/plugincontrol/plugincontrol/manager"
 )
 
 // TestDepartedNodeKeys: the leader deletes the managed and detached keys
@@ -27,17 +23,7 @@ func TestDepartedNodeKeys(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	newClient := startEtcd(t)
-	dir := t.TempDir()
-	build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, "plugins", "echo"), "./examples/plugins/echo")
-	build.Dir = testbin.Root()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building echo: %v\n%s", err, out)
-	}
-	m, err := manager.New(manager.Config{PluginDir: filepath.Join(dir, "plugins"), SocketDir: filepath.Join(dir, "sock"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close(context.Background()) })
+	m, dir := newManager(ctx, t)
 	admin := newClient()
 	defer admin.Close()
 	store := fleet.NewStore(admin, prefix)

@@ -9,7 +9,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -33,22 +32,26 @@ func TestMain(m *testing.M) {
 // limit of 128 operations per transaction) and returns a client factory.
 func startEtcd(t *testing.T) func() *clientv3.Client {
 	t.Helper()
-	m, err := etcdtest.New("scale", t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := m.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	cu := m.ClientURL
-	return func() *clientv3.Client {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cu.String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	clients := etcdtest.Clients(t, "scale")
+	return func() *clientv3.Client { return clients() }
+}
+
+// waitRollout returns the rollout of name once it is in state, its cleanup
+// done; it fails at ctx's end.
+func waitRollout(ctx context.Context, t *testing.T, store *fleet.Store, name string, state pb.RolloutState) *pb.Rollout {
+	t.Helper()
+	for {
+		r, err := store.GetRollout(ctx, name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return cli
+		if r.GetState() == state && !r.GetCleanupPending() {
+			return r
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("rollout %s %s, want %s", r.GetState(), r.GetReason(), state)
+		}
+		time.Sleep(20 * time.Millisecond) // polls the store's read of the record: a rollout's progress has no event here but the record itself
 	}
 }
 
@@ -79,22 +82,7 @@ func TestRolloutBeyondOneTransaction(t *testing.T) {
 	go func() { defer close(ctrlDone); _ = ctrl.Run(cctx) }()
 	defer func() { stopCtrl(); <-ctrlDone }()
 
-	wait := func(state pb.RolloutState) *pb.Rollout {
-		t.Helper()
-		for {
-			r, err := store.GetRollout(ctx, "greet")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r.GetState() == state && !r.GetCleanupPending() {
-				return r
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("rollout %s %s, want %s", r.GetState(), r.GetReason(), state)
-			}
-			time.Sleep(20 * time.Millisecond) // polls the store's read of the record: a rollout's progress has no event here but the record itself
-		}
-	}
+	wait := func(state pb.RolloutState) *pb.Rollout { t.Helper(); return waitRollout(ctx, t, store, "greet", state) }
 	targets := func() int64 {
 		t.Helper()
 		resp, err := cli.Get(ctx, prefix+"/targets/", clientv3.WithPrefix(), clientv3.WithCountOnly())

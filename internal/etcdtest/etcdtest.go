@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"testing"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Member is one etcd member.
@@ -78,5 +81,28 @@ func (m *Member) Start() (*embed.Etcd, error) {
 	case <-time.After(time.Minute):
 		e.Close()
 		return nil, fmt.Errorf("etcd %s not ready within a minute", m.Name)
+	}
+}
+
+// Clients starts a member alone for t (closed when t ends) and returns a
+// factory of clients to it, each with opts and closed when t ends.
+func Clients(t testing.TB, name string) func(opts ...grpc.DialOption) *clientv3.Client {
+	t.Helper()
+	m, err := New(name, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := m.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return func(opts ...grpc.DialOption) *clientv3.Client {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.ClientURL.String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), DialOptions: opts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cli.Close() })
+		return cli
 	}
 }

@@ -50,15 +50,8 @@ func TestEtcdAuth(t *testing.T) {
 		},
 		func() error { _, err := root.UserAdd(ctx, "n1", "pw-of-n1"); return err },
 		func() error { _, err := root.UserGrantRole(ctx, "n1", "fleet-node"); return err },
-		func() error { _, err := root.UserAdd(ctx, "root", "pw-of-root"); return err },
-		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := root.AuthEnable(ctx); return err },
 	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			t.Fatalf("setting up etcd auth: %v", err)
-		}
-	}
+	enableAuth(ctx, t, root, steps...)
 	dir := t.TempDir()
 	pwFile := func(name, pw string) string {
 		p := filepath.Join(dir, name)
@@ -108,6 +101,22 @@ func TestEtcdAuth(t *testing.T) {
 	// The fleet's keys need the login: anonymous reads are refused.
 	if _, err := root.Get(ctx, prefix, clientv3.WithPrefix()); err == nil {
 		t.Fatal("an anonymous read of the fleet's keys passed with auth enabled")
+	}
+}
+
+// enableAuth runs the steps that set up roles and users on root (a client
+// of an etcd without auth), then adds the root user and enables auth.
+func enableAuth(ctx context.Context, t *testing.T, root *clientv3.Client, steps ...func() error) {
+	t.Helper()
+	steps = append(steps,
+		func() error { _, err := root.UserAdd(ctx, "root", "pw-of-root"); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := root.AuthEnable(ctx); return err },
+	)
+	for _, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("setting up etcd auth: %v", err)
+		}
 	}
 }
 
@@ -343,15 +352,8 @@ func TestNodeRole(t *testing.T) {
 		grant("n1", p+"/detached/n1/", true, clientv3.PermissionType(clientv3.PermReadWrite)),
 		func() error { _, err := root.UserAdd(ctx, "n1", "pw-of-n1"); return err },
 		func() error { _, err := root.UserGrantRole(ctx, "n1", "n1"); return err },
-		func() error { _, err := root.UserAdd(ctx, "root", "pw-of-root"); return err },
-		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := root.AuthEnable(ctx); return err },
 	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			t.Fatalf("setting up etcd auth: %v", err)
-		}
-	}
+	enableAuth(ctx, t, root, steps...)
 	dir := t.TempDir()
 	start := func(name, user, pw string, more ...string) *node {
 		pwf := filepath.Join(dir, name)
