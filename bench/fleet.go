@@ -100,7 +100,7 @@ func runFleet(e *env) ([]row, error) {
 	// Idle: what the leader reads with nothing to do. Time is what is
 	// measured here (a rate over a window).
 	idleBefore, idleSteps := load.snapshot(), ctrl.Stats().Steps
-	time.Sleep(idle)
+	time.Sleep(idle) // the idle window: time is what is measured
 	idleLoad, idleSteps := load.snapshot().minus(idleBefore), ctrl.Stats().Steps-idleSteps
 	full, err := cli.Get(ctx, prefix+"/rollouts/", clientv3.WithPrefix())
 	if err != nil {
