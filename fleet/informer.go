@@ -302,18 +302,6 @@ func newStatusView(k keys, layout string, rev int64) *statusView {
 		selector: map[string]map[string]string{}, seen: map[string]int64{}}
 }
 
-// prefix is where the layout keeps the reports (of plugin, when it keeps
-// them by plugin and plugin is set).
-func (v *statusView) prefix(plugin string) string {
-	if v.layout == "1" {
-		if plugin != "" {
-			return v.k.statusesOf(plugin)
-		}
-		return v.k.statuses()
-	}
-	return v.k.reports()
-}
-
 // watch follows every plugin's reports, and P/schema, from the view's
 // revision on: one key range holds both (layout 1: [P/schema,
 // P/status/...]; layout 2: [P/reports/, P/schema], the rollout records
@@ -336,7 +324,7 @@ func (v *statusView) of(ctx context.Context, cli *clientv3.Client, plugin string
 	}
 	gets := []clientv3.Op{clientv3.OpGet(v.k.plugin(plugin))}
 	if v.layout == "1" {
-		gets = append(gets, clientv3.OpGet(v.prefix(plugin), clientv3.WithPrefix()))
+		gets = append(gets, clientv3.OpGet(v.k.statusesOf(plugin), clientv3.WithPrefix()))
 	} else {
 		for _, node := range slices.Sorted(maps.Keys(live)) {
 			gets = append(gets, clientv3.OpGet(v.k.report(node, plugin)))

@@ -18,7 +18,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/plugincontrol/plugincontrol/client"
@@ -36,11 +35,7 @@ func TestEtcdAuth(t *testing.T) {
 	etcd := startEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	root, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
+	root := etcdClient(t, clientv3.Config{Endpoints: []string{etcd.endpoint()}})
 	const prefix = "/plugincontrol/"
 	steps := []func() error{
 		func() error { _, err := root.RoleAdd(ctx, "fleet-node"); return err },
@@ -324,11 +319,7 @@ func TestNodeRole(t *testing.T) {
 	etcd := startEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	root, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
+	root := etcdClient(t, clientv3.Config{Endpoints: []string{etcd.endpoint()}})
 	const p = "/plugincontrol"
 	grant := func(role, key string, prefix bool, perm clientv3.PermissionType) func() error {
 		end := ""
@@ -400,11 +391,7 @@ func TestNodeRole(t *testing.T) {
 	eventually(t, 20*time.Second, "n1 runs greet 2", func() error { return runs(ctx, n1, "greet", "2", 0) })
 
 	// With n1's login: its own report's place, yes; anything else, no.
-	as, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Username: "n1", Password: "pw-of-n1", Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer as.Close()
+	as := etcdClient(t, clientv3.Config{Endpoints: []string{etcd.endpoint()}, Username: "n1", Password: "pw-of-n1"})
 	if _, err := as.Put(ctx, p+"/reports/n1/scratch", "x"); err != nil {
 		t.Fatalf("n1 writing under its own reports: %v", err)
 	}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
@@ -112,10 +111,7 @@ func TestDebianEtcd(t *testing.T) {
 	}
 	// Writes elsewhere move etcd's revision on: the node sees a revision
 	// well past the snapshot's with greet 2.
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cli := etcdClient(t, clientv3.Config{Endpoints: []string{etcd.endpoint()}})
 	for i := range 50 {
 		if _, err := cli.Put(ctx, fmt.Sprintf("/elsewhere/%d", i), "x"); err != nil {
 			t.Fatal(err)

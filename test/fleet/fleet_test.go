@@ -126,6 +126,19 @@ func (s *etcdServer) stop() {
 
 func (s *etcdServer) endpoint() string { return s.clientURL.String() }
 
+// etcdClient is a client of the test's etcd (cfg with a quiet logger),
+// closed when t ends.
+func etcdClient(t *testing.T, cfg clientv3.Config) *clientv3.Client {
+	t.Helper()
+	cfg.Logger = zap.NewNop()
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
 // node is a fleet-enabled plugind.
 type node struct {
 	name string
@@ -490,11 +503,7 @@ func TestFleet(t *testing.T) {
 		}
 	}
 	// Resuming from a compacted revision gets a reset snapshot.
-	ecli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ecli.Close()
+	ecli := etcdClient(t, clientv3.Config{Endpoints: []string{etcd.endpoint()}})
 	cur, err := ecli.Get(ctx, "/plugincontrol/schema")
 	if err != nil {
 		t.Fatal(err)
@@ -700,11 +709,7 @@ func TestWipedPrefix(t *testing.T) {
 		pids[n.name] = st.GetPid()
 	}
 
-	ecli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ecli.Close()
+	ecli := etcdClient(t, clientv3.Config{Endpoints: []string{etcd.endpoint()}})
 	del, err := ecli.Delete(ctx, "/plugincontrol", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)

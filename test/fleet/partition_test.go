@@ -6,7 +6,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
@@ -31,11 +30,7 @@ func TestShortPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "cut runs greet 1", func() error { return runs(ctx, cut, "greet", "1", 0) })
-	ecli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.endpoint()}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ecli.Close()
+	ecli := etcdClient(t, clientv3.Config{Endpoints: []string{etcd.endpoint()}})
 	lease := func() int64 {
 		t.Helper()
 		resp, err := ecli.Get(ctx, "/plugincontrol/nodes/cut")

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
@@ -580,11 +579,7 @@ func TestRollouts(t *testing.T) {
 	})
 
 	t.Run("the etcd leader member restarts mid-wave: no node is lost and the bake holds the next wave", func(t *testing.T) {
-		ecli, err := clientv3.New(clientv3.Config{Endpoints: eps, Logger: zap.NewNop()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ecli.Close()
+		ecli := etcdClient(t, clientv3.Config{Endpoints: eps})
 		// Each node's lease: a node that lost it (LOST, even for a moment)
 		// registers again under another.
 		leases := func() map[string]int64 {
