@@ -36,11 +36,7 @@ func runFleet(e *env) ([]row, error) {
 	if e.short {
 		agents, plugins, canary, wave, idle = 50, 5, 5, 15, time.Second
 	}
-	member, err := etcdtest.New("bench", filepath.Join(e.tmp, "etcd"))
-	if err != nil {
-		return nil, err
-	}
-	etcd, err := member.Start()
+	member, etcd, err := etcdtest.StartNew("bench", filepath.Join(e.tmp, "etcd"))
 	if err != nil {
 		return nil, err
 	}

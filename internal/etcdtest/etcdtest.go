@@ -4,9 +4,15 @@
 package etcdtest
 
 import (
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,14 +37,58 @@ type Member struct {
 	TLS *transport.TLSInfo
 }
 
-// LoopbackURL is scheme://127.0.0.1:PORT with a port that was free.
+// FreePort is 127.0.0.1:PORT with a port that was free a moment ago, for
+// a server a test starts later on it (etcd takes URLs, not listeners).
+//
+// The port is picked below the kernel's ephemeral range, not by listening
+// on port 0: a port from that range, closed again, is handed to the next
+// outgoing connection of any process on the machine, and a CI run of many
+// test binaries in parallel lost an etcd start to exactly that ("bind:
+// address already in use"). Ports below the range are only ever taken by
+// an explicit bind.
+func FreePort() (string, error) {
+	low, high := ephemeralRange()
+	start := 10000
+	if low <= start { // a range that starts very low: take the ports above it
+		start, low = high+1, 65536
+	}
+	for range 200 {
+		addr := fmt.Sprintf("127.0.0.1:%d", start+rand.IntN(low-start))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue // taken: try another
+		}
+		l.Close()
+		return addr, nil
+	}
+	return "", fmt.Errorf("no free port in [%d, %d) on 127.0.0.1 after 200 tries", start, low)
+}
+
+// ephemeralRange is the kernel's range for outgoing connections' ports
+// (Linux's default when it cannot be read).
+func ephemeralRange() (low, high int) {
+	low, high = 32768, 60999
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return low, high
+	}
+	if f := strings.Fields(string(b)); len(f) == 2 {
+		l, err1 := strconv.Atoi(f[0])
+		h, err2 := strconv.Atoi(f[1])
+		if err1 == nil && err2 == nil && 0 < l && l <= h && h < 65536 {
+			return l, h
+		}
+	}
+	return low, high
+}
+
+// LoopbackURL is scheme://FreePort().
 func LoopbackURL(scheme string) (url.URL, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := FreePort()
 	if err != nil {
 		return url.URL{}, err
 	}
-	defer l.Close()
-	return url.URL{Scheme: scheme, Host: l.Addr().String()}, nil
+	return url.URL{Scheme: scheme, Host: addr}, nil
 }
 
 // New is a member alone on fresh loopback URLs.
@@ -52,6 +102,25 @@ func New(name, dir string) (*Member, error) {
 		return nil, err
 	}
 	return &Member{Name: name, Dir: dir, ClientURL: cu, PeerURL: pu}, nil
+}
+
+// StartNew starts a member alone on fresh loopback URLs (New, then Start).
+// If a port was taken between its pick and etcd's bind, it starts again on
+// other ports (at most three times).
+func StartNew(name, dir string) (*Member, *embed.Etcd, error) {
+	for try := 1; ; try++ {
+		m, err := New(name, dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		e, err := m.Start()
+		if err == nil {
+			return m, e, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || try == 3 {
+			return nil, nil, err
+		}
+	}
 }
 
 // Start starts the member and waits (at most a minute) until it serves: a
@@ -88,11 +157,7 @@ func (m *Member) Start() (*embed.Etcd, error) {
 // factory of clients to it, each with opts and closed when t ends.
 func Clients(t testing.TB, name string) func(opts ...grpc.DialOption) *clientv3.Client {
 	t.Helper()
-	m, err := New(name, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := m.Start()
+	m, e, err := StartNew(name, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

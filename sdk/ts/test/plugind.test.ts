@@ -96,15 +96,21 @@ async function startDaemon(stateDir: string, listen?: string, extraArgs: string[
   return { proc, addr, stop, stderr: () => stderr };
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
+// freePort is a port of 127.0.0.1 that was free a moment ago, picked below
+// Linux's ephemeral range (32768 and up): a port from that range, closed
+// again, can go to any process's next outgoing connection before the
+// daemon or etcd binds it (internal/etcdtest.FreePort says more).
+async function freePort(): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const port = 10000 + Math.floor(Math.random() * 22768);
+    const free = await new Promise<boolean>((resolve) => {
+      const srv = net.createServer();
+      srv.once("error", () => resolve(false));
+      srv.listen(port, "127.0.0.1", () => srv.close(() => resolve(true)));
     });
-    srv.on("error", reject);
-  });
+    if (free) return port;
+  }
+  throw new Error("no free port in [10000, 32768) on 127.0.0.1 after 200 tries");
 }
 
 async function withDaemon(listen: "unix" | "tcp", fn: (c: PlugindClient, d: Daemon, state: string) => Promise<void>) {

@@ -1,0 +1,52 @@
+package etcdtest
+
+import (
+	"net"
+	"strconv"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// A closed embedded etcd's HTTP keep-alive connections time out
+		// on their own (net/http's, created by etcd).
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*conn).serve"))
+}
+
+func TestFreePortBelowEphemeralRange(t *testing.T) {
+	low, _ := ephemeralRange()
+	for range 20 {
+		addr, err := FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, p, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		port, _ := strconv.Atoi(p)
+		if port < 10000 || port >= low {
+			t.Fatalf("FreePort = %s, want a port in [10000, %d)", addr, low)
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("FreePort's %s cannot be bound: %v", addr, err)
+		}
+		l.Close()
+	}
+}
+
+func TestStartNewServes(t *testing.T) {
+	m, e, err := StartNew("t", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if got := e.Clients[0].Addr().String(); got != m.ClientURL.Host {
+		t.Fatalf("etcd serves clients on %s, Member says %s", got, m.ClientURL.Host)
+	}
+}
