@@ -46,6 +46,7 @@ import (
 
 	"github.com/plugincontrol/plugincontrol/internal/launch"
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
+	"github.com/plugincontrol/plugincontrol/internal/workers"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -155,6 +156,8 @@ type Server struct {
 
 	tcpMu sync.Mutex // guards tcp
 	tcp   []tcpServer
+
+	pool *workers.Pool // runs forwarded calls (see package workers)
 }
 
 // tcpServer is one ServeTCP listener.
@@ -191,7 +194,7 @@ func New(dir string, opts ...Option) (*Server, error) {
 	if err := os.Chmod(abs, 0o700); err != nil {
 		return nil, fmt.Errorf("endpoint directory: %w", err)
 	}
-	s := &Server{dir: abs, opts: o, plugins: map[string]*plugin{}, inherited: map[string]net.Listener{}}
+	s := &Server{dir: abs, opts: o, plugins: map[string]*plugin{}, inherited: map[string]net.Listener{}, pool: workers.New(workers.Size())}
 	keep := map[string]bool{}
 	for name, l := range o.inherited {
 		s.inherited[name] = l
@@ -362,11 +365,14 @@ func (s *Server) route(_ any, ss grpc.ServerStream) error {
 
 // observed forwards the call of ss to plugin, telling the observer.
 func (s *Server) observed(plugin string, ss grpc.ServerStream, acquire AcquireFunc) error {
+	var err error
+	fwd := func() { err = forward(ss, acquire, &s.opts) }
 	if s.opts.onCall == nil {
-		return forward(ss, acquire, &s.opts)
+		s.pool.Run(fwd)
+		return err
 	}
 	start := time.Now()
-	err := forward(ss, acquire, &s.opts)
+	s.pool.Run(fwd)
 	method, _ := grpc.MethodFromServerStream(ss)
 	s.opts.onCall(plugin, method, status.Code(err), time.Since(start))
 	return err
@@ -391,6 +397,7 @@ func (s *Server) Shutdown() {
 		t.srv.Stop()
 	}
 	s.CloseInherited()
+	s.pool.Stop()
 }
 
 // CloseInherited closes the inherited listeners (WithInherited) no plugin
@@ -448,6 +455,7 @@ func (s *Server) Handover(ctx context.Context) (unix map[string]*os.File, tcp []
 		wg.Go(func() { gracefulStop(ctx, t.srv) })
 	}
 	wg.Wait()
+	s.pool.Stop()
 	return unix, tcp, errors.Join(errs...)
 }
 

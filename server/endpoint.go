@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
 	"google.golang.org/grpc"
@@ -32,7 +31,7 @@ func EndpointInterceptors(cfg *AuthConfig, log *slog.Logger) []grpc.StreamServer
 	return []grpc.StreamServerInterceptor{
 		recovery.StreamServerInterceptor(rec),
 		// The access log's format, at the data path's levels.
-		logging.StreamServerInterceptor(slogAdapter(log), accessLogOptions(true)...),
+		newAccessLog(log).hotStream,
 		auth.StreamServerInterceptor(authFunc),
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/plugincontrol/plugincontrol/fleet"
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
+	"github.com/plugincontrol/plugincontrol/internal/workers"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -135,6 +136,8 @@ type Server struct {
 	// Shutdown (their streams wait on the watch alone, see watch.go).
 	watches  map[*manager.Watch]struct{}
 	watchers sync.WaitGroup // open WatchHealth streams
+
+	pool *workers.Pool // runs unary calls (onWorker); stopped by stop
 }
 
 // New builds the gRPC server over m and registers every service. Call Serve
@@ -145,7 +148,7 @@ func New(m *manager.Manager, opts ...Option) *Server {
 		f(&o)
 	}
 	s := &Server{m: m, opts: o, log: o.logger, shutdown: make(chan struct{}), mirrorDone: make(chan struct{}),
-		watches: map[*manager.Watch]struct{}{}}
+		watches: map[*manager.Watch]struct{}{}, pool: workers.New(workers.Size())}
 	s.compactEvents.compact = true
 
 	recOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
@@ -167,10 +170,13 @@ func New(m *manager.Manager, opts ...Option) *Server {
 	// then logging (refused
 	// calls are logged with their code), then authentication.
 	verU, verS := versionHeader()
-	unary := append(append(append([]grpc.UnaryServerInterceptor{
-		recovery.UnaryServerInterceptor(recOpts...), verU}, accessLogUnary(s.log)...), authU...), o.unaryInts...)
-	stream := append(append(append([]grpc.StreamServerInterceptor{
-		recovery.StreamServerInterceptor(recOpts...), verS}, accessLogStream(s.log)...), authS...), o.streamInts...)
+	access := newAccessLog(s.log)
+	// Unary calls run on a pool of goroutines that keep their grown
+	// stacks (package workers says why), right inside recovery.
+	unary := append(append([]grpc.UnaryServerInterceptor{
+		recovery.UnaryServerInterceptor(recOpts...), s.onWorker, verU, access.unary}, authU...), o.unaryInts...)
+	stream := append(append([]grpc.StreamServerInterceptor{
+		recovery.StreamServerInterceptor(recOpts...), verS, access.stream}, authS...), o.streamInts...)
 
 	gopts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary...),
@@ -254,6 +260,13 @@ func (s *Server) stop(ctx context.Context, notServing bool) {
 		<-done
 	}
 	<-s.mirrorDone
+	s.pool.Stop()
+}
+
+// onWorker runs the rest of a unary call's chain on a worker of s.pool.
+func (s *Server) onWorker(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	s.pool.Run(func() { resp, err = handler(ctx, req) })
+	return resp, err
 }
 
 // Serving reports whether the server serves: false once Shutdown began

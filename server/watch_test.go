@@ -188,4 +188,34 @@ func TestOneAccessLogFormat(t *testing.T) {
 	if !slices.Contains(failKeys, "grpc.error") {
 		t.Errorf("a failed call's record lacks grpc.error: %v", failKeys)
 	}
+
+	// With Debug off, a hot method's success is not logged and its failure
+	// is, in the same format, with the call's own start time and duration.
+	info := &testbin.LogRecords{Level: slog.LevelInfo}
+	f = start(t, server.WithLogger(slog.New(info)))
+	f.load(t, "echo", "echo")
+	before := time.Now().Truncate(time.Second)
+	if _, err := f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "nope", Method: "echo"})
+	recs := info.Find(func(r slog.Record, attrs map[string]string) bool {
+		return r.Message == "finished call" && attrs["grpc.method"] == "Invoke"
+	})
+	if len(recs) != 1 {
+		t.Fatalf("with Debug off, %d Invoke records, want 1 (the failure's)", len(recs))
+	}
+	var keys []string
+	attrs := map[string]string{}
+	recs[0].Attrs(func(a slog.Attr) bool { keys = append(keys, a.Key); attrs[a.Key] = a.Value.String(); return true })
+	slices.Sort(keys)
+	if recs[0].Level != slog.LevelInfo || !slices.Equal(keys, failKeys) || attrs["grpc.code"] != "NotFound" {
+		t.Errorf("with Debug off, the failed Invoke's record is %v %v (code %s); with Debug on it was %v %v (NotFound)", recs[0].Level, keys, attrs["grpc.code"], failLvl, failKeys)
+	}
+	if at, err := time.Parse(time.RFC3339, attrs["grpc.start_time"]); err != nil || at.Before(before) || at.After(time.Now()) {
+		t.Errorf("the failed Invoke's grpc.start_time %q (%v) is not the call's", attrs["grpc.start_time"], err)
+	}
+	if ms, err := strconv.ParseFloat(attrs["grpc.time_ms"], 64); err != nil || ms < 0 || ms > 60000 {
+		t.Errorf("the failed Invoke's grpc.time_ms %q (%v) is not a duration in ms", attrs["grpc.time_ms"], err)
+	}
 }

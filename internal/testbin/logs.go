@@ -9,13 +9,19 @@ import (
 // LogRecords is a slog.Handler that keeps every record, attributes
 // included, for tests that assert what was logged.
 type LogRecords struct {
+	// Level is the lowest level kept; nil: every level.
+	Level slog.Leveler
+
 	mu   sync.Mutex // guards recs
 	recs []slog.Record
 }
 
-func (h *LogRecords) Enabled(context.Context, slog.Level) bool { return true }
-func (h *LogRecords) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h *LogRecords) WithGroup(string) slog.Handler            { return h }
+// Enabled reports whether a record at l is kept.
+func (h *LogRecords) Enabled(_ context.Context, l slog.Level) bool {
+	return h.Level == nil || l >= h.Level.Level()
+}
+func (h *LogRecords) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *LogRecords) WithGroup(string) slog.Handler      { return h }
 
 // Handle keeps a clone of r.
 func (h *LogRecords) Handle(_ context.Context, r slog.Record) error {
