@@ -166,9 +166,10 @@ func New(m *manager.Manager, opts ...Option) *Server {
 	}
 	authU := []grpc.UnaryServerInterceptor{auth.UnaryServerInterceptor(authFunc)}
 	authS := []grpc.StreamServerInterceptor{auth.StreamServerInterceptor(authFunc)}
-	// Order: recovery outermost (nothing escapes), the version header,
-	// then logging (refused
-	// calls are logged with their code), then authentication.
+	// Order: recovery outermost (nothing escapes, a panic on a worker
+	// included: the pool raises it again on the call's goroutine), the
+	// pool, the version header, then logging (refused calls are logged
+	// with their code), then authentication.
 	verU, verS := versionHeader()
 	access := newAccessLog(s.log)
 	// Unary calls run on a pool of goroutines that keep their grown
