@@ -157,7 +157,7 @@ type Server struct {
 	tcpMu sync.Mutex // guards tcp
 	tcp   []tcpServer
 
-	pool *workers.Pool // runs forwarded calls (see package workers)
+	pool *workers.Pool // runs forwarded unary calls (see package workers)
 }
 
 // tcpServer is one ServeTCP listener.
@@ -365,14 +365,11 @@ func (s *Server) route(_ any, ss grpc.ServerStream) error {
 
 // observed forwards the call of ss to plugin, telling the observer.
 func (s *Server) observed(plugin string, ss grpc.ServerStream, acquire AcquireFunc) error {
-	var err error
-	fwd := func() { err = forward(ss, acquire, &s.opts) }
 	if s.opts.onCall == nil {
-		s.pool.Run(fwd)
-		return err
+		return forward(ss, acquire, &s.opts, s.pool)
 	}
 	start := time.Now()
-	s.pool.Run(fwd)
+	err := forward(ss, acquire, &s.opts, s.pool)
 	method, _ := grpc.MethodFromServerStream(ss)
 	s.opts.onCall(plugin, method, status.Code(err), time.Since(start))
 	return err

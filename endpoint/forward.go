@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
+	"github.com/plugincontrol/plugincontrol/internal/workers"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -31,7 +32,7 @@ var streamDesc = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 // until the call ends, so a reload drains it; when the drain gives up (or
 // the process dies) the call ends with Unavailable and an ErrorInfo of
 // reason GENERATION_STOPPED.
-func forward(ss grpc.ServerStream, acquire AcquireFunc, o *options) error {
+func forward(ss grpc.ServerStream, acquire AcquireFunc, o *options, pool *workers.Pool) error {
 	ctx := ss.Context()
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {
@@ -74,7 +75,12 @@ func forward(ss grpc.ServerStream, acquire AcquireFunc, o *options) error {
 		callOpts = append(callOpts[:len(callOpts):len(callOpts)], grpc.CallContentSubtype(sub))
 	}
 	if lease.Unary(method) {
-		return forwardUnary(ss, lease, cctx, method, callOpts)
+		// On a worker of pool, whose grown stack the upstream call reuses
+		// (package workers says why). Streams stay on their own
+		// goroutines: a long one would hold a worker for its lifetime.
+		var err error
+		pool.Run(func() { err = forwardUnary(ss, lease, cctx, method, callOpts) })
+		return err
 	}
 	cs, err := lease.Conn.NewStream(cctx, &streamDesc, method, callOpts...)
 	if err != nil {
