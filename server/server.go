@@ -261,7 +261,15 @@ func (s *Server) stop(ctx context.Context, notServing bool) {
 		<-done
 	}
 	<-s.mirrorDone
-	s.pool.Stop()
+	// The pool's workers end once their calls have. Unlike grpc-go's own
+	// handler goroutines they are waited for, but only up to ctx: a
+	// handler that ignores its cancelled context must not hold Shutdown.
+	poolDone := make(chan struct{})
+	go func() { s.pool.Stop(); close(poolDone) }()
+	select {
+	case <-poolDone:
+	case <-ctx.Done():
+	}
 }
 
 // onWorker runs the rest of a unary call's chain on a worker of s.pool.

@@ -47,13 +47,12 @@ type Member struct {
 // address already in use"). Ports below the range are only ever taken by
 // an explicit bind.
 func FreePort() (string, error) {
-	low, high := ephemeralRange()
-	start := 10000
-	if low <= start { // a range that starts very low: take the ports above it
-		start, low = high+1, 65536
+	start, end := portRange()
+	if start >= end {
+		return "", fmt.Errorf("no ports outside the ephemeral range (/proc/sys/net/ipv4/ip_local_port_range) to pick from")
 	}
 	for range 200 {
-		addr := fmt.Sprintf("127.0.0.1:%d", start+rand.IntN(low-start))
+		addr := fmt.Sprintf("127.0.0.1:%d", start+rand.IntN(end-start))
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			continue // taken: try another
@@ -61,7 +60,17 @@ func FreePort() (string, error) {
 		l.Close()
 		return addr, nil
 	}
-	return "", fmt.Errorf("no free port in [%d, %d) on 127.0.0.1 after 200 tries", start, low)
+	return "", fmt.Errorf("no free port in [%d, %d) on 127.0.0.1 after 200 tries", start, end)
+}
+
+// portRange is where FreePort picks: [10000, the ephemeral range's low
+// end), or above the range when it starts at 10000 or lower.
+func portRange() (start, end int) {
+	low, high := ephemeralRange()
+	if low <= 10000 {
+		return high + 1, 65536
+	}
+	return 10000, low
 }
 
 // ephemeralRange is the kernel's range for outgoing connections' ports
