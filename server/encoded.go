@@ -41,16 +41,25 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.CodecV2.Marshal(v)
 }
 
+// cachedRevisions is how many recent revisions eventCache holds the
+// events of (16 slots each: 16 KiB of pointers per view). One change is sent
+// to every watcher long before 128 more happen.
+const cachedRevisions = 128
+
 // eventCache remembers the encodings of recent events. An event's content is
 // fixed by its revision, type and reset flag (every revision is one
 // published record; SYNCED and BOOKMARK carry only those three), so that is
-// the key. Slots are indexed by revision; a collision is only a miss.
+// the key, and slotOf maps it to a slot; a collision is only a miss.
+// (Indexed by revision alone, a new watcher's SNAPSHOT of the plugin that
+// changed last and its SYNCED, which share a revision, took one slot in
+// turn: every watcher encoded both again, about 1 KiB of garbage per
+// stream opened, which left the heap fragmented; bench/NOTES.md item 7.)
 //
 // A cache holds one view: the zero value the full one, compact set
 // HEALTH_VIEW_COMPACT.
 type eventCache struct {
-	compact bool // fixed at construction
-	slots   [256]atomic.Pointer[cachedEvent]
+	compact bool                                              // fixed at construction
+	slots   [cachedRevisions << 4]atomic.Pointer[cachedEvent] // see slotOf
 }
 
 type cachedEvent struct {
@@ -61,7 +70,7 @@ type cachedEvent struct {
 }
 
 func (c *eventCache) encode(e *manager.Event) (*encodedMsg, error) {
-	slot := &c.slots[e.Revision%uint64(len(c.slots))]
+	slot := &c.slots[slotOf(e)]
 	if ce := slot.Load(); ce != nil && ce.rev == e.Revision && ce.typ == e.Type && ce.reset == e.Reset {
 		return ce.msg, nil
 	}
@@ -76,4 +85,15 @@ func (c *eventCache) encode(e *manager.Event) (*encodedMsg, error) {
 	m := &encodedMsg{b: b}
 	slot.Store(&cachedEvent{rev: e.Revision, typ: e.Type, reset: e.Reset, msg: m})
 	return m, nil
+}
+
+// slotOf is an event's slot in eventCache: the revision's low bits, then
+// the type and the reset flag, so that the events of the last
+// cachedRevisions revisions never share a slot, whatever their type.
+func slotOf(e *manager.Event) uint64 {
+	k := e.Revision<<4 | uint64(e.Type&7)<<1
+	if e.Reset {
+		k |= 1
+	}
+	return k % (cachedRevisions << 4)
 }

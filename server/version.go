@@ -19,8 +19,15 @@ func versionHeader() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor)
 		_ = grpc.SetHeader(ctx, md)
 		return handler(ctx, req)
 	}
+	// A stream's header is sent at once. SetHeader would keep a merged
+	// copy of md per stream until its first message (about 300 bytes,
+	// for as long as a WatchHealth stream lives; bench/NOTES.md item 7);
+	// SendHeader on a stream with no header yet keeps md itself, which is
+	// never written to. No stream handler of this server sets headers of
+	// its own. Unary calls keep SetHeader: sending the header alone would
+	// cost a write of its own per call.
 	stream := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		_ = ss.SetHeader(md)
+		_ = ss.SendHeader(md)
 		return handler(srv, ss)
 	}
 	return unary, stream

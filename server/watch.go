@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync/atomic"
-	"time"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
@@ -40,10 +38,11 @@ func (s *Server) ended() error {
 // can never overtake an event taken from the watch but not yet sent.
 //
 // The goroutine waits on the watch's Ready channel alone: the stream's
-// context, the bookmark timer and Shutdown wake it through Watch.Wake, and it
-// checks them after each wakeup. With 10,000 streams one change wakes 10,000
-// goroutines; a one-channel receive costs each of them about half of what a
-// four-way select did (CPU profile of the fan-out, bench/NOTES.md).
+// context, the server's bookmark timer and Shutdown wake it through the
+// watch (Wake, MarkBookmark), and it checks them after each wakeup. With
+// 10,000 streams one change wakes 10,000 goroutines; a one-channel receive
+// costs each of them about half of what a four-way select did (CPU profile
+// of the fan-out, bench/NOTES.md).
 func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStreamingServer[pb.WatchHealthResponse]) error {
 	s := c.s
 	events := &s.events
@@ -72,22 +71,19 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 
 	ctx := stream.Context()
 	defer context.AfterFunc(ctx, w.Wake)()
-	var bookmarkDue atomic.Bool
-	bookmark := time.AfterFunc(s.opts.bookmarkInterval, func() {
-		bookmarkDue.Store(true)
-		w.Wake()
-	})
-	defer bookmark.Stop()
-	var buf []manager.Event
+	// buf holds the pointers of one poll; it is cleared after the sends,
+	// so that between changes a watcher keeps no event alive.
+	var buf []*manager.Event
 	for {
 		evs, ended := w.PollInto(buf)
-		if cap(evs) <= 8 {
-			buf = evs // keep a small buffer for the next poll
-		}
-		for i := range evs {
-			if err := sendEvent(stream, events, &evs[i]); err != nil {
+		for _, e := range evs {
+			if err := sendEvent(stream, events, e); err != nil {
 				return err
 			}
+		}
+		clear(evs)
+		if cap(evs) <= 8 {
+			buf = evs // keep a small buffer for the next poll
 		}
 		if ended {
 			var ev *manager.EvictedError
@@ -106,15 +102,15 @@ func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStre
 			return s.ended()
 		default:
 		}
-		if bookmarkDue.Swap(false) {
-			// Only when nothing is pending (events go first); the next
-			// loop sends what is.
+		// The server's bookmark timer marks every watch at once
+		// (markBookmarks); a watch with events pending sends them first,
+		// and its bookmark waits for the next mark.
+		if w.BookmarkDue() {
 			if rev, ok := w.Bookmark(); ok {
 				if err := sendEvent(stream, events, &manager.Event{Type: manager.EventBookmark, Revision: rev}); err != nil {
 					return err
 				}
 			}
-			bookmark.Reset(s.opts.bookmarkInterval)
 		}
 	}
 }

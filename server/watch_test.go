@@ -11,6 +11,7 @@ import (
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
 	"github.com/plugincontrol/plugincontrol/internal/rpcerr"
 	"github.com/plugincontrol/plugincontrol/internal/testbin"
+	"github.com/plugincontrol/plugincontrol/internal/version"
 	"github.com/plugincontrol/plugincontrol/manager"
 	"github.com/plugincontrol/plugincontrol/server"
 	"google.golang.org/grpc"
@@ -217,5 +218,41 @@ func TestOneAccessLogFormat(t *testing.T) {
 	}
 	if ms, err := strconv.ParseFloat(attrs["grpc.time_ms"], 64); err != nil || ms < 0 || ms > 60000 {
 		t.Errorf("the failed Invoke's grpc.time_ms %q (%v) is not a duration in ms", attrs["grpc.time_ms"], err)
+	}
+}
+
+// TestStreamHeaders: a stream gets the version header at once, before its
+// first message (WatchHealth sends it when the stream opens, so no stream
+// keeps a merged copy of it), and a refused stream gets it too.
+func TestStreamHeaders(t *testing.T) {
+	f := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	want, _ := version.Get()
+	// No plugin is loaded: the stream's first message is SYNCED, and the
+	// header must be readable on its own.
+	stream, err := f.ctl.WatchHealth(ctx, &pb.WatchHealthRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := stream.Header()
+	if err != nil {
+		t.Fatalf("Header: %v", err)
+	}
+	if got := md.Get(version.Header); len(got) != 1 || got[0] != want {
+		t.Fatalf("WatchHealth header %s = %q, want [%q]", version.Header, got, want)
+	}
+	if r, err := stream.Recv(); err != nil || r.GetEvent().GetType() != pb.HealthEventType_HEALTH_EVENT_TYPE_SYNCED {
+		t.Fatalf("first message %v, %v; want SYNCED", r, err)
+	}
+	refused, err := f.ctl.WatchHealth(ctx, &pb.WatchHealthRequest{View: pb.HealthView(99)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := refused.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("unknown view: %v, want InvalidArgument", err)
+	}
+	if md, _ := refused.Header(); len(md.Get(version.Header)) != 1 {
+		t.Fatalf("refused stream's header %v has no %s", md, version.Header)
 	}
 }

@@ -305,6 +305,8 @@ type Watch struct {
 	evicted      bool
 	ended        bool
 	notify       chan struct{} // 1 slot: something is pending or ended
+	// bookmarkDue is set by MarkBookmark and taken by BookmarkDue.
+	bookmarkDue atomic.Bool
 }
 
 // EvictedError is what Next returns for a watch evicted for falling
@@ -428,17 +430,37 @@ func (w *Watch) Next(ctx context.Context) ([]Event, error) {
 // Poll returns the events ready now, in revision order, without waiting,
 // and whether the watch has ended (the manager shut down, or the watch was
 // evicted: see Err).
-func (w *Watch) Poll() (evs []Event, ended bool) { return w.PollInto(nil) }
+func (w *Watch) Poll() (evs []Event, ended bool) {
+	ptrs, ended := w.PollInto(nil)
+	if len(ptrs) == 0 {
+		return nil, ended
+	}
+	evs = make([]Event, len(ptrs))
+	for i, e := range ptrs {
+		evs[i] = *e
+	}
+	return evs, ended
+}
 
-// PollInto is Poll appending to buf[:0], so that a reader looping on a
-// watch reuses one buffer.
-func (w *Watch) PollInto(buf []Event) (evs []Event, ended bool) {
+// PollInto is Poll for a reader that loops on a watch: it appends to
+// buf[:0], so one buffer serves every poll, and returns pointers to the
+// events, which are read-only (a published event is shared by every
+// watcher). The reader should clear the buffer once it is done with the
+// events, so that it keeps none of them alive: a buffer of pointers costs
+// a long-lived watcher 8 bytes per slot where a buffer of events cost it
+// the size of a health record per slot (bench/NOTES.md item 7).
+func (w *Watch) PollInto(buf []*Event) (evs []*Event, ended bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.initial != nil {
-		evs, w.initial = w.initial, nil
-		if n := len(evs); n > 0 {
-			w.taken = max(w.taken, evs[n-1].Revision)
+		initial := w.initial
+		w.initial = nil
+		evs = buf[:0]
+		for i := range initial {
+			evs = append(evs, &initial[i])
+		}
+		if n := len(initial); n > 0 {
+			w.taken = max(w.taken, initial[n-1].Revision)
 		}
 		return evs, false
 	}
@@ -446,19 +468,16 @@ func (w *Watch) PollInto(buf []Event) (evs []Event, ended bool) {
 		return nil, true
 	}
 	if w.hasPending() {
-		evs = buf[:0]
-		for _, e := range w.pending {
-			evs = append(evs, *e)
-		}
+		evs = append(buf[:0], w.pending...)
 		for _, e := range w.pendingMap {
-			evs = append(evs, *e)
+			evs = append(evs, e)
 		}
 		clear(w.pending)
 		w.pending = w.pending[:0]
 		// A watch that outgrew the slice keeps its map: it watches many
 		// plugins and will need it again.
 		clear(w.pendingMap)
-		slices.SortFunc(evs, func(a, b Event) int { return cmp.Compare(a.Revision, b.Revision) })
+		slices.SortFunc(evs, func(a, b *Event) int { return cmp.Compare(a.Revision, b.Revision) })
 		w.pendingSince = 0
 		w.taken = evs[len(evs)-1].Revision
 		return evs, false
@@ -493,6 +512,19 @@ func (w *Watch) Wake() {
 	default:
 	}
 }
+
+// MarkBookmark asks the watch's reader for a bookmark: it sets the flag
+// BookmarkDue takes and wakes Ready. It never blocks. One timer for every
+// watch calls it (a timer per watch cost each watcher about 190 bytes;
+// bench/NOTES.md item 7).
+func (w *Watch) MarkBookmark() {
+	w.bookmarkDue.Store(true)
+	w.Wake()
+}
+
+// BookmarkDue reports whether MarkBookmark was called since the last
+// BookmarkDue, and clears the flag.
+func (w *Watch) BookmarkDue() bool { return w.bookmarkDue.Swap(false) }
 
 // Bookmark returns the hub's current revision when nothing is pending for
 // this watcher: everything up to that revision that matches the watch has
@@ -562,6 +594,16 @@ func (ev *Hub) Subscribe(names []string, since uint64, limit int, opts ...WatchO
 			}
 		}
 	} else {
+		// Sized once: the events are garbage as soon as they are sent, and
+		// growing the slice made twice the garbage per new watcher.
+		n := len(ev.latest)
+		switch {
+		case w.only != "":
+			n = 1
+		case w.filter != nil:
+			n = min(n, len(w.filter))
+		}
+		w.initial = make([]Event, 0, n+1) // the snapshot and SYNCED
 		for n, h := range ev.latest {
 			if w.wants(n) {
 				w.initial = append(w.initial, Event{Type: EventSnapshot, Revision: h.Revision, Health: h, Reset: reset})

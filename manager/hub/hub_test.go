@@ -140,3 +140,63 @@ func TestStartReservesAhead(t *testing.T) {
 		t.Fatalf("reservations %v, want one up to %d", marks, 7+revisionBlock)
 	}
 }
+
+// PollInto hands every watcher the one published copy of an event, in the
+// caller's buffer; Poll copies.
+func TestPollIntoSharesEvents(t *testing.T) {
+	h := New(Config{})
+	defer h.Close()
+	h.Publish(EventChanged, rec("a", 1))
+	var ws [2]*Watch
+	for i := range ws {
+		w, err := h.Subscribe([]string{"a"}, 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		ws[i] = w
+	}
+	buf := make([]*Event, 0, 4)
+	evs, _ := ws[0].PollInto(buf)
+	if len(evs) != 2 || evs[0].Type != EventSnapshot || evs[1].Type != EventSynced || &evs[0] != &buf[:1][0] {
+		t.Fatalf("initial events %v, want SNAPSHOT and SYNCED in the caller's buffer", evs)
+	}
+	ws[1].Poll()
+	h.Publish(EventChanged, rec("a", 2))
+	e0, _ := ws[0].PollInto(buf)
+	e1, _ := ws[1].PollInto(nil)
+	if len(e0) != 1 || len(e1) != 1 || e0[0] != e1[0] || e0[0].Health.Generation != 2 {
+		t.Fatalf("pending %v and %v, want one shared event of generation 2", e0, e1)
+	}
+	if evs, ended := ws[0].PollInto(buf); len(evs) != 0 || ended {
+		t.Fatalf("second poll %v, %v; want nothing", evs, ended)
+	}
+}
+
+// MarkBookmark wakes the watch and is taken once by BookmarkDue.
+func TestMarkBookmark(t *testing.T) {
+	h := New(Config{})
+	defer h.Close()
+	w, err := h.Subscribe(nil, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	w.Poll()
+	select {
+	case <-w.Ready():
+	default:
+	}
+	if w.BookmarkDue() {
+		t.Fatal("BookmarkDue before MarkBookmark")
+	}
+	w.MarkBookmark()
+	select {
+	case <-w.Ready():
+	default:
+		t.Fatal("MarkBookmark did not signal Ready")
+	}
+	if !w.BookmarkDue() || w.BookmarkDue() {
+		t.Fatal("BookmarkDue did not report the mark exactly once")
+	}
+}
