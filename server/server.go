@@ -55,7 +55,8 @@ type options struct {
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
 // WithBookmarkInterval sets how often idle WatchHealth streams get a
-// bookmark (default 30s).
+// bookmark (default 30s). One timer serves every stream, so a new stream's
+// first bookmark comes at the next tick, within d of its opening.
 func WithBookmarkInterval(d time.Duration) Option {
 	return func(o *options) { o.bookmarkInterval = d }
 }
