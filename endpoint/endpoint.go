@@ -363,14 +363,19 @@ func (s *Server) route(_ any, ss grpc.ServerStream) error {
 	return s.observed(names[0], ss, p.acquire)
 }
 
-// observed forwards the call of ss to plugin, telling the observer.
+// observed forwards the call of ss to plugin, telling the observer. It
+// looks the method up once for both (a lookup walks the stream context's
+// chain of values).
 func (s *Server) observed(plugin string, ss grpc.ServerStream, acquire AcquireFunc) error {
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return rpcerr.New(codes.Internal, rpcerr.ReasonInternal, "endpoint: no method in the stream", nil)
+	}
 	if s.opts.onCall == nil {
-		return forward(ss, acquire, &s.opts, s.pool)
+		return forward(ss, method, acquire, &s.opts, s.pool)
 	}
 	start := time.Now()
-	err := forward(ss, acquire, &s.opts, s.pool)
-	method, _ := grpc.MethodFromServerStream(ss)
+	err := forward(ss, method, acquire, &s.opts, s.pool)
 	s.opts.onCall(plugin, method, status.Code(err), time.Since(start))
 	return err
 }

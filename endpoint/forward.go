@@ -25,19 +25,15 @@ type AcquireFunc func(ctx context.Context) (*manager.Lease, error)
 // method is).
 var streamDesc = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 
-// forward relays one call, unary or streaming, from ss to the active
+// forward relays one call of method, unary or streaming, from ss to the active
 // generation leased by acquire, as raw frames: request metadata (less
 // strip), messages both ways, the half-close, response headers and
 // trailers, and the plugin's status all pass through. The lease is held
 // until the call ends, so a reload drains it; when the drain gives up (or
 // the process dies) the call ends with Unavailable and an ErrorInfo of
 // reason GENERATION_STOPPED.
-func forward(ss grpc.ServerStream, acquire AcquireFunc, o *options, pool *workers.Pool) error {
+func forward(ss grpc.ServerStream, method string, acquire AcquireFunc, o *options, pool *workers.Pool) error {
 	ctx := ss.Context()
-	method, ok := grpc.MethodFromServerStream(ss)
-	if !ok {
-		return rpcerr.New(codes.Internal, rpcerr.ReasonInternal, "endpoint: no method in the stream", nil)
-	}
 	if internalMethod(method) {
 		return rpcerr.New(codes.PermissionDenied, rpcerr.ReasonInternalService,
 			"method "+method+" belongs to go-plugin's own plumbing between plugind and the plugin; it is not forwarded", nil)
