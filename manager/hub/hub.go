@@ -596,14 +596,14 @@ func (ev *Hub) Subscribe(names []string, since uint64, limit int, opts ...WatchO
 	} else {
 		// Sized once: the events are garbage as soon as they are sent, and
 		// growing the slice made twice the garbage per new watcher.
-		n := len(ev.latest)
+		size := len(ev.latest)
 		switch {
 		case w.only != "":
-			n = 1
+			size = 1
 		case w.filter != nil:
-			n = min(n, len(w.filter))
+			size = min(size, len(w.filter))
 		}
-		w.initial = make([]Event, 0, n+1) // the snapshot and SYNCED
+		w.initial = make([]Event, 0, size+1) // the snapshot and SYNCED
 		for n, h := range ev.latest {
 			if w.wants(n) {
 				w.initial = append(w.initial, Event{Type: EventSnapshot, Revision: h.Revision, Health: h, Reset: reset})
