@@ -78,19 +78,22 @@ func runHealth(e *env) ([]row, error) {
 	}
 	defer mirrorConn.Close()
 	ref, mirror := healthpb.NewHealthClient(refConn), healthpb.NewHealthClient(mirrorConn)
+	var closers []func() // the floors' servers and connections, closed last first
 
 	// healthOf calls Health through c: a plain connection (via) or package
-	// client's (sdk).
-	healthOf := func(c pb.PluginControlServiceClient) func(int) error {
+	// client's (sdk), in the given view.
+	healthOf := func(c pb.PluginControlServiceClient, view pb.HealthView) func(int) error {
+		req := &pb.HealthRequest{View: view}
 		return func(int) error {
-			r, err := c.Health(callCtx, &pb.HealthRequest{})
+			r, err := c.Health(callCtx, req)
 			if err == nil && len(r.GetPlugins()) != healthPlugins {
 				err = fmt.Errorf("Health returned %d plugins, want %d", len(r.GetPlugins()), healthPlugins)
 			}
 			return err
 		}
 	}
-	via := healthOf(d.ctl)
+	via := healthOf(d.ctl, pb.HealthView_HEALTH_VIEW_UNSPECIFIED)
+	viaCompact := healthOf(d.ctl, pb.HealthView_HEALTH_VIEW_COMPACT)
 	check := func(svc string, c healthpb.HealthClient) func(int) error {
 		req := &healthpb.HealthCheckRequest{Service: svc}
 		return func(int) error {
@@ -101,32 +104,40 @@ func runHealth(e *env) ([]row, error) {
 			return err
 		}
 	}
-	sdk := healthOf(d.sdk.Control())
-	// The floor: a plain grpc.Server answering Health with the same
-	// response, built once (no interceptors, no manager).
-	snap, err := d.ctl.Health(callCtx, &pb.HealthRequest{})
-	if err != nil {
-		return nil, err
-	}
-	bs, err := startPlain(e, func(s *grpc.Server) { pb.RegisterPluginControlServiceServer(s, &bareHealth{resp: snap}) })
-	if err != nil {
-		return nil, err
-	}
-	defer bs.close()
-	bareConn, err := dialPlain(bs.addr())
-	if err != nil {
-		return nil, err
-	}
-	defer bareConn.Close()
-	bare := pb.NewPluginControlServiceClient(bareConn)
-	floor := func(int) error {
-		r, err := bare.Health(callCtx, &pb.HealthRequest{})
-		if err == nil && len(r.GetPlugins()) != healthPlugins {
-			err = fmt.Errorf("bare Health returned %d plugins", len(r.GetPlugins()))
+	sdk := healthOf(d.sdk.Control(), pb.HealthView_HEALTH_VIEW_UNSPECIFIED)
+	// The floors: a plain grpc.Server answering Health with the same
+	// response, built once (no interceptors, no manager), in each view.
+	bareOf := func(view pb.HealthView) (func(int) error, error) {
+		snap, err := d.ctl.Health(callCtx, &pb.HealthRequest{View: view})
+		if err != nil {
+			return nil, err
 		}
-		return err
+		bs, err := startPlain(e, func(s *grpc.Server) { pb.RegisterPluginControlServiceServer(s, &bareHealth{resp: snap}) })
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, bs.close)
+		bareConn, err := dialPlain(bs.addr())
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, func() { bareConn.Close() })
+		return healthOf(pb.NewPluginControlServiceClient(bareConn), view), nil
 	}
-	fs := []func(int) error{via, check(refService, ref), check(server.ServicePrefix+"echo-000", mirror), sdk, floor}
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+	floor, err := bareOf(pb.HealthView_HEALTH_VIEW_UNSPECIFIED)
+	if err != nil {
+		return nil, err
+	}
+	floorCompact, err := bareOf(pb.HealthView_HEALTH_VIEW_COMPACT)
+	if err != nil {
+		return nil, err
+	}
+	fs := []func(int) error{via, check(refService, ref), check(server.ServicePrefix+"echo-000", mirror), sdk, floor, viaCompact, floorCompact}
 	// The mirror follows the hub asynchronously: wait for it.
 	deadline := time.Now().Add(10 * time.Second)
 	for fs[2](0) != nil && time.Now().Before(deadline) {
@@ -154,6 +165,8 @@ func runHealth(e *env) ([]row, error) {
 	mr := ratio(medianF(rates[2]), medianF(rates[1]))
 	sr := ratio(medianF(rates[3]), medianF(rates[1]))
 	fr := ratio(medianF(rates[4]), medianF(rates[1]))
+	cr := ratio(medianF(rates[5]), medianF(rates[1]))
+	cfr := ratio(medianF(rates[6]), medianF(rates[1]))
 	return []row{
 		{
 			scenario: fmt.Sprintf("Health (all %d plugins), %d callers", healthPlugins, callers), measure: fmt.Sprintf("throughput, median of %d rounds of %v", rounds, dur),
@@ -165,6 +178,17 @@ func runHealth(e *env) ([]row, error) {
 			scenario: fmt.Sprintf("Health floor: plain grpc.Server, the same %d-plugin response, %d callers", healthPlugins, callers), measure: "throughput",
 			plugind: fmtRate(medianF(rates[4])), ref: "grpc-go Check " + fmtRate(medianF(rates[1])),
 			ratio: fr, note: "what the bigger response costs with nothing of plugind around it",
+		},
+		{
+			scenario: fmt.Sprintf("Health (all %d plugins), HEALTH_VIEW_COMPACT, %d callers", healthPlugins, callers), measure: fmt.Sprintf("throughput, median of %d rounds of %v", rounds, dur),
+			plugind: fmtRate(medianF(rates[5])), ref: "grpc-go Check " + fmtRate(medianF(rates[1])),
+			ratio: cr, target: "≥ 0.9", ok: okIf(cr >= 0.9), // issue 22, for callers that need states only
+			note: fmt.Sprintf("callers asking for name, state, generation and revision; p50 %s", fmtDur(lats[5].p50())),
+		},
+		{
+			scenario: fmt.Sprintf("Health floor, HEALTH_VIEW_COMPACT: plain grpc.Server, the same compact %d-plugin response, %d callers", healthPlugins, callers), measure: "throughput",
+			plugind: fmtRate(medianF(rates[6])), ref: "grpc-go Check " + fmtRate(medianF(rates[1])),
+			ratio: cfr, note: "what the compact response costs with nothing of plugind around it",
 		},
 		{
 			scenario: fmt.Sprintf("grpc.health.v1 Check on plugind's server, %d callers", callers), measure: "throughput",

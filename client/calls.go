@@ -110,14 +110,19 @@ func (c *Client) Get(ctx context.Context, name string) (*plugincontrolv1.PluginS
 
 // Health returns the current health of the plugins WithNames selects (all
 // plugins without it), sorted by name, and the daemon-wide revision the view is
-// consistent with (a Watch may resume from it). An unknown name is
+// consistent with (a Watch may resume from it). WithCompactView returns
+// only each plugin's name, state, generation and revision. An unknown name is
 // ErrNotFound. It is retried on codes.Unavailable (see Dial).
 func (c *Client) Health(ctx context.Context, opts ...HealthOption) ([]*plugincontrolv1.PluginHealth, uint64, error) {
 	var o healthOptions
 	for _, opt := range opts {
 		opt.applyHealth(&o)
 	}
-	resp, err := c.control.Health(ctx, &plugincontrolv1.HealthRequest{Names: o.names})
+	req := &plugincontrolv1.HealthRequest{Names: o.names}
+	if o.compact {
+		req.View = plugincontrolv1.HealthView_HEALTH_VIEW_COMPACT
+	}
+	resp, err := c.control.Health(ctx, req)
 	if err != nil {
 		return nil, 0, wrapError(err)
 	}

@@ -69,7 +69,8 @@ type listOptions struct {
 }
 
 type healthOptions struct {
-	names []string
+	names   []string
+	compact bool
 }
 
 type watchOptions struct {
@@ -239,11 +240,19 @@ func WithCallback(fn func(*plugincontrolv1.HealthEvent)) WatchOption {
 // Events, or the watcher stops reading the stream.
 func WithViewOnly() WatchOption { return watchOption(func(o *watchOptions) { o.viewOnly = true }) }
 
-// WithCompactView asks the daemon for HEALTH_VIEW_COMPACT events: each
+// CompactViewOption is the option WithCompactView returns: Health and
+// Watch accept it.
+type CompactViewOption struct{}
+
+// WithCompactView asks the daemon for HEALTH_VIEW_COMPACT: each
 // PluginHealth carries only name, state, generation and revision (in
-// events and in View). For watchers that follow states only; one change
-// reaches many such watchers sooner. Client.Health returns the full record.
-func WithCompactView() WatchOption { return watchOption(func(o *watchOptions) { o.compact = true }) }
+// Health's result; in Watch's events and View). For callers that follow
+// states only: one change reaches many such watchers sooner, and a poll of
+// Health costs less to decode. Health without it returns the full record.
+func WithCompactView() CompactViewOption { return CompactViewOption{} }
+
+func (CompactViewOption) applyHealth(h *healthOptions) { h.compact = true }
+func (CompactViewOption) applyWatch(w *watchOptions)   { w.compact = true }
 
 // WithSinceRevision starts the first stream after revision rev (from
 // Health, or a revision saved by an earlier Watcher) instead of with a

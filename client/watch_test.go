@@ -142,6 +142,10 @@ func TestWatchCompactView(t *testing.T) {
 	if full, _, err := c.Health(context.Background(), WithNames("a")); err != nil || full[0].GetSince() == nil {
 		t.Fatalf("Health of a: %v %v", full, err)
 	}
+	compact, _, err := c.Health(context.Background(), WithNames("a"), WithCompactView())
+	if err != nil || len(compact) != 1 || compact[0].GetSince() != nil || compact[0].GetGeneration() != 2 || compact[0].GetName() != "a" {
+		t.Fatalf("Health of a, compact view: %v %v", compact, err)
+	}
 }
 
 // TestWatchCompactedResume: resuming from a revision the daemon's history

@@ -202,7 +202,8 @@ func decodePluginToken(tok string) (string, error) {
 	return name, nil
 }
 
-// healthAll is the response of Health for all plugins at one revision.
+// healthAll is the response of Health for all plugins at one revision, in
+// one view.
 // Nothing changes at the same revision, so every caller until the next
 // change gets the same message (never modified after it is built; grpc-go
 // only reads it to marshal it, which is safe concurrently).
@@ -214,9 +215,17 @@ type healthAll struct {
 }
 
 func (c *control) Health(_ context.Context, req *pb.HealthRequest) (*pb.HealthResponse, error) {
+	cache := &c.s.healthAll
+	switch v := req.GetView(); v {
+	case pb.HealthView_HEALTH_VIEW_UNSPECIFIED, pb.HealthView_HEALTH_VIEW_FULL:
+	case pb.HealthView_HEALTH_VIEW_COMPACT:
+		cache = &c.s.healthAllCompact
+	default:
+		return nil, invalid("view", fmt.Sprintf("unknown health view %d", int32(v)))
+	}
 	all := len(req.GetNames()) == 0
 	if all {
-		if h := c.s.healthAll.Load(); h != nil && h.rev == c.s.m.Revision() {
+		if h := cache.Load(); h != nil && h.rev == c.s.m.Revision() {
 			return h.resp, nil
 		}
 	}
@@ -225,15 +234,20 @@ func (c *control) Health(_ context.Context, req *pb.HealthRequest) (*pb.HealthRe
 		return nil, toStatus(err)
 	}
 	out := &pb.HealthResponse{Revision: rev, Plugins: make([]*pb.PluginHealth, 0, len(hs))}
+	compact := cache == &c.s.healthAllCompact
 	for _, h := range hs {
-		out.Plugins = append(out.Plugins, healthToProto(h))
+		p := healthToProto(h)
+		if compact {
+			p = compactHealth(p)
+		}
+		out.Plugins = append(out.Plugins, p)
 	}
 	if all {
 		enc, err := protobuf.Marshal(out)
 		if err != nil {
 			enc = nil // the codec marshals it per call
 		}
-		c.s.healthAll.Store(&healthAll{rev: rev, resp: out, enc: enc})
+		cache.Store(&healthAll{rev: rev, resp: out, enc: enc})
 	}
 	return out, nil
 }

@@ -53,11 +53,16 @@ func reportToProto(r *manager.Report) *pb.CandidateReport {
 
 func healthToProto(h manager.Health) *pb.PluginHealth { return healthwire.HealthProto(h) }
 
-// compactEvent reduces the health in r to HEALTH_VIEW_COMPACT: name, state,
-// generation and revision.
+// compactHealth is h in HEALTH_VIEW_COMPACT: name, state, generation and
+// revision.
+func compactHealth(h *pb.PluginHealth) *pb.PluginHealth {
+	return &pb.PluginHealth{Name: h.GetName(), State: h.GetState(), Generation: h.GetGeneration(), Revision: h.GetRevision()}
+}
+
+// compactEvent reduces the health in r to HEALTH_VIEW_COMPACT.
 func compactEvent(r *pb.WatchHealthResponse) {
 	if h := r.GetEvent().GetHealth(); h != nil {
-		r.Event.Health = &pb.PluginHealth{Name: h.GetName(), State: h.GetState(), Generation: h.GetGeneration(), Revision: h.GetRevision()}
+		r.Event.Health = compactHealth(h)
 	}
 }
 

@@ -18,7 +18,8 @@ import (
 type encodedMsg struct{ b []byte }
 
 // codec is grpc-go's proto codec that also sends encodedMsg as is, and the
-// cached Health response of all plugins in the encoding made once for it.
+// cached Health responses of all plugins (one per view) in the encodings
+// made once for them.
 // It keeps the name "proto", so clients see nothing different.
 type codec struct {
 	encoding.CodecV2
@@ -34,8 +35,10 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 		// recycled or written to by the transport.
 		return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil
 	case *pb.HealthResponse:
-		if h := c.s.healthAll.Load(); h != nil && h.resp == m && h.enc != nil {
-			return mem.BufferSlice{mem.SliceBuffer(h.enc)}, nil
+		for _, cache := range [...]*atomic.Pointer[healthAll]{&c.s.healthAll, &c.s.healthAllCompact} {
+			if h := cache.Load(); h != nil && h.resp == m && h.enc != nil {
+				return mem.BufferSlice{mem.SliceBuffer(h.enc)}, nil
+			}
 		}
 	}
 	return c.CodecV2.Marshal(v)

@@ -123,7 +123,9 @@ type Server struct {
 
 	tickets tickets // the direct path's tickets not presented yet
 
-	healthAll atomic.Pointer[healthAll] // cached Health of all plugins
+	// Cached Health of all plugins, in the full view and in
+	// HEALTH_VIEW_COMPACT.
+	healthAll, healthAllCompact atomic.Pointer[healthAll]
 	// Encoded health events, per view (events of the full view, and of
 	// HEALTH_VIEW_COMPACT).
 	events        eventCache

@@ -293,6 +293,56 @@ func TestWatchHealthCompactView(t *testing.T) {
 	}
 }
 
+// TestHealthCompactView: Health with HEALTH_VIEW_COMPACT returns the same
+// plugins at the same revision as the full view, each cut to name, state,
+// generation and revision; both views of all plugins are cached apart (a
+// change shows in both); names select the same way; an unknown view is
+// InvalidArgument.
+func TestHealthCompactView(t *testing.T) {
+	f := start(t)
+	ctx := context.Background()
+	f.load(t, "echo", "echo")
+	f.load(t, "other", "echo")
+	health := func(view pb.HealthView, names ...string) *pb.HealthResponse {
+		t.Helper()
+		r, err := f.ctl.Health(ctx, &pb.HealthRequest{Names: names, View: view})
+		if err != nil {
+			t.Fatalf("Health %v %v: %v", view, names, err)
+		}
+		return r
+	}
+	same := func(full, compact *pb.HealthResponse) {
+		t.Helper()
+		if full.GetRevision() != compact.GetRevision() || len(full.GetPlugins()) != len(compact.GetPlugins()) {
+			t.Fatalf("full %v and compact %v differ in revision or plugins", full, compact)
+		}
+		for i, fh := range full.GetPlugins() {
+			want := &pb.PluginHealth{Name: fh.GetName(), State: fh.GetState(), Generation: fh.GetGeneration(), Revision: fh.GetRevision()}
+			if ch := compact.GetPlugins()[i]; !proto.Equal(ch, want) || fh.GetSince() == nil || len(fh.GetFailures()) == 0 {
+				t.Fatalf("plugin %d: compact %v, want %v (full %v)", i, ch, want, fh)
+			}
+		}
+	}
+	// Twice each: the second answers come from the caches.
+	for range 2 {
+		same(health(pb.HealthView_HEALTH_VIEW_FULL), health(pb.HealthView_HEALTH_VIEW_COMPACT))
+	}
+	if r := health(pb.HealthView_HEALTH_VIEW_UNSPECIFIED); len(r.GetPlugins()) != 2 || r.GetPlugins()[0].GetSince() == nil {
+		t.Fatalf("the default view is not the full one: %v", r)
+	}
+	_, _ = f.gw.Invoke(ctx, &pb.InvokeRequest{Plugin: "echo", Method: "panic", Payload: []byte("p")})
+	full, compact := health(pb.HealthView_HEALTH_VIEW_FULL), health(pb.HealthView_HEALTH_VIEW_COMPACT)
+	same(full, compact)
+	if compact.GetPlugins()[0].GetState() != pb.PluginState_PLUGIN_STATE_DEGRADED {
+		t.Fatalf("compact view after the panic: %v", compact)
+	}
+	same(health(pb.HealthView_HEALTH_VIEW_FULL, "other"), health(pb.HealthView_HEALTH_VIEW_COMPACT, "other"))
+	_, err := f.ctl.Health(ctx, &pb.HealthRequest{View: pb.HealthView(7)})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "view") {
+		t.Fatalf("view 7: %v, want InvalidArgument naming view", err)
+	}
+}
+
 func TestHealthMirrorNotServingWhenUnhealthy(t *testing.T) {
 	f := start(t)
 	ctx := context.Background()

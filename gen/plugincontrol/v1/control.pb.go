@@ -581,7 +581,10 @@ func (x *ListPluginsResponse) GetNextPageToken() string {
 type HealthRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// names selects plugins; empty means all. An unknown name is NotFound.
-	Names         []string `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	Names []string `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	// view selects how much of each plugin's health the response carries;
+	// the default is HEALTH_VIEW_FULL.
+	View          HealthView `protobuf:"varint,2,opt,name=view,proto3,enum=plugincontrol.v1.HealthView" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -621,6 +624,13 @@ func (x *HealthRequest) GetNames() []string {
 		return x.Names
 	}
 	return nil
+}
+
+func (x *HealthRequest) GetView() HealthView {
+	if x != nil {
+		return x.View
+	}
+	return HealthView_HEALTH_VIEW_UNSPECIFIED
 }
 
 // HealthResponse is the current health.
@@ -1195,9 +1205,10 @@ const file_plugincontrol_v1_control_proto_rawDesc = "" +
 	"\x05names\x18\x04 \x03(\tR\x05names\"w\n" +
 	"\x13ListPluginsResponse\x128\n" +
 	"\aplugins\x18\x01 \x03(\v2\x1e.plugincontrol.v1.PluginStatusR\aplugins\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"%\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"W\n" +
 	"\rHealthRequest\x12\x14\n" +
-	"\x05names\x18\x01 \x03(\tR\x05names\"f\n" +
+	"\x05names\x18\x01 \x03(\tR\x05names\x120\n" +
+	"\x04view\x18\x02 \x01(\x0e2\x1c.plugincontrol.v1.HealthViewR\x04view\"f\n" +
 	"\x0eHealthResponse\x128\n" +
 	"\aplugins\x18\x01 \x03(\v2\x1e.plugincontrol.v1.PluginHealthR\aplugins\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"\x83\x01\n" +
@@ -1288,8 +1299,8 @@ var file_plugincontrol_v1_control_proto_goTypes = []any{
 	(*PluginStatus)(nil),          // 18: plugincontrol.v1.PluginStatus
 	(*CandidateReport)(nil),       // 19: plugincontrol.v1.CandidateReport
 	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
-	(*PluginHealth)(nil),          // 21: plugincontrol.v1.PluginHealth
-	(HealthView)(0),               // 22: plugincontrol.v1.HealthView
+	(HealthView)(0),               // 21: plugincontrol.v1.HealthView
+	(*PluginHealth)(nil),          // 22: plugincontrol.v1.PluginHealth
 	(*HealthEvent)(nil),           // 23: plugincontrol.v1.HealthEvent
 	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
@@ -1306,31 +1317,32 @@ var file_plugincontrol_v1_control_proto_depIdxs = []int32{
 	18, // 9: plugincontrol.v1.UnloadResponse.plugin:type_name -> plugincontrol.v1.PluginStatus
 	0,  // 10: plugincontrol.v1.ListPluginsRequest.view:type_name -> plugincontrol.v1.PluginView
 	18, // 11: plugincontrol.v1.ListPluginsResponse.plugins:type_name -> plugincontrol.v1.PluginStatus
-	21, // 12: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
-	22, // 13: plugincontrol.v1.WatchHealthRequest.view:type_name -> plugincontrol.v1.HealthView
-	23, // 14: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
-	16, // 15: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
-	15, // 16: plugincontrol.v1.ListAuditResponse.checkpoint:type_name -> plugincontrol.v1.AuditCheckpoint
-	24, // 17: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	1,  // 18: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
-	3,  // 19: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
-	5,  // 20: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
-	7,  // 21: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
-	9,  // 22: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
-	11, // 23: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
-	13, // 24: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
-	2,  // 25: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
-	4,  // 26: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
-	6,  // 27: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
-	8,  // 28: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
-	10, // 29: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
-	12, // 30: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
-	14, // 31: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	21, // 12: plugincontrol.v1.HealthRequest.view:type_name -> plugincontrol.v1.HealthView
+	22, // 13: plugincontrol.v1.HealthResponse.plugins:type_name -> plugincontrol.v1.PluginHealth
+	21, // 14: plugincontrol.v1.WatchHealthRequest.view:type_name -> plugincontrol.v1.HealthView
+	23, // 15: plugincontrol.v1.WatchHealthResponse.event:type_name -> plugincontrol.v1.HealthEvent
+	16, // 16: plugincontrol.v1.ListAuditResponse.records:type_name -> plugincontrol.v1.AuditRecord
+	15, // 17: plugincontrol.v1.ListAuditResponse.checkpoint:type_name -> plugincontrol.v1.AuditCheckpoint
+	24, // 18: plugincontrol.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	1,  // 19: plugincontrol.v1.PluginControlService.Load:input_type -> plugincontrol.v1.LoadRequest
+	3,  // 20: plugincontrol.v1.PluginControlService.Reload:input_type -> plugincontrol.v1.ReloadRequest
+	5,  // 21: plugincontrol.v1.PluginControlService.Unload:input_type -> plugincontrol.v1.UnloadRequest
+	7,  // 22: plugincontrol.v1.PluginControlService.ListPlugins:input_type -> plugincontrol.v1.ListPluginsRequest
+	9,  // 23: plugincontrol.v1.PluginControlService.Health:input_type -> plugincontrol.v1.HealthRequest
+	11, // 24: plugincontrol.v1.PluginControlService.WatchHealth:input_type -> plugincontrol.v1.WatchHealthRequest
+	13, // 25: plugincontrol.v1.PluginControlService.ListAudit:input_type -> plugincontrol.v1.ListAuditRequest
+	2,  // 26: plugincontrol.v1.PluginControlService.Load:output_type -> plugincontrol.v1.LoadResponse
+	4,  // 27: plugincontrol.v1.PluginControlService.Reload:output_type -> plugincontrol.v1.ReloadResponse
+	6,  // 28: plugincontrol.v1.PluginControlService.Unload:output_type -> plugincontrol.v1.UnloadResponse
+	8,  // 29: plugincontrol.v1.PluginControlService.ListPlugins:output_type -> plugincontrol.v1.ListPluginsResponse
+	10, // 30: plugincontrol.v1.PluginControlService.Health:output_type -> plugincontrol.v1.HealthResponse
+	12, // 31: plugincontrol.v1.PluginControlService.WatchHealth:output_type -> plugincontrol.v1.WatchHealthResponse
+	14, // 32: plugincontrol.v1.PluginControlService.ListAudit:output_type -> plugincontrol.v1.ListAuditResponse
+	26, // [26:33] is the sub-list for method output_type
+	19, // [19:26] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_plugincontrol_v1_control_proto_init() }

@@ -86,7 +86,8 @@ func (BakeResult) EnumDescriptor() ([]byte, []int) {
 	return file_plugincontrol_v1_health_proto_rawDescGZIP(), []int{0}
 }
 
-// HealthView selects the fields of PluginHealth a WatchHealth stream sends.
+// HealthView selects the fields of PluginHealth that Health returns and a
+// WatchHealth stream sends.
 type HealthView int32
 
 const (
@@ -95,10 +96,11 @@ const (
 	// HEALTH_VIEW_FULL sends every field of PluginHealth.
 	HealthView_HEALTH_VIEW_FULL HealthView = 1
 	// HEALTH_VIEW_COMPACT sends only name, state, generation and revision: for
-	// watchers that follow states (load balancers, readiness gates, dashboards
-	// of many daemons). Events are the same (one per change, same revisions);
-	// each is about a fifth of the size, so one change reaches many watchers
-	// sooner. Health returns the full record when a watcher needs the rest.
+	// callers that follow states (load balancers, readiness gates, pollers,
+	// dashboards of many daemons). Events are the same (one per change, same
+	// revisions) and Health selects the same plugins; each record is about a
+	// fifth of the size, so one change reaches many watchers sooner and a
+	// poll costs less to decode. Health with the full view returns the rest.
 	HealthView_HEALTH_VIEW_COMPACT HealthView = 2
 )
 

@@ -289,7 +289,7 @@ test("a reload in place (SIGHUP): calls and a watch ride through it", async () =
   }
 });
 
-test("watchHealth with the compact view carries states only", async () => {
+test("watchHealth and health with the compact view carry states only", async () => {
   await withDaemon("unix", async (c) => {
     const ac = new AbortController();
     const events = watchHealth(c.control, { names: ["echo"], view: HealthView.COMPACT, signal: ac.signal });
@@ -303,6 +303,9 @@ test("watchHealth with the compact view carries states only", async () => {
       assert.equal(r.value.health?.since, undefined, "compact health has no since");
       const { plugins } = await c.control.health({ names: ["echo"] });
       assert.notEqual(plugins[0].since, undefined, "Health has the full record");
+      const compact = await c.control.health({ names: ["echo"], view: HealthView.COMPACT });
+      assert.equal(compact.plugins[0].state, PluginState.SERVING);
+      assert.equal(compact.plugins[0].since, undefined, "Health in the compact view has no since");
     } finally {
       ac.abort();
       await events.return(undefined);

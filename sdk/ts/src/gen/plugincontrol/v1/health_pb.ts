@@ -358,7 +358,8 @@ export const BakeResultSchema: GenEnum<BakeResult> = /*@__PURE__*/
   enumDesc(file_plugincontrol_v1_health, 0);
 
 /**
- * HealthView selects the fields of PluginHealth a WatchHealth stream sends.
+ * HealthView selects the fields of PluginHealth that Health returns and a
+ * WatchHealth stream sends.
  *
  * @generated from enum plugincontrol.v1.HealthView
  */
@@ -379,10 +380,11 @@ export enum HealthView {
 
   /**
    * HEALTH_VIEW_COMPACT sends only name, state, generation and revision: for
-   * watchers that follow states (load balancers, readiness gates, dashboards
-   * of many daemons). Events are the same (one per change, same revisions);
-   * each is about a fifth of the size, so one change reaches many watchers
-   * sooner. Health returns the full record when a watcher needs the rest.
+   * callers that follow states (load balancers, readiness gates, pollers,
+   * dashboards of many daemons). Events are the same (one per change, same
+   * revisions) and Health selects the same plugins; each record is about a
+   * fifth of the size, so one change reaches many watchers sooner and a
+   * poll costs less to decode. Health with the full view returns the rest.
    *
    * @generated from enum value: HEALTH_VIEW_COMPACT = 2;
    */
