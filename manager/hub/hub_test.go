@@ -18,16 +18,27 @@ func rec(name string, gen uint64) record.Health {
 	return record.Health{Name: name, State: record.StateServing, Generation: gen}
 }
 
+// watchAll returns a new hub and a watch of all its plugins, both closed
+// at cleanup.
+func watchAll(t *testing.T) (*Hub, *Watch) {
+	t.Helper()
+	h := New(Config{})
+	w, err := h.Subscribe(nil, 0, 10)
+	if err != nil {
+		h.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		w.Close()
+		h.Close()
+	})
+	return h, w
+}
+
 // A watch that does not read keeps one pending event per plugin, the
 // latest; the replaced ones are counted as coalesced.
 func TestSlowWatchCoalesces(t *testing.T) {
-	h := New(Config{})
-	defer h.Close()
-	w, err := h.Subscribe(nil, 0, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	h, w := watchAll(t)
 	if evs, _ := w.Poll(); len(evs) != 1 || evs[0].Type != EventSynced {
 		t.Fatalf("initial events %+v, want SYNCED alone", evs)
 	}
@@ -175,13 +186,7 @@ func TestPollIntoSharesEvents(t *testing.T) {
 
 // MarkBookmark wakes the watch and is taken once by BookmarkDue.
 func TestMarkBookmark(t *testing.T) {
-	h := New(Config{})
-	defer h.Close()
-	w, err := h.Subscribe(nil, 0, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	_, w := watchAll(t)
 	w.Poll()
 	select {
 	case <-w.Ready():
