@@ -215,13 +215,13 @@ type healthAll struct {
 }
 
 func (c *control) Health(_ context.Context, req *pb.HealthRequest) (*pb.HealthResponse, error) {
+	compact, err := isCompact(req.GetView())
+	if err != nil {
+		return nil, err
+	}
 	cache := &c.s.healthAll
-	switch v := req.GetView(); v {
-	case pb.HealthView_HEALTH_VIEW_UNSPECIFIED, pb.HealthView_HEALTH_VIEW_FULL:
-	case pb.HealthView_HEALTH_VIEW_COMPACT:
+	if compact {
 		cache = &c.s.healthAllCompact
-	default:
-		return nil, invalid("view", fmt.Sprintf("unknown health view %d", int32(v)))
 	}
 	all := len(req.GetNames()) == 0
 	if all {
@@ -234,7 +234,6 @@ func (c *control) Health(_ context.Context, req *pb.HealthRequest) (*pb.HealthRe
 		return nil, toStatus(err)
 	}
 	out := &pb.HealthResponse{Revision: rev, Plugins: make([]*pb.PluginHealth, 0, len(hs))}
-	compact := cache == &c.s.healthAllCompact
 	for _, h := range hs {
 		p := healthToProto(h)
 		if compact {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"time"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
@@ -52,6 +53,19 @@ func reportToProto(r *manager.Report) *pb.CandidateReport {
 }
 
 func healthToProto(h manager.Health) *pb.PluginHealth { return healthwire.HealthProto(h) }
+
+// isCompact reports whether a request's view is HEALTH_VIEW_COMPACT (false
+// for the full view, which is the default), or InvalidArgument naming the
+// view field when v is none of them.
+func isCompact(v pb.HealthView) (bool, error) {
+	switch v {
+	case pb.HealthView_HEALTH_VIEW_UNSPECIFIED, pb.HealthView_HEALTH_VIEW_FULL:
+		return false, nil
+	case pb.HealthView_HEALTH_VIEW_COMPACT:
+		return true, nil
+	}
+	return false, invalid("view", fmt.Sprintf("unknown health view %d", int32(v)))
+}
 
 // compactHealth is h in HEALTH_VIEW_COMPACT: name, state, generation and
 // revision.

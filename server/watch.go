@@ -2,7 +2,6 @@ package server
 
 import (
 	"errors"
-	"fmt"
 	"strconv"
 
 	pb "github.com/plugincontrol/plugincontrol/gen/plugincontrol/v1"
@@ -47,13 +46,13 @@ func (s *Server) ended() error {
 // (bench/NOTES.md item 7).
 func (c *control) WatchHealth(req *pb.WatchHealthRequest, stream grpc.ServerStreamingServer[pb.WatchHealthResponse]) error {
 	s := c.s
+	compact, err := isCompact(req.GetView())
+	if err != nil {
+		return err
+	}
 	events := &s.events
-	switch v := req.GetView(); v {
-	case pb.HealthView_HEALTH_VIEW_UNSPECIFIED, pb.HealthView_HEALTH_VIEW_FULL:
-	case pb.HealthView_HEALTH_VIEW_COMPACT:
+	if compact {
 		events = &s.compactEvents
-	default:
-		return invalid("view", fmt.Sprintf("unknown health view %d", int32(v)))
 	}
 	if s.isDraining() {
 		return s.ended()
